@@ -14,4 +14,5 @@
 //!
 //! The binary (`src/main.rs`) is the CLI on top: `serve`, `check-config`, `credentials`.
 
+pub mod config;
 pub mod stun;

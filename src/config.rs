@@ -1,0 +1,1378 @@
+//! The configuration file: TOML parsed into a typed, validated [`Config`].
+//!
+//! [`Config::from_toml`] does the work and is what tests call; [`Config::load`] adds reading the
+//! file. Every error names the offending key (`relay.ports`, `listen[1].address`, ...).
+
+use std::fmt;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+/// Longest accepted REALM and SOFTWARE value, in bytes (RFC 8489 §14.9, §14.14).
+const MAX_TEXT_ATTRIBUTE_BYTES: usize = 763;
+/// Longest accepted user name, in bytes (USERNAME is fewer than 509 bytes, RFC 8489 §14.3).
+const MAX_USER_NAME_BYTES: usize = 508;
+const MAX_WORKERS: usize = 1024;
+const MIN_DURATION: Duration = Duration::from_secs(1);
+
+const DEFAULT_REALM: &str = "turnpike.local";
+const DEFAULT_SOFTWARE: &str = "turnpike";
+const DEFAULT_PORT: u16 = 3478;
+const DEFAULT_PORTS: PortRange = PortRange {
+    first: 49152,
+    last: 65535,
+};
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 60);
+const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
+const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(10 * 60);
+
+/// The whole server configuration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// REALM sent to clients and used in long-term credentials.
+    pub realm: String,
+    /// SOFTWARE attribute value; empty means the attribute is not sent.
+    pub software: String,
+    /// Number of workers; 0 means one per core.
+    pub workers: usize,
+    /// Listeners; never empty, no two alike.
+    pub listen: Vec<Listen>,
+    /// Certificate and key; present exactly when a TLS listener exists.
+    pub tls: Option<TlsFiles>,
+    pub relay: Relay,
+    pub auth: Auth,
+    pub peers: Peers,
+}
+
+/// The transport of a listener.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        })
+    }
+}
+
+/// One listening socket for client traffic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Listen {
+    pub transport: Transport,
+    pub address: SocketAddr,
+}
+
+impl fmt::Display for Listen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.transport, self.address)
+    }
+}
+
+/// PEM files for the TLS listeners.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+/// Relay sockets: where they bind, what is advertised, how long allocations live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relay {
+    /// IPv4 address relay sockets bind to; `None` means the address of the default-route
+    /// interface.
+    pub address: Option<Ipv4Addr>,
+    /// IPv6 address relay sockets bind to; `None` means no IPv6 relaying.
+    pub address_v6: Option<Ipv6Addr>,
+    /// Advertised in XOR-RELAYED-ADDRESS instead of `address` (server behind a 1:1 NAT).
+    pub public_address: Option<Ipv4Addr>,
+    pub ports: PortRange,
+    /// Allocation lifetime when the client asks for none; at most `max_lifetime`.
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+}
+
+/// An inclusive range of ports, written `"49152-65535"`. `1 <= first <= last`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// Whether `port` lies in the range.
+    pub fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+/// Credentials: TURN REST API secrets and static users.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Auth {
+    /// Shared secrets of the TURN REST API; never empty strings.
+    pub secrets: Vec<String>,
+    /// How long a NONCE stays valid; at least one second.
+    pub nonce_lifetime: Duration,
+    /// Static users; names are unique and non-empty.
+    pub users: Vec<User>,
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Auth")
+            .field("secrets", &RedactedList(self.secrets.len()))
+            .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+/// A static user.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub credential: UserCredential,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("credential", &self.credential)
+            .finish()
+    }
+}
+
+/// How a static user's long-term key is given.
+#[derive(Clone, PartialEq, Eq)]
+pub enum UserCredential {
+    /// The plain password; the key is MD5(name:realm:password).
+    Password(String),
+    /// The key itself, MD5(name:realm:password), written as 32 hex digits.
+    Key([u8; 16]),
+}
+
+impl fmt::Debug for UserCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UserCredential::Password(_) => f.debug_tuple("Password").field(&Redacted).finish(),
+            UserCredential::Key(_) => f.debug_tuple("Key").field(&Redacted).finish(),
+        }
+    }
+}
+
+/// Which peer addresses the relay may talk to, on top of the built-in list of refused ranges.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peers {
+    /// Ranges permitted even though the built-in list refuses them.
+    pub allow: Vec<IpNet>,
+    /// Ranges always refused; beats `allow`.
+    pub deny: Vec<IpNet>,
+}
+
+/// Prints `<redacted>` in place of a secret.
+#[derive(Clone, Copy)]
+struct Redacted;
+
+impl fmt::Debug for Redacted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Prints a list of `n` redacted secrets.
+struct RedactedList(usize);
+
+impl fmt::Debug for RedactedList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(std::iter::repeat_n(Redacted, self.0))
+            .finish()
+    }
+}
+
+/// Why a configuration was refused. Its `Display` is one line naming the key and the problem.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The text is not valid TOML.
+    Syntax {
+        /// The file, when loaded from one.
+        file: Option<PathBuf>,
+        /// 1-based line and column of the error.
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// A key is unknown or its value is of the wrong type or refused.
+    Invalid {
+        /// The file, when loaded from one.
+        file: Option<PathBuf>,
+        /// Path of the key, e.g. `listen[1].address`; empty when unknown.
+        key: String,
+        problem: String,
+    },
+}
+
+impl ConfigError {
+    /// The path of the offending key, e.g. `relay.ports`, when the error concerns one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { key, .. } if !key.is_empty() => Some(key),
+            _ => None,
+        }
+    }
+
+    fn invalid(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            file: None,
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+
+    fn in_file(mut self, path: &Path) -> Self {
+        match &mut self {
+            ConfigError::Syntax { file, .. } | ConfigError::Invalid { file, .. } => {
+                *file = Some(path.to_owned());
+            }
+            ConfigError::Read { .. } => {}
+        }
+        self
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            ConfigError::Syntax {
+                file,
+                line,
+                column,
+                message,
+            } => {
+                if let Some(file) = file {
+                    write!(f, "{}: ", file.display())?;
+                }
+                write!(
+                    f,
+                    "TOML syntax error at line {line}, column {column}: {message}"
+                )
+            }
+            ConfigError::Invalid { file, key, problem } => {
+                if let Some(file) = file {
+                    write!(f, "{}: ", file.display())?;
+                }
+                if !key.is_empty() {
+                    write!(f, "{key}: ")?;
+                }
+                f.write_str(problem)
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration; absent keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        let document = DeTable::parse(text).map_err(|error| syntax_error(text, &error))?;
+        let raw = RawConfig::deserialize(toml::de::Deserializer::from(document.clone())).map_err(
+            |error| {
+                let key = error
+                    .span()
+                    .map(|span| key_path(document.get_ref(), span))
+                    .unwrap_or_default();
+                ConfigError::invalid(key, error.message())
+            },
+        )?;
+        raw.validate()
+    }
+
+    /// Reads, parses and validates the file at `path`; errors name the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|error| error.in_file(path))
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            realm: DEFAULT_REALM.to_owned(),
+            software: DEFAULT_SOFTWARE.to_owned(),
+            workers: 0,
+            listen: default_listeners(),
+            tls: None,
+            relay: Relay {
+                address: None,
+                address_v6: None,
+                public_address: None,
+                ports: DEFAULT_PORTS,
+                default_lifetime: DEFAULT_LIFETIME,
+                max_lifetime: DEFAULT_MAX_LIFETIME,
+            },
+            auth: Auth {
+                secrets: Vec::new(),
+                nonce_lifetime: DEFAULT_NONCE_LIFETIME,
+                users: Vec::new(),
+            },
+            peers: Peers {
+                allow: Vec::new(),
+                deny: Vec::new(),
+            },
+        }
+    }
+}
+
+fn default_listeners() -> Vec<Listen> {
+    let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
+    vec![
+        Listen {
+            transport: Transport::Udp,
+            address,
+        },
+        Listen {
+            transport: Transport::Tcp,
+            address,
+        },
+    ]
+}
+
+fn syntax_error(text: &str, error: &toml::de::Error) -> ConfigError {
+    let offset = error.span().map_or(0, |span| span.start.min(text.len()));
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Syntax {
+        file: None,
+        line,
+        column,
+        message: error.message().replace('\n', " "),
+    }
+}
+
+/// The path (`auth.users[0].key`) of the narrowest key or value whose span holds `target`.
+fn key_path(root: &DeTable<'_>, target: Range<usize>) -> String {
+    let mut best = None;
+    visit_table(root, "", &target, &mut best);
+    best.map(|(_, path)| path).unwrap_or_default()
+}
+
+fn visit_table(
+    table: &DeTable<'_>,
+    prefix: &str,
+    target: &Range<usize>,
+    best: &mut Option<(usize, String)>,
+) {
+    for (key, value) in table {
+        let path = if prefix.is_empty() {
+            key.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", key.get_ref())
+        };
+        consider(key.span(), &path, target, best);
+        visit_value(value, &path, target, best);
+    }
+}
+
+fn visit_value(
+    value: &Spanned<DeValue<'_>>,
+    path: &str,
+    target: &Range<usize>,
+    best: &mut Option<(usize, String)>,
+) {
+    consider(value.span(), path, target, best);
+    match value.get_ref() {
+        DeValue::Table(table) => visit_table(table, path, target, best),
+        DeValue::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                visit_value(item, &format!("{path}[{index}]"), target, best);
+            }
+        }
+        _ => {}
+    }
+}
+
+fn consider(
+    span: Range<usize>,
+    path: &str,
+    target: &Range<usize>,
+    best: &mut Option<(usize, String)>,
+) {
+    let holds = span.start <= target.start && target.end <= span.end;
+    let narrower = best.as_ref().is_none_or(|(len, _)| span.len() <= *len);
+    if holds && narrower {
+        *best = Some((span.len(), path.to_owned()));
+    }
+}
+
+// The file as written; `validate` turns it into a `Config`.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawConfig {
+    realm: Option<String>,
+    software: Option<String>,
+    workers: Option<usize>,
+    listen: Option<Vec<RawListen>>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    relay: RawRelay,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    peers: RawPeers,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawListen {
+    transport: Transport,
+    address: Text<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRelay {
+    address: Option<Text<Ipv4Addr>>,
+    address_v6: Option<Text<Ipv6Addr>>,
+    public_address: Option<Text<Ipv4Addr>>,
+    ports: Option<Text<PortRange>>,
+    default_lifetime: Option<Text<Duration>>,
+    max_lifetime: Option<Text<Duration>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawAuth {
+    #[serde(default)]
+    secrets: Vec<String>,
+    nonce_lifetime: Option<Text<Duration>>,
+    #[serde(default)]
+    users: Vec<RawUser>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawUser {
+    name: String,
+    password: Option<String>,
+    key: Option<String>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawPeers {
+    // Strings, parsed in `validate`: toml gives array elements no span of their own, so an
+    // error raised while deserializing one could only name the whole array.
+    #[serde(default)]
+    allow: Vec<String>,
+    #[serde(default)]
+    deny: Vec<String>,
+}
+
+/// A value written as a TOML string, parsed with an error message that quotes it.
+struct Text<T>(T);
+
+trait ParseText: Sized {
+    fn parse_text(text: &str) -> Result<Self, String>;
+}
+
+impl<'de, T: ParseText> Deserialize<'de> for Text<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        T::parse_text(&text)
+            .map(Text)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl ParseText for SocketAddr {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|_| format!("invalid socket address {text:?}, expected e.g. \"0.0.0.0:3478\""))
+    }
+}
+
+impl ParseText for Ipv4Addr {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        if text.parse::<Ipv6Addr>().is_ok() {
+            return Err(format!(
+                "{text:?} is an IPv6 address; this key takes an IPv4 address"
+            ));
+        }
+        text.parse()
+            .map_err(|_| format!("invalid IPv4 address {text:?}"))
+    }
+}
+
+impl ParseText for Ipv6Addr {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        text.parse()
+            .map_err(|_| format!("invalid IPv6 address {text:?}"))
+    }
+}
+
+impl ParseText for IpNet {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(net.trunc());
+        }
+        text.parse::<IpAddr>()
+            .map(IpNet::from)
+            .map_err(|_| format!("invalid IP range {text:?}, expected e.g. \"10.0.0.0/8\""))
+    }
+}
+
+impl ParseText for Duration {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        humantime::parse_duration(text).map_err(|error| {
+            format!("invalid duration {text:?} ({error}), expected e.g. \"30s\", \"10m\", \"1h\"")
+        })
+    }
+}
+
+impl ParseText for PortRange {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        let expected = || format!("invalid port range {text:?}, expected e.g. \"49152-65535\"");
+        let (first, last) = text.split_once('-').ok_or_else(expected)?;
+        let first: u16 = first.trim().parse().map_err(|_| expected())?;
+        let last: u16 = last.trim().parse().map_err(|_| expected())?;
+        if first == 0 {
+            return Err("port 0 cannot be a relay port; start at 1 or above".to_owned());
+        }
+        if first > last {
+            return Err(format!("start {first} is greater than end {last}"));
+        }
+        Ok(PortRange { first, last })
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, ConfigError> {
+        let realm = self.realm.unwrap_or_else(|| DEFAULT_REALM.to_owned());
+        if realm.is_empty() {
+            return Err(ConfigError::invalid("realm", "must not be empty"));
+        }
+        check_length("realm", &realm, MAX_TEXT_ATTRIBUTE_BYTES)?;
+        let software = self.software.unwrap_or_else(|| DEFAULT_SOFTWARE.to_owned());
+        check_length("software", &software, MAX_TEXT_ATTRIBUTE_BYTES)?;
+        let workers = self.workers.unwrap_or(0);
+        if workers > MAX_WORKERS {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!(
+                    "{workers} is more than the maximum of {MAX_WORKERS} (0 means one per core)"
+                ),
+            ));
+        }
+
+        let listen = match self.listen {
+            None => default_listeners(),
+            Some(raw) => raw
+                .into_iter()
+                .map(|l| Listen {
+                    transport: l.transport,
+                    address: l.address.0,
+                })
+                .collect(),
+        };
+        check_listeners(&listen)?;
+        let tls = self.tls.map(|tls| TlsFiles {
+            certificate: tls.certificate,
+            private_key: tls.private_key,
+        });
+        check_tls(&listen, tls.as_ref())?;
+
+        Ok(Config {
+            realm,
+            software,
+            workers,
+            listen,
+            tls,
+            relay: self.relay.validate()?,
+            auth: self.auth.validate()?,
+            peers: Peers {
+                allow: parse_ranges("peers.allow", &self.peers.allow)?,
+                deny: parse_ranges("peers.deny", &self.peers.deny)?,
+            },
+        })
+    }
+}
+
+fn parse_ranges(key: &str, texts: &[String]) -> Result<Vec<IpNet>, ConfigError> {
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            IpNet::parse_text(text)
+                .map_err(|problem| ConfigError::invalid(format!("{key}[{i}]"), problem))
+        })
+        .collect()
+}
+
+fn check_length(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
+    if value.len() > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!("is {} bytes long; the maximum is {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+fn check_listeners(listen: &[Listen]) -> Result<(), ConfigError> {
+    if listen.is_empty() {
+        return Err(ConfigError::invalid(
+            "listen",
+            "at least one listener is required",
+        ));
+    }
+    let uses_tcp = |t: Transport| matches!(t, Transport::Tcp | Transport::Tls);
+    for (i, later) in listen.iter().enumerate() {
+        for (j, earlier) in listen[..i].iter().enumerate() {
+            if later.address != earlier.address {
+                continue;
+            }
+            if later.transport == earlier.transport {
+                return Err(ConfigError::invalid(
+                    format!("listen[{i}]"),
+                    format!("duplicate of listen[{j}] ({earlier})"),
+                ));
+            }
+            if uses_tcp(later.transport) && uses_tcp(earlier.transport) {
+                return Err(ConfigError::invalid(
+                    format!("listen[{i}]"),
+                    format!("{later} uses the same TCP port as listen[{j}] ({earlier})"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_tls(listen: &[Listen], tls: Option<&TlsFiles>) -> Result<(), ConfigError> {
+    let first_tls = listen
+        .iter()
+        .enumerate()
+        .find(|(_, l)| l.transport == Transport::Tls);
+    match (first_tls, tls) {
+        (Some((i, listener)), None) => Err(ConfigError::invalid(
+            "tls",
+            format!(
+                "the [tls] section (certificate, private-key) is required by listen[{i}] ({listener})"
+            ),
+        )),
+        (None, Some(_)) => Err(ConfigError::invalid(
+            "tls",
+            "set, but no listener has transport \"tls\"; add one or remove [tls]",
+        )),
+        (Some(_), Some(files)) => {
+            if files.certificate.as_os_str().is_empty() {
+                return Err(ConfigError::invalid("tls.certificate", "must not be empty"));
+            }
+            if files.private_key.as_os_str().is_empty() {
+                return Err(ConfigError::invalid("tls.private-key", "must not be empty"));
+            }
+            Ok(())
+        }
+        (None, None) => Ok(()),
+    }
+}
+
+impl RawRelay {
+    fn validate(self) -> Result<Relay, ConfigError> {
+        let address = self.address.map(|a| a.0);
+        let address_v6 = self.address_v6.map(|a| a.0);
+        let public_address = self.public_address.map(|a| a.0);
+        for (key, ip) in [
+            ("relay.address", address),
+            ("relay.public-address", public_address),
+        ] {
+            if let Some(ip) = ip {
+                if ip.is_unspecified() || ip.is_multicast() || ip.is_broadcast() {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "{ip} is not a unicast address; omit the key to use the address of the default-route interface"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(ip) = address_v6 {
+            if ip.is_unspecified() || ip.is_multicast() {
+                return Err(ConfigError::invalid(
+                    "relay.address-v6",
+                    format!("{ip} is not a unicast address"),
+                ));
+            }
+        }
+        let default_lifetime = self.default_lifetime.map_or(DEFAULT_LIFETIME, |d| d.0);
+        let max_lifetime = self.max_lifetime.map_or(DEFAULT_MAX_LIFETIME, |d| d.0);
+        check_duration("relay.default-lifetime", default_lifetime)?;
+        check_duration("relay.max-lifetime", max_lifetime)?;
+        if default_lifetime > max_lifetime {
+            return Err(ConfigError::invalid(
+                "relay.default-lifetime",
+                format!(
+                    "{} is greater than relay.max-lifetime ({})",
+                    humantime::format_duration(default_lifetime),
+                    humantime::format_duration(max_lifetime),
+                ),
+            ));
+        }
+        Ok(Relay {
+            address,
+            address_v6,
+            public_address,
+            ports: self.ports.map_or(DEFAULT_PORTS, |p| p.0),
+            default_lifetime,
+            max_lifetime,
+        })
+    }
+}
+
+fn check_duration(key: &str, duration: Duration) -> Result<(), ConfigError> {
+    if duration < MIN_DURATION {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is shorter than the minimum of 1s",
+                humantime::format_duration(duration)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+impl RawAuth {
+    fn validate(self) -> Result<Auth, ConfigError> {
+        for (i, secret) in self.secrets.iter().enumerate() {
+            if secret.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("auth.secrets[{i}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        let nonce_lifetime = self.nonce_lifetime.map_or(DEFAULT_NONCE_LIFETIME, |d| d.0);
+        check_duration("auth.nonce-lifetime", nonce_lifetime)?;
+
+        let mut users: Vec<User> = Vec::with_capacity(self.users.len());
+        for (i, raw) in self.users.into_iter().enumerate() {
+            let path = format!("auth.users[{i}]");
+            if raw.name.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    "must not be empty",
+                ));
+            }
+            check_length(&format!("{path}.name"), &raw.name, MAX_USER_NAME_BYTES)?;
+            if let Some(j) = users.iter().position(|u| u.name == raw.name) {
+                return Err(ConfigError::invalid(
+                    format!("{path}.name"),
+                    format!("user {:?} is already defined by auth.users[{j}]", raw.name),
+                ));
+            }
+            let credential = match (raw.password, raw.key) {
+                (Some(password), None) => {
+                    if password.is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("{path}.password"),
+                            "must not be empty",
+                        ));
+                    }
+                    UserCredential::Password(password)
+                }
+                (None, Some(key)) => UserCredential::Key(
+                    parse_key(&key)
+                        .map_err(|problem| ConfigError::invalid(format!("{path}.key"), problem))?,
+                ),
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(ConfigError::invalid(
+                        path,
+                        "set exactly one of `password` and `key`",
+                    ));
+                }
+            };
+            users.push(User {
+                name: raw.name,
+                credential,
+            });
+        }
+        Ok(Auth {
+            secrets: self.secrets,
+            nonce_lifetime,
+            users,
+        })
+    }
+}
+
+/// Parses a long-term key written as 32 hex digits.
+fn parse_key(text: &str) -> Result<[u8; 16], String> {
+    let problem = || {
+        format!(
+            "expected 32 hex digits (MD5 of name:realm:password), got {} characters",
+            text.chars().count()
+        )
+    };
+    let digits = text.as_bytes();
+    if digits.len() != 32 {
+        return Err(problem());
+    }
+    let mut key = [0u8; 16];
+    for (byte, pair) in key.iter_mut().zip(digits.chunks_exact(2)) {
+        let high = hex_value(pair[0]);
+        let low = hex_value(pair[1]);
+        match (high, low) {
+            (Some(high), Some(low)) => *byte = high << 4 | low,
+            _ => return Err("contains a character that is not a hex digit".to_owned()),
+        }
+    }
+    Ok(key)
+}
+
+fn hex_value(digit: u8) -> Option<u8> {
+    (digit as char).to_digit(16).map(|v| v as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(text: &str) -> ConfigError {
+        match Config::from_toml(text) {
+            Ok(config) => panic!("accepted {text:?}: {config:?}"),
+            Err(error) => error,
+        }
+    }
+
+    /// Asserts that `text` is refused with an error on `key` whose message contains `needle`.
+    fn assert_refused(text: &str, key: &str, needle: &str) {
+        let error = error(text);
+        let shown = error.to_string();
+        assert_eq!(error.key(), Some(key), "wrong key in {shown:?}");
+        assert!(shown.starts_with(&format!("{key}: ")), "{shown:?}");
+        assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
+        assert!(!shown.contains('\n'), "{shown:?} is more than one line");
+    }
+
+    #[test]
+    fn empty_text_gives_the_defaults() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.realm, "turnpike.local");
+        assert_eq!(config.software, "turnpike");
+        assert_eq!(config.workers, 0);
+        let udp = "udp 0.0.0.0:3478";
+        let tcp = "tcp 0.0.0.0:3478";
+        let listen: Vec<String> = config.listen.iter().map(ToString::to_string).collect();
+        assert_eq!(listen, [udp, tcp]);
+        assert_eq!(config.tls, None);
+        assert_eq!(config.relay.address, None);
+        assert_eq!(config.relay.address_v6, None);
+        assert_eq!(config.relay.public_address, None);
+        assert_eq!(config.relay.ports.to_string(), "49152-65535");
+        assert_eq!(config.relay.default_lifetime, Duration::from_secs(600));
+        assert_eq!(config.relay.max_lifetime, Duration::from_secs(3600));
+        assert_eq!(config.auth.nonce_lifetime, Duration::from_secs(600));
+        assert!(config.auth.secrets.is_empty());
+        assert!(config.auth.users.is_empty());
+        assert!(config.peers.allow.is_empty());
+        assert!(config.peers.deny.is_empty());
+    }
+
+    #[test]
+    fn empty_sections_give_the_defaults() {
+        let text = "[relay]\n[auth]\n[peers]\n";
+        assert_eq!(Config::from_toml(text).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn full_file_parses() {
+        let text = r#"
+            realm = "example.org"
+            software = ""
+            workers = 4
+
+            [[listen]]
+            transport = "udp"
+            address = "0.0.0.0:3478"
+
+            [[listen]]
+            transport = "tls"
+            address = "[::]:5349"
+
+            [tls]
+            certificate = "/etc/turnpike/cert.pem"
+            private-key = "/etc/turnpike/key.pem"
+
+            [relay]
+            address = "203.0.113.7"
+            address-v6 = "2001:db8::7"
+            public-address = "198.51.100.9"
+            ports = "50000-50100"
+            default-lifetime = "5m"
+            max-lifetime = "2h"
+
+            [auth]
+            secrets = ["s1", "s2"]
+            nonce-lifetime = "30s"
+
+            [[auth.users]]
+            name = "demo"
+            password = "demo"
+
+            [[auth.users]]
+            name = "keyed:user"
+            key = "0123456789ABCDEFfedcba9876543210"
+
+            [peers]
+            allow = ["127.0.0.1/32", "::1", "10.1.2.3/8"]
+            deny = ["8.8.8.8"]
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.realm, "example.org");
+        assert_eq!(config.software, "");
+        assert_eq!(config.workers, 4);
+        assert_eq!(
+            config.listen,
+            [
+                Listen {
+                    transport: Transport::Udp,
+                    address: "0.0.0.0:3478".parse().unwrap(),
+                },
+                Listen {
+                    transport: Transport::Tls,
+                    address: "[::]:5349".parse().unwrap(),
+                },
+            ]
+        );
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                certificate: "/etc/turnpike/cert.pem".into(),
+                private_key: "/etc/turnpike/key.pem".into(),
+            })
+        );
+        assert_eq!(config.relay.address, Some(Ipv4Addr::new(203, 0, 113, 7)));
+        assert_eq!(
+            config.relay.address_v6,
+            Some("2001:db8::7".parse().unwrap())
+        );
+        assert_eq!(
+            config.relay.public_address,
+            Some(Ipv4Addr::new(198, 51, 100, 9))
+        );
+        assert_eq!(
+            config.relay.ports,
+            PortRange {
+                first: 50000,
+                last: 50100
+            }
+        );
+        assert_eq!(config.relay.default_lifetime, Duration::from_secs(300));
+        assert_eq!(config.relay.max_lifetime, Duration::from_secs(7200));
+        assert_eq!(config.auth.secrets, ["s1", "s2"]);
+        assert_eq!(config.auth.nonce_lifetime, Duration::from_secs(30));
+        assert_eq!(
+            config.auth.users,
+            [
+                User {
+                    name: "demo".into(),
+                    credential: UserCredential::Password("demo".into()),
+                },
+                User {
+                    name: "keyed:user".into(),
+                    credential: UserCredential::Key([
+                        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98,
+                        0x76, 0x54, 0x32, 0x10
+                    ]),
+                },
+            ]
+        );
+        let allow: Vec<String> = config.peers.allow.iter().map(ToString::to_string).collect();
+        assert_eq!(allow, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        let deny: Vec<String> = config.peers.deny.iter().map(ToString::to_string).collect();
+        assert_eq!(deny, ["8.8.8.8/32"]);
+    }
+
+    #[test]
+    fn example_file_parses() {
+        let config = Config::from_toml(include_str!("../config/turnpike.toml")).unwrap();
+        assert_eq!(config.listen, default_listeners());
+        assert_eq!(config.tls, None);
+        assert_eq!(config.relay.address, None);
+        assert_eq!(
+            config.auth.users,
+            [User {
+                name: "demo".into(),
+                credential: UserCredential::Password("demo".into()),
+            }]
+        );
+        assert_eq!(config.auth.secrets.len(), 1);
+        assert!(config.peers.allow.is_empty());
+        assert!(config.peers.deny.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        assert_refused("colour = 1", "colour", "unknown field `colour`");
+        assert_refused(
+            "[relay]\nport = \"1-2\"",
+            "relay.port",
+            "unknown field `port`",
+        );
+        assert_refused(
+            "[auth]\nnonce = \"1s\"",
+            "auth.nonce",
+            "unknown field `nonce`",
+        );
+        assert_refused(
+            "[peers]\nallowed = []",
+            "peers.allowed",
+            "unknown field `allowed`",
+        );
+        assert_refused("[tls]\ncert = \"x\"", "tls.cert", "unknown field `cert`");
+        assert_refused(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:1\"\nproto = 1",
+            "listen[0].proto",
+            "unknown field `proto`",
+        );
+        assert_refused(
+            "[[auth.users]]\nname = \"a\"\npassword = \"b\"\nrole = \"admin\"",
+            "auth.users[0].role",
+            "unknown field `role`",
+        );
+        assert_refused("[http]\nport = 1", "http", "unknown field `http`");
+    }
+
+    #[test]
+    fn wrong_types_are_named() {
+        assert_refused("workers = -1", "workers", "invalid value");
+        assert_refused("realm = 5", "realm", "invalid type");
+        assert_refused("[relay]\nports = 5", "relay.ports", "invalid type");
+        assert_refused(
+            "[[listen]]\ntransport = \"sctp\"\naddress = \"0.0.0.0:1\"",
+            "listen[0].transport",
+            "unknown variant `sctp`",
+        );
+        assert_refused(
+            "[[listen]]\ntransport = \"udp\"",
+            "listen[0]",
+            "missing field `address`",
+        );
+        assert_refused(
+            "[[auth.users]]\npassword = \"x\"",
+            "auth.users[0]",
+            "missing field `name`",
+        );
+    }
+
+    #[test]
+    fn top_level_values_are_checked() {
+        assert_refused("realm = \"\"", "realm", "must not be empty");
+        let long = "r".repeat(764);
+        assert_refused(&format!("realm = \"{long}\""), "realm", "764 bytes");
+        assert_refused(&format!("software = \"{long}\""), "software", "764 bytes");
+        assert!(Config::from_toml(&format!("realm = \"{}\"", "r".repeat(763))).is_ok());
+        assert_refused("workers = 1025", "workers", "maximum of 1024");
+        assert!(Config::from_toml("workers = 1024").is_ok());
+    }
+
+    #[test]
+    fn listeners_are_checked() {
+        assert_refused("listen = []", "listen", "at least one listener");
+        assert_refused(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:3478\"\n\
+             [[listen]]\ntransport = \"udp\"\naddress = \"x\"",
+            "listen[1].address",
+            "invalid socket address \"x\"",
+        );
+        assert_refused(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:3478\"\n\
+             [[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:3478\"\n\
+             [[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:3478\"",
+            "listen[2]",
+            "duplicate of listen[0] (udp 0.0.0.0:3478)",
+        );
+        assert_refused(
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:443\"\n\
+             [[listen]]\ntransport = \"tls\"\naddress = \"0.0.0.0:443\"\n\
+             [tls]\ncertificate = \"c\"\nprivate-key = \"k\"",
+            "listen[1]",
+            "same TCP port as listen[0]",
+        );
+    }
+
+    #[test]
+    fn tls_section_goes_with_tls_listeners() {
+        let tls_listener = "[[listen]]\ntransport = \"tls\"\naddress = \"0.0.0.0:5349\"\n";
+        let tls_section = "[tls]\ncertificate = \"c.pem\"\nprivate-key = \"k.pem\"\n";
+        assert_refused(
+            tls_listener,
+            "tls",
+            "required by listen[0] (tls 0.0.0.0:5349)",
+        );
+        assert_refused(tls_section, "tls", "no listener has transport \"tls\"");
+        assert!(Config::from_toml(&format!("{tls_listener}{tls_section}")).is_ok());
+        assert_refused(
+            &format!("{tls_listener}[tls]\ncertificate = \"c.pem\""),
+            "tls",
+            "missing field `private-key`",
+        );
+        assert_refused(
+            &format!("{tls_listener}[tls]\ncertificate = \"\"\nprivate-key = \"k\""),
+            "tls.certificate",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn relay_values_are_checked() {
+        assert_refused(
+            "[relay]\nports = \"60000-50000\"",
+            "relay.ports",
+            "start 60000 is greater than end 50000",
+        );
+        assert_refused("[relay]\nports = \"0-100\"", "relay.ports", "port 0");
+        assert_refused(
+            "[relay]\nports = \"1000\"",
+            "relay.ports",
+            "invalid port range",
+        );
+        assert_refused(
+            "[relay]\nports = \"1-70000\"",
+            "relay.ports",
+            "invalid port range",
+        );
+        assert_refused(
+            "[relay]\naddress = \"2001:db8::1\"",
+            "relay.address",
+            "is an IPv6 address",
+        );
+        assert_refused(
+            "[relay]\naddress = \"nope\"",
+            "relay.address",
+            "invalid IPv4",
+        );
+        assert_refused(
+            "[relay]\naddress = \"0.0.0.0\"",
+            "relay.address",
+            "not a unicast",
+        );
+        assert_refused(
+            "[relay]\npublic-address = \"224.0.0.1\"",
+            "relay.public-address",
+            "not a unicast",
+        );
+        assert_refused(
+            "[relay]\naddress-v6 = \"1.2.3.4\"",
+            "relay.address-v6",
+            "invalid IPv6",
+        );
+        assert_refused(
+            "[relay]\ndefault-lifetime = \"10 parsecs\"",
+            "relay.default-lifetime",
+            "invalid duration \"10 parsecs\"",
+        );
+        assert_refused(
+            "[relay]\nmax-lifetime = \"500ms\"",
+            "relay.max-lifetime",
+            "minimum of 1s",
+        );
+        assert_refused(
+            "[relay]\ndefault-lifetime = \"2h\"",
+            "relay.default-lifetime",
+            "2h is greater than relay.max-lifetime (1h)",
+        );
+        assert!(
+            Config::from_toml(
+                "[relay]\nports = \"1-1\"\nmax-lifetime = \"1s\"\ndefault-lifetime = \"1s\""
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn auth_values_are_checked() {
+        assert_refused(
+            "[auth]\nsecrets = [\"a\", \"\"]",
+            "auth.secrets[1]",
+            "must not be empty",
+        );
+        assert_refused(
+            "[auth]\nnonce-lifetime = \"0s\"",
+            "auth.nonce-lifetime",
+            "minimum of 1s",
+        );
+        assert_refused(
+            "[auth]\nnonce-lifetime = \"soon\"",
+            "auth.nonce-lifetime",
+            "invalid duration",
+        );
+        let user = |body: &str| format!("[[auth.users]]\n{body}\n");
+        assert_refused(
+            &user("name = \"\"\npassword = \"p\""),
+            "auth.users[0].name",
+            "must not be empty",
+        );
+        assert_refused(
+            &format!(
+                "{}{}",
+                user("name = \"a\"\npassword = \"p\""),
+                user("name = \"a\"\npassword = \"q\"")
+            ),
+            "auth.users[1].name",
+            "already defined by auth.users[0]",
+        );
+        assert_refused(
+            &user("name = \"a\""),
+            "auth.users[0]",
+            "exactly one of `password` and `key`",
+        );
+        assert_refused(
+            &user("name = \"a\"\npassword = \"p\"\nkey = \"00000000000000000000000000000000\""),
+            "auth.users[0]",
+            "exactly one of `password` and `key`",
+        );
+        assert_refused(
+            &user("name = \"a\"\npassword = \"\""),
+            "auth.users[0].password",
+            "must not be empty",
+        );
+        assert_refused(
+            &user("name = \"a\"\nkey = \"abc\""),
+            "auth.users[0].key",
+            "32 hex digits",
+        );
+        assert_refused(
+            &user("name = \"a\"\nkey = \"0000000000000000000000000000000g\""),
+            "auth.users[0].key",
+            "not a hex digit",
+        );
+        assert_refused(
+            &user(&format!("name = \"{}\"\npassword = \"p\"", "n".repeat(509))),
+            "auth.users[0].name",
+            "maximum is 508",
+        );
+    }
+
+    #[test]
+    fn peer_ranges_are_checked() {
+        assert_refused("[peers]\nallow = [1]", "peers.allow[0]", "invalid type");
+        assert_refused(
+            "[peers]\nallow = [\"10.0.0/8\"]",
+            "peers.allow[0]",
+            "invalid IP range \"10.0.0/8\"",
+        );
+        assert_refused(
+            "[peers]\ndeny = [\"::/0\", \"fe80::/129\"]",
+            "peers.deny[1]",
+            "invalid IP range \"fe80::/129\"",
+        );
+    }
+
+    #[test]
+    fn syntax_errors_give_line_and_column() {
+        let error = error("realm = \"a\"\n[relay\n");
+        let shown = error.to_string();
+        assert!(
+            matches!(error, ConfigError::Syntax { line: 2, .. }),
+            "{shown:?}"
+        );
+        assert!(
+            shown.starts_with("TOML syntax error at line 2, column"),
+            "{shown:?}"
+        );
+        assert!(!shown.contains('\n'), "{shown:?}");
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[relay]\nports = \"9-1\"\n").unwrap();
+        let shown = Config::load(&path).unwrap_err().to_string();
+        assert_eq!(
+            shown,
+            format!(
+                "{}: relay.ports: start 9 is greater than end 1",
+                path.display()
+            )
+        );
+
+        let missing = dir.path().join("missing.toml");
+        let shown = Config::load(&missing).unwrap_err().to_string();
+        assert!(
+            shown.starts_with(&format!("cannot read {}: ", missing.display())),
+            "{shown:?}"
+        );
+
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "workers = 2\n").unwrap();
+        assert_eq!(Config::load(&good).unwrap().workers, 2);
+    }
+
+    #[test]
+    fn debug_never_shows_secrets() {
+        let text = r#"
+            [auth]
+            secrets = ["rest-secret-xyzzy"]
+            [[auth.users]]
+            name = "alice"
+            password = "hunter2-plugh"
+            [[auth.users]]
+            name = "bob"
+            key = "abcdefabcdefabcdefabcdefabcdef12"
+        "#;
+        let config = Config::from_toml(text).unwrap();
+        for shown in [format!("{config:?}"), format!("{config:#?}")] {
+            assert!(!shown.contains("xyzzy"), "{shown}");
+            assert!(!shown.contains("plugh"), "{shown}");
+            assert!(!shown.to_lowercase().contains("abcdef"), "{shown}");
+            assert!(!shown.contains("171, 205"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+            assert!(shown.contains("alice") && shown.contains("bob"), "{shown}");
+        }
+    }
+}
