@@ -16,3 +16,4 @@
 
 pub mod config;
 pub mod stun;
+pub mod turn;
