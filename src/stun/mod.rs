@@ -1,9 +1,17 @@
 //! STUN wire format (RFC 8489, RFC 8656): parse in place, write into caller-owned buffers,
 //! MESSAGE-INTEGRITY, FINGERPRINT and ChannelData framing.
 
+pub mod attr;
 pub mod channel;
+mod integrity;
+mod message;
+
+#[cfg(test)]
+mod test_vectors;
 
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
+pub use integrity::long_term_key;
+pub use message::{Attributes, Message, RawAttribute, message_len};
 
 /// The fixed value in bytes 4..8 of every STUN message header.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
