@@ -5,6 +5,7 @@ pub mod attr;
 pub mod channel;
 mod integrity;
 mod message;
+mod writer;
 
 #[cfg(test)]
 mod test_vectors;
@@ -12,6 +13,7 @@ mod test_vectors;
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
 pub use integrity::long_term_key;
 pub use message::{Attributes, Message, RawAttribute, message_len};
+pub use writer::MessageWriter;
 
 /// The fixed value in bytes 4..8 of every STUN message header.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
