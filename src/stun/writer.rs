@@ -137,7 +137,10 @@ impl<'b> MessageWriter<'b> {
     }
 
     /// Bytes written so far, header included.
-    #[allow(clippy::len_without_is_empty, reason = "a message always has its 20-byte header")]
+    #[allow(
+        clippy::len_without_is_empty,
+        reason = "a message always has its 20-byte header"
+    )]
     pub fn len(&self) -> usize {
         self.len
     }
