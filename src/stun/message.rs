@@ -1,0 +1,732 @@
+//! `Message<'a>`: a validated STUN message borrowed from the datagram, with its attributes read in
+//! place.
+
+use subtle::ConstantTimeEq;
+
+use super::attr::{self, is_comprehension_required};
+use super::integrity::{fingerprint, hmac_sha1};
+use super::{
+    Class, HEADER_LEN, MAGIC_COOKIE, Method, StunError, TransactionId, padded_len, read_u16,
+    read_u32,
+};
+
+/// Size of a MESSAGE-INTEGRITY attribute (header and HMAC-SHA1 value).
+const INTEGRITY_ATTR_LEN: usize = 4 + 20;
+
+/// A STUN message whose header and attribute layout have been validated.
+///
+/// Built only by [`Message::parse`]; every accessor is infallible afterwards.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    buf: &'a [u8],
+    method: Method,
+    class: Class,
+    tid: TransactionId,
+    /// Offset of the first MESSAGE-INTEGRITY attribute header.
+    integrity: Option<usize>,
+    /// Offset of the FINGERPRINT attribute header (always the last attribute).
+    fingerprint: Option<usize>,
+    /// End of the attributes that count, FINGERPRINT aside: just after MESSAGE-INTEGRITY if
+    /// present, else just before FINGERPRINT, else the end of the message.
+    counted_end: usize,
+}
+
+/// One attribute as found on the wire; `value` excludes the padding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RawAttribute<'a> {
+    pub typ: u16,
+    pub value: &'a [u8],
+}
+
+/// Iterator over the attributes of a [`Message`] that count: those up to and including the first
+/// MESSAGE-INTEGRITY, then FINGERPRINT if present.
+#[derive(Debug, Clone)]
+pub struct Attributes<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    end: usize,
+    fingerprint: Option<usize>,
+}
+
+/// For a buffer starting with a STUN header, the size of the whole message (20 + header length);
+/// `None` if fewer than 4 bytes are available.
+pub fn message_len(buf: &[u8]) -> Option<usize> {
+    read_u16(buf, 2).map(|len| HEADER_LEN + usize::from(len))
+}
+
+impl<'a> Message<'a> {
+    /// Parses `buf`, which must hold exactly one STUN message, and validates every attribute's
+    /// framing, MESSAGE-INTEGRITY's length, FINGERPRINT's position and value.
+    pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, StunError> {
+        let header = buf.first_chunk::<HEADER_LEN>().ok_or(StunError::TooShort)?;
+        let [t0, t1, l0, l1, c0, c1, c2, c3, tid @ ..] = *header;
+        if t0 & 0xC0 != 0 || u32::from_be_bytes([c0, c1, c2, c3]) != MAGIC_COOKIE {
+            return Err(StunError::NotStun);
+        }
+        let len = usize::from(u16::from_be_bytes([l0, l1]));
+        if len % 4 != 0 || HEADER_LEN + len != buf.len() {
+            return Err(StunError::BadLength);
+        }
+        let (method, class) = split_type(u16::from_be_bytes([t0, t1]));
+
+        let mut integrity = None;
+        let mut fingerprint_at = None;
+        let mut counted_end = buf.len();
+        let mut pos = HEADER_LEN;
+        while pos < buf.len() {
+            if fingerprint_at.is_some() {
+                return Err(StunError::BadFingerprint);
+            }
+            let (typ, value_len) =
+                attribute_header(buf, pos).ok_or(StunError::BadAttributeLength)?;
+            let next = pos + 4 + padded_len(value_len);
+            if next > buf.len() {
+                return Err(StunError::BadAttributeLength);
+            }
+            match typ {
+                attr::FINGERPRINT => {
+                    if value_len != 4 {
+                        return Err(StunError::BadAttributeLength);
+                    }
+                    fingerprint_at = Some(pos);
+                    if integrity.is_none() {
+                        counted_end = pos;
+                    }
+                }
+                attr::MESSAGE_INTEGRITY if integrity.is_none() => {
+                    if value_len != 20 {
+                        return Err(StunError::BadAttributeLength);
+                    }
+                    integrity = Some(pos);
+                    counted_end = next;
+                }
+                _ => {}
+            }
+            pos = next;
+        }
+
+        if let Some(at) = fingerprint_at {
+            let covered = buf.get(..at).ok_or(StunError::BadFingerprint)?;
+            if read_u32(buf, at + 4) != Some(fingerprint(covered)) {
+                return Err(StunError::BadFingerprint);
+            }
+        }
+
+        Ok(Message {
+            buf,
+            method,
+            class,
+            tid: TransactionId(tid),
+            integrity,
+            fingerprint: fingerprint_at,
+            counted_end,
+        })
+    }
+
+    pub fn method(&self) -> Method {
+        self.method
+    }
+
+    pub fn class(&self) -> Class {
+        self.class
+    }
+
+    pub fn transaction_id(&self) -> TransactionId {
+        self.tid
+    }
+
+    /// The whole message, as parsed.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.buf
+    }
+
+    /// The attributes that count, in wire order.
+    pub fn attributes(&self) -> Attributes<'a> {
+        Attributes {
+            buf: self.buf,
+            pos: HEADER_LEN,
+            end: self.counted_end,
+            fingerprint: self.fingerprint,
+        }
+    }
+
+    /// The value of the first attribute of type `typ` among those that count.
+    pub fn get(&self, typ: u16) -> Option<&'a [u8]> {
+        self.attributes().find(|a| a.typ == typ).map(|a| a.value)
+    }
+
+    pub fn has_integrity(&self) -> bool {
+        self.integrity.is_some()
+    }
+
+    pub fn has_fingerprint(&self) -> bool {
+        self.fingerprint.is_some()
+    }
+
+    /// Checks MESSAGE-INTEGRITY (HMAC-SHA1, RFC 8489 §14.5) under `key`: the short-term password
+    /// or the [`long_term_key`](super::long_term_key). `BadIntegrity` if absent or wrong.
+    pub fn check_integrity(&self, key: &[u8]) -> Result<(), StunError> {
+        let at = self.integrity.ok_or(StunError::BadIntegrity)?;
+        let mut header = *self
+            .buf
+            .first_chunk::<HEADER_LEN>()
+            .ok_or(StunError::BadIntegrity)?;
+        // The HMAC covers a header whose length field ends just after MESSAGE-INTEGRITY.
+        let covered_len = u16::try_from(at + INTEGRITY_ATTR_LEN - HEADER_LEN)
+            .map_err(|_| StunError::BadIntegrity)?;
+        let [l0, l1] = covered_len.to_be_bytes();
+        header[2] = l0;
+        header[3] = l1;
+        let body = self
+            .buf
+            .get(HEADER_LEN..at)
+            .ok_or(StunError::BadIntegrity)?;
+        let expected = self
+            .buf
+            .get(at + 4..at + INTEGRITY_ATTR_LEN)
+            .ok_or(StunError::BadIntegrity)?;
+        let mac = hmac_sha1(key, &[&header, body]);
+        if bool::from(mac.as_slice().ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(StunError::BadIntegrity)
+        }
+    }
+
+    /// Comprehension-required attribute types (< 0x8000) for which `known` is false, each type
+    /// once, in wire order: what goes into UNKNOWN-ATTRIBUTES of a 420 response.
+    pub fn unknown_required(&self, known: impl Fn(u16) -> bool) -> impl Iterator<Item = u16> {
+        let all = self.attributes();
+        let mut rest = all.clone();
+        std::iter::from_fn(move || {
+            loop {
+                let here = rest.pos;
+                let a = rest.next()?;
+                if !is_comprehension_required(a.typ) || known(a.typ) {
+                    continue;
+                }
+                // Report a type only at its first occurrence; linear, but attribute lists are
+                // short and this keeps the iterator allocation-free.
+                let mut earlier = Attributes {
+                    end: here,
+                    fingerprint: None,
+                    ..all.clone()
+                };
+                let seen_before = earlier.any(|b| b.typ == a.typ);
+                if !seen_before {
+                    return Some(a.typ);
+                }
+            }
+        })
+    }
+}
+
+impl<'a> Iterator for Attributes<'a> {
+    type Item = RawAttribute<'a>;
+
+    fn next(&mut self) -> Option<RawAttribute<'a>> {
+        if self.pos < self.end {
+            let (typ, len) = attribute_header(self.buf, self.pos)?;
+            let value = self.buf.get(self.pos + 4..self.pos + 4 + len)?;
+            self.pos += 4 + padded_len(len);
+            return Some(RawAttribute { typ, value });
+        }
+        let at = self.fingerprint.take()?;
+        let value = self.buf.get(at + 4..at + 8)?;
+        Some(RawAttribute {
+            typ: attr::FINGERPRINT,
+            value,
+        })
+    }
+}
+
+/// Type and value length of the attribute whose header starts at `pos`.
+fn attribute_header(buf: &[u8], pos: usize) -> Option<(u16, usize)> {
+    Some((read_u16(buf, pos)?, usize::from(read_u16(buf, pos + 2)?)))
+}
+
+/// The 16-bit message type for `method` and `class` (RFC 8489 §5): the class bits C1 and C0 sit
+/// at bits 8 and 4, the 12 method bits around them. Method bits above the 12th are dropped.
+pub(super) fn message_type(method: Method, class: Class) -> u16 {
+    let m = method.0;
+    let c = match class {
+        Class::Request => 0x000,
+        Class::Indication => 0x010,
+        Class::Success => 0x100,
+        Class::Error => 0x110,
+    };
+    (m & 0x000F) | ((m & 0x0070) << 1) | ((m & 0x0F80) << 2) | c
+}
+
+/// Splits a message type into method and class; the inverse of [`message_type`].
+fn split_type(t: u16) -> (Method, Class) {
+    let method = (t & 0x000F) | ((t >> 1) & 0x0070) | ((t >> 2) & 0x0F80);
+    let class = match t & 0x0110 {
+        0x000 => Class::Request,
+        0x010 => Class::Indication,
+        0x100 => Class::Success,
+        _ => Class::Error,
+    };
+    (Method(method), class)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stun::attr::*;
+    use crate::stun::long_term_key;
+    use crate::stun::test_vectors::*;
+
+    fn all_vectors() -> [(&'static str, &'static [u8], Vec<u8>); 4] {
+        [
+            ("2.1", REQUEST, SHORT_TERM_PASSWORD.as_bytes().to_vec()),
+            (
+                "2.2",
+                RESPONSE_IPV4,
+                SHORT_TERM_PASSWORD.as_bytes().to_vec(),
+            ),
+            (
+                "2.3",
+                RESPONSE_IPV6,
+                SHORT_TERM_PASSWORD.as_bytes().to_vec(),
+            ),
+            (
+                "2.4",
+                REQUEST_LONG_TERM,
+                long_term_key(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD).to_vec(),
+            ),
+        ]
+    }
+
+    #[test]
+    fn type_encoding_round_trips() {
+        assert_eq!(message_type(Method::BINDING, Class::Request), 0x0001);
+        assert_eq!(message_type(Method::BINDING, Class::Success), 0x0101);
+        assert_eq!(message_type(Method::BINDING, Class::Error), 0x0111);
+        assert_eq!(message_type(Method::ALLOCATE, Class::Request), 0x0003);
+        assert_eq!(message_type(Method::ALLOCATE, Class::Error), 0x0113);
+        assert_eq!(message_type(Method::SEND, Class::Indication), 0x0016);
+        assert_eq!(message_type(Method::DATA, Class::Indication), 0x0017);
+        assert_eq!(message_type(Method::CHANNEL_BIND, Class::Success), 0x0109);
+        for m in 0..0x1000 {
+            for c in [
+                Class::Request,
+                Class::Indication,
+                Class::Success,
+                Class::Error,
+            ] {
+                let t = message_type(Method(m), c);
+                assert_eq!(t & 0xC000, 0);
+                assert_eq!(split_type(t), (Method(m), c));
+            }
+        }
+    }
+
+    #[test]
+    fn rfc5769_request() {
+        let msg = Message::parse(REQUEST).unwrap();
+        assert_eq!(msg.method(), Method::BINDING);
+        assert_eq!(msg.class(), Class::Request);
+        assert_eq!(msg.transaction_id(), VECTOR_TID);
+        assert_eq!(msg.get(SOFTWARE), Some(&b"STUN test client"[..]));
+        assert_eq!(decode_u32(msg.get(PRIORITY).unwrap()), Ok(0x6e00_01ff));
+        assert_eq!(
+            msg.get(ICE_CONTROLLED),
+            Some(&[0x93, 0x2f, 0xf9, 0xb1, 0x51, 0x26, 0x3b, 0x36][..])
+        );
+        assert_eq!(
+            decode_text(msg.get(USERNAME).unwrap(), MAX_USERNAME_LEN),
+            Ok("evtj:h6vY")
+        );
+        assert!(msg.has_integrity() && msg.has_fingerprint());
+        assert_eq!(msg.check_integrity(SHORT_TERM_PASSWORD.as_bytes()), Ok(()));
+        assert_eq!(
+            msg.check_integrity(b"VOkJxbRl1RmTxUk/WvJxBr"),
+            Err(StunError::BadIntegrity)
+        );
+        let types: Vec<u16> = msg.attributes().map(|a| a.typ).collect();
+        assert_eq!(
+            types,
+            [
+                SOFTWARE,
+                PRIORITY,
+                ICE_CONTROLLED,
+                USERNAME,
+                MESSAGE_INTEGRITY,
+                FINGERPRINT
+            ]
+        );
+    }
+
+    #[test]
+    fn rfc5769_ipv4_response() {
+        let msg = Message::parse(RESPONSE_IPV4).unwrap();
+        assert_eq!(
+            (msg.method(), msg.class()),
+            (Method::BINDING, Class::Success)
+        );
+        assert_eq!(msg.transaction_id(), VECTOR_TID);
+        assert_eq!(msg.get(SOFTWARE), Some(&b"test vector"[..]));
+        let addr = decode_xor_address(msg.get(XOR_MAPPED_ADDRESS).unwrap(), &VECTOR_TID);
+        assert_eq!(addr, Ok("192.0.2.1:32853".parse().unwrap()));
+        assert_eq!(msg.check_integrity(SHORT_TERM_PASSWORD.as_bytes()), Ok(()));
+        assert!(msg.has_fingerprint());
+    }
+
+    #[test]
+    fn rfc5769_ipv6_response() {
+        let msg = Message::parse(RESPONSE_IPV6).unwrap();
+        assert_eq!(
+            (msg.method(), msg.class()),
+            (Method::BINDING, Class::Success)
+        );
+        let addr = decode_xor_address(msg.get(XOR_MAPPED_ADDRESS).unwrap(), &VECTOR_TID);
+        assert_eq!(
+            addr,
+            Ok("[2001:db8:1234:5678:11:2233:4455:6677]:32853"
+                .parse()
+                .unwrap())
+        );
+        assert_eq!(msg.check_integrity(SHORT_TERM_PASSWORD.as_bytes()), Ok(()));
+        assert!(msg.has_fingerprint());
+    }
+
+    #[test]
+    fn rfc5769_long_term_request() {
+        let msg = Message::parse(REQUEST_LONG_TERM).unwrap();
+        assert_eq!(
+            (msg.method(), msg.class()),
+            (Method::BINDING, Class::Request)
+        );
+        assert_eq!(
+            msg.transaction_id(),
+            TransactionId([
+                0x78, 0xad, 0x34, 0x33, 0xc6, 0xad, 0x72, 0xc0, 0x29, 0xda, 0x41, 0x2e
+            ])
+        );
+        let text = |t| decode_text(msg.get(t).unwrap(), MAX_TEXT_LEN).unwrap();
+        assert_eq!(text(USERNAME), LONG_TERM_USERNAME);
+        assert_eq!(text(REALM), LONG_TERM_REALM);
+        assert_eq!(text(NONCE), "f//499k954d6OL34oL9FSTvy64sA");
+        assert!(msg.has_integrity() && !msg.has_fingerprint());
+        let key = long_term_key(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD);
+        assert_eq!(msg.check_integrity(&key), Ok(()));
+        let wrong = long_term_key(LONG_TERM_USERNAME, LONG_TERM_REALM, "TheMatrIx");
+        assert_eq!(msg.check_integrity(&wrong), Err(StunError::BadIntegrity));
+    }
+
+    /// Every single-bit change to a vector up to MESSAGE-INTEGRITY is caught: parse fails, or the
+    /// integrity check does. Those changes are also tried with FINGERPRINT recomputed, so that
+    /// the integrity check itself has to catch them.
+    #[test]
+    fn rfc5769_bit_flips_are_detected() {
+        for (name, vector, key) in all_vectors() {
+            let original = Message::parse(vector).unwrap();
+            let mi_end = original.integrity.unwrap() + INTEGRITY_ATTR_LEN;
+            for bit in 0..vector.len() * 8 {
+                let mut buf = vector.to_vec();
+                buf[bit / 8] ^= 1 << (bit % 8);
+                if let Ok(msg) = Message::parse(&buf) {
+                    if bit / 8 < mi_end {
+                        assert!(
+                            msg.check_integrity(&key).is_err(),
+                            "{name}: flip of bit {bit} undetected"
+                        );
+                    } else {
+                        // FINGERPRINT is not covered by the HMAC; a flip there passes only by
+                        // turning it into some other attribute, which is then ignored.
+                        assert!(
+                            !msg.has_fingerprint(),
+                            "{name}: flip of bit {bit} undetected"
+                        );
+                    }
+                }
+                if let Some(fp) = original.fingerprint.filter(|_| bit / 8 < mi_end) {
+                    let crc = fingerprint(&buf[..fp]).to_be_bytes();
+                    buf[fp + 4..fp + 8].copy_from_slice(&crc);
+                    if let Ok(msg) = Message::parse(&buf) {
+                        assert_eq!(
+                            msg.check_integrity(&key),
+                            Err(StunError::BadIntegrity),
+                            "{name}: flip of bit {bit} with fixed FINGERPRINT undetected"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn rfc5769_fingerprint_flips_give_bad_fingerprint() {
+        for (name, vector, _) in all_vectors() {
+            let Some(fp) = Message::parse(vector).unwrap().fingerprint else {
+                continue;
+            };
+            for bit in 0..32 {
+                let mut buf = vector.to_vec();
+                buf[fp + 4 + bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(
+                    Message::parse(&buf).map(|_| ()),
+                    Err(StunError::BadFingerprint),
+                    "{name}: bit {bit}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn truncated_headers_are_too_short() {
+        for len in 0..HEADER_LEN {
+            assert_eq!(
+                Message::parse(&REQUEST[..len]).map(|_| ()),
+                Err(StunError::TooShort),
+                "{len}"
+            );
+        }
+    }
+
+    /// A minimal Binding request header with the given body length field.
+    fn header(len: u16) -> Vec<u8> {
+        let mut buf = vec![0x00, 0x01];
+        buf.extend_from_slice(&len.to_be_bytes());
+        buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
+        buf.extend_from_slice(&[7; 12]);
+        buf
+    }
+
+    #[test]
+    fn header_checks() {
+        let ok = header(0);
+        assert!(Message::parse(&ok).is_ok());
+        let mut top_bits = ok.clone();
+        top_bits[0] = 0x40;
+        assert_eq!(
+            Message::parse(&top_bits).map(|_| ()),
+            Err(StunError::NotStun)
+        );
+        let mut cookie = ok.clone();
+        cookie[4] = 0x22;
+        assert_eq!(Message::parse(&cookie).map(|_| ()), Err(StunError::NotStun));
+        // Length past the end of the buffer.
+        assert_eq!(
+            Message::parse(&header(8)).map(|_| ()),
+            Err(StunError::BadLength)
+        );
+        // Length shorter than the buffer.
+        let mut trailing = header(0);
+        trailing.extend_from_slice(&[0; 4]);
+        assert_eq!(
+            Message::parse(&trailing).map(|_| ()),
+            Err(StunError::BadLength)
+        );
+        // Length not a multiple of 4, even when it matches the buffer.
+        let mut odd = header(3);
+        odd.extend_from_slice(&[0; 3]);
+        assert_eq!(Message::parse(&odd).map(|_| ()), Err(StunError::BadLength));
+    }
+
+    #[test]
+    fn attribute_framing_checks() {
+        // Attribute length runs past the end.
+        let mut buf = header(8);
+        buf.extend_from_slice(&[0x80, 0x22, 0x00, 0x05, b'a', b'b', b'c', b'd']);
+        assert_eq!(
+            Message::parse(&buf).map(|_| ()),
+            Err(StunError::BadAttributeLength)
+        );
+        // Padding missing: 5-byte value needs 8 bytes.
+        let mut buf = header(12);
+        buf.extend_from_slice(&[
+            0x80, 0x22, 0x00, 0x05, b'a', b'b', b'c', b'd', b'e', 0, 0, 0,
+        ]);
+        assert!(Message::parse(&buf).is_ok());
+        // MESSAGE-INTEGRITY of the wrong size.
+        let mut buf = header(8);
+        buf.extend_from_slice(&[0x00, 0x08, 0x00, 0x04, 1, 2, 3, 4]);
+        assert_eq!(
+            Message::parse(&buf).map(|_| ()),
+            Err(StunError::BadAttributeLength)
+        );
+        // FINGERPRINT of the wrong size.
+        let mut buf = header(12);
+        buf.extend_from_slice(&[0x80, 0x28, 0x00, 0x08, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(
+            Message::parse(&buf).map(|_| ()),
+            Err(StunError::BadAttributeLength)
+        );
+    }
+
+    #[test]
+    fn attribute_after_fingerprint_is_rejected() {
+        let mut buf = REQUEST.to_vec();
+        buf.extend_from_slice(&[0x80, 0x22, 0x00, 0x00]);
+        let len = u16::from_be_bytes([buf[2], buf[3]]) + 4;
+        buf[2..4].copy_from_slice(&len.to_be_bytes());
+        assert_eq!(
+            Message::parse(&buf).map(|_| ()),
+            Err(StunError::BadFingerprint)
+        );
+    }
+
+    #[test]
+    fn attributes_after_integrity_are_ignored() {
+        // 2.4 with an extra USERNAME and an unknown required attribute after MI.
+        let mut buf = REQUEST_LONG_TERM.to_vec();
+        buf.extend_from_slice(&[0x00, 0x06, 0x00, 0x04, b'e', b'v', b'i', b'l']);
+        buf.extend_from_slice(&[0x7f, 0xff, 0x00, 0x00]);
+        let len = (buf.len() - HEADER_LEN) as u16;
+        buf[2..4].copy_from_slice(&len.to_be_bytes());
+        let msg = Message::parse(&buf).unwrap();
+        let key = long_term_key(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD);
+        assert_eq!(msg.check_integrity(&key), Ok(()));
+        assert_eq!(msg.get(USERNAME), Some(LONG_TERM_USERNAME.as_bytes()));
+        assert_eq!(msg.attributes().count(), 4);
+        assert_eq!(msg.unknown_required(|_| true).count(), 0);
+        assert_eq!(msg.unknown_required(|t| t != 0x7fff).count(), 0);
+    }
+
+    #[test]
+    fn unknown_required_reports_each_type_once() {
+        let mut buf = header(28);
+        buf.extend_from_slice(&[0x00, 0x31, 0x00, 0x00]); // unknown, required
+        buf.extend_from_slice(&[0x80, 0x99, 0x00, 0x00]); // unknown, optional
+        buf.extend_from_slice(&[0x00, 0x06, 0x00, 0x01, b'u', 0, 0, 0]); // USERNAME
+        buf.extend_from_slice(&[0x00, 0x31, 0x00, 0x00]); // repeated
+        buf.extend_from_slice(&[0x00, 0x32, 0x00, 0x00]); // another unknown
+        buf.extend_from_slice(&[0x00, 0x31, 0x00, 0x00]); // repeated again
+        let msg = Message::parse(&buf).unwrap();
+        let unknown: Vec<u16> = msg.unknown_required(|t| t == USERNAME).collect();
+        assert_eq!(unknown, [0x0031, 0x0032]);
+        assert_eq!(msg.check_integrity(b"k"), Err(StunError::BadIntegrity));
+    }
+
+    #[test]
+    fn message_len_reads_the_length_field() {
+        assert_eq!(message_len(&[]), None);
+        assert_eq!(message_len(&[0, 1, 0]), None);
+        assert_eq!(message_len(&[0, 1, 0, 0x58]), Some(108));
+        assert_eq!(message_len(REQUEST), Some(REQUEST.len()));
+    }
+
+    /// xorshift64: deterministic, dependency-free pseudo-random numbers.
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    /// Exercise everything a server would call on a parsed message.
+    fn poke(buf: &[u8]) {
+        let _ = message_len(buf);
+        let _ = crate::stun::frame_len(buf);
+        let _ = crate::stun::ChannelData::parse(buf);
+        if let Ok(msg) = Message::parse(buf) {
+            let tid = msg.transaction_id();
+            let _ = msg.check_integrity(b"key");
+            let _ = msg.unknown_required(|_| false).count();
+            for a in msg.attributes() {
+                let v = a.value;
+                let _ = decode_xor_address(v, &tid);
+                let _ = decode_address(v);
+                let _ = decode_u32(v);
+                let _ = decode_channel_number(v);
+                let _ = decode_requested_transport(v);
+                let _ = decode_address_family(v);
+                let _ = decode_even_port(v);
+                let _ = decode_reservation_token(v);
+                let _ = decode_text(v, MAX_TEXT_LEN);
+                let _ = decode_error_code(v);
+            }
+        }
+    }
+
+    /// A message of random attributes with plausible types and lengths, so that parsing gets
+    /// past the framing checks; sometimes with a valid FINGERPRINT, sometimes with one byte
+    /// changed afterwards.
+    fn structured(rng: &mut XorShift, buf: &mut Vec<u8>) {
+        const TYPES: [u16; 12] = [
+            MESSAGE_INTEGRITY,
+            FINGERPRINT,
+            XOR_MAPPED_ADDRESS,
+            XOR_PEER_ADDRESS,
+            ERROR_CODE,
+            USERNAME,
+            LIFETIME,
+            CHANNEL_NUMBER,
+            EVEN_PORT,
+            UNKNOWN_ATTRIBUTES,
+            0x7777,
+            0x8888,
+        ];
+        buf.clear();
+        buf.extend_from_slice(&header(0));
+        for _ in 0..rng.next() % 6 {
+            let typ = TYPES[(rng.next() % TYPES.len() as u64) as usize];
+            let len = (rng.next() % 25) as usize;
+            buf.extend_from_slice(&typ.to_be_bytes());
+            buf.extend_from_slice(&(len as u16).to_be_bytes());
+            for _ in 0..padded_len(len) {
+                buf.push(rng.next() as u8);
+            }
+        }
+        let with_fingerprint = rng.next() % 2 == 0;
+        let body = buf.len() - HEADER_LEN + if with_fingerprint { 8 } else { 0 };
+        buf[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+        if with_fingerprint {
+            let crc = fingerprint(buf).to_be_bytes();
+            buf.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+            buf.extend_from_slice(&crc);
+        }
+        if rng.next() % 4 == 0 {
+            let at = (rng.next() % buf.len() as u64) as usize;
+            buf[at] ^= 1 << (rng.next() % 8);
+        }
+    }
+
+    #[test]
+    fn never_panics_on_random_input() {
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        let mut buf = [0u8; 160];
+        let mut message = Vec::with_capacity(256);
+        for i in 0..200_000 {
+            let len = (rng.next() % buf.len() as u64) as usize;
+            for b in buf.iter_mut() {
+                *b = rng.next() as u8;
+            }
+            match i % 3 {
+                0 => poke(&buf[..len]),
+                1 if len >= HEADER_LEN => {
+                    // Valid header, random attributes.
+                    let body = (len - HEADER_LEN) & !3;
+                    buf[0] &= 0x3F;
+                    buf[2..4].copy_from_slice(&(body as u16).to_be_bytes());
+                    buf[4..8].copy_from_slice(&MAGIC_COOKIE.to_be_bytes());
+                    poke(&buf[..HEADER_LEN + body]);
+                }
+                _ => {
+                    structured(&mut rng, &mut message);
+                    poke(&message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn never_panics_on_damaged_vectors() {
+        for (_, vector, _) in all_vectors() {
+            for len in 0..=vector.len() {
+                poke(&vector[..len]);
+            }
+            for bit in 0..vector.len() * 8 {
+                let mut buf = vector.to_vec();
+                buf[bit / 8] ^= 1 << (bit % 8);
+                poke(&buf);
+            }
+        }
+    }
+}
