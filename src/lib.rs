@@ -14,6 +14,8 @@
 //!
 //! The binary (`src/main.rs`) is the CLI on top: `serve`, `check-config`, `credentials`.
 
+pub mod auth;
 pub mod config;
+pub mod net;
 pub mod stun;
 pub mod turn;

@@ -1,1 +1,182 @@
-fn main() {}
+//! The `turnpike` command: serve, check a configuration, issue REST API credentials.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use turnpike::auth::rest_password;
+use turnpike::config::Config;
+use turnpike::net::Node;
+
+#[derive(Parser)]
+#[command(name = "turnpike", version, about = "A STUN/TURN server for WebRTC")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve {
+        /// Configuration file (TOML).
+        #[arg(short, long, env = "TURNPIKE_CONFIG")]
+        config: PathBuf,
+        #[command(flatten)]
+        log: LogArgs,
+    },
+    /// Validate a configuration file; exit non-zero with the reason if it is not valid.
+    CheckConfig {
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Print time-limited TURN REST API credentials as JSON, ready for `iceServers`.
+    Credentials {
+        /// Shared secret (default: the first of `[auth] secrets` in --config).
+        #[arg(long, env = "TURNPIKE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
+        /// Configuration file to take the secret from.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// User id appended to the username (`<expiry>:<user>`).
+        #[arg(long)]
+        user: Option<String>,
+        /// How long the credentials are valid, e.g. "1h", "30m".
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+        /// TURN/STUN URI to include in `urls` (repeatable).
+        #[arg(long = "uri")]
+        uris: Vec<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct LogArgs {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log level or filter (overridden by RUST_LOG).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config, log } => serve(&config, &log),
+        Command::CheckConfig { config } => Config::load(&config)
+            .map(|_| println!("{}: ok", config.display()))
+            .map_err(Into::into),
+        Command::Credentials {
+            secret,
+            config,
+            user,
+            ttl,
+            uris,
+        } => credentials(secret, config, user, ttl, uris),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("turnpike: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(log: &LogArgs) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.log_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match log.log_format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
+    init_logging(log);
+    let config = Config::load(path)?;
+    let node = Node::start(&config)?;
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        realm = %config.realm,
+        workers = node_workers(&config),
+        "ready"
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the signal runtime")?;
+    runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
+    node.shutdown();
+    Ok(())
+}
+
+fn node_workers(config: &Config) -> usize {
+    match config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+fn credentials(
+    secret: Option<String>,
+    config: Option<PathBuf>,
+    user: Option<String>,
+    ttl: Duration,
+    uris: Vec<String>,
+) -> anyhow::Result<()> {
+    let secret = match (secret, config) {
+        (Some(secret), _) => secret,
+        (None, Some(path)) => {
+            let config = Config::load(&path)?;
+            match config.auth.secrets.into_iter().next() {
+                Some(secret) => secret,
+                None => bail!("{}: auth.secrets is empty", path.display()),
+            }
+        }
+        (None, None) => bail!("no secret: pass --secret, set TURNPIKE_SECRET or give --config"),
+    };
+    if secret.is_empty() {
+        bail!("the secret is empty");
+    }
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .context("the system clock is before 1970")?;
+    let expiry = (now + ttl).as_secs();
+    let username = match user {
+        Some(user) if user.is_empty() => bail!("--user is empty"),
+        Some(user) => format!("{expiry}:{user}"),
+        None => expiry.to_string(),
+    };
+    let credential = rest_password(secret.as_bytes(), &username);
+    let json = serde_json::json!({
+        "username": username,
+        "credential": credential,
+        "ttl": ttl.as_secs(),
+        "urls": uris,
+    });
+    println!("{json}");
+    Ok(())
+}

@@ -6,14 +6,16 @@ use super::{HEADER_LEN, MAGIC_COOKIE, StunError, padded_len, read_u16, read_u32}
 /// Size of the ChannelData header: channel number and length.
 pub const CHANNEL_DATA_HEADER_LEN: usize = 4;
 
-/// Whether `n` is a valid channel number (0x4000..=0x4FFF).
+/// Whether `n` is a valid channel number. RFC 8656 narrowed the range to 0x4000..=0x4FFF, but
+/// RFC 5766 clients still in wide use (coturn's, libre's) pick numbers up to 0x7FFF, and a server
+/// loses nothing by accepting them, so the RFC 5766 range is accepted.
 pub fn is_valid_channel_number(n: u16) -> bool {
-    (0x4000..=0x4FFF).contains(&n)
+    (0x4000..=0x7FFF).contains(&n)
 }
 
-/// Whether `buf` starts like a ChannelData message (first byte 0x40..=0x4F) rather than STUN.
+/// Whether `buf` starts like a ChannelData message (first byte 0x40..=0x7F) rather than STUN.
 pub fn is_channel_data(buf: &[u8]) -> bool {
-    matches!(buf.first(), Some(0x40..=0x4F))
+    matches!(buf.first(), Some(0x40..=0x7F))
 }
 
 /// A ChannelData message borrowed from the datagram.
@@ -82,7 +84,7 @@ impl Frame {
 /// Finds the next frame at the start of the unread stream bytes `buf`.
 ///
 /// `Ok(None)` means more bytes are needed. `Err` means the stream is not STUN or ChannelData
-/// (first byte neither 0x00..=0x3F nor 0x40..=0x4F, bad magic cookie, or a STUN length that is
+/// (first byte neither 0x00..=0x3F nor 0x40..=0x7F, bad magic cookie, or a STUN length that is
 /// not a multiple of 4) and should be closed.
 pub fn frame_len(buf: &[u8]) -> Result<Option<Frame>, StunError> {
     let Some(&first) = buf.first() else {
@@ -104,7 +106,7 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<Frame>, StunError> {
             let total = HEADER_LEN + usize::from(len);
             Ok((buf.len() >= total).then_some(Frame::Stun(total)))
         }
-        0x40..=0x4F => {
+        0x40..=0x7F => {
             let Some(len) = read_u16(buf, 2) else {
                 return Ok(None);
             };
@@ -142,7 +144,7 @@ mod tests {
             Err(StunError::BadChannelNumber)
         );
         assert_eq!(
-            ChannelData::parse(&[0x50, 0x00, 0, 0]),
+            ChannelData::parse(&[0x80, 0x00, 0, 0]),
             Err(StunError::BadChannelNumber)
         );
         assert_eq!(
@@ -162,7 +164,8 @@ mod tests {
         assert!(is_channel_data(&[0x40]));
         assert!(ChannelData::is_channel_data(&[0x4F, 0]));
         assert!(!is_channel_data(&[0x3F]));
-        assert!(!is_channel_data(&[0x50]));
+        assert!(is_channel_data(&[0x7F]));
+        assert!(!is_channel_data(&[0x80]));
         assert!(!is_channel_data(&[]));
     }
 
@@ -179,7 +182,7 @@ mod tests {
             })
         );
         assert_eq!(
-            write_channel_data_header(&mut buf, 0x5000, 4),
+            write_channel_data_header(&mut buf, 0x8000, 4),
             Err(StunError::BadChannelNumber)
         );
         assert_eq!(
@@ -234,17 +237,18 @@ mod tests {
 
     #[test]
     fn frame_garbage() {
-        for first in 0x50..=0xFF {
+        for first in 0x80..=0xFF {
             assert_eq!(frame_len(&[first]), Err(StunError::NotStun), "{first:#x}");
             assert_eq!(
                 frame_len(&[first, 0, 0, 0, 0, 0, 0, 0]),
                 Err(StunError::NotStun)
             );
         }
-        assert_eq!(frame_len(b"POST / HTTP/1.1\r\n"), Err(StunError::NotStun));
-        // 'G' is 0x47, so an HTTP GET reads as ChannelData for channel 0x4745 of 21536 bytes:
-        // framing alone cannot reject it; the channel lookup does.
+        // ASCII letters fall in the ChannelData range (0x40..=0x7F): "GET " reads as channel
+        // 0x4745 with 21536 bytes to come. Framing alone cannot reject it; the channel lookup
+        // and the stream's idle timeout do.
         assert_eq!(frame_len(b"GET / HTTP/1.1\r\n"), Ok(None));
+        assert_eq!(frame_len(b"POST / HTTP/1.1\r\n"), Ok(None));
         assert_eq!(
             frame_len(&[0x16, 0x03, 0x01, 0x02, 0x00]),
             Err(StunError::BadLength)

@@ -39,7 +39,7 @@ pub enum StunError {
     BadIntegrity,
     #[error("output buffer too small, or message would exceed the STUN size limit")]
     BufferTooSmall,
-    #[error("channel number outside 0x4000..=0x4FFF")]
+    #[error("channel number outside 0x4000..=0x7FFF")]
     BadChannelNumber,
 }
 

@@ -1,1 +1,1321 @@
+//! The sans-IO TURN protocol core (RFC 8656 over RFC 8489): every protocol decision, no I/O.
+//!
+//! A [`Server`] is one worker's state. The I/O layer feeds it datagrams with the current time and
+//! sends what it answers; it never reads the clock, awaits or touches a socket:
+//!
+//! - [`Server::handle_client`] for each message from a client (STUN or ChannelData);
+//! - [`Server::handle_peer`] for each datagram arriving on a relay socket;
+//! - [`Server::poll_event`] after either, until `None`: relay sockets to open or close;
+//! - [`Server::handle_relay_opened`] once a relay socket asked for is open (or failed);
+//! - [`Server::poll_timeout`] for when to call [`Server::handle_timeout`] next.
+
+mod allocation;
+mod error;
+pub mod nonce;
 pub mod policy;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::auth::{CredentialStore, Key, Lookup};
+use crate::config::Transport;
+use crate::stun::{
+    self, ChannelData, Class, Message, MessageWriter, Method, StunError, TransactionId, attr,
+};
+
+pub use allocation::{
+    Allocation, AllocationId, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ChannelBinding,
+    PERMISSION_LIFETIME, Permission, Traffic,
+};
+pub use error::RequestError;
+pub use nonce::Nonces;
+pub use policy::PeerPolicy;
+
+use allocation::CachedResponse;
+
+/// Bytes the I/O layer leaves free before a peer datagram in the buffer it passes to
+/// [`Server::handle_peer`], so the ChannelData or Data indication header is written in place.
+pub const PEER_HEADROOM: usize = 64;
+/// Bytes the I/O layer leaves free after a peer datagram, for padding to a multiple of 4.
+pub const PEER_TAILROOM: usize = 4;
+
+/// The transport-level identity of a client: transport, client address, server address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub transport: Transport,
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+}
+
+/// Address family of a relayed transport address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn of(addr: &SocketAddr) -> Family {
+        if addr.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        }
+    }
+}
+
+/// An unguessable token naming a relay port held back by an EVEN-PORT request (RFC 8656 §14.9).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ReservationToken(pub [u8; 8]);
+
+/// Which port the I/O layer should bind a relay socket to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortRequest {
+    /// Any free port in the range.
+    Any,
+    /// An even port.
+    Even,
+    /// An even port P, and hold P+1 under the token for a later Allocate.
+    EvenReserveNext(ReservationToken),
+    /// The port held under this token.
+    Reserved(ReservationToken),
+}
+
+/// Something the I/O layer must do, from [`Server::poll_event`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// Open a UDP relay socket for `allocation`, then call [`Server::handle_relay_opened`].
+    OpenRelay {
+        allocation: AllocationId,
+        family: Family,
+        port: PortRequest,
+    },
+    /// The allocation has ended: close its relay socket.
+    CloseRelay { allocation: AllocationId },
+}
+
+/// Why the I/O layer could not open a relay socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayOpenError {
+    /// No free port in the range (or none that satisfies EVEN-PORT).
+    NoPort,
+    /// The reservation token is unknown or has expired.
+    BadToken,
+}
+
+/// What to do with a client's message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Nothing to send.
+    None,
+    /// Send the first `n` bytes of `out` back to the client on the same 5-tuple.
+    Reply(usize),
+    /// Send `data[payload]` from the allocation's relay socket to `peer`.
+    Relay {
+        allocation: AllocationId,
+        peer: SocketAddr,
+        payload: Range<usize>,
+    },
+}
+
+/// What to do with a peer's datagram.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PeerAction {
+    /// Drop it.
+    None,
+    /// Send `buf[frame]` to the client on `to`.
+    Forward { to: FiveTuple, frame: Range<usize> },
+}
+
+/// Settings of the core, taken from the configuration.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub realm: String,
+    /// Empty: no SOFTWARE attribute.
+    pub software: String,
+    pub default_lifetime: Duration,
+    pub max_lifetime: Duration,
+    /// Advertised in XOR-RELAYED-ADDRESS instead of the bound IPv4 address (1:1 NAT).
+    pub public_v4: Option<Ipv4Addr>,
+    /// Whether IPv4 and IPv6 relay addresses exist.
+    pub relay_v4: bool,
+    pub relay_v6: bool,
+    /// Allocations one user (the user-id part of a REST API username) may hold on this worker;
+    /// 0 means no limit. Beyond it: 486.
+    pub user_allocation_quota: u32,
+    /// A wall-clock reading (seconds since the Unix epoch) taken at `epoch`: REST API usernames
+    /// carry Unix times, and the core learns the wall clock only from `now` and this pair.
+    pub epoch: Instant,
+    pub unix_at_epoch: u64,
+}
+
+/// Plain counters; the I/O layer sums them over workers when asked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub binding_requests: u64,
+    pub allocations_created: u64,
+    pub allocations_expired: u64,
+    pub allocations_deleted: u64,
+    pub error_responses: u64,
+    pub auth_failures: u64,
+    pub stale_nonces: u64,
+    pub malformed: u64,
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+    pub dropped_no_allocation: u64,
+    pub dropped_no_permission: u64,
+    pub dropped_policy: u64,
+}
+
+struct Slot {
+    generation: u32,
+    allocation: Option<Allocation>,
+}
+
+/// What authentication established about a request.
+struct Authenticated {
+    key: Key,
+}
+
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// One worker's TURN server state.
+pub struct Server {
+    config: CoreConfig,
+    credentials: Arc<dyn CredentialStore>,
+    policy: PeerPolicy,
+    nonces: Nonces,
+    token_key: [u8; 32],
+    token_counter: u64,
+    indications: u64,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    by_tuple: FastMap<FiveTuple, AllocationId>,
+    per_user: FastMap<Box<str>, u32>,
+    timers: BTreeSet<(Instant, AllocationId)>,
+    events: VecDeque<Event>,
+    stats: Stats,
+}
+
+impl Server {
+    /// A core with no allocations. `secret` keys reservation tokens; `nonces` should be shared
+    /// (same key and epoch) by all workers.
+    pub fn new(
+        config: CoreConfig,
+        credentials: Arc<dyn CredentialStore>,
+        policy: PeerPolicy,
+        nonces: Nonces,
+        secret: [u8; 32],
+    ) -> Self {
+        Server {
+            config,
+            credentials,
+            policy,
+            nonces,
+            token_key: secret,
+            token_counter: 0,
+            indications: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_tuple: FastMap::default(),
+            per_user: FastMap::default(),
+            timers: BTreeSet::new(),
+            events: VecDeque::new(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Counts input the I/O layer could not even frame (garbage on a TCP/TLS stream).
+    pub fn record_malformed(&mut self) {
+        self.stats.malformed += 1;
+    }
+
+    /// Number of live allocations.
+    pub fn allocation_count(&self) -> usize {
+        self.by_tuple.len()
+    }
+
+    /// The allocation with this id, if it is still alive.
+    pub fn allocation(&self, id: AllocationId) -> Option<&Allocation> {
+        self.slots
+            .get(id.index())
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.allocation.as_ref())
+    }
+
+    /// The allocation of a 5-tuple.
+    pub fn allocation_of(&self, tuple: &FiveTuple) -> Option<&Allocation> {
+        self.by_tuple.get(tuple).and_then(|id| self.allocation(*id))
+    }
+
+    /// Next thing for the I/O layer to do; call after every `handle_*` until `None`.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Server::handle_timeout`] should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Expires what is due at `now`: allocations, permissions, channel bindings.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, id)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.pop_first();
+            let Some(allocation) = self.allocation_mut(id) else {
+                continue;
+            };
+            if allocation.wake != at {
+                continue;
+            }
+            if allocation.expires <= now {
+                self.stats.allocations_expired += 1;
+                self.remove_allocation(id);
+                continue;
+            }
+            let next = allocation.expire(now);
+            allocation.wake = next;
+            self.timers.insert((next, id));
+        }
+    }
+
+    /// Handles one message from a client: a STUN message or a ChannelData frame (on stream
+    /// transports, exactly one frame as delimited by [`stun::frame_len`]). Replies are written to
+    /// `out`, which must hold at least 1500 bytes.
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        tuple: FiveTuple,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> ClientAction {
+        match data.first() {
+            Some(0x40..=0x7f) => self.handle_channel_data(now, &tuple, data),
+            Some(0x00..=0x3f) => match Message::parse(data) {
+                Ok(msg) => self.handle_message(now, &tuple, &msg, data, out),
+                Err(_) => {
+                    self.stats.malformed += 1;
+                    ClientAction::None
+                }
+            },
+            _ => {
+                self.stats.malformed += 1;
+                ClientAction::None
+            }
+        }
+    }
+
+    /// Handles a datagram from `peer` on the relay socket of `allocation`. The datagram is
+    /// `buf[payload]`, with at least [`PEER_HEADROOM`] bytes before it and [`PEER_TAILROOM`]
+    /// after it, where the frame for the client is built in place.
+    pub fn handle_peer(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        peer: SocketAddr,
+        buf: &mut [u8],
+        payload: Range<usize>,
+    ) -> PeerAction {
+        let peer = canonical_addr(peer);
+        let len = payload.len();
+        if payload.start < PEER_HEADROOM || buf.len() < payload.end + PEER_TAILROOM || len > 65_000
+        {
+            return PeerAction::None;
+        }
+        self.indications = self.indications.wrapping_add(1);
+        let mut tid = [0u8; 12];
+        tid[..4].copy_from_slice(&self.token_key[..4]);
+        tid[4..].copy_from_slice(&self.indications.to_be_bytes());
+        let Some(alloc) = self.allocation_mut(allocation) else {
+            self.stats.dropped_no_allocation += 1;
+            return PeerAction::None;
+        };
+        if !alloc.permits(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return PeerAction::None;
+        }
+        let to = alloc.tuple;
+        let stream = to.transport != Transport::Udp;
+
+        let frame = match alloc.channel_for_peer(peer, now) {
+            Some(number) => {
+                let start = payload.start - 4;
+                // The length was checked against 65 000 above.
+                if stun::write_channel_data_header(&mut buf[start..], number, len as u16).is_err() {
+                    return PeerAction::None;
+                }
+                let mut end = payload.end;
+                if stream {
+                    let padded = (len + 3) & !3;
+                    buf[end..payload.start + padded].fill(0);
+                    end = payload.start + padded;
+                }
+                start..end
+            }
+            None => match write_data_indication(buf, payload.clone(), peer, TransactionId(tid)) {
+                Some(frame) => frame,
+                None => return PeerAction::None,
+            },
+        };
+        alloc.traffic.to_client_packets += 1;
+        alloc.traffic.to_client_bytes += len as u64;
+        self.stats.to_client_packets += 1;
+        self.stats.to_client_bytes += len as u64;
+        PeerAction::Forward { to, frame }
+    }
+
+    /// The I/O layer opened (or failed to open) the relay socket asked for by
+    /// [`Event::OpenRelay`]. Returns the Allocate response, written to `out`, and where to send it.
+    pub fn handle_relay_opened(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        result: Result<SocketAddr, RelayOpenError>,
+        out: &mut [u8],
+    ) -> Option<(FiveTuple, usize)> {
+        let alloc = self.allocation_mut(allocation)?;
+        let tuple = alloc.tuple;
+        let tid = alloc.last_response.tid?;
+        let key = alloc.key;
+        let relayed = match result {
+            Ok(addr) => addr,
+            Err(_) => {
+                self.remove_allocation(allocation);
+                self.events
+                    .retain(|e| *e != Event::CloseRelay { allocation });
+                let n = self.write_error(
+                    out,
+                    Method::ALLOCATE,
+                    tid,
+                    RequestError::InsufficientCapacity,
+                    Some(&key),
+                );
+                return Some((tuple, n));
+            }
+        };
+        alloc.relayed = Some(relayed);
+        let lifetime = alloc.expires.saturating_duration_since(now);
+        let token = alloc.reservation;
+        let advertised = self.advertised(relayed);
+        let n = write_response(
+            out,
+            Method::ALLOCATE,
+            tid,
+            &self.config.software,
+            &key,
+            |w| {
+                w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)?;
+                w.u32(attr::LIFETIME, lifetime.as_secs() as u32)?;
+                if let Some(token) = token {
+                    w.attribute(attr::RESERVATION_TOKEN, &token.0)?;
+                }
+                w.xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client)
+            },
+        )
+        .unwrap_or(0);
+        self.stats.allocations_created += 1;
+        // The allocation was just looked up, so it is there.
+        let alloc = self.allocation_mut(allocation)?;
+        alloc.last_response.store(tid, now, &out[..n]);
+        (n > 0).then_some((tuple, n))
+    }
+
+    /// A client's stream connection closed: its allocation (if any) ends now.
+    pub fn handle_connection_closed(&mut self, tuple: &FiveTuple) {
+        if let Some(&id) = self.by_tuple.get(tuple) {
+            self.stats.allocations_deleted += 1;
+            self.remove_allocation(id);
+        }
+    }
+
+    fn advertised(&self, relayed: SocketAddr) -> SocketAddr {
+        match (relayed, self.config.public_v4) {
+            (SocketAddr::V4(_), Some(public)) => SocketAddr::new(public.into(), relayed.port()),
+            _ => relayed,
+        }
+    }
+
+    fn allocation_mut(&mut self, id: AllocationId) -> Option<&mut Allocation> {
+        self.slots
+            .get_mut(id.index())
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.allocation.as_mut())
+    }
+
+    fn handle_channel_data(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        data: &[u8],
+    ) -> ClientAction {
+        let Ok(frame) = ChannelData::parse(data) else {
+            self.stats.malformed += 1;
+            return ClientAction::None;
+        };
+        let Some(&id) = self.by_tuple.get(tuple) else {
+            self.stats.dropped_no_allocation += 1;
+            return ClientAction::None;
+        };
+        // `by_tuple` only holds live ids.
+        let Some(alloc) = self.allocation_mut(id) else {
+            return ClientAction::None;
+        };
+        let Some(peer) = alloc.channel(frame.number, now).map(|c| c.peer) else {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        };
+        if !alloc.permits(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        let len = frame.payload.len() as u64;
+        alloc.traffic.to_peer_packets += 1;
+        alloc.traffic.to_peer_bytes += len;
+        self.stats.to_peer_packets += 1;
+        self.stats.to_peer_bytes += len;
+        ClientAction::Relay {
+            allocation: id,
+            peer,
+            payload: 4..4 + frame.payload.len(),
+        }
+    }
+
+    fn handle_message(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        data: &[u8],
+        out: &mut [u8],
+    ) -> ClientAction {
+        match (msg.class(), msg.method()) {
+            (Class::Indication, Method::SEND) => self.handle_send(now, tuple, msg, data),
+            (Class::Request, Method::BINDING) => self.handle_binding(tuple, msg, out),
+            (Class::Request, method) => {
+                let reply = self.handle_turn_request(now, tuple, msg, out);
+                if let Some(id) = self.by_tuple.get(tuple).copied()
+                    && method != Method::ALLOCATE
+                    && let Some(alloc) = self.allocation_mut(id)
+                    && let ClientAction::Reply(n) = reply
+                {
+                    alloc
+                        .last_response
+                        .store(msg.transaction_id(), now, &out[..n]);
+                }
+                reply
+            }
+            // Responses, and indications other than Send, are not for a server.
+            _ => ClientAction::None,
+        }
+    }
+
+    fn handle_binding(
+        &mut self,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> ClientAction {
+        self.stats.binding_requests += 1;
+        let tid = msg.transaction_id();
+        if msg.unknown_required(is_known_attribute).next().is_some() {
+            return self.reply_unknown_attributes(msg, None, out);
+        }
+        let written = (|| {
+            let mut w = MessageWriter::new(out, Method::BINDING, Class::Success, tid)?;
+            w.xor_address(attr::XOR_MAPPED_ADDRESS, tuple.client)?;
+            w.fingerprint()?;
+            Ok::<_, StunError>(w.finish())
+        })();
+        match written {
+            Ok(n) => ClientAction::Reply(n),
+            Err(_) => ClientAction::None,
+        }
+    }
+
+    fn handle_turn_request(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> ClientAction {
+        let method = msg.method();
+        let tid = msg.transaction_id();
+        if !matches!(
+            method,
+            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
+        ) {
+            return self.reply_error(
+                out,
+                method,
+                tid,
+                RequestError::BadRequest("Unknown Method"),
+                None,
+            );
+        }
+        // A retransmission of the last request on this allocation gets the same answer.
+        if let Some(alloc) = self.by_tuple.get(tuple).and_then(|id| self.allocation(*id))
+            && let Some(cached) = alloc.last_response.get(tid, now)
+            && alloc.relayed.is_some()
+        {
+            let n = cached.len();
+            if let Some(dst) = out.get_mut(..n) {
+                dst.copy_from_slice(cached);
+                return ClientAction::Reply(n);
+            }
+        }
+        let auth = match self.authenticate(now, tuple, msg, out) {
+            Ok(auth) => auth,
+            Err(reply) => return reply,
+        };
+        if msg.unknown_required(is_known_attribute).next().is_some() {
+            return self.reply_unknown_attributes(msg, Some(&auth.key), out);
+        }
+        let result = match method {
+            Method::ALLOCATE => self.allocate(now, tuple, msg, &auth),
+            Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
+            Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
+            _ => self.channel_bind(now, tuple, msg, &auth, out),
+        };
+        match result {
+            Ok(reply) => reply,
+            Err(error) => self.reply_error(out, method, tid, error, Some(&auth.key)),
+        }
+    }
+
+    /// The long-term credential mechanism (RFC 8489 §9.2.4), with stateless nonces.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        out: &mut [u8],
+    ) -> Result<Authenticated, ClientAction> {
+        let method = msg.method();
+        let tid = msg.transaction_id();
+        if !msg.has_integrity() {
+            return Err(self.reply_challenge(
+                now,
+                out,
+                method,
+                tid,
+                tuple,
+                RequestError::Unauthorized,
+            ));
+        }
+        let text = |typ, max| msg.get(typ).map(|v| attr::decode_text(v, max));
+        let (Some(Ok(username)), Some(Ok(realm)), Some(nonce)) = (
+            text(attr::USERNAME, 513),
+            text(attr::REALM, 763),
+            msg.get(attr::NONCE),
+        ) else {
+            return Err(self.reply_error(
+                out,
+                method,
+                tid,
+                RequestError::BadRequest("Missing USERNAME, REALM or NONCE"),
+                None,
+            ));
+        };
+        if self.nonces.check(now, tuple.client.ip(), nonce).is_err() {
+            self.stats.stale_nonces += 1;
+            return Err(self.reply_challenge(
+                now,
+                out,
+                method,
+                tid,
+                tuple,
+                RequestError::StaleNonce,
+            ));
+        }
+        let existing = self.allocation_of(tuple);
+        if let Some(alloc) = existing
+            && &*alloc.username == username
+        {
+            if msg.check_integrity(&alloc.key).is_ok() {
+                return Ok(Authenticated { key: alloc.key });
+            }
+            self.stats.auth_failures += 1;
+            return Err(self.reply_challenge(
+                now,
+                out,
+                method,
+                tid,
+                tuple,
+                RequestError::Unauthorized,
+            ));
+        }
+        let mut found = None;
+        let lookup = if realm == self.config.realm {
+            let now_unix = self.unix_time(now);
+            self.credentials
+                .keys(username, realm, now_unix, &mut |key| {
+                    let ok = msg.check_integrity(key).is_ok();
+                    if ok {
+                        found = Some(*key);
+                    }
+                    ok
+                })
+        } else {
+            Lookup::Unknown
+        };
+        let Some(key) = found else {
+            self.stats.auth_failures += 1;
+            let _ = lookup;
+            return Err(self.reply_challenge(
+                now,
+                out,
+                method,
+                tid,
+                tuple,
+                RequestError::Unauthorized,
+            ));
+        };
+        if existing.is_some() {
+            // Valid credentials, but not the ones this allocation was made with.
+            return Err(self.reply_error(
+                out,
+                method,
+                tid,
+                RequestError::WrongCredentials,
+                Some(&key),
+            ));
+        }
+        Ok(Authenticated { key })
+    }
+
+    fn allocate(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+    ) -> Result<ClientAction, RequestError> {
+        if self.by_tuple.contains_key(tuple) {
+            return Err(RequestError::AllocationMismatch);
+        }
+        let transport = msg
+            .get(attr::REQUESTED_TRANSPORT)
+            .ok_or(RequestError::BadRequest("Missing REQUESTED-TRANSPORT"))?;
+        let transport = attr::decode_requested_transport(transport)
+            .map_err(|_| RequestError::BadRequest("Malformed REQUESTED-TRANSPORT"))?;
+        if transport != 17 {
+            return Err(RequestError::UnsupportedTransport);
+        }
+        let token = msg.get(attr::RESERVATION_TOKEN);
+        let even_port = msg.get(attr::EVEN_PORT);
+        let family_attr = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
+        if token.is_some() && (even_port.is_some() || family_attr.is_some()) {
+            return Err(RequestError::BadRequest(
+                "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+            ));
+        }
+        let family = match family_attr.map(attr::decode_address_family) {
+            None => Family::V4,
+            Some(Ok(0x01)) => Family::V4,
+            Some(Ok(0x02)) => Family::V6,
+            Some(Ok(_)) => return Err(RequestError::AddressFamilyNotSupported),
+            Some(Err(_)) => {
+                return Err(RequestError::BadRequest(
+                    "Malformed REQUESTED-ADDRESS-FAMILY",
+                ));
+            }
+        };
+        let supported = match family {
+            Family::V4 => self.config.relay_v4,
+            Family::V6 => self.config.relay_v6,
+        };
+        if !supported {
+            return Err(RequestError::AddressFamilyNotSupported);
+        }
+        let mut reservation = None;
+        let port = match (token, even_port) {
+            (Some(token), _) => {
+                let token = attr::decode_reservation_token(token)
+                    .map_err(|_| RequestError::BadRequest("Malformed RESERVATION-TOKEN"))?;
+                PortRequest::Reserved(ReservationToken(token))
+            }
+            (None, Some(even)) => {
+                let reserve = attr::decode_even_port(even)
+                    .map_err(|_| RequestError::BadRequest("Malformed EVEN-PORT"))?;
+                if reserve {
+                    let token = self.new_token();
+                    reservation = Some(token);
+                    PortRequest::EvenReserveNext(token)
+                } else {
+                    PortRequest::Even
+                }
+            }
+            (None, None) => PortRequest::Any,
+        };
+        let lifetime = self.lifetime(msg, false)?;
+        let username = msg
+            .get(attr::USERNAME)
+            .and_then(|v| attr::decode_text(v, 513).ok())
+            .unwrap_or_default();
+        let quota = self.config.user_allocation_quota;
+        let held = self.per_user.get(crate::auth::user_id(username)).copied();
+        if quota > 0 && held.unwrap_or(0) >= quota {
+            return Err(RequestError::AllocationQuotaReached);
+        }
+        *self
+            .per_user
+            .entry(crate::auth::user_id(username).into())
+            .or_default() += 1;
+        let id = self.insert_allocation(Allocation {
+            id: AllocationId {
+                index: 0,
+                generation: 0,
+            },
+            tuple: *tuple,
+            username: username.into(),
+            key: auth.key,
+            relayed: None,
+            created: now,
+            expires: now + lifetime,
+            permissions: Vec::new(),
+            channels: Vec::new(),
+            traffic: Traffic::default(),
+            wake: now + lifetime,
+            last_response: CachedResponse {
+                tid: Some(msg.transaction_id()),
+                ..CachedResponse::default()
+            },
+            reservation,
+        });
+        self.events.push_back(Event::OpenRelay {
+            allocation: id,
+            family,
+            port,
+        });
+        Ok(ClientAction::None)
+    }
+
+    fn refresh(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Result<ClientAction, RequestError> {
+        let id = *self
+            .by_tuple
+            .get(tuple)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let lifetime = self.lifetime(msg, true)?;
+        let relayed_family = self
+            .allocation(id)
+            .and_then(|a| a.relayed)
+            .map(|a| Family::of(&a));
+        if let Some(family) = msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
+            let requested = match attr::decode_address_family(family) {
+                Ok(0x01) => Family::V4,
+                Ok(0x02) => Family::V6,
+                _ => return Err(RequestError::PeerAddressFamilyMismatch),
+            };
+            if Some(requested) != relayed_family {
+                return Err(RequestError::PeerAddressFamilyMismatch);
+            }
+        }
+        if lifetime.is_zero() {
+            self.stats.allocations_deleted += 1;
+            self.remove_allocation(id);
+        } else if let Some(alloc) = self.allocation_mut(id) {
+            alloc.expires = now + lifetime;
+            self.reschedule(id, now);
+        }
+        let n = write_response(
+            out,
+            Method::REFRESH,
+            msg.transaction_id(),
+            &self.config.software,
+            &auth.key,
+            |w| w.u32(attr::LIFETIME, lifetime.as_secs() as u32),
+        )
+        .map_err(|_| RequestError::ServerError)?;
+        Ok(ClientAction::Reply(n))
+    }
+
+    fn create_permission(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Result<ClientAction, RequestError> {
+        let id = *self
+            .by_tuple
+            .get(tuple)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let relayed = self
+            .allocation(id)
+            .and_then(|a| a.relayed)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let tid = msg.transaction_id();
+        let mut peers = 0;
+        for attribute in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
+            let peer = attr::decode_xor_address(attribute.value, &tid)
+                .map_err(|_| RequestError::BadRequest("Malformed XOR-PEER-ADDRESS"))?;
+            self.check_peer(peer, relayed)?;
+            peers += 1;
+        }
+        if peers == 0 {
+            return Err(RequestError::BadRequest("Missing XOR-PEER-ADDRESS"));
+        }
+        if let Some(alloc) = self.allocation_mut(id) {
+            for attribute in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
+                if let Ok(peer) = attr::decode_xor_address(attribute.value, &tid) {
+                    alloc.permit(canonical_addr(peer).ip(), now);
+                }
+            }
+        }
+        self.reschedule(id, now);
+        let n = write_response(
+            out,
+            Method::CREATE_PERMISSION,
+            tid,
+            &self.config.software,
+            &auth.key,
+            |_| Ok(()),
+        )
+        .map_err(|_| RequestError::ServerError)?;
+        Ok(ClientAction::Reply(n))
+    }
+
+    fn channel_bind(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        auth: &Authenticated,
+        out: &mut [u8],
+    ) -> Result<ClientAction, RequestError> {
+        let id = *self
+            .by_tuple
+            .get(tuple)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let relayed = self
+            .allocation(id)
+            .and_then(|a| a.relayed)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let tid = msg.transaction_id();
+        let number = msg
+            .get(attr::CHANNEL_NUMBER)
+            .ok_or(RequestError::BadRequest("Missing CHANNEL-NUMBER"))?;
+        let number = attr::decode_channel_number(number)
+            .map_err(|_| RequestError::BadRequest("Malformed CHANNEL-NUMBER"))?;
+        if !stun::channel::is_valid_channel_number(number) {
+            return Err(RequestError::BadRequest("Channel number out of range"));
+        }
+        let peer = msg
+            .get(attr::XOR_PEER_ADDRESS)
+            .ok_or(RequestError::BadRequest("Missing XOR-PEER-ADDRESS"))?;
+        let peer = attr::decode_xor_address(peer, &tid)
+            .map_err(|_| RequestError::BadRequest("Malformed XOR-PEER-ADDRESS"))?;
+        self.check_peer(peer, relayed)?;
+        let peer = canonical_addr(peer);
+        if let Some(alloc) = self.allocation_mut(id) {
+            alloc
+                .bind_channel(number, peer, now)
+                .map_err(RequestError::BadRequest)?;
+            alloc.permit(peer.ip(), now);
+        }
+        self.reschedule(id, now);
+        let n = write_response(
+            out,
+            Method::CHANNEL_BIND,
+            tid,
+            &self.config.software,
+            &auth.key,
+            |_| Ok(()),
+        )
+        .map_err(|_| RequestError::ServerError)?;
+        Ok(ClientAction::Reply(n))
+    }
+
+    fn handle_send(
+        &mut self,
+        now: Instant,
+        tuple: &FiveTuple,
+        msg: &Message<'_>,
+        data: &[u8],
+    ) -> ClientAction {
+        let Some(&id) = self.by_tuple.get(tuple) else {
+            self.stats.dropped_no_allocation += 1;
+            return ClientAction::None;
+        };
+        let tid = msg.transaction_id();
+        let (Some(peer), Some(payload)) = (msg.get(attr::XOR_PEER_ADDRESS), msg.get(attr::DATA))
+        else {
+            self.stats.malformed += 1;
+            return ClientAction::None;
+        };
+        let Ok(peer) = attr::decode_xor_address(peer, &tid) else {
+            self.stats.malformed += 1;
+            return ClientAction::None;
+        };
+        let peer = canonical_addr(peer);
+        if self.policy.is_own_socket(peer) || !self.policy.permits_ip(peer.ip()) {
+            self.stats.dropped_policy += 1;
+            return ClientAction::None;
+        }
+        let Some(alloc) = self.allocation_mut(id) else {
+            return ClientAction::None;
+        };
+        if alloc.relayed.is_none_or(|relayed| relayed == peer) || !alloc.permits(peer.ip(), now) {
+            self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        // `payload` borrows from `data`, so the offset is in range.
+        let start = payload.as_ptr() as usize - data.as_ptr() as usize;
+        let len = payload.len() as u64;
+        alloc.traffic.to_peer_packets += 1;
+        alloc.traffic.to_peer_bytes += len;
+        self.stats.to_peer_packets += 1;
+        self.stats.to_peer_bytes += len;
+        ClientAction::Relay {
+            allocation: id,
+            peer,
+            payload: start..start + payload.len(),
+        }
+    }
+
+    /// May the allocation relayed on `relayed` talk to `peer`? Policy first (403 whatever the
+    /// family), then the family (443).
+    fn check_peer(&self, peer: SocketAddr, relayed: SocketAddr) -> Result<(), RequestError> {
+        let canonical = canonical_addr(peer);
+        if !self.policy.permits_ip(canonical.ip()) {
+            return Err(RequestError::Forbidden("Peer address not allowed"));
+        }
+        if self.policy.is_own_socket(canonical)
+            || canonical == relayed
+            || canonical == self.advertised(relayed)
+        {
+            return Err(RequestError::Forbidden("Peer is this server"));
+        }
+        if Family::of(&peer) != Family::of(&relayed) {
+            return Err(RequestError::PeerAddressFamilyMismatch);
+        }
+        Ok(())
+    }
+
+    /// The lifetime a request asks for, clamped (RFC 8656 §7.2): at least the default, at most
+    /// the maximum; zero only for a Refresh that deletes.
+    fn lifetime(&self, msg: &Message<'_>, refresh: bool) -> Result<Duration, RequestError> {
+        let requested = match msg.get(attr::LIFETIME) {
+            Some(v) => Some(
+                attr::decode_u32(v).map_err(|_| RequestError::BadRequest("Malformed LIFETIME"))?,
+            ),
+            None => None,
+        };
+        Ok(match requested {
+            Some(0) if refresh => Duration::ZERO,
+            Some(secs) => Duration::from_secs(secs.into())
+                .min(self.config.max_lifetime)
+                .max(self.config.default_lifetime),
+            None => self.config.default_lifetime,
+        })
+    }
+
+    fn unix_time(&self, now: Instant) -> u64 {
+        self.config.unix_at_epoch + now.saturating_duration_since(self.config.epoch).as_secs()
+    }
+
+    fn new_token(&mut self) -> ReservationToken {
+        use hmac::{Hmac, KeyInit, Mac};
+        self.token_counter += 1;
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac =
+            <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&self.token_key).expect("any key length");
+        mac.update(&self.token_counter.to_be_bytes());
+        let mut token = [0u8; 8];
+        token.copy_from_slice(&mac.finalize().into_bytes()[..8]);
+        ReservationToken(token)
+    }
+
+    fn insert_allocation(&mut self, mut allocation: Allocation) -> AllocationId {
+        let index = match self.free_slots.pop() {
+            Some(index) => index,
+            None => {
+                self.slots.push(Slot {
+                    generation: 0,
+                    allocation: None,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        let slot = &mut self.slots[index as usize];
+        let id = AllocationId {
+            index,
+            generation: slot.generation,
+        };
+        allocation.id = id;
+        self.timers.insert((allocation.wake, id));
+        self.by_tuple.insert(allocation.tuple, id);
+        slot.allocation = Some(allocation);
+        id
+    }
+
+    fn remove_allocation(&mut self, id: AllocationId) {
+        let Some(slot) = self
+            .slots
+            .get_mut(id.index())
+            .filter(|slot| slot.generation == id.generation)
+        else {
+            return;
+        };
+        let Some(allocation) = slot.allocation.take() else {
+            return;
+        };
+        slot.generation = slot.generation.wrapping_add(1);
+        self.timers.remove(&(allocation.wake, id));
+        self.by_tuple.remove(&allocation.tuple);
+        let user = crate::auth::user_id(&allocation.username);
+        if let Some(held) = self.per_user.get_mut(user) {
+            *held -= 1;
+            if *held == 0 {
+                self.per_user.remove(user);
+            }
+        }
+        self.free_slots.push(id.index);
+        self.events.push_back(Event::CloseRelay { allocation: id });
+    }
+
+    /// Files the allocation under its (possibly earlier) next deadline.
+    fn reschedule(&mut self, id: AllocationId, now: Instant) {
+        let Some(alloc) = self.allocation_mut(id) else {
+            return;
+        };
+        let next = alloc.next_deadline(now);
+        let old = std::mem::replace(&mut alloc.wake, next);
+        if old != next {
+            self.timers.remove(&(old, id));
+            self.timers.insert((next, id));
+        }
+    }
+
+    fn reply_error(
+        &mut self,
+        out: &mut [u8],
+        method: Method,
+        tid: TransactionId,
+        error: RequestError,
+        key: Option<&Key>,
+    ) -> ClientAction {
+        match self.write_error(out, method, tid, error, key) {
+            0 => ClientAction::None,
+            n => ClientAction::Reply(n),
+        }
+    }
+
+    fn write_error(
+        &mut self,
+        out: &mut [u8],
+        method: Method,
+        tid: TransactionId,
+        error: RequestError,
+        key: Option<&Key>,
+    ) -> usize {
+        self.stats.error_responses += 1;
+        let software = if key.is_some() {
+            &self.config.software[..]
+        } else {
+            ""
+        };
+        write_message(out, method, Class::Error, tid, software, key, |w| {
+            w.error_code(error.code(), error.reason())
+        })
+        .unwrap_or(0)
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY.
+    fn reply_challenge(
+        &mut self,
+        now: Instant,
+        out: &mut [u8],
+        method: Method,
+        tid: TransactionId,
+        tuple: &FiveTuple,
+        error: RequestError,
+    ) -> ClientAction {
+        self.stats.error_responses += 1;
+        let nonce = self.nonces.issue(now, tuple.client.ip());
+        let realm = &self.config.realm;
+        match write_message(out, method, Class::Error, tid, "", None, |w| {
+            w.error_code(error.code(), error.reason())?;
+            w.attribute(attr::REALM, realm.as_bytes())?;
+            w.attribute(attr::NONCE, &nonce)
+        }) {
+            Ok(n) => ClientAction::Reply(n),
+            Err(_) => ClientAction::None,
+        }
+    }
+
+    fn reply_unknown_attributes(
+        &mut self,
+        msg: &Message<'_>,
+        key: Option<&Key>,
+        out: &mut [u8],
+    ) -> ClientAction {
+        self.stats.error_responses += 1;
+        let mut unknown = [0u16; 16];
+        let mut count = 0;
+        for (slot, typ) in unknown
+            .iter_mut()
+            .zip(msg.unknown_required(is_known_attribute))
+        {
+            *slot = typ;
+            count += 1;
+        }
+        let error = RequestError::UnknownAttribute;
+        let software = if key.is_some() {
+            &self.config.software[..]
+        } else {
+            ""
+        };
+        match write_message(
+            out,
+            msg.method(),
+            Class::Error,
+            msg.transaction_id(),
+            software,
+            key,
+            |w| {
+                w.error_code(error.code(), error.reason())?;
+                w.unknown_attributes(&unknown[..count])
+            },
+        ) {
+            Ok(n) => ClientAction::Reply(n),
+            Err(_) => ClientAction::None,
+        }
+    }
+}
+
+/// Attributes this server understands (or knowingly ignores) in requests and indications.
+fn is_known_attribute(typ: u16) -> bool {
+    matches!(
+        typ,
+        attr::MAPPED_ADDRESS
+            | attr::USERNAME
+            | attr::MESSAGE_INTEGRITY
+            | attr::ERROR_CODE
+            | attr::UNKNOWN_ATTRIBUTES
+            | attr::CHANNEL_NUMBER
+            | attr::LIFETIME
+            | attr::XOR_PEER_ADDRESS
+            | attr::DATA
+            | attr::REALM
+            | attr::NONCE
+            | attr::XOR_RELAYED_ADDRESS
+            | attr::REQUESTED_ADDRESS_FAMILY
+            | attr::EVEN_PORT
+            | attr::REQUESTED_TRANSPORT
+            | attr::DONT_FRAGMENT
+            | attr::XOR_MAPPED_ADDRESS
+            | attr::RESERVATION_TOKEN
+            | attr::PRIORITY
+            | attr::USE_CANDIDATE
+            | attr::PADDING
+    )
+}
+
+/// An address with any IPv4-in-IPv6 form turned into plain IPv4.
+fn canonical_addr(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(policy::canonical_ip(addr.ip()), addr.port())
+}
+
+/// A success response with MESSAGE-INTEGRITY and FINGERPRINT.
+fn write_response(
+    out: &mut [u8],
+    method: Method,
+    tid: TransactionId,
+    software: &str,
+    key: &Key,
+    attributes: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), StunError>,
+) -> Result<usize, StunError> {
+    write_message(
+        out,
+        method,
+        Class::Success,
+        tid,
+        software,
+        Some(key),
+        attributes,
+    )
+}
+
+fn write_message(
+    out: &mut [u8],
+    method: Method,
+    class: Class,
+    tid: TransactionId,
+    software: &str,
+    key: Option<&Key>,
+    attributes: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), StunError>,
+) -> Result<usize, StunError> {
+    let mut w = MessageWriter::new(out, method, class, tid)?;
+    attributes(&mut w)?;
+    if !software.is_empty() {
+        w.attribute(attr::SOFTWARE, software.as_bytes())?;
+    }
+    if let Some(key) = key {
+        w.message_integrity(key)?;
+    }
+    w.fingerprint()?;
+    Ok(w.finish())
+}
+
+/// Writes a Data indication around `buf[payload]` in place (header and XOR-PEER-ADDRESS before,
+/// padding after) and returns the frame's range.
+fn write_data_indication(
+    buf: &mut [u8],
+    payload: Range<usize>,
+    peer: SocketAddr,
+    tid: TransactionId,
+) -> Option<Range<usize>> {
+    let len = payload.len();
+    let peer_attr = if peer.is_ipv4() { 12 } else { 24 };
+    let start = payload
+        .start
+        .checked_sub(stun::HEADER_LEN + peer_attr + 4)?;
+    let written = {
+        let mut w = MessageWriter::new(
+            &mut buf[start..payload.start],
+            Method::DATA,
+            Class::Indication,
+            tid,
+        )
+        .ok()?;
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).ok()?;
+        w.finish()
+    };
+    let data_header = start + written;
+    if data_header + 4 != payload.start {
+        return None;
+    }
+    buf[data_header..data_header + 2].copy_from_slice(&attr::DATA.to_be_bytes());
+    buf[data_header + 2..data_header + 4].copy_from_slice(&(len as u16).to_be_bytes());
+    let padded = (len + 3) & !3;
+    buf[payload.end..payload.start + padded].fill(0);
+    let body = (written - stun::HEADER_LEN + 4 + padded) as u16;
+    buf[start + 2..start + 4].copy_from_slice(&body.to_be_bytes());
+    Some(start..payload.start + padded)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+//! The tokio I/O shell: binds the listeners, runs one single-threaded worker per core, and
+//! carries datagrams between sockets and the protocol cores. It makes no protocol decision.
+
+mod relay;
+mod stream;
+mod worker;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Instant, SystemTime};
+
+use rand::RngCore;
+use tokio::sync::watch;
+
+use crate::auth::StaticCredentials;
+use crate::config::{Config, Transport};
+use crate::turn::{CoreConfig, Nonces, PeerPolicy, Server};
+
+pub use relay::Reservations;
+pub use stream::tls_acceptor;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listen[{index}] ({transport} {address}): cannot bind: {source}")]
+    Bind {
+        index: usize,
+        transport: Transport,
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Tls(String),
+    #[error(
+        "relay.address is not set and no IPv4 address was found on the default-route interface; set [relay] address"
+    )]
+    NoRelayAddress,
+    #[error("cannot start worker thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// A bound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BoundListener {
+    pub transport: Transport,
+    pub address: SocketAddr,
+}
+
+/// A running server: its listeners and worker threads.
+pub struct Node {
+    listeners: Vec<BoundListener>,
+    relay_v4: Option<Ipv4Addr>,
+    workers: Vec<JoinHandle<()>>,
+    shutdown: watch::Sender<bool>,
+}
+
+/// The sockets one worker serves.
+struct WorkerSockets {
+    udp: Vec<std::net::UdpSocket>,
+    tcp: Vec<(std::net::TcpListener, bool)>,
+}
+
+impl Node {
+    /// Binds every listener (once per worker, with SO_REUSEPORT) and starts the workers.
+    pub fn start(config: &Config) -> Result<Node, StartError> {
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let relay_v4 = match config.relay.address {
+            Some(ip) => Some(ip),
+            None => {
+                let found = default_route_ipv4().ok_or(StartError::NoRelayAddress)?;
+                tracing::info!(address = %found, "relay.address not set: relaying on the address of the default-route interface");
+                Some(found)
+            }
+        };
+        let tls = match &config.tls {
+            Some(files) if config.listen.iter().any(|l| l.transport == Transport::Tls) => Some(
+                tls_acceptor(&files.certificate, &files.private_key).map_err(StartError::Tls)?,
+            ),
+            _ => None,
+        };
+
+        let mut sockets: Vec<WorkerSockets> = (0..workers)
+            .map(|_| WorkerSockets {
+                udp: Vec::new(),
+                tcp: Vec::new(),
+            })
+            .collect();
+        let mut listeners = Vec::new();
+        for (index, listen) in config.listen.iter().enumerate() {
+            let bind_error = |address, source| StartError::Bind {
+                index,
+                transport: listen.transport,
+                address,
+                source,
+            };
+            let mut address = listen.address;
+            for worker in sockets.iter_mut() {
+                match listen.transport {
+                    Transport::Udp => {
+                        let socket = bind_udp(address).map_err(|e| bind_error(address, e))?;
+                        address = socket.local_addr().map_err(|e| bind_error(address, e))?;
+                        worker.udp.push(socket);
+                    }
+                    Transport::Tcp | Transport::Tls => {
+                        let socket = bind_tcp(address).map_err(|e| bind_error(address, e))?;
+                        address = socket.local_addr().map_err(|e| bind_error(address, e))?;
+                        worker
+                            .tcp
+                            .push((socket, listen.transport == Transport::Tls));
+                    }
+                }
+            }
+            listeners.push(BoundListener {
+                transport: listen.transport,
+                address,
+            });
+        }
+
+        let local_ips: Vec<IpAddr> = [
+            relay_v4.map(IpAddr::V4),
+            config.relay.address_v6.map(IpAddr::V6),
+            config.relay.public_address.map(IpAddr::V4),
+        ]
+        .into_iter()
+        .flatten()
+        .collect();
+        let policy = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone())
+            .with_own_sockets(listeners.iter().map(|l| l.address).collect(), local_ips);
+        let credentials = Arc::new(StaticCredentials::new(&config.auth, &config.realm));
+        let epoch = Instant::now();
+        let unix_at_epoch = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut nonce_key = [0u8; 32];
+        rand::rng().fill_bytes(&mut nonce_key);
+        let nonces = Nonces::new(nonce_key, epoch, config.auth.nonce_lifetime);
+        let core_config = CoreConfig {
+            realm: config.realm.clone(),
+            software: config.software.clone(),
+            default_lifetime: config.relay.default_lifetime,
+            max_lifetime: config.relay.max_lifetime,
+            public_v4: config.relay.public_address,
+            relay_v4: relay_v4.is_some(),
+            relay_v6: config.relay.address_v6.is_some(),
+            user_allocation_quota: 0,
+            epoch,
+            unix_at_epoch,
+        };
+        let relay_settings = worker::RelaySettings {
+            v4: relay_v4.map(IpAddr::V4),
+            v6: config.relay.address_v6.map(IpAddr::V6),
+            ports: config.relay.ports,
+            reservations: Arc::new(Reservations::default()),
+        };
+
+        let (shutdown, stop) = watch::channel(false);
+        let mut threads = Vec::new();
+        for (index, sockets) in sockets.into_iter().enumerate() {
+            let mut secret = [0u8; 32];
+            rand::rng().fill_bytes(&mut secret);
+            let core = Server::new(
+                core_config.clone(),
+                credentials.clone(),
+                policy.clone(),
+                nonces.clone(),
+                secret,
+            );
+            let relay = relay_settings.clone();
+            let tls = tls.clone();
+            let stop = stop.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("turnpike-worker-{index}"))
+                .spawn(move || run_worker(core, relay, sockets, tls, stop))
+                .map_err(StartError::Thread)?;
+            threads.push(thread);
+        }
+        for listener in &listeners {
+            tracing::info!(transport = %listener.transport, address = %listener.address, "listening");
+        }
+        Ok(Node {
+            listeners,
+            relay_v4,
+            workers: threads,
+            shutdown,
+        })
+    }
+
+    /// The listeners, with the ports actually bound (a configured port 0 becomes a real one).
+    pub fn listeners(&self) -> &[BoundListener] {
+        &self.listeners
+    }
+
+    /// The IPv4 address relay sockets bind to.
+    pub fn relay_v4(&self) -> Option<Ipv4Addr> {
+        self.relay_v4
+    }
+
+    /// Stops the workers and waits for them.
+    pub fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for worker in self.workers {
+            let _ = worker.join();
+        }
+    }
+}
+
+fn run_worker(
+    core: Server,
+    relay: worker::RelaySettings,
+    sockets: WorkerSockets,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            tracing::error!(%error, "cannot start worker runtime");
+            return;
+        }
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&runtime, async move {
+        let mut udp = Vec::new();
+        for socket in sockets.udp {
+            let setup = (|| {
+                let local = socket.local_addr()?;
+                let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+                let socket = tokio::net::UdpSocket::from_std(socket)?;
+                Ok::<_, std::io::Error>(worker::UdpListener {
+                    local,
+                    socket: std::rc::Rc::new(socket),
+                    state,
+                })
+            })();
+            match setup {
+                Ok(listener) => udp.push(listener),
+                Err(error) => tracing::error!(%error, "UDP listener setup failed"),
+            }
+        }
+        let shared = worker::Worker::new(core, relay, udp);
+        worker::Worker::start(&shared);
+        for (listener, is_tls) in sockets.tcp {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    let acceptor = if is_tls { tls.clone() } else { None };
+                    tokio::task::spawn_local(stream::accept_loop(
+                        shared.clone(),
+                        listener,
+                        acceptor,
+                    ));
+                }
+                Err(error) => tracing::error!(%error, "TCP listener setup failed"),
+            }
+        }
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    });
+}
+
+fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = new_socket(address, socket2::Type::DGRAM)?;
+    // Room for bursts: the kernel default drops packets under load.
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    let _ = socket.set_send_buffer_size(4 << 20);
+    socket.bind(&address.into())?;
+    Ok(socket.into())
+}
+
+fn bind_tcp(address: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = new_socket(address, socket2::Type::STREAM)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&address.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+fn new_socket(address: SocketAddr, kind: socket2::Type) -> std::io::Result<socket2::Socket> {
+    let socket = socket2::Socket::new(socket2::Domain::for_address(address), kind, None)?;
+    if address.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    // Each worker binds its own socket to the same address; the kernel spreads clients over
+    // them by a hash of the 4-tuple, so a client always reaches the same worker.
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// The IPv4 address of the interface holding the default route, from `/proc/net/route` and
+/// `getifaddrs`. Sends no packet.
+fn default_route_ipv4() -> Option<Ipv4Addr> {
+    let routes = std::fs::read_to_string("/proc/net/route").ok()?;
+    let interface = routes
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let metric: u32 = fields.get(6)?.parse().ok()?;
+            (fields.get(1) == Some(&"00000000") && fields.get(7) == Some(&"00000000"))
+                .then(|| (metric, fields[0].to_owned()))
+        })
+        .min()?
+        .1;
+    interface_ipv4(&interface)
+}
+
+fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free with freeifaddrs below.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cursor = addrs;
+    while !cursor.is_null() {
+        // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        if entry.ifa_addr.is_null() || entry.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it declares.
+        let family = unsafe { (*entry.ifa_addr).sa_family };
+        if entry_name.to_bytes() == name.as_bytes() && i32::from(family) == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
+            break;
+        }
+    }
+    // SAFETY: `addrs` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_interface_has_an_ipv4_address() {
+        assert_eq!(interface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
+        assert_eq!(interface_ipv4("no-such-interface"), None);
+    }
+}

@@ -1,0 +1,233 @@
+//! TCP and TLS clients: accepting, framing (RFC 8656 §12.5) and writing back.
+
+use std::cell::{Cell, RefCell};
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::Transport;
+use crate::stun::{self, Frame};
+use crate::turn::FiveTuple;
+
+use super::worker::Shared;
+
+/// Frames queued for a slow client beyond this are dropped rather than buffered without bound.
+const MAX_QUEUED: usize = 1 << 20;
+/// Initial read buffer; it grows up to the largest frame only when a client sends one.
+const INITIAL_READ: usize = 4096;
+/// Largest frame: a STUN header and a 16-bit length, or ChannelData padded.
+const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
+/// A TLS handshake that takes longer than this is abandoned.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The write side of one client connection: frames are queued without blocking the worker and
+/// written by the connection's writer task.
+pub struct StreamWriter {
+    queue: RefCell<Vec<u8>>,
+    wake: Notify,
+    closed: Cell<bool>,
+}
+
+impl StreamWriter {
+    fn new() -> Self {
+        StreamWriter {
+            queue: RefCell::new(Vec::with_capacity(INITIAL_READ)),
+            wake: Notify::new(),
+            closed: Cell::new(false),
+        }
+    }
+
+    /// Queues a frame; drops it when the client is not reading fast enough.
+    pub fn push(&self, frame: &[u8]) {
+        let mut queue = self.queue.borrow_mut();
+        if self.closed.get() || queue.len() + frame.len() > MAX_QUEUED {
+            return;
+        }
+        queue.extend_from_slice(frame);
+        drop(queue);
+        self.wake.notify_one();
+    }
+
+    fn close(&self) {
+        self.closed.set(true);
+        self.wake.notify_one();
+    }
+}
+
+/// Accepts connections on a TCP listener of this worker, with TLS when `tls` is set.
+pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let tuple = FiveTuple {
+            transport,
+            client: normalize(client),
+            server: normalize(server),
+        };
+        let shared = shared.clone();
+        let tls = tls.clone();
+        tokio::task::spawn_local(async move {
+            match tls {
+                None => serve(shared, stream, tuple).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => serve(shared, stream, tuple).await,
+                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+/// Serves one client connection until it closes or sends something that is not STUN/TURN.
+async fn serve<S>(shared: Shared, stream: S, tuple: FiveTuple)
+where
+    S: AsyncRead + AsyncWrite + 'static,
+{
+    let (mut reader, writer_half) = tokio::io::split(stream);
+    let writer = Rc::new(StreamWriter::new());
+    shared.borrow_mut().streams.insert(tuple, writer.clone());
+    let write_task = tokio::task::spawn_local(write_loop(writer.clone(), writer_half));
+
+    let mut buf = vec![0u8; INITIAL_READ];
+    let mut filled = 0;
+    'read: loop {
+        if filled == buf.len() {
+            if buf.len() >= MAX_FRAME {
+                break;
+            }
+            buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
+        }
+        let n = match reader.read(&mut buf[filled..]).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        filled += n;
+        let mut consumed = 0;
+        let now = Instant::now();
+        let mut worker = shared.borrow_mut();
+        while consumed < filled {
+            let pending = &buf[consumed..filled];
+            let (message, advance) = match stun::frame_len(pending) {
+                Ok(Some(Frame::Stun(len))) => (len, len),
+                Ok(Some(Frame::ChannelData { len, padded })) => (len, padded),
+                Ok(None) => break,
+                Err(_) => {
+                    worker.core.record_malformed();
+                    break 'read;
+                }
+            };
+            if advance > pending.len() {
+                break;
+            }
+            worker.handle_client(now, tuple, &pending[..message]);
+            consumed += advance;
+        }
+        drop(worker);
+        buf.copy_within(consumed..filled, 0);
+        filled -= consumed;
+    }
+    writer.close();
+    shared
+        .borrow_mut()
+        .connection_closed(Instant::now(), &tuple);
+    let _ = write_task.await;
+}
+
+async fn write_loop<W>(writer: Rc<StreamWriter>, mut half: W)
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut sending = Vec::with_capacity(INITIAL_READ);
+    loop {
+        {
+            let mut queue = writer.queue.borrow_mut();
+            std::mem::swap(&mut *queue, &mut sending);
+        }
+        if sending.is_empty() {
+            if writer.closed.get() {
+                break;
+            }
+            writer.wake.notified().await;
+            continue;
+        }
+        if half.write_all(&sending).await.is_err() {
+            writer.closed.set(true);
+            break;
+        }
+        sending.clear();
+    }
+    let _ = half.shutdown().await;
+}
+
+/// Builds the TLS acceptor from PEM files.
+pub fn tls_acceptor(
+    certificate: &std::path::Path,
+    private_key: &std::path::Path,
+) -> Result<TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
+        .and_then(|certs| certs.collect::<Result<_, _>>())
+        .map_err(|e| {
+            format!(
+                "tls.certificate: cannot read {}: {e}",
+                certificate.display()
+            )
+        })?;
+    if certs.is_empty() {
+        return Err(format!(
+            "tls.certificate: no certificate in {}",
+            certificate.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(private_key).map_err(|e| {
+        format!(
+            "tls.private-key: cannot read {}: {e}",
+            private_key.display()
+        )
+    })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("tls: {e}"))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("tls: certificate and key do not match: {e}"))?;
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,353 @@
+//! One worker: a single-threaded tokio runtime that owns a protocol core, its UDP listener
+//! sockets (SO_REUSEPORT siblings of the other workers'), its stream connections and the relay
+//! sockets of its allocations. Nothing here is shared with other workers.
+
+use std::cell::RefCell;
+use std::io::IoSliceMut;
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+
+use crate::config::{PortRange, Transport};
+use crate::turn::{
+    AllocationId, ClientAction, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server,
+};
+
+use super::relay::{self, Reservations};
+use super::stream::StreamWriter;
+
+/// Datagrams handled per wake-up of a socket before yielding to other tasks.
+const WORK_LIMIT: usize = 64;
+/// Largest UDP payload.
+const MAX_DATAGRAM: usize = 65_535;
+/// Receive buffers per UDP listener, filled by one `recvmmsg`.
+const BATCH: usize = 16;
+/// Size of the buffer replies are written into.
+const REPLY_BUF: usize = 2048;
+
+/// A UDP listener socket of this worker.
+pub(super) struct UdpListener {
+    pub local: SocketAddr,
+    pub socket: Rc<UdpSocket>,
+    pub state: quinn_udp::UdpSocketState,
+}
+
+struct RelaySocket {
+    socket: Rc<UdpSocket>,
+    task: JoinHandle<()>,
+}
+
+/// Where relay sockets bind.
+#[derive(Clone)]
+pub struct RelaySettings {
+    pub v4: Option<IpAddr>,
+    pub v6: Option<IpAddr>,
+    pub ports: PortRange,
+    pub reservations: Arc<Reservations>,
+}
+
+/// The worker's state, shared by its tasks on one thread.
+pub(super) struct Worker {
+    pub core: Server,
+    relay: RelaySettings,
+    udp: Vec<UdpListener>,
+    relays: Vec<Option<RelaySocket>>,
+    pub streams: foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
+    peer_buf: Vec<u8>,
+    out: Vec<u8>,
+    timer: Rc<Notify>,
+    this: std::rc::Weak<RefCell<Worker>>,
+}
+
+pub(super) type Shared = Rc<RefCell<Worker>>;
+
+impl Worker {
+    pub fn new(core: Server, relay: RelaySettings, udp: Vec<UdpListener>) -> Shared {
+        Rc::new_cyclic(|this| {
+            RefCell::new(Worker {
+                core,
+                relay,
+                udp,
+                relays: Vec::new(),
+                streams: foldhash::HashMap::default(),
+                peer_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
+                out: vec![0; REPLY_BUF],
+                timer: Rc::new(Notify::new()),
+                this: this.clone(),
+            })
+        })
+    }
+
+    /// Starts the worker's UDP receive loops and its timer; stream listeners are started by
+    /// the caller.
+    pub fn start(shared: &Shared) {
+        let (count, timer) = {
+            let worker = shared.borrow();
+            (worker.udp.len(), worker.timer.clone())
+        };
+        for index in 0..count {
+            tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
+        }
+        tokio::task::spawn_local(timer_loop(shared.clone(), timer));
+    }
+
+    /// Handles one message from a client and does what the core says.
+    pub fn handle_client(&mut self, now: Instant, tuple: FiveTuple, data: &[u8]) {
+        let before = self.core.poll_timeout();
+        let action = self.core.handle_client(now, tuple, data, &mut self.out);
+        match action {
+            ClientAction::None => {}
+            ClientAction::Reply(n) => {
+                let out = std::mem::take(&mut self.out);
+                self.send_to_client(&tuple, &out[..n]);
+                self.out = out;
+            }
+            ClientAction::Relay {
+                allocation,
+                peer,
+                payload,
+            } => {
+                if let Some(Some(relay)) = self.relays.get(allocation.index()) {
+                    // A full socket buffer drops the datagram, as the network would.
+                    let _ = relay.socket.try_send_to(&data[payload], peer);
+                }
+            }
+        }
+        self.after_core_call(now, before);
+    }
+
+    /// A stream connection ended.
+    pub fn connection_closed(&mut self, now: Instant, tuple: &FiveTuple) {
+        let before = self.core.poll_timeout();
+        self.streams.remove(tuple);
+        self.core.handle_connection_closed(tuple);
+        self.after_core_call(now, before);
+    }
+
+    fn after_core_call(&mut self, now: Instant, before: Option<Instant>) {
+        while let Some(event) = self.core.poll_event() {
+            match event {
+                Event::OpenRelay {
+                    allocation,
+                    family,
+                    port,
+                } => {
+                    let ip = match family {
+                        crate::turn::Family::V4 => self.relay.v4,
+                        crate::turn::Family::V6 => self.relay.v6,
+                    };
+                    let result = ip
+                        .ok_or(crate::turn::RelayOpenError::NoPort)
+                        .and_then(|ip| {
+                            relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
+                        })
+                        .and_then(|socket| self.install_relay(allocation, socket));
+                    let mut out = std::mem::take(&mut self.out);
+                    if let Some((tuple, n)) = self
+                        .core
+                        .handle_relay_opened(now, allocation, result, &mut out)
+                    {
+                        self.send_to_client(&tuple, &out[..n]);
+                    }
+                    self.out = out;
+                }
+                Event::CloseRelay { allocation } => {
+                    if let Some(slot) = self.relays.get_mut(allocation.index())
+                        && let Some(relay) = slot.take()
+                    {
+                        relay.task.abort();
+                    }
+                }
+            }
+        }
+        let after = self.core.poll_timeout();
+        if after.is_some() && (before.is_none() || after < before) {
+            self.timer.notify_one();
+        }
+    }
+
+    fn install_relay(
+        &mut self,
+        allocation: AllocationId,
+        socket: std::net::UdpSocket,
+    ) -> Result<SocketAddr, crate::turn::RelayOpenError> {
+        let failed = |error: std::io::Error| {
+            tracing::warn!(%error, "relay socket setup failed");
+            crate::turn::RelayOpenError::NoPort
+        };
+        let local = socket.local_addr().map_err(failed)?;
+        let socket = Rc::new(UdpSocket::from_std(socket).map_err(failed)?);
+        let this = self
+            .this
+            .upgrade()
+            .ok_or(crate::turn::RelayOpenError::NoPort)?;
+        let task = tokio::task::spawn_local(relay_loop(this, allocation, socket.clone()));
+        let index = allocation.index();
+        if self.relays.len() <= index {
+            self.relays.resize_with(index + 1, || None);
+        }
+        if let Some(old) = self.relays[index].replace(RelaySocket { socket, task }) {
+            old.task.abort();
+        }
+        Ok(local)
+    }
+
+    /// Sends a reply or a relayed frame to a client; drops it if the socket or stream is full.
+    fn send_to_client(&self, tuple: &FiveTuple, frame: &[u8]) {
+        match tuple.transport {
+            Transport::Udp => {
+                let Some(listener) = self.udp.iter().find(|l| serves(l.local, tuple.server)) else {
+                    return;
+                };
+                let transmit = quinn_udp::Transmit {
+                    destination: tuple.client,
+                    ecn: None,
+                    contents: frame,
+                    segment_size: None,
+                    // On a wildcard listener, answer from the address the request came to.
+                    src_ip: listener
+                        .local
+                        .ip()
+                        .is_unspecified()
+                        .then_some(tuple.server.ip()),
+                };
+                let _ = listener.socket.try_io(Interest::WRITABLE, || {
+                    listener
+                        .state
+                        .try_send(quinn_udp::UdpSockRef::from(&*listener.socket), &transmit)
+                });
+            }
+            Transport::Tcp | Transport::Tls => {
+                if let Some(writer) = self.streams.get(tuple) {
+                    writer.push(frame);
+                }
+            }
+        }
+    }
+
+    /// Reads what is waiting on a relay socket (up to the work limit) and forwards it.
+    fn drain_relay(&mut self, allocation: AllocationId, socket: &UdpSocket) {
+        let now = Instant::now();
+        for _ in 0..WORK_LIMIT {
+            let start = PEER_HEADROOM;
+            let end = self.peer_buf.len() - PEER_TAILROOM;
+            let (len, peer) = match socket.try_recv_from(&mut self.peer_buf[start..end]) {
+                Ok(received) => received,
+                Err(_) => return,
+            };
+            let action = self.core.handle_peer(
+                now,
+                allocation,
+                peer,
+                &mut self.peer_buf,
+                start..start + len,
+            );
+            if let PeerAction::Forward { to, frame } = action {
+                self.send_to_client(&to, &self.peer_buf[frame]);
+            }
+        }
+    }
+}
+
+/// Does a listener bound to `local` serve packets addressed to `server`?
+fn serves(local: SocketAddr, server: SocketAddr) -> bool {
+    local.port() == server.port() && (local.ip().is_unspecified() || local.ip() == server.ip())
+}
+
+async fn udp_listener_loop(shared: Shared, index: usize) {
+    let (socket, segment) = {
+        let worker = shared.borrow();
+        let listener = &worker.udp[index];
+        let segments = listener.state.gro_segments().max(1);
+        (listener.socket.clone(), (segments * 1500).max(MAX_DATAGRAM))
+    };
+    // Allocated once; with GRO one buffer may hold several datagrams of `stride` bytes.
+    let mut bufs: [Vec<u8>; BATCH] = std::array::from_fn(|_| vec![0u8; segment]);
+    let mut metas = [quinn_udp::RecvMeta::default(); BATCH];
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        for _ in 0..WORK_LIMIT.div_ceil(BATCH) {
+            let mut worker = shared.borrow_mut();
+            let received = {
+                let listener = &worker.udp[index];
+                let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
+                socket.try_io(Interest::READABLE, || {
+                    listener.state.recv(
+                        quinn_udp::UdpSockRef::from(&*socket),
+                        &mut slices,
+                        &mut metas,
+                    )
+                })
+            };
+            let count = match received {
+                Ok(count) => count,
+                Err(_) => break,
+            };
+            let now = Instant::now();
+            let local = worker.udp[index].local;
+            for (meta, buf) in metas.iter().zip(&bufs).take(count) {
+                let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
+                let tuple = FiveTuple {
+                    transport: Transport::Udp,
+                    client: normalize(meta.addr),
+                    server: normalize(server),
+                };
+                let stride = meta.stride.max(1);
+                for datagram in buf[..meta.len].chunks(stride) {
+                    worker.handle_client(now, tuple, datagram);
+                }
+            }
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+/// IPv4-mapped addresses from dual-stack sockets become plain IPv4.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
+async fn relay_loop(shared: Shared, allocation: AllocationId, socket: Rc<UdpSocket>) {
+    loop {
+        if socket.readable().await.is_err() {
+            return;
+        }
+        shared.borrow_mut().drain_relay(allocation, &socket);
+        tokio::task::yield_now().await;
+    }
+}
+
+async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
+    loop {
+        let next = shared.borrow().core.poll_timeout();
+        match next {
+            Some(deadline) => {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline.into()) => {}
+                    _ = notify.notified() => continue,
+                }
+            }
+            None => notify.notified().await,
+        }
+        let now = Instant::now();
+        let mut worker = shared.borrow_mut();
+        let before = worker.core.poll_timeout();
+        worker.core.handle_timeout(now);
+        worker.after_core_call(now, before);
+        worker.relay.reservations.expire(now);
+    }
+}

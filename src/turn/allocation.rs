@@ -1,0 +1,197 @@
+//! One allocation: its relayed address, lifetime, permissions and channel bindings.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use crate::auth::Key;
+use crate::stun::TransactionId;
+
+use super::FiveTuple;
+
+/// How long a permission lasts after it is installed or refreshed (RFC 8656 §9).
+pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
+/// How long a channel binding lasts after it is bound or refreshed (RFC 8656 §12).
+pub const CHANNEL_LIFETIME: Duration = Duration::from_secs(600);
+/// After a binding expires, its number and peer stay reserved for this long (RFC 8656 §12).
+pub const CHANNEL_COOLDOWN: Duration = Duration::from_secs(300);
+/// A retransmitted request within this time gets the cached answer (RFC 8489 §6.3.4).
+pub const RETRANSMIT_WINDOW: Duration = Duration::from_secs(40);
+
+/// Identifies an allocation inside one worker's core: a slot index and the slot's generation,
+/// so that a stale id (a packet for an allocation that has just ended) is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AllocationId {
+    pub(super) index: u32,
+    pub(super) generation: u32,
+}
+
+impl AllocationId {
+    /// The slot index: dense and small, so the I/O layer can keep its relay sockets in a `Vec`.
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Permission for one peer IP address (ports do not matter, RFC 8656 §9).
+#[derive(Debug, Clone, Copy)]
+pub struct Permission {
+    pub ip: IpAddr,
+    pub expires: Instant,
+}
+
+/// A channel number bound to a peer transport address.
+#[derive(Debug, Clone, Copy)]
+pub struct ChannelBinding {
+    pub number: u16,
+    pub peer: SocketAddr,
+    /// Relaying stops here; the number and peer stay reserved for [`CHANNEL_COOLDOWN`] more.
+    pub expires: Instant,
+}
+
+impl ChannelBinding {
+    fn active(&self, now: Instant) -> bool {
+        now < self.expires
+    }
+}
+
+/// Bytes and packets relayed by one allocation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    pub to_peer_packets: u64,
+    pub to_peer_bytes: u64,
+    pub to_client_packets: u64,
+    pub to_client_bytes: u64,
+}
+
+/// A TURN allocation.
+#[derive(Debug)]
+pub struct Allocation {
+    pub id: AllocationId,
+    pub tuple: FiveTuple,
+    pub username: Box<str>,
+    pub key: Key,
+    /// The address the relay socket is bound to; `None` while the I/O layer opens it.
+    pub relayed: Option<SocketAddr>,
+    pub created: Instant,
+    pub expires: Instant,
+    pub permissions: Vec<Permission>,
+    pub channels: Vec<ChannelBinding>,
+    pub traffic: Traffic,
+    /// The deadline this allocation is filed under in the core's timer index.
+    pub(super) wake: Instant,
+    /// The last answer sent, for retransmissions.
+    pub(super) last_response: CachedResponse,
+    /// The token of the port held back for a later allocation (EVEN-PORT with R).
+    pub reservation: Option<super::ReservationToken>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct CachedResponse {
+    pub tid: Option<TransactionId>,
+    pub at: Option<Instant>,
+    pub bytes: Vec<u8>,
+}
+
+impl CachedResponse {
+    pub fn get(&self, tid: TransactionId, now: Instant) -> Option<&[u8]> {
+        let fresh = self
+            .at
+            .is_some_and(|at| now.saturating_duration_since(at) < RETRANSMIT_WINDOW);
+        (self.tid == Some(tid) && fresh).then_some(&self.bytes[..])
+    }
+
+    pub fn store(&mut self, tid: TransactionId, now: Instant, bytes: &[u8]) {
+        self.tid = Some(tid);
+        self.at = Some(now);
+        self.bytes.clear();
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+impl Allocation {
+    /// Is there a live permission for `ip` (already canonical)?
+    pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
+        self.permissions
+            .iter()
+            .any(|p| p.ip == ip && now < p.expires)
+    }
+
+    /// Installs or refreshes the permission for `ip`.
+    pub fn permit(&mut self, ip: IpAddr, now: Instant) {
+        let expires = now + PERMISSION_LIFETIME;
+        match self.permissions.iter_mut().find(|p| p.ip == ip) {
+            Some(p) => p.expires = expires,
+            None => self.permissions.push(Permission { ip, expires }),
+        }
+    }
+
+    /// The live channel bound to `number`.
+    pub fn channel(&self, number: u16, now: Instant) -> Option<&ChannelBinding> {
+        self.channels
+            .iter()
+            .find(|c| c.number == number && c.active(now))
+    }
+
+    /// The number of the live channel bound to `peer`.
+    pub fn channel_for_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
+        self.channels
+            .iter()
+            .find(|c| c.peer == peer && c.active(now))
+            .map(|c| c.number)
+    }
+
+    /// Binds or refreshes `number` to `peer` (RFC 8656 §12.2): refused when the number is bound
+    /// (or cooling down) for another peer, or the peer to another number.
+    pub fn bind_channel(
+        &mut self,
+        number: u16,
+        peer: SocketAddr,
+        now: Instant,
+    ) -> Result<(), &'static str> {
+        let in_use = |c: &&mut ChannelBinding| now < c.expires + CHANNEL_COOLDOWN;
+        if let Some(c) = self
+            .channels
+            .iter_mut()
+            .filter(in_use)
+            .find(|c| c.number == number || c.peer == peer)
+        {
+            if c.number != number {
+                return Err("peer is bound to another channel");
+            }
+            if c.peer != peer {
+                return Err("channel is bound to another peer");
+            }
+            c.expires = now + CHANNEL_LIFETIME;
+            return Ok(());
+        }
+        self.channels.retain(|c| now < c.expires + CHANNEL_COOLDOWN);
+        self.channels.push(ChannelBinding {
+            number,
+            peer,
+            expires: now + CHANNEL_LIFETIME,
+        });
+        Ok(())
+    }
+
+    /// Drops expired permissions and channels past their cool-down; returns the next deadline.
+    pub fn expire(&mut self, now: Instant) -> Instant {
+        self.permissions.retain(|p| now < p.expires);
+        self.channels.retain(|c| now < c.expires + CHANNEL_COOLDOWN);
+        self.next_deadline(now)
+    }
+
+    /// The earliest moment something in this allocation changes state.
+    pub fn next_deadline(&self, now: Instant) -> Instant {
+        let permissions = self.permissions.iter().map(|p| p.expires);
+        let channels = self.channels.iter().map(|c| {
+            if c.active(now) {
+                c.expires
+            } else {
+                c.expires + CHANNEL_COOLDOWN
+            }
+        });
+        permissions
+            .chain(channels)
+            .fold(self.expires, |earliest, t| earliest.min(t))
+    }
+}

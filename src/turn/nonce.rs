@@ -1,0 +1,168 @@
+//! Stateless nonces: a timestamp and the client's IP, authenticated with a per-process key, so
+//! that an unauthenticated request costs the server no memory.
+
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha1::Sha1;
+
+/// Characters in a nonce: a 3-byte version tag, 8 hex digits of time, 16 hex digits of MAC.
+pub const NONCE_LEN: usize = 3 + 8 + 16;
+const TAG: &[u8; 3] = b"tp1";
+
+/// Why a nonce was not accepted; both are answered with 438 Stale Nonce and a fresh one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NonceError {
+    /// Not one of ours, or not for this client.
+    Invalid,
+    /// Ours, but older than the nonce lifetime.
+    Stale,
+}
+
+/// Issues and checks nonces. Every worker holds a copy with the same key and epoch.
+#[derive(Clone)]
+pub struct Nonces {
+    key: [u8; 32],
+    epoch: Instant,
+    lifetime: Duration,
+}
+
+impl Nonces {
+    /// `epoch` is the instant time stamps count from; it must not be later than any `now` given.
+    pub fn new(key: [u8; 32], epoch: Instant, lifetime: Duration) -> Self {
+        Nonces {
+            key,
+            epoch,
+            lifetime,
+        }
+    }
+
+    /// The nonce lifetime.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// A nonce for `client` issued at `now`.
+    pub fn issue(&self, now: Instant, client: IpAddr) -> [u8; NONCE_LEN] {
+        let stamp = self.stamp(now);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce[..3].copy_from_slice(TAG);
+        hex_into(&stamp.to_be_bytes(), &mut nonce[3..11]);
+        hex_into(&self.mac(stamp, client), &mut nonce[11..]);
+        nonce
+    }
+
+    /// Checks a nonce a client sent back.
+    pub fn check(&self, now: Instant, client: IpAddr, nonce: &[u8]) -> Result<(), NonceError> {
+        if nonce.len() != NONCE_LEN || &nonce[..3] != TAG {
+            return Err(NonceError::Invalid);
+        }
+        let mut stamp = [0u8; 4];
+        unhex_into(&nonce[3..11], &mut stamp).ok_or(NonceError::Invalid)?;
+        let stamp = u32::from_be_bytes(stamp);
+        let mut mac = [0u8; 8];
+        unhex_into(&nonce[11..], &mut mac).ok_or(NonceError::Invalid)?;
+        let expected = self.mac(stamp, client);
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &expected[..])) {
+            return Err(NonceError::Invalid);
+        }
+        let age = u64::from(self.stamp(now).wrapping_sub(stamp));
+        if age > self.lifetime.as_secs() {
+            return Err(NonceError::Stale);
+        }
+        Ok(())
+    }
+
+    fn stamp(&self, now: Instant) -> u32 {
+        // Wraps after 136 years of uptime; `check` compares with wrapping arithmetic.
+        now.saturating_duration_since(self.epoch).as_secs() as u32
+    }
+
+    fn mac(&self, stamp: u32, client: IpAddr) -> [u8; 8] {
+        // HMAC accepts keys of any length, so this cannot fail.
+        let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&self.key).expect("any key length");
+        mac.update(&stamp.to_be_bytes());
+        match client {
+            IpAddr::V4(ip) => mac.update(&ip.octets()),
+            IpAddr::V6(ip) => mac.update(&ip.octets()),
+        }
+        let full = mac.finalize().into_bytes();
+        let mut out = [0u8; 8];
+        out.copy_from_slice(&full[..8]);
+        out
+    }
+}
+
+fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+}
+
+fn unhex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
+    fn digit(c: u8) -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            _ => None,
+        }
+    }
+    if hex.len() != out.len() * 2 {
+        return None;
+    }
+    for (pair, byte) in hex.chunks_exact(2).zip(out.iter_mut()) {
+        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
+    }
+    Some(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
+    #[test]
+    fn fresh_nonce_is_accepted_until_its_lifetime_ends() {
+        let epoch = Instant::now();
+        let nonces = Nonces::new([7; 32], epoch, Duration::from_secs(600));
+        let issued = epoch + Duration::from_secs(5);
+        let nonce = nonces.issue(issued, CLIENT);
+        assert_eq!(nonces.check(issued, CLIENT, &nonce), Ok(()));
+        let last_ok = issued + Duration::from_secs(600);
+        assert_eq!(nonces.check(last_ok, CLIENT, &nonce), Ok(()));
+        let stale = issued + Duration::from_secs(601);
+        assert_eq!(nonces.check(stale, CLIENT, &nonce), Err(NonceError::Stale));
+    }
+
+    #[test]
+    fn forged_or_foreign_nonces_are_invalid() {
+        let epoch = Instant::now();
+        let nonces = Nonces::new([7; 32], epoch, Duration::from_secs(600));
+        let nonce = nonces.issue(epoch, CLIENT);
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        assert_eq!(nonces.check(epoch, other, &nonce), Err(NonceError::Invalid));
+        let other_key = Nonces::new([8; 32], epoch, Duration::from_secs(600));
+        assert_eq!(
+            other_key.check(epoch, CLIENT, &nonce),
+            Err(NonceError::Invalid)
+        );
+        let mut tampered = nonce;
+        tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
+        assert_eq!(
+            nonces.check(epoch, CLIENT, &tampered),
+            Err(NonceError::Invalid)
+        );
+        for bad in [
+            &b""[..],
+            b"tp1",
+            b"xyz0000000000000000000000000",
+            &[0xff; NONCE_LEN],
+        ] {
+            assert_eq!(nonces.check(epoch, CLIENT, bad), Err(NonceError::Invalid));
+        }
+    }
+}

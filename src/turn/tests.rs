@@ -1,0 +1,822 @@
+//! The core driven with simulated time: exact deadlines and every error code.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::auth::StaticCredentials;
+use crate::config::{Config, User, UserCredential};
+use crate::stun::{Message, long_term_key};
+
+const REALM: &str = "turnpike.test";
+const CLIENT: &str = "198.51.100.20:5000";
+const SERVER: &str = "192.0.2.1:3478";
+const RELAY_IP: &str = "192.0.2.1";
+const PEER: &str = "203.0.113.5:6000";
+
+struct Harness {
+    server: Server,
+    now: Instant,
+    next_port: u16,
+    out: Vec<u8>,
+    fail_open: Option<RelayOpenError>,
+}
+
+/// What the client saw in a response.
+#[derive(Debug)]
+struct Response {
+    class: Class,
+    code: Option<u16>,
+    bytes: Vec<u8>,
+}
+
+impl Response {
+    fn attr(&self, typ: u16) -> Option<Vec<u8>> {
+        let msg = Message::parse(&self.bytes).expect("server wrote a valid message");
+        msg.get(typ).map(|v| v.to_vec())
+    }
+
+    fn addr(&self, typ: u16) -> SocketAddr {
+        let msg = Message::parse(&self.bytes).unwrap();
+        attr::decode_xor_address(msg.get(typ).unwrap(), &msg.transaction_id()).unwrap()
+    }
+
+    fn lifetime(&self) -> u32 {
+        attr::decode_u32(&self.attr(attr::LIFETIME).unwrap()).unwrap()
+    }
+}
+
+fn udp(client: &str) -> FiveTuple {
+    FiveTuple {
+        transport: Transport::Udp,
+        client: client.parse().unwrap(),
+        server: SERVER.parse().unwrap(),
+    }
+}
+
+fn config() -> Config {
+    let mut config = Config {
+        realm: REALM.into(),
+        ..Config::default()
+    };
+    config.auth.secrets = vec!["rest-secret".into()];
+    config.auth.users = vec![
+        User {
+            name: "alice".into(),
+            credential: UserCredential::Password("wonderland".into()),
+        },
+        User {
+            name: "bob".into(),
+            credential: UserCredential::Password("builder".into()),
+        },
+    ];
+    config
+}
+
+impl Harness {
+    fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tweak: impl FnOnce(&mut CoreConfig)) -> Self {
+        let config = config();
+        let now = Instant::now();
+        let mut core = CoreConfig {
+            realm: REALM.into(),
+            software: "turnpike-test".into(),
+            default_lifetime: Duration::from_secs(600),
+            max_lifetime: Duration::from_secs(3600),
+            public_v4: None,
+            relay_v4: true,
+            relay_v6: false,
+            user_allocation_quota: 3,
+            epoch: now,
+            unix_at_epoch: 1_700_000_000,
+        };
+        tweak(&mut core);
+        let credentials = Arc::new(StaticCredentials::new(&config.auth, REALM));
+        // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
+        // ever sent here, the core only decides.
+        let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![])
+            .with_own_sockets(vec![SERVER.parse().unwrap()], vec![]);
+        let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
+        Harness {
+            server: Server::new(core, credentials, policy, nonces, [2; 32]),
+            now,
+            next_port: 50_000,
+            out: vec![0; 2048],
+            fail_open: None,
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.server.handle_timeout(self.now);
+        }
+    }
+
+    /// Sends `request`; answers OpenRelay events like the I/O layer would.
+    fn send(&mut self, tuple: FiveTuple, request: &[u8]) -> Option<Response> {
+        let action = self
+            .server
+            .handle_client(self.now, tuple, request, &mut self.out);
+        let mut reply = match action {
+            ClientAction::Reply(n) => Some(self.out[..n].to_vec()),
+            ClientAction::None => None,
+            ClientAction::Relay { .. } => panic!("unexpected relay"),
+        };
+        while let Some(event) = self.server.poll_event() {
+            if let Event::OpenRelay { allocation, .. } = event {
+                let result = match self.fail_open {
+                    Some(e) => Err(e),
+                    None => {
+                        self.next_port += 2;
+                        Ok(SocketAddr::new(RELAY_IP.parse().unwrap(), self.next_port))
+                    }
+                };
+                let (to, n) = self
+                    .server
+                    .handle_relay_opened(self.now, allocation, result, &mut self.out)
+                    .expect("a response to the allocate");
+                assert_eq!(to, tuple);
+                reply = Some(self.out[..n].to_vec());
+            }
+        }
+        reply.map(|bytes| {
+            let msg = Message::parse(&bytes).expect("server wrote a valid message");
+            assert!(msg.has_fingerprint(), "FINGERPRINT on every response");
+            let code = msg
+                .get(attr::ERROR_CODE)
+                .map(|v| attr::decode_error_code(v).unwrap().0);
+            Response {
+                class: msg.class(),
+                code,
+                bytes,
+            }
+        })
+    }
+}
+
+/// Builds client requests with the long-term credential mechanism.
+struct Client {
+    tuple: FiveTuple,
+    username: String,
+    key: [u8; 16],
+    nonce: Option<Vec<u8>>,
+    next_tid: u8,
+}
+
+impl Client {
+    fn new(tuple: FiveTuple, username: &str, password: &str) -> Self {
+        Client {
+            tuple,
+            username: username.into(),
+            key: long_term_key(username, REALM, password),
+            nonce: None,
+            next_tid: 0,
+        }
+    }
+
+    fn tid(&mut self) -> TransactionId {
+        self.next_tid += 1;
+        TransactionId([self.next_tid; 12])
+    }
+
+    /// A signed request; `attrs` adds the method's own attributes.
+    fn request(
+        &mut self,
+        method: Method,
+        tid: TransactionId,
+        attrs: impl FnOnce(&mut MessageWriter<'_>),
+    ) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).unwrap();
+        attrs(&mut w);
+        // Like real clients, the first request goes without credentials to learn the nonce.
+        if let Some(nonce) = &self.nonce {
+            w.attribute(attr::USERNAME, self.username.as_bytes())
+                .unwrap();
+            w.attribute(attr::REALM, REALM.as_bytes()).unwrap();
+            w.attribute(attr::NONCE, nonce).unwrap();
+            w.message_integrity(&self.key).unwrap();
+        }
+        w.fingerprint().unwrap();
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+
+    /// Sends a request, learning the nonce from a 401/438 and retrying once, as clients do.
+    fn call(
+        &mut self,
+        h: &mut Harness,
+        method: Method,
+        attrs: impl Fn(&mut MessageWriter<'_>),
+    ) -> Response {
+        for _ in 0..2 {
+            let tid = self.tid();
+            let request = self.request(method, tid, &attrs);
+            let response = h.send(self.tuple, &request).expect("a response");
+            if matches!(response.code, Some(401 | 438)) && response.attr(attr::NONCE).is_some() {
+                let fresh = response.attr(attr::NONCE);
+                if self.nonce != fresh {
+                    self.nonce = fresh;
+                    continue;
+                }
+            }
+            return response;
+        }
+        panic!("no answer after a nonce retry")
+    }
+
+    fn allocate(&mut self, h: &mut Harness) -> Response {
+        self.call(h, Method::ALLOCATE, |w| w.requested_transport(17).unwrap())
+    }
+
+    fn permit(&mut self, h: &mut Harness, peer: SocketAddr) -> Response {
+        self.call(h, Method::CREATE_PERMISSION, |w| {
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
+        })
+    }
+
+    fn bind(&mut self, h: &mut Harness, number: u16, peer: SocketAddr) -> Response {
+        self.call(h, Method::CHANNEL_BIND, |w| {
+            w.channel_number(number).unwrap();
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
+        })
+    }
+
+    fn send_indication(&mut self, peer: SocketAddr, data: &[u8]) -> Vec<u8> {
+        let mut buf = vec![0u8; 1500];
+        let tid = self.tid();
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, tid).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        w.attribute(attr::DATA, data).unwrap();
+        let n = w.finish();
+        buf.truncate(n);
+        buf
+    }
+}
+
+fn alice(h: &mut Harness) -> (Client, SocketAddr) {
+    let mut client = Client::new(udp(CLIENT), "alice", "wonderland");
+    let response = client.allocate(h);
+    assert_eq!(response.class, Class::Success, "{response:?}");
+    (client, response.addr(attr::XOR_RELAYED_ADDRESS))
+}
+
+fn peer_data(h: &mut Harness, id: AllocationId, peer: SocketAddr, data: &[u8]) -> Option<Vec<u8>> {
+    let mut buf = vec![0u8; PEER_HEADROOM + data.len() + PEER_TAILROOM];
+    buf[PEER_HEADROOM..PEER_HEADROOM + data.len()].copy_from_slice(data);
+    let payload = PEER_HEADROOM..PEER_HEADROOM + data.len();
+    match h.server.handle_peer(h.now, id, peer, &mut buf, payload) {
+        PeerAction::Forward { frame, .. } => Some(buf[frame].to_vec()),
+        PeerAction::None => None,
+    }
+}
+
+fn relay_of(h: &Harness, tuple: &FiveTuple) -> AllocationId {
+    h.server.allocation_of(tuple).expect("an allocation").id
+}
+
+fn binding_request(extra: impl FnOnce(&mut MessageWriter<'_>)) -> Vec<u8> {
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Method::BINDING,
+        Class::Request,
+        TransactionId([9; 12]),
+    )
+    .unwrap();
+    extra(&mut w);
+    let n = w.finish();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn binding_answers_with_the_reflexive_address_without_auth() {
+    let mut h = Harness::new();
+    let response = h.send(udp(CLIENT), &binding_request(|_| {})).unwrap();
+    assert_eq!(response.class, Class::Success);
+    assert_eq!(
+        response.addr(attr::XOR_MAPPED_ADDRESS),
+        CLIENT.parse().unwrap()
+    );
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
+fn unknown_comprehension_required_attribute_gets_420() {
+    let mut h = Harness::new();
+    let request = binding_request(|w| w.attribute(0x7777, b"abcd").unwrap());
+    let response = h.send(udp(CLIENT), &request).unwrap();
+    assert_eq!(response.code, Some(420));
+    assert_eq!(
+        response.attr(attr::UNKNOWN_ATTRIBUTES).unwrap(),
+        vec![0x77, 0x77]
+    );
+    // Comprehension-optional attributes are ignored.
+    let request = binding_request(|w| w.attribute(0xC001, b"abcd").unwrap());
+    assert_eq!(h.send(udp(CLIENT), &request).unwrap().class, Class::Success);
+}
+
+#[test]
+fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
+    let mut h = Harness::new();
+    let mut buf = vec![0u8; 100];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Method::ALLOCATE,
+        Class::Request,
+        TransactionId([3; 12]),
+    )
+    .unwrap();
+    w.requested_transport(17).unwrap();
+    let n = w.finish();
+    let response = h.send(udp(CLIENT), &buf[..n]).unwrap();
+    assert_eq!(response.code, Some(401));
+    assert_eq!(response.attr(attr::REALM).unwrap(), REALM.as_bytes());
+    assert!(response.attr(attr::NONCE).is_some());
+    assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    assert_eq!(h.server.allocation_count(), 0);
+    assert!(h.server.poll_timeout().is_none());
+}
+
+#[test]
+fn allocate_grants_a_relay_with_the_default_lifetime() {
+    let mut h = Harness::new();
+    let mut client = Client::new(udp(CLIENT), "alice", "wonderland");
+    let response = client.allocate(&mut h);
+    assert_eq!(response.class, Class::Success);
+    assert_eq!(
+        response.addr(attr::XOR_RELAYED_ADDRESS),
+        "192.0.2.1:50002".parse().unwrap()
+    );
+    assert_eq!(
+        response.addr(attr::XOR_MAPPED_ADDRESS),
+        CLIENT.parse().unwrap()
+    );
+    assert_eq!(response.lifetime(), 600);
+    let msg = Message::parse(&response.bytes).unwrap();
+    assert!(msg.check_integrity(&client.key).is_ok());
+    assert_eq!(response.attr(attr::SOFTWARE).unwrap(), b"turnpike-test");
+    assert_eq!(h.server.stats().allocations_created, 1);
+}
+
+#[test]
+fn rest_api_credentials_authenticate_until_they_expire() {
+    let mut h = Harness::new();
+    let username = "1700000100:carol";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut client = Client::new(udp(CLIENT), username, &password);
+    assert_eq!(client.allocate(&mut h).class, Class::Success);
+
+    let mut late = Client::new(udp("198.51.100.21:5000"), username, &password);
+    h.advance(Duration::from_secs(101));
+    assert_eq!(late.allocate(&mut h).code, Some(401));
+}
+
+#[test]
+fn public_address_is_advertised_instead_of_the_bound_one() {
+    let mut h = Harness::with(|c| c.public_v4 = Some("198.51.100.9".parse().unwrap()));
+    let (_, relayed) = alice(&mut h);
+    assert_eq!(relayed, "198.51.100.9:50002".parse().unwrap());
+}
+
+#[test]
+fn retransmitted_allocate_gets_the_same_answer_and_a_new_one_gets_437() {
+    let mut h = Harness::new();
+    let mut client = Client::new(udp(CLIENT), "alice", "wonderland");
+    client.allocate(&mut h);
+    let tid = TransactionId([client.next_tid; 12]);
+    let request = client.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    let first = h.send(client.tuple, &request).unwrap();
+    h.advance(Duration::from_secs(39));
+    let again = h.send(client.tuple, &request).unwrap();
+    assert_eq!(first.bytes, again.bytes);
+    assert_eq!(first.class, Class::Success);
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(client.allocate(&mut h).code, Some(437));
+}
+
+#[test]
+fn wrong_password_unknown_user_and_missing_attributes() {
+    let mut h = Harness::new();
+    let mut wrong = Client::new(udp(CLIENT), "alice", "not-it");
+    assert_eq!(wrong.allocate(&mut h).code, Some(401));
+    let mut unknown = Client::new(udp(CLIENT), "mallory", "x");
+    assert_eq!(unknown.allocate(&mut h).code, Some(401));
+    assert_eq!(h.server.stats().auth_failures, 2);
+
+    // MESSAGE-INTEGRITY without USERNAME: 400.
+    let mut buf = vec![0u8; 200];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Method::ALLOCATE,
+        Class::Request,
+        TransactionId([4; 12]),
+    )
+    .unwrap();
+    w.requested_transport(17).unwrap();
+    w.message_integrity(&[0; 16]).unwrap();
+    let n = w.finish();
+    assert_eq!(h.send(udp(CLIENT), &buf[..n]).unwrap().code, Some(400));
+}
+
+#[test]
+fn stale_nonce_gets_438_then_the_retry_succeeds() {
+    let mut h = Harness::new();
+    let (mut client, _) = alice(&mut h);
+    let old_nonce = client.nonce.clone();
+    // Keep the allocation alive past the nonce's lifetime with the nonce still valid.
+    h.advance(Duration::from_secs(500));
+    assert_eq!(
+        client.call(&mut h, Method::REFRESH, |_| {}).class,
+        Class::Success
+    );
+    assert_eq!(client.nonce, old_nonce);
+    h.advance(Duration::from_secs(101));
+    let tid = client.tid();
+    let request = client.request(Method::REFRESH, tid, |_| {});
+    let response = h.send(client.tuple, &request).unwrap();
+    assert_eq!(response.code, Some(438));
+    assert_ne!(response.attr(attr::NONCE), old_nonce);
+    client.nonce = response.attr(attr::NONCE);
+    assert_eq!(
+        client.call(&mut h, Method::REFRESH, |_| {}).class,
+        Class::Success
+    );
+    assert_eq!(h.server.stats().stale_nonces, 1);
+}
+
+#[test]
+fn allocate_errors_400_442_440_420_508() {
+    let mut h = Harness::new();
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    assert_eq!(c.call(&mut h, Method::ALLOCATE, |_| {}).code, Some(400));
+    let tcp = c.call(&mut h, Method::ALLOCATE, |w| {
+        w.requested_transport(6).unwrap()
+    });
+    assert_eq!(tcp.code, Some(442));
+    let v6 = c.call(&mut h, Method::ALLOCATE, |w| {
+        w.requested_transport(17).unwrap();
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(v6.code, Some(440));
+    let unknown = c.call(&mut h, Method::ALLOCATE, |w| {
+        w.requested_transport(17).unwrap();
+        w.attribute(0x0077, &[1, 2, 3, 4]).unwrap();
+    });
+    assert_eq!(unknown.code, Some(420));
+    let both = c.call(&mut h, Method::ALLOCATE, |w| {
+        w.requested_transport(17).unwrap();
+        w.attribute(attr::EVEN_PORT, &[0x80]).unwrap();
+        w.attribute(attr::RESERVATION_TOKEN, &[1; 8]).unwrap();
+    });
+    assert_eq!(both.code, Some(400));
+    // The error answers to an authenticated request are signed.
+    assert!(
+        Message::parse(&both.bytes)
+            .unwrap()
+            .check_integrity(&c.key)
+            .is_ok()
+    );
+
+    h.fail_open = Some(RelayOpenError::NoPort);
+    assert_eq!(c.allocate(&mut h).code, Some(508));
+    assert_eq!(h.server.allocation_count(), 0);
+    h.fail_open = None;
+    assert_eq!(c.allocate(&mut h).class, Class::Success);
+}
+
+#[test]
+fn even_port_with_reservation_returns_a_token() {
+    let mut h = Harness::new();
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    let response = c.call(&mut h, Method::ALLOCATE, |w| {
+        w.requested_transport(17).unwrap();
+        w.attribute(attr::EVEN_PORT, &[0x80]).unwrap();
+    });
+    assert_eq!(response.class, Class::Success);
+    assert_eq!(response.attr(attr::RESERVATION_TOKEN).unwrap().len(), 8);
+}
+
+#[test]
+fn user_quota_gets_486() {
+    let mut h = Harness::new();
+    for i in 0..3 {
+        let mut c = Client::new(
+            udp(&format!("198.51.100.20:{}", 6000 + i)),
+            "bob",
+            "builder",
+        );
+        assert_eq!(c.allocate(&mut h).class, Class::Success, "allocation {i}");
+    }
+    let mut fourth = Client::new(udp("198.51.100.20:7000"), "bob", "builder");
+    assert_eq!(fourth.allocate(&mut h).code, Some(486));
+    // Another user is not affected.
+    assert_eq!(alice(&mut h).0.tuple.client.port(), 5000);
+}
+
+#[test]
+fn refresh_and_permission_without_allocation_get_437_and_other_user_441() {
+    let mut h = Harness::new();
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    assert_eq!(c.call(&mut h, Method::REFRESH, |_| {}).code, Some(437));
+    assert_eq!(c.permit(&mut h, PEER.parse().unwrap()).code, Some(437));
+    assert_eq!(
+        c.bind(&mut h, 0x4000, PEER.parse().unwrap()).code,
+        Some(437)
+    );
+    c.allocate(&mut h);
+    let mut bob = Client::new(udp(CLIENT), "bob", "builder");
+    assert_eq!(bob.call(&mut h, Method::REFRESH, |_| {}).code, Some(441));
+}
+
+#[test]
+fn lifetimes_are_clamped_and_refresh_zero_deletes() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    let long = c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 7200).unwrap()
+    });
+    assert_eq!(long.lifetime(), 3600);
+    let short = c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 60).unwrap()
+    });
+    assert_eq!(short.lifetime(), 600);
+    let id = relay_of(&h, &c.tuple);
+    let gone = c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(gone.class, Class::Success);
+    assert_eq!(gone.lifetime(), 0);
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.stats().allocations_deleted, 1);
+    // The I/O layer was told to close the socket (drained by `send`); the id is dead now.
+    assert!(h.server.allocation(id).is_none());
+    assert_eq!(c.call(&mut h, Method::REFRESH, |_| {}).code, Some(437));
+}
+
+#[test]
+fn allocation_expires_exactly_at_its_lifetime() {
+    let mut h = Harness::new();
+    let start = h.now;
+    let (c, _) = alice(&mut h);
+    let id = relay_of(&h, &c.tuple);
+    assert_eq!(
+        h.server.poll_timeout(),
+        Some(start + Duration::from_secs(600))
+    );
+    h.advance(Duration::from_secs(599));
+    assert!(h.server.allocation(id).is_some());
+    h.advance(Duration::from_secs(1));
+    assert!(h.server.allocation(id).is_none());
+    assert_eq!(
+        h.server.poll_event(),
+        Some(Event::CloseRelay { allocation: id })
+    );
+    assert_eq!(h.server.stats().allocations_expired, 1);
+    assert!(h.server.poll_timeout().is_none());
+}
+
+#[test]
+fn permission_lasts_exactly_five_minutes() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let start = h.now;
+    assert_eq!(c.permit(&mut h, peer).class, Class::Success);
+    let id = relay_of(&h, &c.tuple);
+    assert_eq!(h.server.poll_timeout(), Some(start + PERMISSION_LIFETIME));
+
+    let frame = peer_data(&mut h, id, peer, b"hello").expect("forwarded");
+    let msg = Message::parse(&frame).unwrap();
+    assert_eq!(
+        (msg.class(), msg.method()),
+        (Class::Indication, Method::DATA)
+    );
+    assert_eq!(msg.get(attr::DATA).unwrap(), b"hello");
+    assert_eq!(
+        attr::decode_xor_address(
+            msg.get(attr::XOR_PEER_ADDRESS).unwrap(),
+            &msg.transaction_id()
+        )
+        .unwrap(),
+        peer
+    );
+    // A different port on the same IP is covered too.
+    assert!(peer_data(&mut h, id, "203.0.113.5:1".parse().unwrap(), b"x").is_some());
+    assert!(peer_data(&mut h, id, "203.0.113.6:6000".parse().unwrap(), b"x").is_none());
+
+    h.advance(Duration::from_secs(299));
+    assert!(peer_data(&mut h, id, peer, b"x").is_some());
+    h.advance(Duration::from_secs(1));
+    assert!(peer_data(&mut h, id, peer, b"x").is_none());
+    assert!(h.server.allocation(id).unwrap().permissions.is_empty());
+}
+
+#[test]
+fn send_indication_relays_only_with_a_permission() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let indication = c.send_indication(peer, b"payload!");
+    let mut out = vec![0u8; 1500];
+    assert_eq!(
+        h.server
+            .handle_client(h.now, c.tuple, &indication, &mut out),
+        ClientAction::None
+    );
+    c.permit(&mut h, peer);
+    match h
+        .server
+        .handle_client(h.now, c.tuple, &indication, &mut out)
+    {
+        ClientAction::Relay {
+            peer: to, payload, ..
+        } => {
+            assert_eq!(to, peer);
+            assert_eq!(&indication[payload], b"payload!");
+        }
+        other => panic!("expected a relay, got {other:?}"),
+    }
+    assert_eq!(h.server.stats().to_peer_bytes, 8);
+}
+
+#[test]
+fn channels_route_both_ways_and_expire_after_ten_minutes() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 3600).unwrap()
+    });
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(c.bind(&mut h, 0x4001, peer).class, Class::Success);
+    let id = relay_of(&h, &c.tuple);
+
+    let frame = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    let mut out = vec![0u8; 1500];
+    match h.server.handle_client(h.now, c.tuple, &frame, &mut out) {
+        ClientAction::Relay {
+            peer: to,
+            payload,
+            allocation,
+        } => {
+            assert_eq!((to, &frame[payload], allocation), (peer, &b"abc"[..], id));
+        }
+        other => panic!("expected a relay, got {other:?}"),
+    }
+    assert_eq!(
+        peer_data(&mut h, id, peer, b"xyz").unwrap(),
+        [0x40, 0x01, 0, 3, b'x', b'y', b'z']
+    );
+
+    // ChannelBind also installed the permission: keep it alive with CreatePermission.
+    h.advance(Duration::from_secs(290));
+    c.permit(&mut h, peer);
+    h.advance(Duration::from_secs(290));
+    c.permit(&mut h, peer);
+    h.advance(Duration::from_secs(19));
+    assert!(matches!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::Relay { .. }
+    ));
+    h.advance(Duration::from_secs(1));
+    assert_eq!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::None
+    );
+    // Expired but cooling down: the number cannot go to another peer yet...
+    let other: SocketAddr = "203.0.113.9:1".parse().unwrap();
+    assert_eq!(c.bind(&mut h, 0x4001, other).code, Some(400));
+    // ...until five minutes after expiry.
+    h.advance(CHANNEL_COOLDOWN);
+    assert_eq!(c.bind(&mut h, 0x4001, other).class, Class::Success);
+}
+
+#[test]
+fn channel_bind_rules() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let other: SocketAddr = "203.0.113.9:1".parse().unwrap();
+    assert_eq!(c.bind(&mut h, 0x3fff, peer).code, Some(400));
+    assert_eq!(c.bind(&mut h, 0x8000, peer).code, Some(400));
+    // RFC 5766 clients use numbers up to 0x7FFF.
+    assert_eq!(
+        c.bind(&mut h, 0x7fff, "203.0.113.77:7".parse().unwrap())
+            .class,
+        Class::Success
+    );
+    assert_eq!(c.bind(&mut h, 0x4000, peer).class, Class::Success);
+    // Refreshing the same binding is fine; moving either side is not.
+    assert_eq!(c.bind(&mut h, 0x4000, peer).class, Class::Success);
+    assert_eq!(c.bind(&mut h, 0x4000, other).code, Some(400));
+    assert_eq!(c.bind(&mut h, 0x4002, peer).code, Some(400));
+    assert_eq!(c.call(&mut h, Method::CHANNEL_BIND, |_| {}).code, Some(400));
+}
+
+#[test]
+fn channel_data_to_stream_clients_is_padded() {
+    let mut h = Harness::new();
+    let tuple = FiveTuple {
+        transport: Transport::Tcp,
+        ..udp(CLIENT)
+    };
+    let mut c = Client::new(tuple, "alice", "wonderland");
+    c.allocate(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    c.bind(&mut h, 0x4000, peer);
+    let id = relay_of(&h, &tuple);
+    let frame = peer_data(&mut h, id, peer, b"hello").unwrap();
+    assert_eq!(
+        frame,
+        [0x40, 0, 0, 5, b'h', b'e', b'l', b'l', b'o', 0, 0, 0]
+    );
+}
+
+#[test]
+fn peer_policy_refuses_private_own_and_mapped_addresses() {
+    let mut h = Harness::new();
+    let (mut c, relayed) = alice(&mut h);
+    for peer in [
+        "127.0.0.1:1",
+        "0.0.0.0:1",
+        "10.1.2.3:1",
+        "169.254.169.254:80",
+        "[::ffff:127.0.0.1]:1",
+        "[::127.0.0.1]:1",
+        "[64:ff9b::7f00:1]:1",
+        "[2002:7f00:1::]:1",
+    ] {
+        let response = c.permit(&mut h, peer.parse().unwrap());
+        assert_eq!(response.code, Some(403), "{peer}");
+    }
+    // The server's own listener, and the allocation's own relayed address.
+    assert_eq!(c.permit(&mut h, SERVER.parse().unwrap()).code, Some(403));
+    assert_eq!(c.bind(&mut h, 0x4000, relayed).code, Some(403));
+    // A public IPv6 peer on an IPv4 allocation: family mismatch.
+    assert_eq!(
+        c.permit(&mut h, "[2606:4700::1111]:1".parse().unwrap())
+            .code,
+        Some(443)
+    );
+    assert_eq!(
+        c.permit(&mut h, PEER.parse().unwrap()).class,
+        Class::Success
+    );
+}
+
+#[test]
+fn malformed_input_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let mut out = vec![0u8; 1500];
+    let request = binding_request(|_| {});
+    let inputs: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x00],
+        request[..19].to_vec(),
+        vec![0x40, 0x00, 0xff, 0xff, 1],
+        vec![0x3f, 0xff, 0x00, 0x00],
+        vec![0x80; 40],
+        vec![0x80, 0x00, 0x00, 0x00],
+    ];
+    for input in &inputs {
+        let tuple = udp(CLIENT);
+        assert_eq!(
+            h.server.handle_client(h.now, tuple, input, &mut out),
+            ClientAction::None
+        );
+    }
+    assert!(h.server.stats().malformed >= 5);
+}
+
+#[test]
+fn unknown_method_gets_400() {
+    let mut h = Harness::new();
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    let request = c.request(Method(0x00a), TransactionId([7; 12]), |_| {});
+    assert_eq!(h.send(udp(CLIENT), &request).unwrap().code, Some(400));
+}
+
+#[test]
+fn client_ip_is_bound_into_the_nonce() {
+    let mut h = Harness::new();
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    c.allocate(&mut h);
+    let mut other = Client::new(udp("198.51.100.99:5000"), "alice", "wonderland");
+    other.nonce = c.nonce.clone();
+    let tid = other.tid();
+    let request = other.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    assert_eq!(h.send(other.tuple, &request).unwrap().code, Some(438));
+    let _: IpAddr = other.tuple.client.ip();
+}
