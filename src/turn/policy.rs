@@ -8,8 +8,11 @@ use ipnet::IpNet;
 /// Returns the IPv4 address embedded in `ip` when `ip` is an IPv6 form of one, else `ip`.
 ///
 /// Recognised forms: IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (other than `::`
-/// and `::1`), 6to4 `2002:aabb:ccdd::/48`, and NAT64 `64:ff9b::a.b.c.d` and `64:ff9b:1::/48`
-/// (last 32 bits). Every policy check runs on the canonical form, so `::ffff:127.0.0.1` and
+/// and `::1`), 6to4 `2002:aabb:ccdd::/48`, and NAT64 `64:ff9b::a.b.c.d`. The NAT64 local-use
+/// prefix `64:ff9b:1::/48` is deliberately not unwrapped: where the IPv4 address sits depends on
+/// the prefix length a site chose (RFC 6052 §2.2), so guessing could let a private address
+/// through under a public-looking one; it stays in the built-in list and is refused unless
+/// allowed. Every policy check runs on the canonical form, so `::ffff:127.0.0.1` and
 /// `2002:7f00:1::` are loopback.
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
@@ -24,7 +27,7 @@ fn embedded_v4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
     let last_32 = Ipv4Addr::from_bits(bits as u32);
     // `::` and `::1` lie in the compatible range but are IPv6 addresses of their own.
     let compatible = COMPATIBLE.contains(bits) && bits > 1;
-    if MAPPED.contains(bits) || compatible || NAT64.contains(bits) || NAT64_LOCAL.contains(bits) {
+    if MAPPED.contains(bits) || compatible || NAT64.contains(bits) {
         Some(last_32)
     } else if SIX_TO_FOUR.contains(bits) {
         // 2002:AABB:CCDD::/48 holds the IPv4 address in bits 16..48.
@@ -290,7 +293,8 @@ mod tests {
         text.parse().unwrap()
     }
 
-    const SPECIAL: [&str; 17] = [
+    const SPECIAL: [&str; 18] = [
+        "64:ff9b:1:abcd::808:808",
         "127.0.0.1",
         "0.0.0.0",
         "::ffff:127.0.0.1",
@@ -317,14 +321,20 @@ mod tests {
             "::ffff:127.0.0.1",
             "::127.0.0.1",
             "64:ff9b::7f00:1",
-            "64:ff9b:1:abcd::7f00:1",
             "2002:7f00:1::",
             "2002:7f00:1:ffff::1",
             "127.0.0.1",
         ] {
             assert_eq!(canonical_ip(ip(form)), loopback, "{form}");
         }
-        for unchanged in ["::", "::1", "2606:4700::1111", "fe80::1", "64:ff9b:2::1"] {
+        for unchanged in [
+            "::",
+            "::1",
+            "2606:4700::1111",
+            "fe80::1",
+            "64:ff9b:2::1",
+            "64:ff9b:1:abcd::7f00:1",
+        ] {
             assert_eq!(canonical_ip(ip(unchanged)), ip(unchanged), "{unchanged}");
         }
         assert_eq!(canonical_ip(ip("::2")), ip("0.0.0.2"));
