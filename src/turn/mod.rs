@@ -996,7 +996,7 @@ impl Server {
     }
 
     /// May the allocation relayed on `relayed` talk to `peer`? Policy first (403 whatever the
-    /// family), then the family (443).
+    /// family), then the family (443), both on the canonical form of the address.
     fn check_peer(&self, peer: SocketAddr, relayed: SocketAddr) -> Result<(), RequestError> {
         let canonical = canonical_addr(peer);
         if !self.policy.permits_ip(canonical.ip()) {
@@ -1008,7 +1008,8 @@ impl Server {
         {
             return Err(RequestError::Forbidden("Peer is this server"));
         }
-        if Family::of(&peer) != Family::of(&relayed) {
+        // An IPv4-in-IPv6 form names an IPv4 peer, which an IPv4 relay reaches directly.
+        if Family::of(&canonical) != Family::of(&relayed) {
             return Err(RequestError::PeerAddressFamilyMismatch);
         }
         Ok(())
