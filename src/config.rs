@@ -1049,7 +1049,7 @@ mod tests {
                 credential: UserCredential::Password("demo".into()),
             }]
         );
-        assert_eq!(config.auth.secrets.len(), 1);
+        assert!(config.auth.secrets.is_empty());
         assert!(config.peers.allow.is_empty());
         assert!(config.peers.deny.is_empty());
     }
