@@ -99,10 +99,10 @@ pub fn base_config(config: &TestConfig, dir: &Path) -> String {
         RELAY_PORTS.start(),
         RELAY_PORTS.end()
     );
-    toml += &format!(
-        "\n[auth]\nsecrets = {}\nnonce-lifetime = \"10m\"\n",
-        quoted(&config.secrets)
-    );
+    toml += "\n[auth]\nnonce-lifetime = \"10m\"\n";
+    if !config.secrets.is_empty() {
+        toml += &format!("secrets = {}\n", quoted(&config.secrets));
+    }
     for (name, password) in &config.users {
         toml += &format!("\n[[auth.users]]\nname = {name:?}\npassword = {password:?}\n");
     }
@@ -288,7 +288,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A STUN Binding request with a fixed transaction ID.
-const BINDING_REQUEST: [u8; 20] = [
+pub const BINDING_REQUEST: [u8; 20] = [
     0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, b't', b'u', b'r', b'n', b'p', b'i', b'k', b'e',
     b'p', b'r', b'o', b'b',
 ];
