@@ -240,7 +240,8 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        // The group has the id of its leader: this kills Chromium's helpers too.
+        // Chromium's helpers exit when the browser dies; killing the group (whose id is the
+        // leader's) makes sure of it wherever procps' `kill` is installed.
         let group = format!("-{}", self.child.id());
         let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.kill();
