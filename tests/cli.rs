@@ -1,0 +1,73 @@
+//! The `turnpike` binary's command line: `credentials` output and refusal of a bad
+//! configuration. These run the turnpike binary whatever `TURNPIKE_TEST_BACKEND` says.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const TURNPIKE: &str = env!("CARGO_BIN_EXE_turnpike");
+
+#[test]
+fn credentials_follow_the_turn_rest_api() {
+    let uri = "turn:127.0.0.1:3478?transport=udp";
+    let output = Command::new(TURNPIKE)
+        .args(["credentials", "--secret", "s3cret", "--user", "alice"])
+        .args(["--ttl", "1h", "--uri", uri])
+        .output()
+        .expect("run turnpike credentials");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let context = format!(
+        "{}; stdout: {stdout}; stderr: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "{context}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).expect(&context);
+
+    let username = json["username"].as_str().expect(&context);
+    let (expiry, user) = username.split_once(':').expect(&context);
+    assert_eq!(user, "alice", "{context}");
+    let expiry: u64 = expiry.parse().expect(&context);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(
+        expiry.abs_diff(now + 3600) <= 60,
+        "expiry {expiry}; {context}"
+    );
+
+    let (_, credential) = common::rest_credentials_expiring("s3cret", "alice", expiry);
+    assert_eq!(json["credential"], credential.as_str(), "{context}");
+    assert_eq!(json["ttl"], 3600, "{context}");
+    assert_eq!(json["urls"], serde_json::json!([uri]), "{context}");
+}
+
+#[test]
+fn a_bad_configuration_is_refused_with_its_reason() {
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let config = dir.path().join("bad.toml");
+    let toml = common::base_config(&common::TestConfig::default(), dir.path());
+    std::fs::write(&config, format!("bogus-setting = 1\n{toml}")).expect("write the config");
+    let log = dir.path().join("stderr.log");
+    let (stdout, stderr) = common::output_file(&log);
+    let mut child = Command::new(TURNPIKE)
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .args(["--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn turnpike");
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("still running after 20 s: {printed}"));
+    assert!(!status.success(), "exit {status}; printed: {printed}");
+    assert!(
+        printed.contains("bogus-setting"),
+        "the reason should name the unknown key; printed: {printed}"
+    );
+}

@@ -1,0 +1,524 @@
+//! Harness shared by the integration tests: starts the real server on ephemeral loopback ports,
+//! makes certificates and credentials, and runs a UDP echo peer.
+//!
+//! The server is `turnpike` by default. `TURNPIKE_TEST_BACKEND=coturn` starts coturn's
+//! `turnserver` from the same TOML instead: a reference run that shows the tests themselves
+//! are right, so that a failure against turnpike is turnpike's.
+
+// Each test file uses its own subset of the harness.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{KeyInit, Mac};
+use tempfile::TempDir;
+
+/// How long a server may take to bind its listeners and say `ready`.
+const READY_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The relay port range every test configuration uses.
+pub const RELAY_PORTS: std::ops::RangeInclusive<u16> = 40000..=60000;
+
+/// Finds `name` on `PATH`, or fails the test: tools are installed by `scripts/test`.
+pub fn require_tool(name: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| panic!("{name} not found: run scripts/test, which installs it"))
+}
+
+/// What [`base_config`] puts in the TOML. `Default` is every transport, the static user
+/// alice/wonderland, no REST secret, peers on 127.0.0.1 allowed, two workers.
+///
+/// coturn cannot serve static users and REST secrets at once, so tests configure one or the
+/// other.
+#[derive(Clone, Debug)]
+pub struct TestConfig {
+    pub transports: Vec<&'static str>,
+    pub users: Vec<(&'static str, &'static str)>,
+    pub secrets: Vec<&'static str>,
+    pub allow: Vec<&'static str>,
+    pub workers: usize,
+}
+
+impl Default for TestConfig {
+    fn default() -> Self {
+        Self {
+            transports: vec!["udp", "tcp", "tls"],
+            users: vec![("alice", "wonderland")],
+            secrets: vec![],
+            allow: vec!["127.0.0.1/32"],
+            workers: 2,
+        }
+    }
+}
+
+impl TestConfig {
+    /// REST API credentials only, with the shared secret `s3cret`.
+    pub fn rest() -> Self {
+        Self {
+            users: vec![],
+            secrets: vec!["s3cret"],
+            ..Self::default()
+        }
+    }
+}
+
+/// Builds a turnpike TOML configuration with ephemeral listeners on 127.0.0.1. When `tls` is
+/// among the transports, a fresh self-signed certificate is written into `dir`.
+pub fn base_config(config: &TestConfig, dir: &Path) -> String {
+    let quoted = |items: &[&str]| {
+        let items: Vec<String> = items.iter().map(|item| format!("{item:?}")).collect();
+        format!("[{}]", items.join(", "))
+    };
+    let mut toml = format!(
+        "realm = \"turnpike.test\"\nsoftware = \"turnpike\"\nworkers = {}\n",
+        config.workers
+    );
+    for transport in &config.transports {
+        toml += &format!("\n[[listen]]\ntransport = {transport:?}\naddress = \"127.0.0.1:0\"\n");
+    }
+    if config.transports.contains(&"tls") {
+        let (cert, key) = tls_cert(dir);
+        toml += &format!("\n[tls]\ncertificate = {cert:?}\nprivate-key = {key:?}\n");
+    }
+    toml += &format!(
+        "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\n",
+        RELAY_PORTS.start(),
+        RELAY_PORTS.end()
+    );
+    toml += "\n[auth]\nnonce-lifetime = \"10m\"\n";
+    if !config.secrets.is_empty() {
+        toml += &format!("secrets = {}\n", quoted(&config.secrets));
+    }
+    for (name, password) in &config.users {
+        toml += &format!("\n[[auth.users]]\nname = {name:?}\npassword = {password:?}\n");
+    }
+    toml += &format!("\n[peers]\nallow = {}\n", quoted(&config.allow));
+    toml
+}
+
+/// Writes a self-signed certificate for `127.0.0.1` and `localhost` into `dir`.
+pub fn tls_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let names = vec!["127.0.0.1".to_string(), "localhost".to_string()];
+    let certified = rcgen::generate_simple_self_signed(names).expect("generate a certificate");
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    fs::write(&cert, certified.cert.pem()).expect("write cert.pem");
+    fs::write(&key, certified.signing_key.serialize_pem()).expect("write key.pem");
+    (cert, key)
+}
+
+/// TURN REST API credentials: username `<unix expiry>:<user>`, password
+/// base64(HMAC-SHA1(secret, username)).
+pub fn rest_credentials(secret: &str, user: &str, ttl: Duration) -> (String, String) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970");
+    rest_credentials_expiring(secret, user, (now + ttl).as_secs())
+}
+
+/// Like [`rest_credentials`], with the expiry given as a Unix time (past ones included).
+pub fn rest_credentials_expiring(secret: &str, user: &str, expiry: u64) -> (String, String) {
+    let username = format!("{expiry}:{user}");
+    let mut mac =
+        hmac::Hmac::<sha1::Sha1>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key");
+    mac.update(username.as_bytes());
+    let password = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+    (username, password)
+}
+
+/// A running server; killed and reaped on drop.
+pub struct Server {
+    child: Child,
+    listeners: Vec<(String, SocketAddr)>,
+    _dir: TempDir,
+}
+
+impl Server {
+    /// Starts a server configured by [`base_config`].
+    pub fn with(config: &TestConfig) -> Server {
+        let dir = tempfile::tempdir().expect("create a tempdir");
+        let toml = base_config(config, dir.path());
+        Self::start_in(&toml, dir)
+    }
+
+    /// Starts a server from a TOML configuration and waits until all its listeners are bound.
+    pub fn start(toml: &str) -> Server {
+        Self::start_in(toml, tempfile::tempdir().expect("create a tempdir"))
+    }
+
+    fn start_in(toml: &str, dir: TempDir) -> Server {
+        match std::env::var("TURNPIKE_TEST_BACKEND").as_deref() {
+            Err(_) | Ok("turnpike") => start_turnpike(toml, dir),
+            Ok("coturn") => coturn::start(toml, dir),
+            Ok(other) => panic!("TURNPIKE_TEST_BACKEND={other}: expected turnpike or coturn"),
+        }
+    }
+
+    /// The first listener of `transport` ("udp", "tcp" or "tls").
+    pub fn addr(&self, transport: &str) -> SocketAddr {
+        self.listeners
+            .iter()
+            .find(|(t, _)| t == transport)
+            .map(|(_, addr)| *addr)
+            .unwrap_or_else(|| panic!("no {transport} listener among {:?}", self.listeners))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Kills the server and waits for it to exit.
+    pub fn kill(&mut self) -> ExitStatus {
+        let _ = self.child.kill(); // Err only if it already exited; wait() reports that.
+        self.child.wait().expect("wait for the server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_turnpike(toml: &str, dir: TempDir) -> Server {
+    let config = dir.path().join("turnpike.toml");
+    fs::write(&config, toml).expect("write the configuration");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+        .arg("serve")
+        .arg("-c")
+        .arg(&config)
+        .args(["--log-format", "json"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn turnpike");
+    let lines = forward_lines(child.stderr.take().expect("stderr is piped"), "turnpike");
+
+    let deadline = Instant::now() + READY_TIMEOUT;
+    let mut printed = Vec::new();
+    let mut listeners = Vec::new();
+    loop {
+        let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(line) => line,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "turnpike did not print ready within {READY_TIMEOUT:?}; it printed:\n{}",
+                    printed.join("\n")
+                );
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let status = child.wait().expect("wait for turnpike");
+                panic!(
+                    "turnpike exited ({status}) before ready; it printed:\n{}\nconfiguration:\n{toml}",
+                    printed.join("\n")
+                );
+            }
+        };
+        if let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) {
+            let fields = &event["fields"];
+            match fields["message"].as_str() {
+                Some("listening") => {
+                    let transport = fields["transport"].as_str().unwrap_or_default();
+                    let address = fields["address"].as_str().unwrap_or_default();
+                    let address = address
+                        .parse()
+                        .unwrap_or_else(|e| panic!("bad address in {line:?}: {e}"));
+                    listeners.push((transport.to_string(), address));
+                }
+                Some("ready") => break,
+                _ => {}
+            }
+        }
+        printed.push(line);
+    }
+    Server {
+        child,
+        listeners,
+        _dir: dir,
+    }
+}
+
+/// Echoes each line of `stream` to the test's stderr (shown when the test fails) and sends it
+/// on the returned channel, which disconnects at end of stream.
+fn forward_lines(
+    stream: impl std::io::Read + Send + 'static,
+    name: &str,
+) -> mpsc::Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    let name = name.to_string();
+    thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            eprintln!("[{name}] {line}");
+            let _ = tx.send(line); // Nobody listens after startup; the echo above remains.
+        }
+    });
+    rx
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago (the TCP port of the same number too).
+/// Racy by nature: callers retry when the port is taken by the time they bind it.
+pub fn free_port() -> u16 {
+    for _ in 0..50 {
+        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
+        let port = udp.local_addr().expect("local address").port();
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no port free for both UDP and TCP on 127.0.0.1 after 50 tries");
+}
+
+/// A STUN Binding request with a fixed transaction ID.
+pub const BINDING_REQUEST: [u8; 20] = [
+    0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42, b't', b'u', b'r', b'n', b'p', b'i', b'k', b'e',
+    b'p', b'r', b'o', b'b',
+];
+
+/// Whether a STUN server answers a Binding request on `addr` within `wait`.
+pub fn stun_answers(addr: SocketAddr, wait: Duration) -> bool {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("set a read timeout");
+    let deadline = Instant::now() + wait;
+    let mut buf = [0u8; 1500];
+    while Instant::now() < deadline {
+        let _ = socket.send_to(&BINDING_REQUEST, addr);
+        if let Ok((n, _)) = socket.recv_from(&mut buf) {
+            if n >= 20 && buf[..2] == [0x01, 0x01] && buf[8..20] == BINDING_REQUEST[8..20] {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+/// A UDP echo server on 127.0.0.1, stopped on drop and after two minutes at the latest.
+pub struct EchoPeer {
+    stop: Arc<AtomicBool>,
+    echoed: Arc<AtomicUsize>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EchoPeer {
+    /// How many datagrams it has echoed.
+    pub fn echoed(&self) -> usize {
+        self.echoed.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for EchoPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub fn udp_echo_peer() -> (SocketAddr, EchoPeer) {
+    const LIFETIME: Duration = Duration::from_secs(120);
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .expect("set a read timeout");
+    let addr = socket.local_addr().expect("local address");
+    let stop = Arc::new(AtomicBool::new(false));
+    let echoed = Arc::new(AtomicUsize::new(0));
+    let thread = {
+        let (stop, echoed) = (stop.clone(), echoed.clone());
+        thread::spawn(move || {
+            let deadline = Instant::now() + LIFETIME;
+            let mut buf = [0u8; 65536];
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                    if socket.send_to(&buf[..n], from).is_ok() {
+                        echoed.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            }
+        })
+    };
+    let peer = EchoPeer {
+        stop,
+        echoed,
+        thread: Some(thread),
+    };
+    (addr, peer)
+}
+
+/// Waits for `child` until `timeout`, then kills it. `None` means it was killed.
+pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().expect("poll the child") {
+            return Some(status);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
+/// Opens `path` for a child's stdout and stderr together.
+pub fn output_file(path: &Path) -> (Stdio, Stdio) {
+    let file = File::create(path).expect("create an output file");
+    let clone = file.try_clone().expect("clone a file handle");
+    (Stdio::from(file), Stdio::from(clone))
+}
+
+/// The stand-in backend: coturn's `turnserver` with flags equivalent to the TOML.
+mod coturn {
+    use super::*;
+
+    pub fn start(toml: &str, dir: TempDir) -> Server {
+        let turnserver = require_tool("turnserver");
+        let config: toml::Table = toml.parse().expect("the test configuration is TOML");
+        let str_at = |table: &str, key: &str| {
+            config[table][key]
+                .as_str()
+                .unwrap_or_else(|| panic!("{table}.{key} missing"))
+                .to_string()
+        };
+        let transports: Vec<&str> = config["listen"]
+            .as_array()
+            .expect("[[listen]] entries")
+            .iter()
+            .map(|listen| listen["transport"].as_str().expect("listen.transport"))
+            .collect();
+        let (min_port, max_port) = str_at("relay", "ports")
+            .split_once('-')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .expect("relay.ports is MIN-MAX");
+        let auth = &config["auth"];
+        let secrets = auth.get("secrets").and_then(|s| s.as_array()).cloned();
+        let users = auth.get("users").and_then(|u| u.as_array()).cloned();
+        let (secrets, users) = (secrets.unwrap_or_default(), users.unwrap_or_default());
+        assert!(
+            secrets.is_empty() || users.is_empty(),
+            "coturn cannot serve static users and REST secrets at once"
+        );
+
+        let mut args: Vec<String> = [
+            "-n",
+            "--no-cli",
+            "--no-dtls",
+            "--no-rfc5780",
+            "--allow-loopback-peers",
+            "--log-file",
+            "stdout",
+            "--listening-ip",
+            "127.0.0.1",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["--realm".into(), config["realm"].as_str().unwrap().into()]);
+        args.extend(["--relay-ip".into(), str_at("relay", "address")]);
+        args.extend(["--min-port".into(), min_port, "--max-port".into(), max_port]);
+        let db = dir.path().join("turndb");
+        let pidfile = dir.path().join("turnserver.pid");
+        args.extend(["--db".into(), db.display().to_string()]);
+        args.extend(["--pidfile".into(), pidfile.display().to_string()]);
+        for (transport, flag) in [
+            ("udp", "--no-udp"),
+            ("tcp", "--no-tcp"),
+            ("tls", "--no-tls"),
+        ] {
+            if !transports.contains(&transport) {
+                args.push(flag.into());
+            }
+        }
+        if transports.contains(&"tls") {
+            args.extend(["--cert".into(), str_at("tls", "certificate")]);
+            args.extend(["--pkey".into(), str_at("tls", "private-key")]);
+        }
+        if secrets.is_empty() {
+            args.push("--lt-cred-mech".into());
+            for user in &users {
+                let name = user["name"].as_str().expect("user name");
+                let password = user["password"].as_str().expect("user password");
+                args.extend(["--user".into(), format!("{name}:{password}")]);
+            }
+        } else {
+            args.push("--use-auth-secret".into());
+            for secret in &secrets {
+                let secret = secret.as_str().expect("secret");
+                args.extend(["--static-auth-secret".into(), secret.into()]);
+            }
+        }
+
+        // The ports are free when chosen but may be taken before coturn binds them: retry.
+        for attempt in 1..=3 {
+            let port = free_port();
+            let tls_port = free_port();
+            let mut command = Command::new(&turnserver);
+            command
+                .args(&args)
+                .args(["-p", &port.to_string()])
+                .args(["--tls-listening-port", &tls_port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            let mut child = command.spawn().expect("spawn turnserver");
+            let _ = forward_lines(child.stdout.take().expect("piped"), "coturn");
+            let _ = forward_lines(child.stderr.take().expect("piped"), "coturn");
+
+            let listeners: Vec<(String, SocketAddr)> = transports
+                .iter()
+                .map(|&t| {
+                    let port = if t == "tls" { tls_port } else { port };
+                    (t.to_string(), SocketAddr::from(([127, 0, 0, 1], port)))
+                })
+                .collect();
+            if coturn_ready(&mut child, &listeners) {
+                return Server {
+                    child,
+                    listeners,
+                    _dir: dir,
+                };
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            eprintln!("coturn not ready on ports {port}/{tls_port} (attempt {attempt}), retrying");
+        }
+        panic!("coturn did not come up in 3 attempts; see its output above");
+    }
+
+    /// Polls every listener until it answers: a Binding response on UDP, a connection on TCP.
+    fn coturn_ready(child: &mut Child, listeners: &[(String, SocketAddr)]) -> bool {
+        let deadline = Instant::now() + READY_TIMEOUT / 2;
+        let mut pending: HashMap<&str, SocketAddr> =
+            listeners.iter().map(|(t, a)| (t.as_str(), *a)).collect();
+        while Instant::now() < deadline && !pending.is_empty() {
+            if child.try_wait().expect("poll turnserver").is_some() {
+                return false;
+            }
+            pending.retain(|transport, addr| match *transport {
+                "udp" => !stun_answers(*addr, Duration::from_millis(200)),
+                _ => TcpStream::connect_timeout(addr, Duration::from_millis(200)).is_err(),
+            });
+            thread::sleep(Duration::from_millis(50));
+        }
+        pending.is_empty()
+    }
+}
