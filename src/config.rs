@@ -669,7 +669,8 @@ fn check_listeners(listen: &[Listen]) -> Result<(), ConfigError> {
     let uses_tcp = |t: Transport| matches!(t, Transport::Tcp | Transport::Tls);
     for (i, later) in listen.iter().enumerate() {
         for (j, earlier) in listen[..i].iter().enumerate() {
-            if later.address != earlier.address {
+            // Port 0 asks the kernel for a free port: such listeners never clash.
+            if later.address != earlier.address || later.address.port() == 0 {
                 continue;
             }
             if later.transport == earlier.transport {
@@ -1142,6 +1143,15 @@ mod tests {
             "listen[1]",
             "same TCP port as listen[0]",
         );
+        // Port 0 asks for a free port, so several such listeners are fine.
+        let ephemeral = Config::from_toml(
+            "[[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:0\"\n\
+             [[listen]]\ntransport = \"tls\"\naddress = \"127.0.0.1:0\"\n\
+             [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
+             [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\
+             [tls]\ncertificate = \"c\"\nprivate-key = \"k\"",
+        );
+        assert_eq!(ephemeral.map(|c| c.listen.len()).ok(), Some(4));
     }
 
     #[test]
