@@ -170,7 +170,9 @@ fn allow_entries_open_special_ranges_but_never_the_server_itself() {
     // The listeners (whatever the IPv4-in-IPv6 spelling) and the allocation's own relayed
     // address stay refused: relaying to them would loop.
     let udp = server.addr("udp");
-    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", udp.port()).parse().unwrap();
+    let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", udp.port())
+        .parse()
+        .unwrap();
     for own in [udp, server.addr("tcp"), mapped] {
         assert_eq!(client.bind(0x4001, own), Some(403), "{own}");
     }
@@ -212,10 +214,7 @@ fn binding_works_on_tcp(server: SocketAddr) {
         got += stream.read(&mut answer[got..]).unwrap();
     }
     let msg = Message::parse(&answer[..len]).unwrap();
-    assert_eq!(
-        (msg.class(), msg.transaction_id()),
-        (Class::Success, tid)
-    );
+    assert_eq!((msg.class(), msg.transaction_id()), (Class::Success, tid));
 }
 
 /// Deterministic pseudo-random bytes (xorshift), so a failure can be replayed.
@@ -363,7 +362,10 @@ fn garbage_on_tls_streams_is_survived() {
     stream.write_all(&garbage).unwrap();
     let mut buf = [0u8; 16];
     let closed = matches!(stream.read(&mut buf), Ok(0) | Err(_));
-    assert!(closed, "the server should close a TLS stream carrying garbage");
+    assert!(
+        closed,
+        "the server should close a TLS stream carrying garbage"
+    );
 
     // And a TLS session that speaks STUN still works.
     let mut good = tls_connect(tls);
