@@ -321,7 +321,7 @@ fn garbage_on_tcp_closes_that_connection_only() {
         let mut garbage = vec![0u8; 64 + round * 13];
         noise.fill(&mut garbage);
         // A first byte outside STUN and ChannelData: the server must close the connection.
-        garbage[0] = 0x80 | garbage[0];
+        garbage[0] |= 0x80;
         let _ = stream.write_all(&garbage);
         stream
             .set_read_timeout(Some(Duration::from_secs(5)))
