@@ -445,3 +445,98 @@ fn tls_connect(addr: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     rustls::StreamOwned::new(conn, tcp)
 }
+
+/// A configuration with the given listeners, IPv4 and IPv6 relay addresses on loopback, and
+/// loopback peers allowed.
+fn loopback_config(listeners: &[(&str, &str)]) -> String {
+    let mut toml = String::from("realm = \"turnpike.test\"\nworkers = 2\n");
+    for (transport, address) in listeners {
+        toml += &format!("[[listen]]\ntransport = \"{transport}\"\naddress = \"{address}\"\n");
+    }
+    toml += "[relay]\naddress = \"127.0.0.1\"\naddress-v6 = \"::1\"\nports = \"40000-60000\"\n";
+    toml += "[[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n";
+    toml += "[peers]\nallow = [\"127.0.0.1/32\", \"::1/128\"]\n";
+    toml
+}
+
+fn xor_addr(answer: &Answer, typ: u16) -> SocketAddr {
+    let msg = Message::parse(&answer.bytes).unwrap();
+    attr::decode_xor_address(msg.get(typ).unwrap(), &msg.transaction_id()).unwrap()
+}
+
+#[test]
+fn ipv6_listener_and_ipv6_relay_carry_data_both_ways() {
+    let server = Server::start(&loopback_config(&[("udp", "[::1]:0"), ("tcp", "[::1]:0")]));
+    let udp = server.addr("udp");
+    assert!(udp.is_ipv6());
+    binding_works_on_tcp(server.addr("tcp"));
+
+    let peer = UdpSocket::bind("[::1]:0").unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let peer_addr = peer.local_addr().unwrap();
+
+    let mut client = RawClient::new(udp);
+    client.socket = UdpSocket::bind("[::1]:0").unwrap();
+    client
+        .socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let binding = client.request(Method::BINDING, &|_| {});
+    assert_eq!(
+        xor_addr(&binding, attr::XOR_MAPPED_ADDRESS),
+        client.socket.local_addr().unwrap()
+    );
+    let allocated = client.request(Method::ALLOCATE, &|w| {
+        w.requested_transport(17).unwrap();
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .unwrap();
+    });
+    assert_eq!(allocated.code, None, "{allocated:?}");
+    let relayed = xor_addr(&allocated, attr::XOR_RELAYED_ADDRESS);
+    assert_eq!(relayed.ip(), "::1".parse::<std::net::IpAddr>().unwrap());
+    // An IPv4 peer on an IPv6 allocation is a family mismatch.
+    assert_eq!(client.permit("127.0.0.1:9".parse().unwrap()), Some(443));
+    assert_eq!(client.bind(0x4000, peer_addr), None);
+
+    // Client -> peer over the channel, peer -> client back as ChannelData.
+    let mut frame = vec![0x40, 0x00, 0x00, 0x05];
+    frame.extend_from_slice(b"hello");
+    client.socket.send_to(&frame, udp).unwrap();
+    let mut buf = [0u8; 1500];
+    let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
+    assert_eq!((&buf[..n], from), (&b"hello"[..], relayed));
+    peer.send_to(b"world", relayed).unwrap();
+    let (n, _) = client
+        .socket
+        .recv_from(&mut buf)
+        .expect("the client receives");
+    assert_eq!(
+        &buf[..n],
+        &[0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd']
+    );
+}
+
+#[test]
+fn wildcard_listener_answers_from_the_address_it_was_reached_on() {
+    let server = Server::start(&loopback_config(&[("udp", "0.0.0.0:0")]));
+    let port = server.addr("udp").port();
+    for local in ["127.0.0.1", "127.0.0.2", "127.0.0.3"] {
+        let target: SocketAddr = format!("{local}:{port}").parse().unwrap();
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut request = [0u8; 28];
+        let n = {
+            let tid = TransactionId([0x11; 12]);
+            let mut w =
+                MessageWriter::new(&mut request, Method::BINDING, Class::Request, tid).unwrap();
+            w.fingerprint().unwrap();
+            w.finish()
+        };
+        socket.send_to(&request[..n], target).unwrap();
+        let mut buf = [0u8; 200];
+        let (_, from) = socket.recv_from(&mut buf).expect("a Binding answer");
+        assert_eq!(from, target, "the answer must come from the address asked");
+    }
+}
