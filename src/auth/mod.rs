@@ -6,11 +6,9 @@
 use std::collections::HashMap;
 
 use base64::Engine;
-use hmac::{Hmac, KeyInit, Mac};
-use sha1::Sha1;
 
 use crate::config::{Auth, UserCredential};
-use crate::stun::long_term_key;
+use crate::stun::{hmac_sha1, long_term_key};
 
 /// A long-term key: MD5 of `username:realm:password` (RFC 8489 §9.2.2).
 pub type Key = [u8; 16];
@@ -63,10 +61,7 @@ pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
 
 /// The TURN REST API password for `username`: `base64(HMAC-SHA1(secret, username))`.
 pub fn rest_password(secret: &[u8], username: &str) -> String {
-    // HMAC accepts keys of any length, so this cannot fail.
-    let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(secret).expect("HMAC takes any key");
-    mac.update(username.as_bytes());
-    base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    base64::engine::general_purpose::STANDARD.encode(hmac_sha1(secret, &[username.as_bytes()]))
 }
 
 /// Users and REST API secrets from the configuration file.

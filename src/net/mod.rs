@@ -263,6 +263,18 @@ fn run_worker(
     });
 }
 
+/// IPv4-mapped addresses (from sockets that accept both families) become plain IPv4, so a
+/// client has one 5-tuple whatever the socket reported.
+fn normalize(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+            None => addr,
+        },
+        v4 => v4,
+    }
+}
+
 fn bind_udp(address: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     let socket = new_socket(address, socket2::Type::DGRAM)?;
     // Room for bursts: the kernel default drops packets under load.

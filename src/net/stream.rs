@@ -1,7 +1,6 @@
 //! TCP and TLS clients: accepting, framing (RFC 8656 §12.5) and writing back.
 
 use std::cell::{Cell, RefCell};
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,6 +14,7 @@ use crate::config::Transport;
 use crate::stun::{self, Frame};
 use crate::turn::FiveTuple;
 
+use super::normalize;
 use super::worker::Shared;
 
 /// Frames queued for a slow client beyond this are dropped rather than buffered without bound.
@@ -100,16 +100,6 @@ pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Opti
                 }
             }
         });
-    }
-}
-
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
     }
 }
 

@@ -19,6 +19,7 @@ use crate::turn::{
     AllocationId, ClientAction, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server,
 };
 
+use super::normalize;
 use super::relay::{self, Reservations};
 use super::stream::StreamWriter;
 
@@ -307,17 +308,6 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
             }
         }
         tokio::task::yield_now().await;
-    }
-}
-
-/// IPv4-mapped addresses from dual-stack sockets become plain IPv4.
-fn normalize(addr: SocketAddr) -> SocketAddr {
-    match addr {
-        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
-            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
-            None => addr,
-        },
-        v4 => v4,
     }
 }
 

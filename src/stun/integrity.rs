@@ -22,7 +22,7 @@ pub fn long_term_key(username: &str, realm: &str, password: &str) -> [u8; 16] {
 }
 
 /// HMAC-SHA1 of the concatenation of `parts` under `key`.
-pub(super) fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
+pub fn hmac_sha1(key: &[u8], parts: &[&[u8]]) -> [u8; 20] {
     // HMAC accepts keys of any length (long keys are hashed first), so this cannot fail.
     let mut mac = Hmac::<Sha1>::new_from_slice(key).expect("HMAC takes keys of any length");
     for part in parts {

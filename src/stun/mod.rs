@@ -11,7 +11,7 @@ mod writer;
 mod test_vectors;
 
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
-pub use integrity::long_term_key;
+pub use integrity::{hmac_sha1, long_term_key};
 pub use message::{Attributes, Message, RawAttribute, message_len};
 pub use writer::MessageWriter;
 

@@ -20,7 +20,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, Key, Lookup};
+use crate::auth::{CredentialStore, Key};
 use crate::config::Transport;
 use crate::stun::{
     self, ChannelData, Class, Message, MessageWriter, Method, StunError, TransactionId, attr,
@@ -659,7 +659,7 @@ impl Server {
             ));
         }
         let mut found = None;
-        let lookup = if realm == self.config.realm {
+        if realm == self.config.realm {
             let now_unix = self.unix_time(now);
             self.credentials
                 .keys(username, realm, now_unix, &mut |key| {
@@ -668,13 +668,12 @@ impl Server {
                         found = Some(*key);
                     }
                     ok
-                })
-        } else {
-            Lookup::Unknown
-        };
+                });
+        }
         let Some(key) = found else {
+            // Unknown user, expired REST username or wrong password: the client learns nothing
+            // more than 401.
             self.stats.auth_failures += 1;
-            let _ = lookup;
             return Err(self.reply_challenge(
                 now,
                 out,
@@ -858,14 +857,7 @@ impl Server {
         auth: &Authenticated,
         out: &mut [u8],
     ) -> Result<ClientAction, RequestError> {
-        let id = *self
-            .by_tuple
-            .get(tuple)
-            .ok_or(RequestError::AllocationMismatch)?;
-        let relayed = self
-            .allocation(id)
-            .and_then(|a| a.relayed)
-            .ok_or(RequestError::AllocationMismatch)?;
+        let (id, relayed) = self.relayed_allocation(tuple)?;
         let tid = msg.transaction_id();
         let mut peers = 0;
         for attribute in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
@@ -885,16 +877,7 @@ impl Server {
             }
         }
         self.reschedule(id, now);
-        let n = write_response(
-            out,
-            Method::CREATE_PERMISSION,
-            tid,
-            &self.config.software,
-            &auth.key,
-            |_| Ok(()),
-        )
-        .map_err(|_| RequestError::ServerError)?;
-        Ok(ClientAction::Reply(n))
+        self.reply_success(out, Method::CREATE_PERMISSION, tid, &auth.key)
     }
 
     fn channel_bind(
@@ -905,14 +888,7 @@ impl Server {
         auth: &Authenticated,
         out: &mut [u8],
     ) -> Result<ClientAction, RequestError> {
-        let id = *self
-            .by_tuple
-            .get(tuple)
-            .ok_or(RequestError::AllocationMismatch)?;
-        let relayed = self
-            .allocation(id)
-            .and_then(|a| a.relayed)
-            .ok_or(RequestError::AllocationMismatch)?;
+        let (id, relayed) = self.relayed_allocation(tuple)?;
         let tid = msg.transaction_id();
         let number = msg
             .get(attr::CHANNEL_NUMBER)
@@ -936,16 +912,7 @@ impl Server {
             alloc.permit(peer.ip(), now);
         }
         self.reschedule(id, now);
-        let n = write_response(
-            out,
-            Method::CHANNEL_BIND,
-            tid,
-            &self.config.software,
-            &auth.key,
-            |_| Ok(()),
-        )
-        .map_err(|_| RequestError::ServerError)?;
-        Ok(ClientAction::Reply(n))
+        self.reply_success(out, Method::CHANNEL_BIND, tid, &auth.key)
     }
 
     fn handle_send(
@@ -995,6 +962,35 @@ impl Server {
         }
     }
 
+    /// The allocation of `tuple` and its relayed address; 437 when there is none.
+    fn relayed_allocation(
+        &self,
+        tuple: &FiveTuple,
+    ) -> Result<(AllocationId, SocketAddr), RequestError> {
+        let id = *self
+            .by_tuple
+            .get(tuple)
+            .ok_or(RequestError::AllocationMismatch)?;
+        let relayed = self
+            .allocation(id)
+            .and_then(|a| a.relayed)
+            .ok_or(RequestError::AllocationMismatch)?;
+        Ok((id, relayed))
+    }
+
+    /// A signed success response without attributes of its own.
+    fn reply_success(
+        &self,
+        out: &mut [u8],
+        method: Method,
+        tid: TransactionId,
+        key: &Key,
+    ) -> Result<ClientAction, RequestError> {
+        let n = write_response(out, method, tid, &self.config.software, key, |_| Ok(()))
+            .map_err(|_| RequestError::ServerError)?;
+        Ok(ClientAction::Reply(n))
+    }
+
     /// May the allocation relayed on `relayed` talk to `peer`? Policy first (403 whatever the
     /// family), then the family (443), both on the canonical form of the address.
     fn check_peer(&self, peer: SocketAddr, relayed: SocketAddr) -> Result<(), RequestError> {
@@ -1038,14 +1034,10 @@ impl Server {
     }
 
     fn new_token(&mut self) -> ReservationToken {
-        use hmac::{Hmac, KeyInit, Mac};
         self.token_counter += 1;
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac =
-            <Hmac<sha1::Sha1> as KeyInit>::new_from_slice(&self.token_key).expect("any key length");
-        mac.update(&self.token_counter.to_be_bytes());
+        let mac = stun::hmac_sha1(&self.token_key, &[&self.token_counter.to_be_bytes()]);
         let mut token = [0u8; 8];
-        token.copy_from_slice(&mac.finalize().into_bytes()[..8]);
+        token.copy_from_slice(&mac[..8]);
         ReservationToken(token)
     }
 

@@ -4,8 +4,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, KeyInit, Mac};
-use sha1::Sha1;
+use crate::stun::hmac_sha1;
 
 /// Characters in a nonce: a 3-byte version tag, 8 hex digits of time, 16 hex digits of MAC.
 pub const NONCE_LEN: usize = 3 + 8 + 16;
@@ -80,14 +79,10 @@ impl Nonces {
     }
 
     fn mac(&self, stamp: u32, client: IpAddr) -> [u8; 8] {
-        // HMAC accepts keys of any length, so this cannot fail.
-        let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(&self.key).expect("any key length");
-        mac.update(&stamp.to_be_bytes());
-        match client {
-            IpAddr::V4(ip) => mac.update(&ip.octets()),
-            IpAddr::V6(ip) => mac.update(&ip.octets()),
-        }
-        let full = mac.finalize().into_bytes();
+        let full = match client {
+            IpAddr::V4(ip) => hmac_sha1(&self.key, &[&stamp.to_be_bytes(), &ip.octets()]),
+            IpAddr::V6(ip) => hmac_sha1(&self.key, &[&stamp.to_be_bytes(), &ip.octets()]),
+        };
         let mut out = [0u8; 8];
         out.copy_from_slice(&full[..8]);
         out
