@@ -159,3 +159,24 @@ async fn expired_rest_credentials_are_refused() {
     let (username, password) = common::rest_credentials_expiring("s3cret", "bob", an_hour_ago);
     assert_allocation_refused(&udp_only(TestConfig::rest()), &username, &password).await;
 }
+
+/// turnpike (unlike coturn) serves static users and REST secrets side by side, and accepts
+/// every configured secret so that one can be rotated while credentials minted with the old
+/// one are still in use.
+#[tokio::test]
+async fn static_users_and_rotated_secrets_work_side_by_side() {
+    if std::env::var("TURNPIKE_TEST_BACKEND").as_deref() == Ok("coturn") {
+        eprintln!("turnpike-only behaviour: skipped under the coturn backend");
+        return;
+    }
+    let config = udp_only(TestConfig {
+        secrets: vec!["new-secret", "old-secret"],
+        ..TestConfig::default()
+    });
+    let hour = Duration::from_secs(3600);
+    let (new_user, new_password) = common::rest_credentials("new-secret", "carol", hour);
+    let (old_user, old_password) = common::rest_credentials("old-secret", "dave", hour);
+    relay_round_trip(&config, "alice", "wonderland").await;
+    relay_round_trip(&config, &new_user, &new_password).await;
+    relay_round_trip(&config, &old_user, &old_password).await;
+}

@@ -115,8 +115,12 @@ impl Worker {
                 payload,
             } => {
                 if let Some(Some(relay)) = self.relays.get(allocation.index()) {
-                    // A full socket buffer drops the datagram, as the network would.
-                    let _ = relay.socket.try_send_to(&data[payload], peer);
+                    // Straight to the non-blocking socket: tokio's try_send_to would refuse a
+                    // socket whose writability its driver has not observed yet, which is every
+                    // relay socket just opened. A full socket buffer drops the datagram, as the
+                    // network would.
+                    let socket = socket2::SockRef::from(&*relay.socket);
+                    let _ = socket.send_to(&data[payload], &peer.into());
                 }
             }
         }
@@ -218,11 +222,11 @@ impl Worker {
                         .is_unspecified()
                         .then_some(tuple.server.ip()),
                 };
-                let _ = listener.socket.try_io(Interest::WRITABLE, || {
-                    listener
-                        .state
-                        .try_send(quinn_udp::UdpSockRef::from(&*listener.socket), &transmit)
-                });
+                // Straight to the non-blocking socket, not through tokio's readiness (see
+                // `handle_client`); a full buffer drops the datagram.
+                let _ = listener
+                    .state
+                    .try_send(quinn_udp::UdpSockRef::from(&*listener.socket), &transmit);
             }
             Transport::Tcp | Transport::Tls => {
                 if let Some(writer) = self.streams.get(tuple) {
