@@ -1274,8 +1274,8 @@ impl Server {
             .unwrap_or(u64::MAX)
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY; nothing when the
-    /// source is over its unauthenticated rate.
+    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY or reason phrase;
+    /// nothing when the source is over its unauthenticated rate.
     fn reply_challenge(
         &mut self,
         now: Instant,
@@ -1291,8 +1291,10 @@ impl Server {
         self.stats.error_responses += 1;
         let nonce = self.nonces.issue(now, tuple.client.ip());
         let realm = &self.config.realm;
+        // No reason phrase: the code says it all, and the answer to an unauthenticated request
+        // is what a reflection attack would multiply, so it stays as small as it can.
         match write_message(out, method, Class::Error, tid, "", None, |w| {
-            w.error_code(error.code(), error.reason())?;
+            w.error_code(error.code(), "")?;
             w.attribute(attr::REALM, realm.as_bytes())?;
             w.attribute(attr::NONCE, &nonce)
         }) {

@@ -352,6 +352,9 @@ fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
     assert_eq!(response.attr(attr::REALM).unwrap(), REALM.as_bytes());
     assert!(response.attr(attr::NONCE).is_some());
     assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    assert!(response.attr(attr::SOFTWARE).is_none());
+    // Header, ERROR-CODE without phrase, REALM, a 16-character NONCE, FINGERPRINT.
+    assert_eq!(response.bytes.len(), 20 + 8 + (4 + 16) + (4 + 16) + 8);
     assert_eq!(h.server.allocation_count(), 0);
     assert!(h.server.poll_timeout().is_none());
 }
