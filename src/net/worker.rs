@@ -366,7 +366,10 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = notify.notified() => continue,
             _ = publish.tick() => {
-                shared.borrow().publish();
+                let worker = shared.borrow();
+                worker.publish();
+                // Unclaimed EVEN-PORT reservations give their port back after 30 s.
+                worker.relay.reservations.expire(Instant::now());
                 continue;
             }
         }
