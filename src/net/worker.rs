@@ -76,6 +76,10 @@ pub(super) struct Worker {
     pub streams: foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
     peer_buf: Vec<u8>,
     out: Vec<u8>,
+    /// Replies written while handling events (Allocate answers once the relay is open).
+    event_out: Vec<u8>,
+    /// Relay tasks aborted by the current call, whose sockets are not closed yet.
+    closing: Vec<JoinHandle<()>>,
     timer: Rc<Notify>,
     this: std::rc::Weak<RefCell<Worker>>,
 }
@@ -97,6 +101,8 @@ impl Worker {
                 streams: foldhash::HashMap::default(),
                 peer_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
                 out: vec![0; REPLY_BUF],
+                event_out: vec![0; REPLY_BUF],
+                closing: Vec::new(),
                 timer: Rc::new(Notify::new()),
                 this: this.clone(),
             })
@@ -123,9 +129,18 @@ impl Worker {
         match action {
             ClientAction::None => {}
             ClientAction::Reply(n) => {
-                let out = std::mem::take(&mut self.out);
-                self.send_to_client(&tuple, &out[..n]);
-                self.out = out;
+                // Events first: a Refresh that deletes must have released its relay port
+                // before the client hears so, or its next Allocate could find the port taken.
+                self.after_core_call(now, before);
+                let closing = std::mem::take(&mut self.closing);
+                if closing.is_empty() {
+                    let out = std::mem::take(&mut self.out);
+                    self.send_to_client(&tuple, &out[..n]);
+                    self.out = out;
+                } else {
+                    self.reply_after_close(tuple, self.out[..n].to_vec(), closing);
+                }
+                return;
             }
             ClientAction::Relay {
                 allocation,
@@ -143,6 +158,22 @@ impl Worker {
             }
         }
         self.after_core_call(now, before);
+        self.closing.clear();
+    }
+
+    /// Sends `reply` once the relay tasks being aborted are gone, and with them the last handle
+    /// on their sockets: only then is the port free again. Control path only (Refresh 0).
+    fn reply_after_close(&self, tuple: FiveTuple, reply: Vec<u8>, closing: Vec<JoinHandle<()>>) {
+        let this = self.this.clone();
+        tokio::task::spawn_local(async move {
+            for task in closing {
+                // Err(cancelled) is the expected outcome: the task was aborted.
+                let _ = task.await;
+            }
+            if let Some(worker) = this.upgrade() {
+                worker.borrow().send_to_client(&tuple, &reply);
+            }
+        });
     }
 
     /// A stream connection ended.
@@ -151,6 +182,7 @@ impl Worker {
         self.streams.remove(tuple);
         self.core.handle_connection_closed(tuple);
         self.after_core_call(now, before);
+        self.closing.clear();
     }
 
     fn after_core_call(&mut self, now: Instant, before: Option<Instant>) {
@@ -171,20 +203,23 @@ impl Worker {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
                         .and_then(|socket| self.install_relay(allocation, socket));
-                    let mut out = std::mem::take(&mut self.out);
+                    let mut out = std::mem::take(&mut self.event_out);
                     if let Some((tuple, n)) = self
                         .core
                         .handle_relay_opened(now, allocation, result, &mut out)
                     {
                         self.send_to_client(&tuple, &out[..n]);
                     }
-                    self.out = out;
+                    self.event_out = out;
                 }
                 Event::CloseRelay { allocation } => {
                     if let Some(slot) = self.relays.get_mut(allocation.index())
                         && let Some(relay) = slot.take()
                     {
+                        // The socket closes when the aborted task is dropped, which the
+                        // runtime does on its next turn; `closing` lets a reply wait for it.
                         relay.task.abort();
+                        self.closing.push(relay.task);
                     }
                 }
             }
@@ -378,6 +413,7 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
         let before = worker.core.poll_timeout();
         worker.core.handle_timeout(now);
         worker.after_core_call(now, before);
+        worker.closing.clear();
         worker.relay.reservations.expire(now);
     }
 }
