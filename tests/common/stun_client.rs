@@ -60,6 +60,8 @@ pub struct StunClient {
     nonce: Option<Vec<u8>>,
     id: u32,
     sequence: u64,
+    /// The server closed the TCP connection.
+    closed: bool,
 }
 
 impl StunClient {
@@ -89,6 +91,7 @@ impl StunClient {
             nonce: None,
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
             sequence: 0,
+            closed: false,
         }
     }
 
@@ -221,15 +224,28 @@ impl StunClient {
                     }
                     stream.set_read_timeout(Some(wait)).expect("set a timeout");
                     match stream.read(&mut buf) {
-                        Ok(0) => return None,
+                        Ok(0) => {
+                            self.closed = true;
+                            return None;
+                        }
                         Ok(n) => unread.extend_from_slice(&buf[..n]),
                         Err(e) if is_timeout(&e) => return None,
-                        Err(e) if e.kind() == ErrorKind::ConnectionReset => return None,
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                            self.closed = true;
+                            return None;
+                        }
                         Err(e) => panic!("read from the server: {e}"),
                     }
                 }
             }
         }
+    }
+
+    /// Whether the server closes the TCP connection by `deadline` (frames meanwhile are
+    /// skipped).
+    pub fn closed_by(&mut self, deadline: Instant) -> bool {
+        while !self.closed && self.recv_frame(deadline).is_some() {}
+        self.closed
     }
 
     /// Allocates a UDP relay: its relayed address, or the error code.
