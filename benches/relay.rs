@@ -12,8 +12,8 @@ use turnpike::auth::StaticCredentials;
 use turnpike::config::{Config, Transport, User, UserCredential};
 use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key};
 use turnpike::turn::{
-    AllocationId, ClientAction, CoreConfig, Event, FiveTuple, Nonces, PEER_HEADROOM, PEER_TAILROOM,
-    PeerAction, PeerPolicy, Server,
+    AllocationId, AllocationLedger, ClientAction, CoreConfig, Event, FiveTuple, NodeLimits, Nonces,
+    PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Server, SourceLimiter,
 };
 
 const REALM: &str = "bench";
@@ -34,14 +34,20 @@ fn core(now: Instant) -> Server {
         public_v4: None,
         relay_v4: true,
         relay_v6: false,
-        user_allocation_quota: 0,
+        allocation_bandwidth: None,
+        permissions_per_allocation: 64,
+        channels_per_allocation: 64,
         epoch: now,
         unix_at_epoch: 1_700_000_000,
     };
     // The benchmark's peers are documentation addresses; nothing is sent anywhere.
     let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![]);
     let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
-    Server::new(core_config, credentials, policy, nonces, [2; 32])
+    let node = Arc::new(NodeLimits {
+        ledger: AllocationLedger::new(0, 0, None),
+        sources: SourceLimiter::new(0),
+    });
+    Server::new(core_config, credentials, policy, nonces, node, [2; 32])
 }
 
 /// Runs a request through the core the way the I/O layer would, answering OpenRelay events.

@@ -49,6 +49,69 @@ pub struct Config {
     pub relay: Relay,
     pub auth: Auth,
     pub peers: Peers,
+    pub limits: Limits,
+}
+
+/// Quotas and abuse limits (`[limits]`). A zero count or rate means "no limit".
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Allocations one user may hold on this node (REST usernames count as their user-id).
+    pub user_allocations: u32,
+    /// Allocations on this node; 0 = bounded only by ports and memory.
+    pub total_allocations: u32,
+    /// Relayed bits per second per allocation, both directions together; 0 = unlimited.
+    pub allocation_bandwidth: Bandwidth,
+    /// Relayed bits per second over all of one user's allocations on this node.
+    pub user_bandwidth: Bandwidth,
+    pub permissions_per_allocation: u32,
+    pub channels_per_allocation: u32,
+    /// TCP and TLS client connections on this node.
+    pub max_tcp_connections: u32,
+    /// How long a TCP/TLS client without an allocation may go without a complete message
+    /// (also bounds the TLS handshake).
+    pub stream_idle_timeout: Duration,
+    /// Answers per second per source IP to requests without valid credentials (burst twice
+    /// that); 0 = unlimited.
+    pub unauthenticated_rate: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            user_allocations: 10,
+            total_allocations: 0,
+            allocation_bandwidth: Bandwidth::UNLIMITED,
+            user_bandwidth: Bandwidth::UNLIMITED,
+            permissions_per_allocation: 64,
+            channels_per_allocation: 64,
+            max_tcp_connections: 10_000,
+            stream_idle_timeout: Duration::from_secs(10),
+            unauthenticated_rate: 20,
+        }
+    }
+}
+
+/// A data rate in bits per second, written like `"2 Mbps"`, `"500 kbps"`, `"1 Gbps"`; 0 means
+/// unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Bandwidth(pub u64);
+
+impl Bandwidth {
+    pub const UNLIMITED: Bandwidth = Bandwidth(0);
+
+    /// Bits per second, or `None` when unlimited.
+    pub fn bits_per_second(self) -> Option<u64> {
+        (self.0 > 0).then_some(self.0)
+    }
+}
+
+impl fmt::Display for Bandwidth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            0 => f.write_str("unlimited"),
+            bps => write!(f, "{bps} bps"),
+        }
+    }
 }
 
 /// The transport of a listener.
@@ -351,6 +414,7 @@ impl Default for Config {
                 allow: Vec::new(),
                 deny: Vec::new(),
             },
+            limits: Limits::default(),
         }
     }
 }
@@ -453,6 +517,63 @@ struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     peers: RawPeers,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLimits {
+    user_allocations: Option<u32>,
+    total_allocations: Option<u32>,
+    allocation_bandwidth: Option<Text<Bandwidth>>,
+    user_bandwidth: Option<Text<Bandwidth>>,
+    permissions_per_allocation: Option<u32>,
+    channels_per_allocation: Option<u32>,
+    max_tcp_connections: Option<u32>,
+    stream_idle_timeout: Option<Text<Duration>>,
+    unauthenticated_rate: Option<u32>,
+}
+
+impl RawLimits {
+    fn validate(self) -> Result<Limits, ConfigError> {
+        let defaults = Limits::default();
+        let stream_idle_timeout = self
+            .stream_idle_timeout
+            .map_or(defaults.stream_idle_timeout, |d| d.0);
+        check_duration("limits.stream-idle-timeout", stream_idle_timeout)?;
+        let at_least_one = |key: &str, value: Option<u32>, default: u32| match value {
+            Some(0) => Err(ConfigError::invalid(
+                key,
+                "must be at least 1 (a TURN allocation cannot work without one)",
+            )),
+            Some(n) => Ok(n),
+            None => Ok(default),
+        };
+        Ok(Limits {
+            user_allocations: self.user_allocations.unwrap_or(defaults.user_allocations),
+            total_allocations: self.total_allocations.unwrap_or(defaults.total_allocations),
+            allocation_bandwidth: self
+                .allocation_bandwidth
+                .map_or(defaults.allocation_bandwidth, |b| b.0),
+            user_bandwidth: self.user_bandwidth.map_or(defaults.user_bandwidth, |b| b.0),
+            permissions_per_allocation: at_least_one(
+                "limits.permissions-per-allocation",
+                self.permissions_per_allocation,
+                defaults.permissions_per_allocation,
+            )?,
+            channels_per_allocation: self
+                .channels_per_allocation
+                .unwrap_or(defaults.channels_per_allocation),
+            max_tcp_connections: self
+                .max_tcp_connections
+                .unwrap_or(defaults.max_tcp_connections),
+            stream_idle_timeout,
+            unauthenticated_rate: self
+                .unauthenticated_rate
+                .unwrap_or(defaults.unauthenticated_rate),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -570,6 +691,38 @@ impl ParseText for Duration {
     }
 }
 
+impl ParseText for Bandwidth {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        let expected = || {
+            format!(
+                "invalid bandwidth {text:?}, expected e.g. \"2 Mbps\", \"500 kbps\", \"1 Gbps\" or \"0\" for unlimited"
+            )
+        };
+        let trimmed = text.trim();
+        let split = trimmed
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(trimmed.len());
+        let (number, unit) = trimmed.split_at(split);
+        let number: f64 = number.parse().map_err(|_| expected())?;
+        let scale = match unit.trim() {
+            "" if number == 0.0 => 1.0,
+            "bps" => 1.0,
+            "kbps" | "Kbps" => 1e3,
+            "Mbps" => 1e6,
+            "Gbps" => 1e9,
+            _ => return Err(expected()),
+        };
+        let bits = number * scale;
+        if !bits.is_finite() || bits > 1e12 {
+            return Err(format!("{text:?} is more than the maximum of 1000 Gbps"));
+        }
+        if bits > 0.0 && bits < 8.0 {
+            return Err(format!("{text:?} is less than one byte per second"));
+        }
+        Ok(Bandwidth(bits as u64))
+    }
+}
+
 impl ParseText for PortRange {
     fn parse_text(text: &str) -> Result<Self, String> {
         let expected = || format!("invalid port range {text:?}, expected e.g. \"49152-65535\"");
@@ -634,6 +787,7 @@ impl RawConfig {
                 allow: parse_ranges("peers.allow", &self.peers.allow)?,
                 deny: parse_ranges("peers.deny", &self.peers.deny)?,
             },
+            limits: self.limits.validate()?,
         })
     }
 }
@@ -895,6 +1049,70 @@ mod tests {
         assert!(shown.starts_with(&format!("{key}: ")), "{shown:?}");
         assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
         assert!(!shown.contains('\n'), "{shown:?} is more than one line");
+    }
+
+    #[test]
+    fn limits_parse_with_units_and_defaults() {
+        let config = Config::from_toml(
+            "[limits]\nuser-allocations = 2\nallocation-bandwidth = \"1.5 Mbps\"\n\
+             user-bandwidth = \"500 kbps\"\nstream-idle-timeout = \"2s\"\n\
+             unauthenticated-rate = 0",
+        )
+        .unwrap();
+        assert_eq!(config.limits.user_allocations, 2);
+        assert_eq!(config.limits.allocation_bandwidth, Bandwidth(1_500_000));
+        assert_eq!(
+            config.limits.user_bandwidth.bits_per_second(),
+            Some(500_000)
+        );
+        assert_eq!(config.limits.stream_idle_timeout, Duration::from_secs(2));
+        assert_eq!(config.limits.unauthenticated_rate, 0);
+        assert_eq!(config.limits.channels_per_allocation, 64);
+        assert_eq!(Config::default().limits.user_allocations, 10);
+        assert_eq!(
+            Config::default()
+                .limits
+                .allocation_bandwidth
+                .bits_per_second(),
+            None
+        );
+        for (text, bits) in [
+            ("0", 0),
+            ("1 Gbps", 1_000_000_000),
+            ("64kbps", 64_000),
+            ("8 bps", 8),
+        ] {
+            assert_eq!(Bandwidth::parse_text(text), Ok(Bandwidth(bits)), "{text}");
+        }
+    }
+
+    #[test]
+    fn bad_limits_are_named() {
+        assert_refused(
+            "[limits]\nallocation-bandwidth = \"2 MB\"",
+            "limits.allocation-bandwidth",
+            "invalid bandwidth",
+        );
+        assert_refused(
+            "[limits]\nuser-bandwidth = \"5\"",
+            "limits.user-bandwidth",
+            "invalid bandwidth",
+        );
+        assert_refused(
+            "[limits]\npermissions-per-allocation = 0",
+            "limits.permissions-per-allocation",
+            "at least 1",
+        );
+        assert_refused(
+            "[limits]\nstream-idle-timeout = \"0s\"",
+            "limits.stream-idle-timeout",
+            "minimum",
+        );
+        assert_refused(
+            "[limits]\nuser-allocation = 3",
+            "limits.user-allocation",
+            "unknown field",
+        );
     }
 
     #[test]

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use turnpike::auth::rest_password;
 use turnpike::config::Config;
-use turnpike::net::Node;
+use turnpike::net::{Node, NodeCounters};
 
 #[derive(Parser)]
 #[command(name = "turnpike", version, about = "A STUN/TURN server for WebRTC")]
@@ -108,6 +108,7 @@ fn init_logging(log: &LogArgs) {
 fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
     init_logging(log);
     let config = Config::load(path)?;
+    raise_file_limit();
     let node = Node::start(&config)?;
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
@@ -123,14 +124,79 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        let mut usr1 = signal(SignalKind::user_defined1())?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {
+                    tracing::info!("SIGTERM: stopping");
+                    break;
+                }
+                _ = int.recv() => {
+                    tracing::info!("SIGINT: stopping");
+                    break;
+                }
+                _ = usr1.recv() => log_counters(&node.counters()),
+            }
         }
         Ok::<_, std::io::Error>(())
     })?;
+    log_counters(&node.counters());
     node.shutdown();
     Ok(())
+}
+
+/// One log line with every counter of the node (on SIGUSR1, and when stopping).
+fn log_counters(counters: &NodeCounters) {
+    let core = &counters.workers.core;
+    tracing::info!(
+        allocations = counters.workers.allocations,
+        allocations_created = core.allocations_created,
+        allocations_expired = core.allocations_expired,
+        allocations_deleted = core.allocations_deleted,
+        binding_requests = core.binding_requests,
+        error_responses = core.error_responses,
+        auth_failures = core.auth_failures,
+        stale_nonces = core.stale_nonces,
+        malformed = core.malformed,
+        to_peer_packets = core.to_peer_packets,
+        to_peer_bytes = core.to_peer_bytes,
+        to_client_packets = core.to_client_packets,
+        to_client_bytes = core.to_client_bytes,
+        dropped_no_allocation = core.dropped_no_allocation,
+        dropped_no_permission = core.dropped_no_permission,
+        dropped_policy = core.dropped_policy,
+        dropped_bandwidth = core.dropped_bandwidth,
+        rate_limited = core.rate_limited,
+        quota_rejected = core.quota_rejected,
+        capacity_rejected = core.capacity_rejected,
+        tcp_connections = counters.tcp_connections,
+        tcp_rejected = counters.workers.tcp_rejected,
+        stream_timeouts = counters.workers.stream_timeouts,
+        "stats"
+    );
+}
+
+/// Raises the soft limit on open files to the hard limit: every TCP client and every relay
+/// socket is a descriptor, and the usual soft limit of 1024 would cap the server far below
+/// `max-tcp-connections`.
+fn raise_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            let wanted = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0 {
+                tracing::warn!(soft = limit.rlim_cur, "could not raise the open-file limit");
+            }
+        }
+    }
 }
 
 fn node_workers(config: &Config) -> usize {

@@ -6,7 +6,8 @@ mod stream;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime};
 
@@ -15,7 +16,9 @@ use tokio::sync::watch;
 
 use crate::auth::StaticCredentials;
 use crate::config::{Config, Transport};
-use crate::turn::{CoreConfig, Nonces, PeerPolicy, Server};
+use crate::turn::{
+    AllocationLedger, CoreConfig, NodeLimits, Nonces, PeerPolicy, Server, SourceLimiter, Stats,
+};
 
 pub use relay::Reservations;
 pub use stream::tls_acceptor;
@@ -47,11 +50,40 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
+/// Counters of one worker as last published (every [`worker::PUBLISH_INTERVAL`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerCounters {
+    pub core: Stats,
+    /// Live allocations.
+    pub allocations: u64,
+    /// TCP/TLS connections refused because `max-tcp-connections` was reached.
+    pub tcp_rejected: u64,
+    /// TCP/TLS clients closed by `stream-idle-timeout`.
+    pub stream_timeouts: u64,
+}
+
+/// Counters of the whole node: the workers' summed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounters {
+    pub workers: WorkerCounters,
+    /// Live TCP/TLS client connections.
+    pub tcp_connections: u64,
+}
+
+/// Limits the I/O layer enforces on stream clients, shared by the workers.
+pub(crate) struct StreamLimits {
+    pub max_connections: u32,
+    pub idle_timeout: std::time::Duration,
+    pub live: AtomicU32,
+}
+
 /// A running server: its listeners and worker threads.
 pub struct Node {
     listeners: Vec<BoundListener>,
     relay_v4: Option<Ipv4Addr>,
     workers: Vec<JoinHandle<()>>,
+    counters: Vec<Arc<Mutex<WorkerCounters>>>,
+    streams: Arc<StreamLimits>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -146,7 +178,9 @@ impl Node {
             public_v4: config.relay.public_address,
             relay_v4: relay_v4.is_some(),
             relay_v6: config.relay.address_v6.is_some(),
-            user_allocation_quota: 0,
+            allocation_bandwidth: config.limits.allocation_bandwidth.bits_per_second(),
+            permissions_per_allocation: config.limits.permissions_per_allocation,
+            channels_per_allocation: config.limits.channels_per_allocation,
             epoch,
             unix_at_epoch,
         };
@@ -157,8 +191,24 @@ impl Node {
             reservations: Arc::new(Reservations::default()),
         };
 
+        let limits = &config.limits;
+        let node_limits = Arc::new(NodeLimits {
+            ledger: AllocationLedger::new(
+                limits.user_allocations,
+                limits.total_allocations,
+                limits.user_bandwidth.bits_per_second(),
+            ),
+            sources: SourceLimiter::new(limits.unauthenticated_rate),
+        });
+        let streams = Arc::new(StreamLimits {
+            max_connections: limits.max_tcp_connections,
+            idle_timeout: limits.stream_idle_timeout,
+            live: AtomicU32::new(0),
+        });
+
         let (shutdown, stop) = watch::channel(false);
         let mut threads = Vec::new();
+        let mut counters = Vec::new();
         for (index, sockets) in sockets.into_iter().enumerate() {
             let mut secret = [0u8; 32];
             rand::rng().fill_bytes(&mut secret);
@@ -167,14 +217,22 @@ impl Node {
                 credentials.clone(),
                 policy.clone(),
                 nonces.clone(),
+                node_limits.clone(),
                 secret,
             );
             let relay = relay_settings.clone();
             let tls = tls.clone();
             let stop = stop.clone();
+            let published = Arc::new(Mutex::new(WorkerCounters::default()));
+            counters.push(published.clone());
+            let context = worker::Context {
+                relay,
+                streams: streams.clone(),
+                published,
+            };
             let thread = std::thread::Builder::new()
                 .name(format!("turnpike-worker-{index}"))
-                .spawn(move || run_worker(core, relay, sockets, tls, stop))
+                .spawn(move || run_worker(core, context, sockets, tls, stop))
                 .map_err(StartError::Thread)?;
             threads.push(thread);
         }
@@ -185,6 +243,8 @@ impl Node {
             listeners,
             relay_v4,
             workers: threads,
+            counters,
+            streams,
             shutdown,
         })
     }
@@ -199,6 +259,22 @@ impl Node {
         self.relay_v4
     }
 
+    /// The node's counters, as the workers last published them.
+    pub fn counters(&self) -> NodeCounters {
+        let mut total = NodeCounters {
+            tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
+            ..NodeCounters::default()
+        };
+        for published in &self.counters {
+            let worker = *published.lock().unwrap_or_else(|e| e.into_inner());
+            total.workers.core.add(&worker.core);
+            total.workers.allocations += worker.allocations;
+            total.workers.tcp_rejected += worker.tcp_rejected;
+            total.workers.stream_timeouts += worker.stream_timeouts;
+        }
+        total
+    }
+
     /// Stops the workers and waits for them.
     pub fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -210,7 +286,7 @@ impl Node {
 
 fn run_worker(
     core: Server,
-    relay: worker::RelaySettings,
+    context: worker::Context,
     sockets: WorkerSockets,
     tls: Option<tokio_rustls::TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
@@ -244,7 +320,7 @@ fn run_worker(
                 Err(error) => tracing::error!(%error, "UDP listener setup failed"),
             }
         }
-        let shared = worker::Worker::new(core, relay, udp);
+        let shared = worker::Worker::new(core, context, udp);
         worker::Worker::start(&shared);
         for (listener, is_tls) in sockets.tcp {
             match tokio::net::TcpListener::from_std(listener) {

@@ -3,6 +3,7 @@
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -14,8 +15,8 @@ use crate::config::Transport;
 use crate::stun::{self, Frame};
 use crate::turn::FiveTuple;
 
-use super::normalize;
 use super::worker::Shared;
+use super::{StreamLimits, normalize};
 
 /// Frames queued for a slow client beyond this are dropped rather than buffered without bound.
 const MAX_QUEUED: usize = 1 << 20;
@@ -23,8 +24,6 @@ const MAX_QUEUED: usize = 1 << 20;
 const INITIAL_READ: usize = 4096;
 /// Largest frame: a STUN header and a 16-bit length, or ChannelData padded.
 const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
-/// A TLS handshake that takes longer than this is abandoned.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The write side of one client connection: frames are queued without blocking the worker and
 /// written by the connection's writer task.
@@ -67,6 +66,7 @@ pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Opti
     } else {
         Transport::Tcp
     };
+    let limits = shared.borrow().streams_limits.clone();
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -76,6 +76,12 @@ pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Opti
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }
+        };
+        let Some(slot) = ConnectionSlot::take(&limits) else {
+            // Over `max-tcp-connections`: closed at once, before any TLS work.
+            shared.borrow_mut().tcp_rejected += 1;
+            drop(stream);
+            continue;
         };
         let Ok(server) = stream.local_addr() else {
             continue;
@@ -88,23 +94,48 @@ pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Opti
         };
         let shared = shared.clone();
         let tls = tls.clone();
+        let idle = limits.idle_timeout;
         tokio::task::spawn_local(async move {
+            let _slot = slot;
             match tls {
-                None => serve(shared, stream, tuple).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(stream)) => serve(shared, stream, tuple).await,
-                        Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                None => serve(shared, stream, tuple, idle).await,
+                Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => serve(shared, stream, tuple, idle).await,
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => {
+                        shared.borrow_mut().stream_timeouts += 1;
+                        tracing::debug!("TLS handshake timed out");
                     }
-                }
+                },
             }
         });
     }
 }
 
-/// Serves one client connection until it closes or sends something that is not STUN/TURN.
-async fn serve<S>(shared: Shared, stream: S, tuple: FiveTuple)
+/// One of the node's `max-tcp-connections`, given back when dropped.
+struct ConnectionSlot(Arc<StreamLimits>);
+
+impl ConnectionSlot {
+    fn take(limits: &Arc<StreamLimits>) -> Option<ConnectionSlot> {
+        let taken = limits
+            .live
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
+                (live < limits.max_connections).then_some(live + 1)
+            });
+        taken.ok().map(|_| ConnectionSlot(limits.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.live.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection until it closes, sends something that is not STUN/TURN, or
+/// (while it has no allocation, or has sent part of a message) sends no complete message for
+/// `idle`: a slowloris client cannot hold a connection.
+async fn serve<S>(shared: Shared, stream: S, tuple: FiveTuple, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + 'static,
 {
@@ -115,6 +146,7 @@ where
 
     let mut buf = vec![0u8; INITIAL_READ];
     let mut filled = 0;
+    let mut last_message = Instant::now();
     'read: loop {
         if filled == buf.len() {
             if buf.len() >= MAX_FRAME {
@@ -122,7 +154,20 @@ where
             }
             buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
         }
-        let n = match reader.read(&mut buf[filled..]).await {
+        let may_idle = filled == 0 && shared.borrow().core.allocation_of(&tuple).is_some();
+        let read = reader.read(&mut buf[filled..]);
+        let result = if may_idle {
+            read.await
+        } else {
+            match tokio::time::timeout_at((last_message + idle).into(), read).await {
+                Ok(result) => result,
+                Err(_) => {
+                    shared.borrow_mut().stream_timeouts += 1;
+                    break;
+                }
+            }
+        };
+        let n = match result {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
@@ -146,6 +191,7 @@ where
             }
             worker.handle_client(now, tuple, &pending[..message]);
             consumed += advance;
+            last_message = now;
         }
         drop(worker);
         buf.copy_within(consumed..filled, 0);

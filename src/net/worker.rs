@@ -44,6 +44,16 @@ struct RelaySocket {
     task: JoinHandle<()>,
 }
 
+/// How often a worker publishes its counters.
+pub const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// What a worker gets from the node besides its core and sockets.
+pub struct Context {
+    pub relay: RelaySettings,
+    pub streams: Arc<super::StreamLimits>,
+    pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+}
+
 /// Where relay sockets bind.
 #[derive(Clone)]
 pub struct RelaySettings {
@@ -57,6 +67,10 @@ pub struct RelaySettings {
 pub(super) struct Worker {
     pub core: Server,
     relay: RelaySettings,
+    pub streams_limits: Arc<super::StreamLimits>,
+    published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+    pub tcp_rejected: u64,
+    pub stream_timeouts: u64,
     udp: Vec<UdpListener>,
     relays: Vec<Option<RelaySocket>>,
     pub streams: foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
@@ -69,11 +83,15 @@ pub(super) struct Worker {
 pub(super) type Shared = Rc<RefCell<Worker>>;
 
 impl Worker {
-    pub fn new(core: Server, relay: RelaySettings, udp: Vec<UdpListener>) -> Shared {
+    pub fn new(core: Server, context: Context, udp: Vec<UdpListener>) -> Shared {
         Rc::new_cyclic(|this| {
             RefCell::new(Worker {
                 core,
-                relay,
+                relay: context.relay,
+                streams_limits: context.streams,
+                published: context.published,
+                tcp_rejected: 0,
+                stream_timeouts: 0,
                 udp,
                 relays: Vec::new(),
                 streams: foldhash::HashMap::default(),
@@ -236,6 +254,17 @@ impl Worker {
         }
     }
 
+    /// Makes the counters visible to the rest of the process.
+    fn publish(&self) {
+        let counters = super::WorkerCounters {
+            core: self.core.stats(),
+            allocations: self.core.allocation_count() as u64,
+            tcp_rejected: self.tcp_rejected,
+            stream_timeouts: self.stream_timeouts,
+        };
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+    }
+
     /// Reads what is waiting on a relay socket (up to the work limit) and forwards it.
     fn drain_relay(&mut self, allocation: AllocationId, socket: &UdpSocket) {
         let now = Instant::now();
@@ -326,16 +355,23 @@ async fn relay_loop(shared: Shared, allocation: AllocationId, socket: Rc<UdpSock
 }
 
 async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
+    let mut publish = tokio::time::interval(PUBLISH_INTERVAL);
+    publish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let next = shared.borrow().core.poll_timeout();
-        match next {
-            Some(deadline) => {
-                tokio::select! {
-                    _ = tokio::time::sleep_until(deadline.into()) => {}
-                    _ = notify.notified() => continue,
-                }
+        // Far enough to mean "no deadline"; the publish tick wakes the loop anyway.
+        let deadline =
+            next.unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+            _ = notify.notified() => continue,
+            _ = publish.tick() => {
+                let worker = shared.borrow();
+                worker.publish();
+                // Unclaimed EVEN-PORT reservations give their port back after 30 s.
+                worker.relay.reservations.expire(Instant::now());
+                continue;
             }
-            None => notify.notified().await,
         }
         let now = Instant::now();
         let mut worker = shared.borrow_mut();

@@ -3,10 +3,13 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+
 use crate::auth::Key;
 use crate::stun::TransactionId;
 
 use super::FiveTuple;
+use super::limits::{ByteRate, SharedByteRate};
 
 /// How long a permission lasts after it is installed or refreshed (RFC 8656 §9).
 pub const PERMISSION_LIFETIME: Duration = Duration::from_secs(300);
@@ -83,6 +86,10 @@ pub struct Allocation {
     pub(super) last_response: CachedResponse,
     /// The token of the port held back for a later allocation (EVEN-PORT with R).
     pub reservation: Option<super::ReservationToken>,
+    /// This allocation's bandwidth limit, both directions together.
+    pub bandwidth: Option<ByteRate>,
+    /// The limit over all of this user's allocations on the node.
+    pub user_bandwidth: Option<Arc<SharedByteRate>>,
 }
 
 #[derive(Debug, Default)]
@@ -109,6 +116,24 @@ impl CachedResponse {
 }
 
 impl Allocation {
+    /// Charges `bytes` relayed at `now_ns` to the allocation's and the user's bandwidth;
+    /// `false` means the packet is over the limit and must be dropped.
+    pub fn charge(&mut self, now_ns: u64, bytes: usize) -> bool {
+        let own = self
+            .bandwidth
+            .as_mut()
+            .is_none_or(|rate| rate.allow(now_ns, bytes));
+        own && self
+            .user_bandwidth
+            .as_ref()
+            .is_none_or(|rate| rate.allow(now_ns, bytes))
+    }
+
+    /// Live permissions.
+    pub fn live_permissions(&self, now: Instant) -> usize {
+        self.permissions.iter().filter(|p| now < p.expires).count()
+    }
+
     /// Is there a live permission for `ip` (already canonical)?
     pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions

@@ -11,11 +11,12 @@
 
 mod allocation;
 mod error;
+pub mod limits;
 pub mod nonce;
 pub mod policy;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ pub use allocation::{
     PERMISSION_LIFETIME, Permission, Traffic,
 };
 pub use error::RequestError;
+pub use limits::{AllocationLedger, ByteRate, QuotaError, SharedByteRate, SourceLimiter};
 pub use nonce::Nonces;
 pub use policy::PeerPolicy;
 
@@ -143,9 +145,12 @@ pub struct CoreConfig {
     /// Whether IPv4 and IPv6 relay addresses exist.
     pub relay_v4: bool,
     pub relay_v6: bool,
-    /// Allocations one user (the user-id part of a REST API username) may hold on this worker;
-    /// 0 means no limit. Beyond it: 486.
-    pub user_allocation_quota: u32,
+    /// Relayed bits per second per allocation, both directions together.
+    pub allocation_bandwidth: Option<u64>,
+    /// Live permissions one allocation may hold; beyond: 508.
+    pub permissions_per_allocation: u32,
+    /// Channel bindings (live or cooling down) one allocation may hold; beyond: 508.
+    pub channels_per_allocation: u32,
     /// A wall-clock reading (seconds since the Unix epoch) taken at `epoch`: REST API usernames
     /// carry Unix times, and the core learns the wall clock only from `now` and this pair.
     pub epoch: Instant,
@@ -170,6 +175,45 @@ pub struct Stats {
     pub dropped_no_allocation: u64,
     pub dropped_no_permission: u64,
     pub dropped_policy: u64,
+    pub dropped_bandwidth: u64,
+    /// Unauthenticated requests dropped by the per-source rate limit.
+    pub rate_limited: u64,
+    /// 486 answers.
+    pub quota_rejected: u64,
+    /// 508 answers.
+    pub capacity_rejected: u64,
+}
+
+impl Stats {
+    /// Adds `other`'s counts to these (summing workers).
+    pub fn add(&mut self, other: &Stats) {
+        self.binding_requests += other.binding_requests;
+        self.allocations_created += other.allocations_created;
+        self.allocations_expired += other.allocations_expired;
+        self.allocations_deleted += other.allocations_deleted;
+        self.error_responses += other.error_responses;
+        self.auth_failures += other.auth_failures;
+        self.stale_nonces += other.stale_nonces;
+        self.malformed += other.malformed;
+        self.to_peer_packets += other.to_peer_packets;
+        self.to_peer_bytes += other.to_peer_bytes;
+        self.to_client_packets += other.to_client_packets;
+        self.to_client_bytes += other.to_client_bytes;
+        self.dropped_no_allocation += other.dropped_no_allocation;
+        self.dropped_no_permission += other.dropped_no_permission;
+        self.dropped_policy += other.dropped_policy;
+        self.dropped_bandwidth += other.dropped_bandwidth;
+        self.rate_limited += other.rate_limited;
+        self.quota_rejected += other.quota_rejected;
+        self.capacity_rejected += other.capacity_rejected;
+    }
+}
+
+/// State the workers of one node share: the allocation ledger and the table of
+/// unauthenticated sources. Neither is touched by relayed packets.
+pub struct NodeLimits {
+    pub ledger: AllocationLedger,
+    pub sources: SourceLimiter,
 }
 
 struct Slot {
@@ -196,20 +240,21 @@ pub struct Server {
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     by_tuple: FastMap<FiveTuple, AllocationId>,
-    per_user: FastMap<Box<str>, u32>,
+    node: Arc<NodeLimits>,
     timers: BTreeSet<(Instant, AllocationId)>,
     events: VecDeque<Event>,
     stats: Stats,
 }
 
 impl Server {
-    /// A core with no allocations. `secret` keys reservation tokens; `nonces` should be shared
-    /// (same key and epoch) by all workers.
+    /// A core with no allocations. `secret` keys reservation tokens; `nonces` (same key and
+    /// epoch) and `node` are shared by all workers of a node.
     pub fn new(
         config: CoreConfig,
         credentials: Arc<dyn CredentialStore>,
         policy: PeerPolicy,
         nonces: Nonces,
+        node: Arc<NodeLimits>,
         secret: [u8; 32],
     ) -> Self {
         Server {
@@ -223,7 +268,7 @@ impl Server {
             slots: Vec::new(),
             free_slots: Vec::new(),
             by_tuple: FastMap::default(),
-            per_user: FastMap::default(),
+            node,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
@@ -335,6 +380,7 @@ impl Server {
         {
             return PeerAction::None;
         }
+        let now_ns = self.nanos(now);
         self.indications = self.indications.wrapping_add(1);
         let mut tid = [0u8; 12];
         tid[..4].copy_from_slice(&self.token_key[..4]);
@@ -345,6 +391,10 @@ impl Server {
         };
         if !alloc.permits(peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
+            return PeerAction::None;
+        }
+        if !alloc.charge(now_ns, len) {
+            self.stats.dropped_bandwidth += 1;
             return PeerAction::None;
         }
         let to = alloc.tuple;
@@ -465,6 +515,7 @@ impl Server {
             self.stats.malformed += 1;
             return ClientAction::None;
         };
+        let now_ns = self.nanos(now);
         let Some(&id) = self.by_tuple.get(tuple) else {
             self.stats.dropped_no_allocation += 1;
             return ClientAction::None;
@@ -479,6 +530,10 @@ impl Server {
         };
         if !alloc.permits(peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        if !alloc.charge(now_ns, frame.payload.len()) {
+            self.stats.dropped_bandwidth += 1;
             return ClientAction::None;
         }
         let len = frame.payload.len() as u64;
@@ -503,7 +558,7 @@ impl Server {
     ) -> ClientAction {
         match (msg.class(), msg.method()) {
             (Class::Indication, Method::SEND) => self.handle_send(now, tuple, msg, data),
-            (Class::Request, Method::BINDING) => self.handle_binding(tuple, msg, out),
+            (Class::Request, Method::BINDING) => self.handle_binding(now, tuple, msg, out),
             (Class::Request, method) => {
                 let reply = self.handle_turn_request(now, tuple, msg, out);
                 if let Some(id) = self.by_tuple.get(tuple).copied()
@@ -524,11 +579,15 @@ impl Server {
 
     fn handle_binding(
         &mut self,
+        now: Instant,
         tuple: &FiveTuple,
         msg: &Message<'_>,
         out: &mut [u8],
     ) -> ClientAction {
         self.stats.binding_requests += 1;
+        if !self.may_answer_unauthenticated(now, tuple) {
+            return ClientAction::None;
+        }
         let tid = msg.transaction_id();
         if msg.unknown_required(is_known_attribute).next().is_some() {
             return self.reply_unknown_attributes(msg, None, out);
@@ -558,6 +617,9 @@ impl Server {
             method,
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
         ) {
+            if !self.may_answer_unauthenticated(now, tuple) {
+                return ClientAction::None;
+            }
             return self.reply_error(
                 out,
                 method,
@@ -622,6 +684,9 @@ impl Server {
             text(attr::REALM, 763),
             msg.get(attr::NONCE),
         ) else {
+            if !self.may_answer_unauthenticated(now, tuple) {
+                return Err(ClientAction::None);
+            }
             return Err(self.reply_error(
                 out,
                 method,
@@ -765,15 +830,11 @@ impl Server {
             .get(attr::USERNAME)
             .and_then(|v| attr::decode_text(v, 513).ok())
             .unwrap_or_default();
-        let quota = self.config.user_allocation_quota;
-        let held = self.per_user.get(crate::auth::user_id(username)).copied();
-        if quota > 0 && held.unwrap_or(0) >= quota {
-            return Err(RequestError::AllocationQuotaReached);
-        }
-        *self
-            .per_user
-            .entry(crate::auth::user_id(username).into())
-            .or_default() += 1;
+        let user_bandwidth = self
+            .node
+            .ledger
+            .acquire(crate::auth::user_id(username))
+            .map_err(|_| RequestError::AllocationQuotaReached)?;
         let id = self.insert_allocation(Allocation {
             id: AllocationId {
                 index: 0,
@@ -794,6 +855,8 @@ impl Server {
                 ..CachedResponse::default()
             },
             reservation,
+            bandwidth: self.config.allocation_bandwidth.map(ByteRate::new),
+            user_bandwidth,
         });
         self.events.push_back(Event::OpenRelay {
             allocation: id,
@@ -869,6 +932,7 @@ impl Server {
         if peers == 0 {
             return Err(RequestError::BadRequest("Missing XOR-PEER-ADDRESS"));
         }
+        self.check_permission_room(id, now, msg, &tid)?;
         if let Some(alloc) = self.allocation_mut(id) {
             for attribute in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
                 if let Ok(peer) = attr::decode_xor_address(attribute.value, &tid) {
@@ -905,6 +969,20 @@ impl Server {
             .map_err(|_| RequestError::BadRequest("Malformed XOR-PEER-ADDRESS"))?;
         self.check_peer(peer, relayed)?;
         let peer = canonical_addr(peer);
+        let limits = (
+            self.config.channels_per_allocation as usize,
+            self.config.permissions_per_allocation as usize,
+        );
+        if let Some(alloc) = self.allocation(id) {
+            let (max_channels, max_permissions) = limits;
+            let new_channel = !alloc.channels.iter().any(|c| c.number == number);
+            if new_channel && alloc.channels.len() >= max_channels {
+                return Err(RequestError::InsufficientCapacity);
+            }
+            if !alloc.permits(peer.ip(), now) && alloc.live_permissions(now) >= max_permissions {
+                return Err(RequestError::InsufficientCapacity);
+            }
+        }
         if let Some(alloc) = self.allocation_mut(id) {
             alloc
                 .bind_channel(number, peer, now)
@@ -941,11 +1019,16 @@ impl Server {
             self.stats.dropped_policy += 1;
             return ClientAction::None;
         }
+        let now_ns = self.nanos(now);
         let Some(alloc) = self.allocation_mut(id) else {
             return ClientAction::None;
         };
         if alloc.relayed.is_none_or(|relayed| relayed == peer) || !alloc.permits(peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
+            return ClientAction::None;
+        }
+        if !alloc.charge(now_ns, payload.len()) {
+            self.stats.dropped_bandwidth += 1;
             return ClientAction::None;
         }
         // `payload` borrows from `data`, so the offset is in range.
@@ -960,6 +1043,40 @@ impl Server {
             peer,
             payload: start..start + payload.len(),
         }
+    }
+
+    /// 508 when the peers of a CreatePermission would take the allocation past its limit of
+    /// permissions (refreshing a live one takes no room).
+    fn check_permission_room(
+        &self,
+        id: AllocationId,
+        now: Instant,
+        msg: &Message<'_>,
+        tid: &TransactionId,
+    ) -> Result<(), RequestError> {
+        let Some(alloc) = self.allocation(id) else {
+            return Ok(());
+        };
+        let mut new_ips: [Option<IpAddr>; 16] = [None; 16];
+        let mut new = 0usize;
+        for attribute in msg.attributes().filter(|a| a.typ == attr::XOR_PEER_ADDRESS) {
+            let Ok(peer) = attr::decode_xor_address(attribute.value, tid) else {
+                continue;
+            };
+            let ip = canonical_addr(peer).ip();
+            if alloc.permits(ip, now) || new_ips[..new.min(16)].contains(&Some(ip)) {
+                continue;
+            }
+            if new < 16 {
+                new_ips[new] = Some(ip);
+            }
+            new += 1;
+        }
+        let max = self.config.permissions_per_allocation as usize;
+        if alloc.live_permissions(now) + new > max {
+            return Err(RequestError::InsufficientCapacity);
+        }
+        Ok(())
     }
 
     /// The allocation of `tuple` and its relayed address; 437 when there is none.
@@ -1078,13 +1195,9 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.timers.remove(&(allocation.wake, id));
         self.by_tuple.remove(&allocation.tuple);
-        let user = crate::auth::user_id(&allocation.username);
-        if let Some(held) = self.per_user.get_mut(user) {
-            *held -= 1;
-            if *held == 0 {
-                self.per_user.remove(user);
-            }
-        }
+        self.node
+            .ledger
+            .release(crate::auth::user_id(&allocation.username));
         self.free_slots.push(id.index);
         self.events.push_back(Event::CloseRelay { allocation: id });
     }
@@ -1124,7 +1237,7 @@ impl Server {
         error: RequestError,
         key: Option<&Key>,
     ) -> usize {
-        self.stats.error_responses += 1;
+        self.count_error(error);
         let software = if key.is_some() {
             &self.config.software[..]
         } else {
@@ -1136,7 +1249,33 @@ impl Server {
         .unwrap_or(0)
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY.
+    fn count_error(&mut self, error: RequestError) {
+        self.stats.error_responses += 1;
+        match error {
+            RequestError::AllocationQuotaReached => self.stats.quota_rejected += 1,
+            RequestError::InsufficientCapacity => self.stats.capacity_rejected += 1,
+            _ => {}
+        }
+    }
+
+    /// May a request without valid credentials from `tuple` be answered now? Each answer is
+    /// charged to the source IP; beyond the rate the request is dropped and counted.
+    fn may_answer_unauthenticated(&mut self, now: Instant, tuple: &FiveTuple) -> bool {
+        let allowed = self.node.sources.allow(tuple.client.ip(), self.nanos(now));
+        if !allowed {
+            self.stats.rate_limited += 1;
+        }
+        allowed
+    }
+
+    /// Nanoseconds since the epoch all workers share, for rate limits.
+    fn nanos(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.config.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+    }
+
+    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY or reason phrase;
+    /// nothing when the source is over its unauthenticated rate.
     fn reply_challenge(
         &mut self,
         now: Instant,
@@ -1146,11 +1285,16 @@ impl Server {
         tuple: &FiveTuple,
         error: RequestError,
     ) -> ClientAction {
+        if !self.may_answer_unauthenticated(now, tuple) {
+            return ClientAction::None;
+        }
         self.stats.error_responses += 1;
         let nonce = self.nonces.issue(now, tuple.client.ip());
         let realm = &self.config.realm;
+        // No reason phrase: the code says it all, and the answer to an unauthenticated request
+        // is what a reflection attack would multiply, so it stays as small as it can.
         match write_message(out, method, Class::Error, tid, "", None, |w| {
-            w.error_code(error.code(), error.reason())?;
+            w.error_code(error.code(), "")?;
             w.attribute(attr::REALM, realm.as_bytes())?;
             w.attribute(attr::NONCE, &nonce)
         }) {

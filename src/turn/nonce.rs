@@ -4,11 +4,15 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+
 use crate::stun::hmac_sha1;
 
-/// Characters in a nonce: a 3-byte version tag, 8 hex digits of time, 16 hex digits of MAC.
-pub const NONCE_LEN: usize = 3 + 8 + 16;
-const TAG: &[u8; 3] = b"tp1";
+/// Characters in a nonce: URL-safe base64 of 4 bytes of time and 8 bytes of MAC. Short on
+/// purpose: every 401 carries one, and a 401 should stay small (reflection).
+pub const NONCE_LEN: usize = 16;
+const RAW_LEN: usize = 12;
+const BASE64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// Why a nonce was not accepted; both are answered with 438 Stale Nonce and a fresh one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,25 +49,29 @@ impl Nonces {
     /// A nonce for `client` issued at `now`.
     pub fn issue(&self, now: Instant, client: IpAddr) -> [u8; NONCE_LEN] {
         let stamp = self.stamp(now);
+        let mut raw = [0u8; RAW_LEN];
+        raw[..4].copy_from_slice(&stamp.to_be_bytes());
+        raw[4..].copy_from_slice(&self.mac(stamp, client));
         let mut nonce = [0u8; NONCE_LEN];
-        nonce[..3].copy_from_slice(TAG);
-        hex_into(&stamp.to_be_bytes(), &mut nonce[3..11]);
-        hex_into(&self.mac(stamp, client), &mut nonce[11..]);
+        // 12 bytes are exactly 16 base64 characters, so this cannot fail.
+        let written = BASE64.encode_slice(raw, &mut nonce).unwrap_or(0);
+        debug_assert_eq!(written, NONCE_LEN);
         nonce
     }
 
     /// Checks a nonce a client sent back.
     pub fn check(&self, now: Instant, client: IpAddr, nonce: &[u8]) -> Result<(), NonceError> {
-        if nonce.len() != NONCE_LEN || &nonce[..3] != TAG {
+        if nonce.len() != NONCE_LEN {
             return Err(NonceError::Invalid);
         }
-        let mut stamp = [0u8; 4];
-        unhex_into(&nonce[3..11], &mut stamp).ok_or(NonceError::Invalid)?;
-        let stamp = u32::from_be_bytes(stamp);
-        let mut mac = [0u8; 8];
-        unhex_into(&nonce[11..], &mut mac).ok_or(NonceError::Invalid)?;
+        let mut raw = [0u8; RAW_LEN];
+        match BASE64.decode_slice(nonce, &mut raw) {
+            Ok(RAW_LEN) => {}
+            _ => return Err(NonceError::Invalid),
+        }
+        let stamp = u32::from_be_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let expected = self.mac(stamp, client);
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&mac[..], &expected[..])) {
+        if !bool::from(subtle::ConstantTimeEq::ct_eq(&raw[4..], &expected[..])) {
             return Err(NonceError::Invalid);
         }
         let age = u64::from(self.stamp(now).wrapping_sub(stamp));
@@ -87,31 +95,6 @@ impl Nonces {
         out.copy_from_slice(&full[..8]);
         out
     }
-}
-
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
-        pair[0] = DIGITS[usize::from(byte >> 4)];
-        pair[1] = DIGITS[usize::from(byte & 0xf)];
-    }
-}
-
-fn unhex_into(hex: &[u8], out: &mut [u8]) -> Option<()> {
-    fn digit(c: u8) -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        }
-    }
-    if hex.len() != out.len() * 2 {
-        return None;
-    }
-    for (pair, byte) in hex.chunks_exact(2).zip(out.iter_mut()) {
-        *byte = (digit(pair[0])? << 4) | digit(pair[1])?;
-    }
-    Some(())
 }
 
 #[cfg(test)]
@@ -146,15 +129,16 @@ mod tests {
             Err(NonceError::Invalid)
         );
         let mut tampered = nonce;
-        tampered[10] = if tampered[10] == b'0' { b'1' } else { b'0' };
+        tampered[10] = if tampered[10] == b'A' { b'B' } else { b'A' };
         assert_eq!(
             nonces.check(epoch, CLIENT, &tampered),
             Err(NonceError::Invalid)
         );
         for bad in [
             &b""[..],
-            b"tp1",
-            b"xyz0000000000000000000000000",
+            b"AAAA",
+            b"AAAAAAAAAAAAAAAAAAAA",
+            b"!!!!!!!!!!!!!!!!",
             &[0xff; NONCE_LEN],
         ] {
             assert_eq!(nonces.check(epoch, CLIENT, bad), Err(NonceError::Invalid));

@@ -80,7 +80,6 @@ impl Harness {
     }
 
     fn with(tweak: impl FnOnce(&mut CoreConfig)) -> Self {
-        let config = config();
         let now = Instant::now();
         let mut core = CoreConfig {
             realm: REALM.into(),
@@ -90,11 +89,23 @@ impl Harness {
             public_v4: None,
             relay_v4: true,
             relay_v6: false,
-            user_allocation_quota: 3,
+            allocation_bandwidth: None,
+            permissions_per_allocation: 64,
+            channels_per_allocation: 64,
             epoch: now,
             unix_at_epoch: 1_700_000_000,
         };
         tweak(&mut core);
+        let node = Arc::new(NodeLimits {
+            ledger: AllocationLedger::new(3, 5, None),
+            sources: SourceLimiter::new(0),
+        });
+        Self::with_node(core, node)
+    }
+
+    fn with_node(core: CoreConfig, node: Arc<NodeLimits>) -> Self {
+        let now = core.epoch;
+        let config = config();
         let credentials = Arc::new(StaticCredentials::new(&config.auth, REALM));
         // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
         // ever sent here, the core only decides.
@@ -102,7 +113,7 @@ impl Harness {
             .with_own_sockets(vec![SERVER.parse().unwrap()], vec![]);
         let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
         Harness {
-            server: Server::new(core, credentials, policy, nonces, [2; 32]),
+            server: Server::new(core, credentials, policy, nonces, node, [2; 32]),
             now,
             next_port: 50_000,
             out: vec![0; 2048],
@@ -341,6 +352,9 @@ fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
     assert_eq!(response.attr(attr::REALM).unwrap(), REALM.as_bytes());
     assert!(response.attr(attr::NONCE).is_some());
     assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    assert!(response.attr(attr::SOFTWARE).is_none());
+    // Header, ERROR-CODE without phrase, REALM, a 16-character NONCE, FINGERPRINT.
+    assert_eq!(response.bytes.len(), 20 + 8 + (4 + 16) + (4 + 16) + 8);
     assert_eq!(h.server.allocation_count(), 0);
     assert!(h.server.poll_timeout().is_none());
 }
@@ -819,4 +833,154 @@ fn client_ip_is_bound_into_the_nonce() {
     });
     assert_eq!(h.send(other.tuple, &request).unwrap().code, Some(438));
     let _: IpAddr = other.tuple.client.ip();
+}
+
+#[test]
+fn total_quota_holds_across_users() {
+    let mut h = Harness::new();
+    // The ledger allows 3 per user and 5 in total.
+    for i in 0..3 {
+        let mut c = Client::new(
+            udp(&format!("198.51.100.20:{}", 6000 + i)),
+            "bob",
+            "builder",
+        );
+        assert_eq!(c.allocate(&mut h).class, Class::Success);
+    }
+    for i in 0..2 {
+        let mut c = Client::new(
+            udp(&format!("198.51.100.21:{}", 6000 + i)),
+            "alice",
+            "wonderland",
+        );
+        assert_eq!(c.allocate(&mut h).class, Class::Success);
+    }
+    let mut sixth = Client::new(udp("198.51.100.22:6000"), "alice", "wonderland");
+    assert_eq!(sixth.allocate(&mut h).code, Some(486));
+    assert_eq!(h.server.stats().quota_rejected, 1);
+}
+
+#[test]
+fn permission_and_channel_limits_get_508() {
+    let mut h = Harness::with(|c| {
+        c.permissions_per_allocation = 2;
+        c.channels_per_allocation = 1;
+    });
+    let (mut c, _) = alice(&mut h);
+    let peer = |last: u8| -> SocketAddr { format!("203.0.113.{last}:7").parse().unwrap() };
+    assert_eq!(c.permit(&mut h, peer(1)).class, Class::Success);
+    assert_eq!(c.permit(&mut h, peer(2)).class, Class::Success);
+    assert_eq!(c.permit(&mut h, peer(3)).code, Some(508));
+    // Refreshing a live permission takes no room; two new peers in one request are both counted.
+    assert_eq!(c.permit(&mut h, peer(1)).class, Class::Success);
+    let both = c.call(&mut h, Method::CREATE_PERMISSION, |w| {
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer(1)).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer(4)).unwrap();
+    });
+    assert_eq!(both.code, Some(508));
+    // A channel to a permitted peer fits; a second channel does not; a new peer's permission
+    // would not fit either.
+    assert_eq!(c.bind(&mut h, 0x4000, peer(1)).class, Class::Success);
+    assert_eq!(c.bind(&mut h, 0x4000, peer(1)).class, Class::Success);
+    assert_eq!(c.bind(&mut h, 0x4001, peer(2)).code, Some(508));
+    assert_eq!(h.server.stats().capacity_rejected, 3);
+    // Once the permissions expire, there is room again.
+    h.advance(PERMISSION_LIFETIME);
+    assert_eq!(c.permit(&mut h, peer(3)).class, Class::Success);
+}
+
+#[test]
+fn allocation_bandwidth_drops_what_exceeds_one_second_of_burst() {
+    // 8 kbit/s: 1000 bytes per second, both directions together.
+    let mut h = Harness::with(|c| c.allocation_bandwidth = Some(8_000));
+    let (mut c, _) = alice(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    c.bind(&mut h, 0x4000, peer);
+    let id = relay_of(&h, &c.tuple);
+    let mut frame = vec![0x40, 0x00, 0x01, 0xf4];
+    frame.extend_from_slice(&[7; 500]);
+    let mut out = vec![0u8; 1500];
+    let mut relay = |h: &mut Harness| {
+        matches!(
+            h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+            ClientAction::Relay { .. }
+        )
+    };
+    assert!(relay(&mut h));
+    // The peer's 500 bytes use up the rest of the second's budget.
+    assert!(peer_data(&mut h, id, peer, &[1; 500]).is_some());
+    assert!(!relay(&mut h));
+    assert!(peer_data(&mut h, id, peer, &[1; 1]).is_none());
+    assert_eq!(h.server.stats().dropped_bandwidth, 2);
+    h.advance(Duration::from_millis(500));
+    assert!(relay(&mut h));
+    assert!(!relay(&mut h));
+}
+
+#[test]
+fn user_bandwidth_is_shared_by_the_users_allocations() {
+    let now = Instant::now();
+    let core = CoreConfig {
+        realm: REALM.into(),
+        software: String::new(),
+        default_lifetime: Duration::from_secs(600),
+        max_lifetime: Duration::from_secs(3600),
+        public_v4: None,
+        relay_v4: true,
+        relay_v6: false,
+        allocation_bandwidth: None,
+        permissions_per_allocation: 64,
+        channels_per_allocation: 64,
+        epoch: now,
+        unix_at_epoch: 1_700_000_000,
+    };
+    let node = Arc::new(NodeLimits {
+        ledger: AllocationLedger::new(0, 0, Some(8_000)),
+        sources: SourceLimiter::new(0),
+    });
+    let mut h = Harness::with_node(core, node);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let mut ids = Vec::new();
+    for port in [6000, 6001] {
+        let mut c = Client::new(udp(&format!("198.51.100.20:{port}")), "alice", "wonderland");
+        assert_eq!(c.allocate(&mut h).class, Class::Success);
+        c.permit(&mut h, peer);
+        ids.push(relay_of(&h, &c.tuple));
+    }
+    assert!(peer_data(&mut h, ids[0], peer, &[1; 600]).is_some());
+    assert!(peer_data(&mut h, ids[1], peer, &[1; 600]).is_none());
+    assert!(peer_data(&mut h, ids[1], peer, &[1; 400]).is_some());
+}
+
+#[test]
+fn unauthenticated_answers_are_rate_limited_per_source() {
+    let now = Instant::now();
+    let mut h = Harness::with(|_| {});
+    let node = Arc::new(NodeLimits {
+        ledger: AllocationLedger::new(0, 0, None),
+        sources: SourceLimiter::new(20),
+    });
+    let core = CoreConfig {
+        epoch: now,
+        ..h.server.config.clone()
+    };
+    h = Harness::with_node(core, node);
+    let binding = binding_request(|_| {});
+    let answered = (0..100)
+        .filter(|_| h.send(udp(CLIENT), &binding).is_some())
+        .count();
+    assert_eq!(answered, 40);
+    // 401s come out of the same budget; another source is answered.
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    let tid = c.tid();
+    let first = c.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    assert!(h.send(udp(CLIENT), &first).is_none());
+    assert!(h.send(udp("198.51.100.99:1"), &binding).is_some());
+    assert_eq!(h.server.stats().rate_limited, 61);
+    // One more answer every 50 ms.
+    h.advance(Duration::from_millis(50));
+    assert!(h.send(udp(CLIENT), &binding).is_some());
+    assert!(h.send(udp(CLIENT), &binding).is_none());
 }

@@ -1,0 +1,292 @@
+//! Rate limiting and node-wide quotas: GCRA token buckets (one timestamp each, so a shared
+//! bucket is a single atomic), the allocation ledger the workers share, and the bounded table
+//! of unauthenticated sources.
+
+use std::collections::HashMap;
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Nanoseconds in a second.
+const SECOND: u64 = 1_000_000_000;
+/// Cells in the table of unauthenticated sources: a fixed 512 KiB whatever the flood.
+const SOURCE_CELLS: usize = 1 << 16;
+
+/// How long `bytes` take at `bits_per_second`, in nanoseconds.
+fn transmit_ns(bytes: usize, bits_per_second: u64) -> u64 {
+    let ns = (bytes as u128 * 8 * u128::from(SECOND)) / u128::from(bits_per_second.max(1));
+    u64::try_from(ns).unwrap_or(u64::MAX)
+}
+
+/// A byte-rate limit with a burst of one second, as a GCRA ("virtual scheduling"): the state
+/// is the theoretical arrival time of the next byte.
+#[derive(Debug, Clone, Copy)]
+pub struct ByteRate {
+    bits_per_second: u64,
+    tat: u64,
+}
+
+impl ByteRate {
+    pub fn new(bits_per_second: u64) -> Self {
+        ByteRate {
+            bits_per_second,
+            tat: 0,
+        }
+    }
+
+    /// Charges `bytes` at `now_ns` (nanoseconds since the core's epoch) if the rate allows.
+    pub fn allow(&mut self, now_ns: u64, bytes: usize) -> bool {
+        match next_tat(
+            self.tat,
+            now_ns,
+            transmit_ns(bytes, self.bits_per_second),
+            SECOND,
+        ) {
+            Some(tat) => {
+                self.tat = tat;
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// The same limit shared by several allocations, possibly on several workers: one atomic.
+#[derive(Debug)]
+pub struct SharedByteRate {
+    bits_per_second: u64,
+    tat: AtomicU64,
+}
+
+impl SharedByteRate {
+    pub fn new(bits_per_second: u64) -> Self {
+        SharedByteRate {
+            bits_per_second,
+            tat: AtomicU64::new(0),
+        }
+    }
+
+    /// Charges `bytes` at `now_ns` if the rate allows.
+    pub fn allow(&self, now_ns: u64, bytes: usize) -> bool {
+        let increment = transmit_ns(bytes, self.bits_per_second);
+        self.tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                next_tat(tat, now_ns, increment, SECOND)
+            })
+            .is_ok()
+    }
+}
+
+/// GCRA step: the new theoretical arrival time, or `None` when admitting `increment` more
+/// would put it more than `tolerance` ahead of `now`.
+fn next_tat(tat: u64, now: u64, increment: u64, tolerance: u64) -> Option<u64> {
+    let next = tat.max(now).saturating_add(increment);
+    (next - now <= tolerance).then_some(next)
+}
+
+/// Answers per second to unauthenticated requests, per source IP, in a fixed table of cells
+/// indexed by a keyed hash of the IP: memory is bounded whatever the number of sources, and an
+/// attacker cannot aim at a victim's cell without knowing the per-process key.
+pub struct SourceLimiter {
+    cells: Box<[AtomicU64]>,
+    hasher: foldhash::fast::RandomState,
+    /// Nanoseconds between answers at the steady rate; 0 = unlimited.
+    interval: u64,
+    /// How far ahead a source may run: the burst, less one answer.
+    tolerance: u64,
+}
+
+impl SourceLimiter {
+    /// `rate` answers per second with a burst of `2 × rate`; 0 means unlimited.
+    pub fn new(rate: u32) -> Self {
+        let interval = if rate == 0 {
+            0
+        } else {
+            SECOND / u64::from(rate)
+        };
+        let cells = if rate == 0 { 0 } else { SOURCE_CELLS };
+        SourceLimiter {
+            cells: (0..cells).map(|_| AtomicU64::new(0)).collect(),
+            hasher: foldhash::fast::RandomState::default(),
+            interval,
+            tolerance: interval * (2 * u64::from(rate)).saturating_sub(1),
+        }
+    }
+
+    /// May `ip` be answered at `now_ns`? Charges one answer when it may.
+    pub fn allow(&self, ip: IpAddr, now_ns: u64) -> bool {
+        if self.interval == 0 {
+            return true;
+        }
+        let index = (self.hasher.hash_one(ip) as usize) % self.cells.len();
+        self.cells[index]
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                let start = tat.max(now_ns);
+                (start - now_ns <= self.tolerance).then_some(start + self.interval)
+            })
+            .is_ok()
+    }
+}
+
+/// Why the ledger refused an allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaError {
+    User,
+    Total,
+}
+
+#[derive(Debug)]
+struct UserUsage {
+    allocations: u32,
+    bandwidth: Option<Arc<SharedByteRate>>,
+}
+
+/// Allocations per user and in total on this node, shared by the workers. Touched when an
+/// allocation is made or ends, never by relayed packets.
+#[derive(Debug)]
+pub struct AllocationLedger {
+    user_limit: u32,
+    total_limit: u32,
+    user_bandwidth: Option<u64>,
+    total: AtomicU32,
+    users: Mutex<HashMap<Box<str>, UserUsage>>,
+}
+
+impl AllocationLedger {
+    /// Limits of 0 mean none; `user_bandwidth` in bits per second.
+    pub fn new(user_limit: u32, total_limit: u32, user_bandwidth: Option<u64>) -> Self {
+        AllocationLedger {
+            user_limit,
+            total_limit,
+            user_bandwidth,
+            total: AtomicU32::new(0),
+            users: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more allocation for `user`; returns the user's shared bandwidth limit.
+    pub fn acquire(&self, user: &str) -> Result<Option<Arc<SharedByteRate>>, QuotaError> {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        let held = users.get(user).map_or(0, |u| u.allocations);
+        if self.user_limit > 0 && held >= self.user_limit {
+            return Err(QuotaError::User);
+        }
+        let total = self.total.load(Ordering::Relaxed);
+        if self.total_limit > 0 && total >= self.total_limit {
+            return Err(QuotaError::Total);
+        }
+        self.total.store(total + 1, Ordering::Relaxed);
+        let usage = users.entry(user.into()).or_insert_with(|| UserUsage {
+            allocations: 0,
+            bandwidth: self
+                .user_bandwidth
+                .map(|bps| Arc::new(SharedByteRate::new(bps))),
+        });
+        usage.allocations += 1;
+        Ok(usage.bandwidth.clone())
+    }
+
+    /// Counts one allocation of `user` less.
+    pub fn release(&self, user: &str) {
+        let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(usage) = users.get_mut(user) {
+            usage.allocations -= 1;
+            if usage.allocations == 0 {
+                users.remove(user);
+            }
+            let total = self.total.load(Ordering::Relaxed);
+            self.total.store(total.saturating_sub(1), Ordering::Relaxed);
+        }
+    }
+
+    /// Allocations counted now.
+    pub fn total(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn byte_rate_allows_one_second_of_burst_then_the_rate() {
+        // 8 kbit/s = 1000 bytes/s.
+        let mut rate = ByteRate::new(8_000);
+        let start = 5 * SECOND;
+        assert!(rate.allow(start, 1000));
+        assert!(!rate.allow(start, 1));
+        // Half a second later, 500 bytes more fit, not 501.
+        assert!(!rate.allow(start + 500 * MS, 501));
+        assert!(rate.allow(start + 500 * MS, 500));
+        // Over 10 s of greedy sending, the total is 10 s of rate plus the first burst.
+        let mut rate = ByteRate::new(8_000);
+        let mut sent = 0;
+        for ms in 0..10_000 {
+            while rate.allow(start + ms * MS, 100) {
+                sent += 100;
+            }
+        }
+        assert!((10_900..=11_000).contains(&sent), "{sent}");
+    }
+
+    #[test]
+    fn shared_byte_rate_is_one_budget_for_all_holders() {
+        let rate = Arc::new(SharedByteRate::new(8_000));
+        let other = rate.clone();
+        assert!(rate.allow(SECOND, 600));
+        assert!(!other.allow(SECOND, 600));
+        assert!(other.allow(SECOND, 400));
+    }
+
+    #[test]
+    fn source_limiter_allows_a_burst_of_twice_the_rate_then_the_rate() {
+        let limiter = SourceLimiter::new(20);
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let other: IpAddr = "192.0.2.2".parse().unwrap();
+        let now = 100 * SECOND;
+        let burst = (0..100).filter(|_| limiter.allow(ip, now)).count();
+        assert_eq!(burst, 40);
+        assert!(
+            limiter.allow(other, now),
+            "another source has its own budget"
+        );
+        // One more every 50 ms.
+        assert!(!limiter.allow(ip, now + 49 * MS));
+        assert!(limiter.allow(ip, now + 50 * MS));
+        assert!(!limiter.allow(ip, now + 50 * MS));
+        let in_ten_seconds = (1..=10_000)
+            .filter(|ms| limiter.allow(ip, now + 50 * MS + ms * MS))
+            .count();
+        assert_eq!(in_ten_seconds, 200);
+        assert!(SourceLimiter::new(0).allow(ip, now));
+    }
+
+    #[test]
+    fn ledger_counts_users_and_total() {
+        let ledger = AllocationLedger::new(2, 3, None);
+        assert!(ledger.acquire("alice").is_ok());
+        assert!(ledger.acquire("alice").is_ok());
+        assert_eq!(ledger.acquire("alice").err(), Some(QuotaError::User));
+        assert!(ledger.acquire("bob").is_ok());
+        assert_eq!(ledger.acquire("carol").err(), Some(QuotaError::Total));
+        ledger.release("alice");
+        assert!(ledger.acquire("carol").is_ok());
+        assert_eq!(ledger.total(), 3);
+        ledger.release("nobody");
+        assert_eq!(ledger.total(), 3);
+    }
+
+    #[test]
+    fn ledger_shares_one_bandwidth_budget_per_user() {
+        let ledger = AllocationLedger::new(0, 0, Some(8_000));
+        let first = ledger.acquire("alice").unwrap().unwrap();
+        let second = ledger.acquire("alice").unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first, &second));
+        let bob = ledger.acquire("bob").unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&first, &bob));
+    }
+}
