@@ -501,3 +501,41 @@ fn amplification_of_unauthenticated_requests_is_bounded() {
         );
     }
 }
+
+#[test]
+fn stalled_tls_handshakes_are_closed_after_the_stream_idle_timeout() {
+    let server = limited_server(vec!["udp", "tls"], "stream-idle-timeout = \"2s\"\n");
+    let tls = server.addr("tls");
+    let before = server.stats();
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        let mut stream = TcpStream::connect_timeout(&tls, Duration::from_secs(10))
+            .unwrap_or_else(|e| panic!("connection {i}: {e}"));
+        if i % 2 == 1 {
+            // A TLS record header announcing a ClientHello that never comes.
+            stream
+                .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+                .expect("write a record header");
+        }
+        stream.set_nonblocking(true).expect("set non-blocking");
+        stalled.push(stream);
+    }
+    let all_open = Instant::now();
+    let close_by = all_open + IDLE_TIMEOUT + Duration::from_secs(5);
+    let mut open: Vec<&mut TcpStream> = stalled.iter_mut().collect();
+    while !open.is_empty() && Instant::now() < close_by {
+        open.retain_mut(|stream| !closed_by_server(stream));
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        open.is_empty(),
+        "{} of 60 stalled TLS handshakes still open after {:?}",
+        open.len(),
+        close_by - all_open
+    );
+    let timeouts = server.stats().get("stream_timeouts") - before.get("stream_timeouts");
+    eprintln!(
+        "60 stalled TLS handshakes closed within {:.2} s; stream_timeouts moved by {timeouts}",
+        all_open.elapsed().as_secs_f64()
+    );
+}

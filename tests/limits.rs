@@ -606,3 +606,42 @@ fn user_bandwidth_holds_two_allocations_of_one_user_to_1_mbps_together() {
     eprintln!("dropped_bandwidth moved by {dropped}");
     assert!(dropped > 0, "dropped_bandwidth did not move");
 }
+
+#[test]
+fn tls_connections_count_towards_max_tcp_connections() {
+    // An idle timeout far beyond the test, so a close within seconds is the limit's doing.
+    let server = server(
+        vec!["udp", "tcp", "tls"],
+        "max-tcp-connections = 2\nstream-idle-timeout = \"60s\"\n",
+    );
+    let (tcp, tls) = (server.addr("tcp"), server.addr("tls"));
+    let mut served = tcp_connect(tcp);
+    assert_eq!(tcp_binding(&mut served, 1), TcpOutcome::Answered, "TCP 1");
+    // A connection to the TLS listener that has not started its handshake yet.
+    let _handshaking = tcp_connect(tls);
+    // The server accepts it in its own time: wait until it counts two.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut live = server.stats().get("tcp_connections");
+    while live < 2 && Instant::now() < deadline {
+        live = server.stats().get("tcp_connections");
+    }
+    assert_eq!(live, 2, "live connections");
+
+    let mut third = tcp_connect(tcp);
+    assert_eq!(tcp_binding(&mut third, 3), TcpOutcome::Closed, "TCP 3");
+    let mut fourth = tcp_connect(tls);
+    fourth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("set a timeout");
+    let mut buf = [0u8; 16];
+    match fourth.read(&mut buf) {
+        Ok(0) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionReset => {}
+        other => panic!("a 3rd connection, to the TLS listener, not closed at once: {other:?}"),
+    }
+    assert_eq!(
+        tcp_binding(&mut served, 4),
+        TcpOutcome::Answered,
+        "TCP 1 again"
+    );
+}
