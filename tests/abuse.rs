@@ -236,6 +236,61 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
     );
 }
 
+#[test]
+fn the_unauthenticated_rate_is_per_source_ip_across_ports_and_workers() {
+    const SOCKETS: usize = 8;
+    const REQUESTS: u64 = 200_000;
+    let server = limited_server(vec!["udp"], "unauthenticated-rate = 20\n");
+    let udp = server.addr("udp");
+    // Eight ports of one IP: the kernel spreads their 4-tuples over both workers' sockets.
+    let sockets: Vec<UdpSocket> = (0..SOCKETS)
+        .map(|_| {
+            let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+            socket.set_nonblocking(true).expect("set non-blocking");
+            socket
+        })
+        .collect();
+    let mut request = unauthenticated(Method::BINDING, TransactionId([0; 12]), &|_| {}, false);
+    let mut buf = [0u8; 1500];
+    let mut answers = 0u64;
+    let mut drain = |sockets: &[UdpSocket]| {
+        for socket in sockets {
+            while socket.recv_from(&mut buf).is_ok() {
+                answers += 1;
+            }
+        }
+    };
+    let start = Instant::now();
+    for i in 0..REQUESTS {
+        if i % 1024 == 0 {
+            assert!(
+                start.elapsed() < FLOOD_MAX,
+                "{i} requests sent in {FLOOD_MAX:?}"
+            );
+            drain(&sockets);
+        }
+        request[12..20].copy_from_slice(&i.to_be_bytes());
+        let _ = sockets[i as usize % SOCKETS].send_to(&request, udp);
+    }
+    let flood_secs = start.elapsed().as_secs_f64();
+    let settle = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < settle {
+        drain(&sockets);
+        thread::sleep(Duration::from_millis(20));
+    }
+    let window = start.elapsed().as_secs_f64();
+    eprintln!(
+        "{REQUESTS} Binding requests from {SOCKETS} ports of 127.0.0.1 in {flood_secs:.2} s: \
+         {answers} answers in {window:.2} s (allowance {:.0})",
+        BURST + RATE * window
+    );
+    assert!(answers > 0, "never answered");
+    assert!(
+        answers as f64 <= (BURST + RATE * window) * 1.05,
+        "{answers} answers in {window:.2} s to one IP: more than {BURST} + {RATE}/s"
+    );
+}
+
 /// Raises this process's open-file limit (inherited by the server it starts) to `wanted`.
 fn raise_open_files(wanted: u64) {
     let mut limit = libc::rlimit {
@@ -373,10 +428,15 @@ fn a_tcp_client_with_an_allocation_may_idle_past_the_stream_idle_timeout() {
     let tcp = server.addr("tcp");
     let mut client = StunClient::tcp(tcp, "alice", "wonderland");
     client.allocate().expect("allocate over TCP");
-    // For contrast, a connection that was answered once but holds no allocation.
+    // For contrast, a connection that was answered once but holds no allocation, and one
+    // that holds an allocation but leaves half a message hanging.
     let mut without = StunClient::tcp(tcp, "alice", "wonderland");
     let answer = without.request(Method::BINDING, &|_| {});
     assert_eq!(answer.class, Class::Success, "Binding over TCP");
+    let mut hanging = StunClient::tcp(tcp, "alice", "wonderland");
+    hanging.allocate().expect("allocate over TCP");
+    let request = unauthenticated(Method::BINDING, TransactionId([9; 12]), &|_| {}, false);
+    hanging.send_frame(&request[..10]);
 
     thread::sleep(IDLE_TIMEOUT + Duration::from_secs(1));
     assert_eq!(
@@ -384,9 +444,14 @@ fn a_tcp_client_with_an_allocation_may_idle_past_the_stream_idle_timeout() {
         None,
         "Refresh on the same connection after 3 s of silence"
     );
+    let close_by = Instant::now() + Duration::from_secs(5);
     assert!(
-        without.closed_by(Instant::now() + Duration::from_secs(5)),
+        without.closed_by(close_by),
         "the connection without an allocation is closed"
+    );
+    assert!(
+        hanging.closed_by(close_by),
+        "the connection with an allocation and a half-sent message is closed"
     );
 }
 
