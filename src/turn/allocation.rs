@@ -116,9 +116,13 @@ impl CachedResponse {
 }
 
 impl Allocation {
-    /// Charges `bytes` relayed at `now_ns` to the allocation's and the user's bandwidth;
-    /// `false` means the packet is over the limit and must be dropped.
-    pub fn charge(&mut self, now_ns: u64, bytes: usize) -> bool {
+    /// Charges `bytes` relayed at `now` to the allocation's and the user's bandwidth;
+    /// `false` means the packet is over the limit and must be dropped. Free when unlimited.
+    pub fn charge(&mut self, epoch: Instant, now: Instant, bytes: usize) -> bool {
+        if self.bandwidth.is_none() && self.user_bandwidth.is_none() {
+            return true;
+        }
+        let now_ns = super::limits::nanos_since(epoch, now);
         let own = self
             .bandwidth
             .as_mut()

@@ -13,6 +13,11 @@ const SECOND: u64 = 1_000_000_000;
 /// Cells in the table of unauthenticated sources: a fixed 512 KiB whatever the flood.
 const SOURCE_CELLS: usize = 1 << 16;
 
+/// Nanoseconds from `epoch` to `now`: the clock of every rate limit (workers share `epoch`).
+pub fn nanos_since(epoch: std::time::Instant, now: std::time::Instant) -> u64 {
+    u64::try_from(now.saturating_duration_since(epoch).as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// How long `bytes` take at `bits_per_second`, in nanoseconds.
 fn transmit_ns(bytes: usize, bits_per_second: u64) -> u64 {
     let ns = (bytes as u128 * 8 * u128::from(SECOND)) / u128::from(bits_per_second.max(1));

@@ -380,7 +380,7 @@ impl Server {
         {
             return PeerAction::None;
         }
-        let now_ns = self.nanos(now);
+        let epoch = self.config.epoch;
         self.indications = self.indications.wrapping_add(1);
         let mut tid = [0u8; 12];
         tid[..4].copy_from_slice(&self.token_key[..4]);
@@ -393,7 +393,7 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return PeerAction::None;
         }
-        if !alloc.charge(now_ns, len) {
+        if !alloc.charge(epoch, now, len) {
             self.stats.dropped_bandwidth += 1;
             return PeerAction::None;
         }
@@ -515,7 +515,7 @@ impl Server {
             self.stats.malformed += 1;
             return ClientAction::None;
         };
-        let now_ns = self.nanos(now);
+        let epoch = self.config.epoch;
         let Some(&id) = self.by_tuple.get(tuple) else {
             self.stats.dropped_no_allocation += 1;
             return ClientAction::None;
@@ -532,7 +532,7 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
-        if !alloc.charge(now_ns, frame.payload.len()) {
+        if !alloc.charge(epoch, now, frame.payload.len()) {
             self.stats.dropped_bandwidth += 1;
             return ClientAction::None;
         }
@@ -1019,7 +1019,7 @@ impl Server {
             self.stats.dropped_policy += 1;
             return ClientAction::None;
         }
-        let now_ns = self.nanos(now);
+        let epoch = self.config.epoch;
         let Some(alloc) = self.allocation_mut(id) else {
             return ClientAction::None;
         };
@@ -1027,7 +1027,7 @@ impl Server {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }
-        if !alloc.charge(now_ns, payload.len()) {
+        if !alloc.charge(epoch, now, payload.len()) {
             self.stats.dropped_bandwidth += 1;
             return ClientAction::None;
         }
@@ -1270,8 +1270,7 @@ impl Server {
 
     /// Nanoseconds since the epoch all workers share, for rate limits.
     fn nanos(&self, now: Instant) -> u64 {
-        u64::try_from(now.saturating_duration_since(self.config.epoch).as_nanos())
-            .unwrap_or(u64::MAX)
+        limits::nanos_since(self.config.epoch, now)
     }
 
     /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY or reason phrase;

@@ -80,6 +80,14 @@ impl Harness {
     }
 
     fn with(tweak: impl FnOnce(&mut CoreConfig)) -> Self {
+        let node = NodeLimits {
+            ledger: AllocationLedger::new(3, 5, None),
+            sources: SourceLimiter::new(0),
+        };
+        Self::with_node(tweak, node)
+    }
+
+    fn with_node(tweak: impl FnOnce(&mut CoreConfig), node: NodeLimits) -> Self {
         let now = Instant::now();
         let mut core = CoreConfig {
             realm: REALM.into(),
@@ -96,15 +104,6 @@ impl Harness {
             unix_at_epoch: 1_700_000_000,
         };
         tweak(&mut core);
-        let node = Arc::new(NodeLimits {
-            ledger: AllocationLedger::new(3, 5, None),
-            sources: SourceLimiter::new(0),
-        });
-        Self::with_node(core, node)
-    }
-
-    fn with_node(core: CoreConfig, node: Arc<NodeLimits>) -> Self {
-        let now = core.epoch;
         let config = config();
         let credentials = Arc::new(StaticCredentials::new(&config.auth, REALM));
         // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
@@ -113,7 +112,7 @@ impl Harness {
             .with_own_sockets(vec![SERVER.parse().unwrap()], vec![]);
         let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
         Harness {
-            server: Server::new(core, credentials, policy, nonces, node, [2; 32]),
+            server: Server::new(core, credentials, policy, nonces, Arc::new(node), [2; 32]),
             now,
             next_port: 50_000,
             out: vec![0; 2048],
@@ -919,26 +918,11 @@ fn allocation_bandwidth_drops_what_exceeds_one_second_of_burst() {
 
 #[test]
 fn user_bandwidth_is_shared_by_the_users_allocations() {
-    let now = Instant::now();
-    let core = CoreConfig {
-        realm: REALM.into(),
-        software: String::new(),
-        default_lifetime: Duration::from_secs(600),
-        max_lifetime: Duration::from_secs(3600),
-        public_v4: None,
-        relay_v4: true,
-        relay_v6: false,
-        allocation_bandwidth: None,
-        permissions_per_allocation: 64,
-        channels_per_allocation: 64,
-        epoch: now,
-        unix_at_epoch: 1_700_000_000,
-    };
-    let node = Arc::new(NodeLimits {
+    let node = NodeLimits {
         ledger: AllocationLedger::new(0, 0, Some(8_000)),
         sources: SourceLimiter::new(0),
-    });
-    let mut h = Harness::with_node(core, node);
+    };
+    let mut h = Harness::with_node(|_| {}, node);
     let peer: SocketAddr = PEER.parse().unwrap();
     let mut ids = Vec::new();
     for port in [6000, 6001] {
@@ -954,17 +938,11 @@ fn user_bandwidth_is_shared_by_the_users_allocations() {
 
 #[test]
 fn unauthenticated_answers_are_rate_limited_per_source() {
-    let now = Instant::now();
-    let mut h = Harness::with(|_| {});
-    let node = Arc::new(NodeLimits {
+    let node = NodeLimits {
         ledger: AllocationLedger::new(0, 0, None),
         sources: SourceLimiter::new(20),
-    });
-    let core = CoreConfig {
-        epoch: now,
-        ..h.server.config.clone()
     };
-    h = Harness::with_node(core, node);
+    let mut h = Harness::with_node(|_| {}, node);
     let binding = binding_request(|_| {});
     let answered = (0..100)
         .filter(|_| h.send(udp(CLIENT), &binding).is_some())
