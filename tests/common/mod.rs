@@ -8,15 +8,17 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod stun_client;
+
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -40,7 +42,8 @@ pub fn require_tool(name: &str) -> PathBuf {
 }
 
 /// What [`base_config`] puts in the TOML. `Default` is every transport, the static user
-/// alice/wonderland, no REST secret, peers on 127.0.0.1 allowed, two workers.
+/// alice/wonderland, no REST secret, peers on 127.0.0.1 allowed, two workers, relay ports
+/// [`RELAY_PORTS`], nothing extra.
 ///
 /// coturn cannot serve static users and REST secrets at once, so tests configure one or the
 /// other.
@@ -51,6 +54,9 @@ pub struct TestConfig {
     pub secrets: Vec<&'static str>,
     pub allow: Vec<&'static str>,
     pub workers: usize,
+    pub relay_ports: std::ops::RangeInclusive<u16>,
+    /// TOML appended as is, e.g. a `[limits]` table.
+    pub extra: String,
 }
 
 impl Default for TestConfig {
@@ -61,6 +67,8 @@ impl Default for TestConfig {
             secrets: vec![],
             allow: vec!["127.0.0.1/32"],
             workers: 2,
+            relay_ports: RELAY_PORTS,
+            extra: String::new(),
         }
     }
 }
@@ -96,8 +104,8 @@ pub fn base_config(config: &TestConfig, dir: &Path) -> String {
     }
     toml += &format!(
         "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\n",
-        RELAY_PORTS.start(),
-        RELAY_PORTS.end()
+        config.relay_ports.start(),
+        config.relay_ports.end()
     );
     toml += "\n[auth]\nnonce-lifetime = \"10m\"\n";
     if !config.secrets.is_empty() {
@@ -107,6 +115,11 @@ pub fn base_config(config: &TestConfig, dir: &Path) -> String {
         toml += &format!("\n[[auth.users]]\nname = {name:?}\npassword = {password:?}\n");
     }
     toml += &format!("\n[peers]\nallow = {}\n", quoted(&config.allow));
+    if !config.extra.is_empty() {
+        toml += "\n";
+        toml += &config.extra;
+        toml += "\n";
+    }
     toml
 }
 
@@ -140,11 +153,33 @@ pub fn rest_credentials_expiring(secret: &str, user: &str, expiry: u64) -> (Stri
     (username, password)
 }
 
+/// How long [`Server::stats`] waits for the `stats` line after the signal.
+const STATS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Counters may lag the truth by up to ~200 ms (workers publish them periodically), so
+/// [`Server::stats`] waits this long before asking.
+const STATS_SETTLE: Duration = Duration::from_millis(300);
+
 /// A running server; killed and reaped on drop.
 pub struct Server {
     child: Child,
     listeners: Vec<(String, SocketAddr)>,
+    /// The server's `stats` log lines, as the stderr reader thread sees them (turnpike only).
+    stats_lines: Option<Mutex<mpsc::Receiver<String>>>,
     _dir: TempDir,
+}
+
+/// The counters of one `stats` log line (its `fields`).
+#[derive(Clone, Debug)]
+pub struct Stats(pub serde_json::Value);
+
+impl Stats {
+    /// The integer counter `name`; fails the test when the line lacks it.
+    pub fn get(&self, name: &str) -> u64 {
+        self.0[name]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no integer {name:?} in the stats line {}", self.0))
+    }
 }
 
 impl Server {
@@ -179,6 +214,57 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The server's counters: waits [`STATS_SETTLE`] for them to catch up with the traffic,
+    /// sends SIGUSR1 and returns the fields of the `stats` line the server logs in answer.
+    pub fn stats(&self) -> Stats {
+        let lines = self
+            .stats_lines
+            .as_ref()
+            .expect("the stats log line is turnpike's; the coturn backend has none")
+            .lock()
+            .expect("no test thread panics while holding the stats lines");
+        thread::sleep(STATS_SETTLE);
+        while lines.try_recv().is_ok() {} // Older answers, e.g. of a timed-out earlier call.
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions; the
+        // child is not reaped before `self` is dropped, so the pid is still ours.
+        let sent = unsafe { libc::kill(pid, libc::SIGUSR1) };
+        assert_eq!(
+            sent,
+            0,
+            "kill -USR1 {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+        let deadline = Instant::now() + STATS_TIMEOUT;
+        loop {
+            let line = match lines.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    panic!("no stats line within {STATS_TIMEOUT:?} of SIGUSR1")
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    panic!("the server exited instead of logging stats on SIGUSR1")
+                }
+            };
+            if let Some(fields) = stats_fields(&line) {
+                return Stats(fields);
+            }
+        }
+    }
+
+    /// The server's resident set size (VmRSS) in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let path = format!("/proc/{}/status", self.pid());
+        let status = fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().strip_suffix("kB"))
+            .and_then(|kib| kib.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
     }
 
     /// Kills the server and waits for it to exit.
@@ -252,12 +338,31 @@ fn start_turnpike(toml: &str, dir: TempDir) -> Server {
     Server {
         child,
         listeners,
+        stats_lines: Some(Mutex::new(lines)),
         _dir: dir,
     }
 }
 
+/// The `fields` of a turnpike JSON log line whose message is `stats`.
+fn stats_fields(line: &str) -> Option<serde_json::Value> {
+    if !line.contains("stats") {
+        return None;
+    }
+    let mut event = serde_json::from_str::<serde_json::Value>(line).ok()?;
+    let fields = event.get_mut("fields")?.take();
+    (fields["message"] == "stats").then_some(fields)
+}
+
+/// Whether a turnpike JSON log line is the `ready` line.
+fn is_ready(line: &str) -> bool {
+    line.contains("ready")
+        && serde_json::from_str::<serde_json::Value>(line)
+            .is_ok_and(|event| event["fields"]["message"] == "ready")
+}
+
 /// Echoes each line of `stream` to the test's stderr (shown when the test fails) and sends it
-/// on the returned channel, which disconnects at end of stream.
+/// on the returned channel, which disconnects at end of stream. After turnpike's `ready` line
+/// only `stats` lines are sent, so that the channel does not grow with the log.
 fn forward_lines(
     stream: impl std::io::Read + Send + 'static,
     name: &str,
@@ -265,10 +370,14 @@ fn forward_lines(
     let (tx, rx) = mpsc::channel();
     let name = name.to_string();
     thread::spawn(move || {
+        let mut ready = false;
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             eprintln!("[{name}] {line}");
-            let _ = tx.send(line); // Nobody listens after startup; the echo above remains.
+            if !ready || stats_fields(&line).is_some() {
+                ready = ready || is_ready(&line);
+                let _ = tx.send(line); // Nobody may be listening; the echo above remains.
+            }
         }
     });
     rx
@@ -494,6 +603,7 @@ mod coturn {
                 return Server {
                     child,
                     listeners,
+                    stats_lines: None,
                     _dir: dir,
                 };
             }

@@ -1,0 +1,340 @@
+//! A minimal TURN client over UDP or TCP, built with turnpike's own codec (which the RFC 5769
+//! vectors check): long-term credentials with the nonce dance, retransmission on UDP like a
+//! real client, ChannelData and Send indications. The behaviour under test is the server's.
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use turnpike::stun::{
+    self, Class, Frame, Message, MessageWriter, Method, TransactionId, attr, long_term_key,
+};
+
+/// The realm of every test configuration.
+pub const REALM: &str = "turnpike.test";
+
+/// How long a request may go unanswered, retransmissions included.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// UDP retransmission: the first timeout, doubled after each try up to the cap (RFC 8489
+/// §6.2.1 starts at 500 ms; loopback deserves less).
+const FIRST_RTO: Duration = Duration::from_millis(250);
+const MAX_RTO: Duration = Duration::from_secs(2);
+
+/// Makes transaction ids unique across the clients of one test process.
+static CLIENTS: AtomicU32 = AtomicU32::new(1);
+
+enum Link {
+    Udp {
+        socket: UdpSocket,
+        server: SocketAddr,
+    },
+    Tcp {
+        stream: TcpStream,
+        unread: Vec<u8>,
+    },
+}
+
+/// A server's answer to one request.
+#[derive(Debug)]
+pub struct Answer {
+    pub class: Class,
+    /// The ERROR-CODE of an error response.
+    pub code: Option<u16>,
+    pub bytes: Vec<u8>,
+}
+
+impl Answer {
+    pub fn xor_address(&self, typ: u16) -> Option<SocketAddr> {
+        let msg = Message::parse(&self.bytes).ok()?;
+        attr::decode_xor_address(msg.get(typ)?, &msg.transaction_id()).ok()
+    }
+}
+
+/// One client transport address with one set of credentials.
+pub struct StunClient {
+    link: Link,
+    username: String,
+    key: [u8; 16],
+    nonce: Option<Vec<u8>>,
+    id: u32,
+    sequence: u64,
+    /// The server closed the TCP connection.
+    closed: bool,
+}
+
+impl StunClient {
+    /// A client on a fresh UDP socket bound to `local` (e.g. "127.0.0.1:0").
+    pub fn udp(server: SocketAddr, local: &str, username: &str, password: &str) -> Self {
+        let socket = UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind UDP {local}: {e}"));
+        Self::new(Link::Udp { socket, server }, username, password)
+    }
+
+    /// A client on a fresh TCP connection.
+    pub fn tcp(server: SocketAddr, username: &str, password: &str) -> Self {
+        let stream = TcpStream::connect_timeout(&server, ANSWER_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {server}: {e}"));
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        let link = Link::Tcp {
+            stream,
+            unread: Vec::new(),
+        };
+        Self::new(link, username, password)
+    }
+
+    fn new(link: Link, username: &str, password: &str) -> Self {
+        StunClient {
+            link,
+            username: username.to_string(),
+            key: long_term_key(username, REALM, password),
+            nonce: None,
+            id: CLIENTS.fetch_add(1, Ordering::Relaxed),
+            sequence: 0,
+            closed: false,
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        match &self.link {
+            Link::Udp { socket, .. } => socket.local_addr(),
+            Link::Tcp { stream, .. } => stream.local_addr(),
+        }
+        .expect("local address")
+    }
+
+    fn next_tid(&mut self) -> TransactionId {
+        self.sequence += 1;
+        let mut tid = [0u8; 12];
+        tid[..4].copy_from_slice(&self.id.to_be_bytes());
+        tid[4..].copy_from_slice(&self.sequence.to_be_bytes());
+        TransactionId(tid)
+    }
+
+    /// Sends a request with `attrs`, authenticated once the server has given a nonce (a 401 or
+    /// 438 with a fresh nonce is retried with it), and returns the final answer.
+    pub fn request(&mut self, method: Method, attrs: &dyn Fn(&mut MessageWriter<'_>)) -> Answer {
+        for _ in 0..3 {
+            let tid = self.next_tid();
+            let mut buf = [0u8; 1500];
+            let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid)
+                .expect("the buffer holds a header");
+            attrs(&mut w);
+            if let Some(nonce) = &self.nonce {
+                w.attribute(attr::USERNAME, self.username.as_bytes())
+                    .expect("USERNAME fits");
+                w.attribute(attr::REALM, REALM.as_bytes())
+                    .expect("REALM fits");
+                w.attribute(attr::NONCE, nonce).expect("NONCE fits");
+                w.message_integrity(&self.key)
+                    .expect("MESSAGE-INTEGRITY fits");
+            }
+            w.fingerprint().expect("FINGERPRINT fits");
+            let n = w.finish();
+            let answer = self.transact(&buf[..n], tid);
+            if matches!(answer.code, Some(401 | 438)) {
+                let msg = Message::parse(&answer.bytes).expect("the answer parsed before");
+                let fresh = msg.get(attr::NONCE).map(<[u8]>::to_vec);
+                if fresh.is_some() && fresh != self.nonce {
+                    self.nonce = fresh;
+                    continue;
+                }
+            }
+            return answer;
+        }
+        panic!("{method:?}: still refused after fresh nonces")
+    }
+
+    /// Sends `request` (retransmitting it on UDP) until the answer with `tid` arrives.
+    fn transact(&mut self, request: &[u8], tid: TransactionId) -> Answer {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut rto = FIRST_RTO;
+        loop {
+            self.send_frame(request);
+            let retransmit_at = (Instant::now() + rto).min(deadline);
+            while let Some(frame) = self.recv_frame(retransmit_at) {
+                let Ok(msg) = Message::parse(&frame) else {
+                    continue; // ChannelData, or a stray datagram.
+                };
+                if msg.transaction_id() != tid || msg.class() == Class::Indication {
+                    continue;
+                }
+                let code = msg
+                    .get(attr::ERROR_CODE)
+                    .and_then(|v| attr::decode_error_code(v).ok())
+                    .map(|(code, _)| code);
+                return Answer {
+                    class: msg.class(),
+                    code,
+                    bytes: frame,
+                };
+            }
+            assert!(
+                Instant::now() < deadline && matches!(self.link, Link::Udp { .. }),
+                "no answer to transaction {tid:?} within {ANSWER_TIMEOUT:?}"
+            );
+            rto = (rto * 2).min(MAX_RTO);
+        }
+    }
+
+    /// Sends one frame: a datagram on UDP; on TCP, the bytes as they are (callers pad
+    /// ChannelData).
+    pub fn send_frame(&mut self, frame: &[u8]) {
+        match &mut self.link {
+            Link::Udp { socket, server } => {
+                // A full socket buffer loses the datagram, as the network would.
+                let _ = socket.send_to(frame, *server);
+            }
+            Link::Tcp { stream, .. } => stream.write_all(frame).expect("write to the server"),
+        }
+    }
+
+    /// The next datagram or stream frame from the server, or `None` at `deadline` (or when the
+    /// server closed the stream).
+    pub fn recv_frame(&mut self, deadline: Instant) -> Option<Vec<u8>> {
+        let mut buf = [0u8; 65536];
+        loop {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if wait.is_zero() {
+                return None;
+            }
+            match &mut self.link {
+                Link::Udp { socket, server } => {
+                    socket.set_read_timeout(Some(wait)).expect("set a timeout");
+                    match socket.recv_from(&mut buf) {
+                        Ok((n, from)) if from == *server => return Some(buf[..n].to_vec()),
+                        Ok(_) => {}
+                        Err(e) if is_timeout(&e) => return None,
+                        Err(e) => panic!("receive from the server: {e}"),
+                    }
+                }
+                Link::Tcp { stream, unread } => {
+                    match stun::frame_len(unread) {
+                        Ok(Some(frame)) => {
+                            let (len, advance) = match frame {
+                                Frame::Stun(len) => (len, len),
+                                Frame::ChannelData { len, padded } => (len, padded),
+                            };
+                            let frame = unread[..len].to_vec();
+                            unread.drain(..advance);
+                            return Some(frame);
+                        }
+                        Ok(None) => {}
+                        Err(e) => panic!("the server sent a bad frame: {e:?}"),
+                    }
+                    stream.set_read_timeout(Some(wait)).expect("set a timeout");
+                    match stream.read(&mut buf) {
+                        Ok(0) => {
+                            self.closed = true;
+                            return None;
+                        }
+                        Ok(n) => unread.extend_from_slice(&buf[..n]),
+                        Err(e) if is_timeout(&e) => return None,
+                        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                            self.closed = true;
+                            return None;
+                        }
+                        Err(e) => panic!("read from the server: {e}"),
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether the server closes the TCP connection by `deadline` (frames meanwhile are
+    /// skipped).
+    pub fn closed_by(&mut self, deadline: Instant) -> bool {
+        while !self.closed && self.recv_frame(deadline).is_some() {}
+        self.closed
+    }
+
+    /// Allocates a UDP relay: its relayed address, or the error code.
+    pub fn allocate(&mut self) -> Result<SocketAddr, u16> {
+        let answer = self.request(Method::ALLOCATE, &|w| {
+            w.requested_transport(17).expect("fits");
+        });
+        match answer.code {
+            None => Ok(answer
+                .xor_address(attr::XOR_RELAYED_ADDRESS)
+                .expect("an Allocate success has XOR-RELAYED-ADDRESS")),
+            Some(code) => Err(code),
+        }
+    }
+
+    /// Refreshes the allocation with LIFETIME `seconds` (0 deletes it): `None` on success.
+    pub fn refresh(&mut self, seconds: u32) -> Option<u16> {
+        self.request(Method::REFRESH, &|w| {
+            w.u32(attr::LIFETIME, seconds).expect("fits");
+        })
+        .code
+    }
+
+    /// CreatePermission for `peers` in one request: `None` on success.
+    pub fn permit(&mut self, peers: &[SocketAddr]) -> Option<u16> {
+        self.request(Method::CREATE_PERMISSION, &|w| {
+            for &peer in peers {
+                w.xor_address(attr::XOR_PEER_ADDRESS, peer).expect("fits");
+            }
+        })
+        .code
+    }
+
+    /// ChannelBind `number` to `peer`: `None` on success.
+    pub fn bind(&mut self, number: u16, peer: SocketAddr) -> Option<u16> {
+        self.request(Method::CHANNEL_BIND, &|w| {
+            w.channel_number(number).expect("fits");
+            w.xor_address(attr::XOR_PEER_ADDRESS, peer).expect("fits");
+        })
+        .code
+    }
+
+    /// Sends `payload` on channel `number` (padded to 4 bytes on TCP).
+    pub fn send_channel_data(&mut self, number: u16, payload: &[u8]) {
+        let mut frame = Vec::with_capacity(payload.len() + 8);
+        frame.extend_from_slice(&number.to_be_bytes());
+        frame.extend_from_slice(
+            &u16::try_from(payload.len())
+                .expect("< 64 KiB")
+                .to_be_bytes(),
+        );
+        frame.extend_from_slice(payload);
+        if matches!(self.link, Link::Tcp { .. }) {
+            frame.resize(frame.len().next_multiple_of(4), 0);
+        }
+        self.send_frame(&frame);
+    }
+
+    /// Sends `payload` to `peer` in a Send indication.
+    pub fn send_indication(&mut self, peer: SocketAddr, payload: &[u8]) {
+        let tid = self.next_tid();
+        let mut buf = vec![0u8; payload.len() + 64];
+        let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, tid)
+            .expect("the buffer holds a header");
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).expect("fits");
+        w.attribute(attr::DATA, payload).expect("fits");
+        let n = w.finish();
+        self.send_frame(&buf[..n]);
+    }
+
+    /// The payload of the next ChannelData message or Data indication, skipping anything else,
+    /// or `None` at `deadline`.
+    pub fn recv_data(&mut self, deadline: Instant) -> Option<Vec<u8>> {
+        while let Some(frame) = self.recv_frame(deadline) {
+            if let Ok(data) = stun::ChannelData::parse(&frame) {
+                return Some(data.payload.to_vec());
+            }
+            if let Ok(msg) = Message::parse(&frame) {
+                if msg.method() == Method::DATA && msg.class() == Class::Indication {
+                    if let Some(data) = msg.get(attr::DATA) {
+                        return Some(data.to_vec());
+                    }
+                }
+            }
+        }
+        None
+    }
+}
+
+pub fn is_timeout(e: &std::io::Error) -> bool {
+    matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
