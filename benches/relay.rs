@@ -13,7 +13,7 @@ use turnpike::config::{Config, Transport, User, UserCredential};
 use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key};
 use turnpike::turn::{
     AllocationId, AllocationLedger, ClientAction, CoreConfig, Event, FiveTuple, NodeLimits, Nonces,
-    PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Server, SourceLimiter,
+    PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Quota, Server, SourceLimiter,
 };
 
 const REALM: &str = "bench";
@@ -35,6 +35,7 @@ fn core(now: Instant) -> Server {
         relay_v4: true,
         relay_v6: false,
         allocation_bandwidth: None,
+        quota: Quota::default(),
         permissions_per_allocation: 64,
         channels_per_allocation: 64,
         epoch: now,
@@ -44,7 +45,7 @@ fn core(now: Instant) -> Server {
     let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![]);
     let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
     let node = Arc::new(NodeLimits {
-        ledger: AllocationLedger::new(0, 0, None),
+        ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
     });
     Server::new(core_config, credentials, policy, nonces, node, [2; 32])

@@ -50,6 +50,53 @@ pub struct Config {
     pub auth: Auth,
     pub peers: Peers,
     pub limits: Limits,
+    /// Shared credential store; `None` runs on the configuration alone.
+    pub redis: Option<Redis>,
+}
+
+/// Where users, secrets, overrides and revocations are shared between nodes (`[redis]`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redis {
+    /// `redis://[:password@]host:port/db` or `rediss://` for TLS.
+    pub url: String,
+    /// Prefix of turnpike's keys (schema "turnpike"; also of its event channel and revocations
+    /// in schema "coturn").
+    pub prefix: String,
+    pub schema: RedisSchema,
+    /// How long credentials from the last snapshot keep authenticating while Redis is
+    /// unreachable; after that, new requests that need them get 500.
+    pub stale_for: Duration,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("url", &redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("schema", &self.schema)
+            .field("stale_for", &self.stale_for)
+            .finish()
+    }
+}
+
+/// A Redis URL with any password replaced, fit for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}<redacted>{}", &url[..scheme_end + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The key layout in Redis.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisSchema {
+    /// turnpike's own layout (README, "Redis layout").
+    Turnpike,
+    /// coturn's layout, read as coturn's `turnadmin` writes it.
+    Coturn,
 }
 
 /// Quotas and abuse limits (`[limits]`). A zero count or rate means "no limit".
@@ -102,6 +149,14 @@ impl Bandwidth {
     /// Bits per second, or `None` when unlimited.
     pub fn bits_per_second(self) -> Option<u64> {
         (self.0 > 0).then_some(self.0)
+    }
+}
+
+impl std::str::FromStr for Bandwidth {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        Bandwidth::parse_text(text)
     }
 }
 
@@ -415,6 +470,7 @@ impl Default for Config {
                 deny: Vec::new(),
             },
             limits: Limits::default(),
+            redis: None,
         }
     }
 }
@@ -519,6 +575,47 @@ struct RawConfig {
     peers: RawPeers,
     #[serde(default)]
     limits: RawLimits,
+    redis: Option<RawRedis>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRedis {
+    url: String,
+    prefix: Option<String>,
+    schema: Option<RedisSchema>,
+    stale_for: Option<Text<Duration>>,
+}
+
+impl RawRedis {
+    fn validate(self) -> Result<Redis, ConfigError> {
+        let scheme_ok = self.url.starts_with("redis://") || self.url.starts_with("rediss://");
+        if !scheme_ok || redis::IntoConnectionInfo::into_connection_info(self.url.as_str()).is_err()
+        {
+            return Err(ConfigError::invalid(
+                "redis.url",
+                format!(
+                    "invalid Redis URL {:?}, expected e.g. \"redis://127.0.0.1:6379/0\" or \"rediss://:password@host:6380/0\"",
+                    redact_url(&self.url)
+                ),
+            ));
+        }
+        let prefix = self.prefix.unwrap_or_else(|| "turnpike".to_owned());
+        if prefix.is_empty() || prefix.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(ConfigError::invalid(
+                "redis.prefix",
+                "must be non-empty, without spaces or control characters",
+            ));
+        }
+        let stale_for = self.stale_for.map_or(Duration::from_secs(300), |d| d.0);
+        check_duration("redis.stale-for", stale_for)?;
+        Ok(Redis {
+            url: self.url,
+            prefix,
+            schema: self.schema.unwrap_or(RedisSchema::Turnpike),
+            stale_for,
+        })
+    }
 }
 
 #[derive(Default, Deserialize)]
@@ -788,6 +885,7 @@ impl RawConfig {
                 deny: parse_ranges("peers.deny", &self.peers.deny)?,
             },
             limits: self.limits.validate()?,
+            redis: self.redis.map(RawRedis::validate).transpose()?,
         })
     }
 }
@@ -1003,7 +1101,7 @@ impl RawAuth {
 }
 
 /// Parses a long-term key written as 32 hex digits.
-fn parse_key(text: &str) -> Result<[u8; 16], String> {
+pub(crate) fn parse_key(text: &str) -> Result<[u8; 16], String> {
     let problem = || {
         format!(
             "expected 32 hex digits (MD5 of name:realm:password), got {} characters",
@@ -1112,6 +1210,42 @@ mod tests {
             "[limits]\nuser-allocation = 3",
             "limits.user-allocation",
             "unknown field",
+        );
+    }
+
+    #[test]
+    fn redis_section() {
+        let config = Config::from_toml(
+            "[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\nschema = \"coturn\"\nstale-for = \"30s\"",
+        )
+        .unwrap();
+        let redis = config.redis.unwrap();
+        assert_eq!(redis.schema, RedisSchema::Coturn);
+        assert_eq!(redis.prefix, "turnpike");
+        assert_eq!(redis.stale_for, Duration::from_secs(30));
+        let shown = format!("{redis:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("redis://<redacted>@127.0.0.1:6379/0"),
+            "{shown}"
+        );
+        assert_eq!(Config::default().redis, None);
+        assert_refused(
+            "[redis]\nurl = \"http://x\"",
+            "redis.url",
+            "invalid Redis URL",
+        );
+        let secret_in_error = error("[redis]\nurl = \"mysql://:hunter2@h\"").to_string();
+        assert!(!secret_in_error.contains("hunter2"), "{secret_in_error}");
+        assert_refused(
+            "[redis]\nurl = \"redis://h\"\nschema = \"etcd\"",
+            "redis.schema",
+            "unknown variant",
+        );
+        assert_refused(
+            "[redis]\nurl = \"redis://h\"\nprefix = \"\"",
+            "redis.prefix",
+            "non-empty",
         );
     }
 

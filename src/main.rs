@@ -1,14 +1,19 @@
-//! The `turnpike` command: serve, check a configuration, issue REST API credentials.
+//! The `turnpike` command: serve, check a configuration, issue REST API credentials, and
+//! administer the shared Redis store.
+
+mod admin;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
+use turnpike::auth::redis::{Layout, RedisStore};
 use turnpike::auth::rest_password;
-use turnpike::config::Config;
+use turnpike::config::{Config, redact_url};
 use turnpike::net::{Node, NodeCounters};
 
 #[derive(Parser)]
@@ -51,6 +56,27 @@ enum Command {
         #[arg(long = "uri")]
         uris: Vec<String>,
     },
+    /// TURN REST API secrets in the shared Redis store.
+    Secret {
+        #[command(subcommand)]
+        command: admin::SecretCommand,
+        #[command(flatten)]
+        store: admin::StoreArgs,
+    },
+    /// Users and their limits in the shared Redis store.
+    User {
+        #[command(subcommand)]
+        command: admin::UserCommand,
+        #[command(flatten)]
+        store: admin::StoreArgs,
+    },
+    /// Revoke a TURN REST API username before it expires: every node closes its allocations
+    /// and refuses its refreshes.
+    Revoke {
+        username: String,
+        #[command(flatten)]
+        store: admin::StoreArgs,
+    },
 }
 
 #[derive(clap::Args)]
@@ -83,6 +109,9 @@ fn main() -> ExitCode {
             ttl,
             uris,
         } => credentials(secret, config, user, ttl, uris),
+        Command::Secret { command, store } => admin::secret(&store, command),
+        Command::User { command, store } => admin::user(&store, command),
+        Command::Revoke { username, store } => admin::revoke(&store, &username),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -109,17 +138,40 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
     init_logging(log);
     let config = Config::load(path)?;
     raise_file_limit();
-    let node = Node::start(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the control runtime")?;
+    let redis = match &config.redis {
+        Some(settings) => {
+            let client = redis::Client::open(settings.url.as_str())
+                .with_context(|| format!("redis.url: {}", redact_url(&settings.url)))?;
+            let store = Arc::new(RedisStore::new(settings.stale_for));
+            tracing::info!(
+                url = %redact_url(&settings.url),
+                schema = ?settings.schema,
+                "using Redis for shared credentials"
+            );
+            Some((store, client, Layout::new(settings, &config.realm)))
+        }
+        None => None,
+    };
+    let node = Node::start(&config, redis.as_ref().map(|(store, _, _)| store.clone()))?;
+    if let Some((store, client, layout)) = redis {
+        let commander = node.commander();
+        runtime.spawn(turnpike::auth::redis::run(
+            store,
+            client,
+            layout,
+            move |names| commander.revoke(names),
+        ));
+    }
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         realm = %config.realm,
         workers = node_workers(&config),
         "ready"
     );
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the signal runtime")?;
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;

@@ -1,9 +1,13 @@
-//! Where long-term keys come from: static users from the config and TURN REST API secrets.
+//! Where long-term keys come from: static users and TURN REST API secrets from the config, and
+//! a Redis store shared by many nodes.
 //!
 //! The protocol core asks a [`CredentialStore`] for the keys a username may use; it never sees
 //! passwords or secrets, and this module never sees packets or allocations.
 
+pub mod redis;
+
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use base64::Engine;
 
@@ -22,6 +26,22 @@ pub enum Lookup {
     Unknown,
     /// A TURN REST API username whose expiry time has passed.
     Expired,
+    /// The credentials may live in a store that cannot be trusted now (Redis unreachable for
+    /// longer than `stale-for`): refuse (500) rather than allow.
+    Unavailable,
+}
+
+/// Limits set for one user (or realm-wide by the store), overriding `[limits]`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UserLimits {
+    /// Allocations the user may hold.
+    pub allocations: Option<u32>,
+    /// Bits per second over all of the user's allocations on a node.
+    pub bandwidth: Option<u64>,
+    /// Bits per second per allocation.
+    pub allocation_bandwidth: Option<u64>,
+    /// A disabled user does not authenticate.
+    pub disabled: bool,
 }
 
 /// A source of long-term keys. Implementations answer from memory: the packet path calls this.
@@ -36,6 +56,31 @@ pub trait CredentialStore: Send + Sync {
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key) -> bool,
     ) -> Lookup;
+
+    /// Has `username` been revoked (before its own expiry)?
+    fn revoked(&self, _username: &str, _now_unix: u64) -> bool {
+        false
+    }
+
+    /// Overrides of `[limits]` for the user `user_id`.
+    fn limits(&self, _user_id: &str) -> UserLimits {
+        UserLimits::default()
+    }
+
+    /// Override of `[limits] total-allocations`.
+    fn total_allocations(&self) -> Option<u32> {
+        None
+    }
+}
+
+/// The hex form of a key, as coturn's `turnadmin -k` prints it.
+pub fn key_hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A key from 32 hex digits.
+pub fn parse_key_hex(text: &str) -> Option<Key> {
+    crate::config::parse_key(text).ok()
 }
 
 /// The part of a username that quotas and logs are keyed on: `1700000000:alice` → `alice`;
@@ -62,6 +107,99 @@ pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
 /// The TURN REST API password for `username`: `base64(HMAC-SHA1(secret, username))`.
 pub fn rest_password(secret: &[u8], username: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hmac_sha1(secret, &[username.as_bytes()]))
+}
+
+/// Keys from the configuration, then from the Redis store when there is one.
+pub struct Credentials {
+    statics: StaticCredentials,
+    redis: Option<Arc<redis::RedisStore>>,
+}
+
+impl Credentials {
+    pub fn new(statics: StaticCredentials, redis: Option<Arc<redis::RedisStore>>) -> Self {
+        Credentials { statics, redis }
+    }
+}
+
+impl CredentialStore for Credentials {
+    fn keys(
+        &self,
+        username: &str,
+        realm: &str,
+        now_unix: u64,
+        candidate: &mut dyn FnMut(&Key) -> bool,
+    ) -> Lookup {
+        if realm != self.statics.realm {
+            return Lookup::Unknown;
+        }
+        let snapshot = self.redis.as_ref().map(|store| store.snapshot());
+        if let Some(snapshot) = &snapshot {
+            let revoked = snapshot
+                .revoked
+                .get(username)
+                .is_some_and(|&expiry| expiry >= now_unix);
+            if revoked || snapshot.limits(user_id(username)).disabled {
+                return Lookup::Unknown;
+            }
+        }
+        let mut accepted = false;
+        let local = self.statics.keys(username, realm, now_unix, &mut |key| {
+            accepted = candidate(key);
+            accepted
+        });
+        if accepted || local == Lookup::Expired {
+            return local;
+        }
+        let (Some(store), Some(snapshot)) = (&self.redis, snapshot) else {
+            return local;
+        };
+        if !store.usable(now_unix) {
+            return Lookup::Unavailable;
+        }
+        if let Some(key) = snapshot.users.get(username) {
+            candidate(key);
+            return Lookup::Known;
+        }
+        let Some((expiry, _)) = parse_rest_username(username) else {
+            return local;
+        };
+        if snapshot.secrets.is_empty() {
+            return local;
+        }
+        if expiry < now_unix {
+            return Lookup::Expired;
+        }
+        for secret in &snapshot.secrets {
+            let password = rest_password(secret, username);
+            if candidate(&long_term_key(username, realm, &password)) {
+                break;
+            }
+        }
+        Lookup::Known
+    }
+
+    fn revoked(&self, username: &str, now_unix: u64) -> bool {
+        self.redis.as_ref().is_some_and(|store| {
+            store
+                .snapshot()
+                .revoked
+                .get(username)
+                .is_some_and(|&expiry| expiry >= now_unix)
+        })
+    }
+
+    fn limits(&self, user_id: &str) -> UserLimits {
+        self.redis
+            .as_ref()
+            .map(|store| store.snapshot().limits(user_id))
+            .unwrap_or_default()
+    }
+
+    fn total_allocations(&self) -> Option<u32> {
+        self.redis
+            .as_ref()
+            .and_then(|store| store.snapshot().total_allocations)
+    }
 }
 
 /// Users and REST API secrets from the configuration file.

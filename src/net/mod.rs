@@ -14,10 +14,12 @@ use std::time::{Instant, SystemTime};
 use rand::RngCore;
 use tokio::sync::watch;
 
-use crate::auth::StaticCredentials;
+use crate::auth::redis::RedisStore;
+use crate::auth::{Credentials, StaticCredentials};
 use crate::config::{Config, Transport};
 use crate::turn::{
-    AllocationLedger, CoreConfig, NodeLimits, Nonces, PeerPolicy, Server, SourceLimiter, Stats,
+    AllocationLedger, CoreConfig, NodeLimits, Nonces, PeerPolicy, Quota, Server, SourceLimiter,
+    Stats,
 };
 
 pub use relay::Reservations;
@@ -77,8 +79,36 @@ pub(crate) struct StreamLimits {
     pub live: AtomicU32,
 }
 
+/// Something every worker must do, sent from outside the packet path.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// Close the allocations made with these usernames (revoked credentials).
+    Revoke(Arc<[String]>),
+}
+
+/// Sends commands to every worker of a node; cheap to clone.
+#[derive(Clone)]
+pub struct Commander {
+    workers: Vec<tokio::sync::mpsc::UnboundedSender<Command>>,
+}
+
+impl Commander {
+    /// Tells every worker; a worker that has stopped is skipped.
+    pub fn send(&self, command: Command) {
+        for worker in &self.workers {
+            let _ = worker.send(command.clone());
+        }
+    }
+
+    /// Closes the allocations of revoked usernames on every worker.
+    pub fn revoke(&self, usernames: Vec<String>) {
+        self.send(Command::Revoke(usernames.into()));
+    }
+}
+
 /// A running server: its listeners and worker threads.
 pub struct Node {
+    commander: Commander,
     listeners: Vec<BoundListener>,
     relay_v4: Option<Ipv4Addr>,
     workers: Vec<JoinHandle<()>>,
@@ -95,7 +125,9 @@ struct WorkerSockets {
 
 impl Node {
     /// Binds every listener (once per worker, with SO_REUSEPORT) and starts the workers.
-    pub fn start(config: &Config) -> Result<Node, StartError> {
+    /// `redis` is the shared credential store when `[redis]` is configured; the caller keeps
+    /// it in step with Redis.
+    pub fn start(config: &Config, redis: Option<Arc<RedisStore>>) -> Result<Node, StartError> {
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -162,7 +194,10 @@ impl Node {
         .collect();
         let policy = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone())
             .with_own_sockets(listeners.iter().map(|l| l.address).collect(), local_ips);
-        let credentials = Arc::new(StaticCredentials::new(&config.auth, &config.realm));
+        let credentials = Arc::new(Credentials::new(
+            StaticCredentials::new(&config.auth, &config.realm),
+            redis,
+        ));
         let epoch = Instant::now();
         let unix_at_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -179,6 +214,11 @@ impl Node {
             relay_v4: relay_v4.is_some(),
             relay_v6: config.relay.address_v6.is_some(),
             allocation_bandwidth: config.limits.allocation_bandwidth.bits_per_second(),
+            quota: Quota {
+                user_allocations: config.limits.user_allocations,
+                total_allocations: config.limits.total_allocations,
+                user_bandwidth: config.limits.user_bandwidth.bits_per_second(),
+            },
             permissions_per_allocation: config.limits.permissions_per_allocation,
             channels_per_allocation: config.limits.channels_per_allocation,
             epoch,
@@ -193,11 +233,7 @@ impl Node {
 
         let limits = &config.limits;
         let node_limits = Arc::new(NodeLimits {
-            ledger: AllocationLedger::new(
-                limits.user_allocations,
-                limits.total_allocations,
-                limits.user_bandwidth.bits_per_second(),
-            ),
+            ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(limits.unauthenticated_rate),
         });
         let streams = Arc::new(StreamLimits {
@@ -209,6 +245,7 @@ impl Node {
         let (shutdown, stop) = watch::channel(false);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
+        let mut commands = Vec::new();
         for (index, sockets) in sockets.into_iter().enumerate() {
             let mut secret = [0u8; 32];
             rand::rng().fill_bytes(&mut secret);
@@ -225,10 +262,13 @@ impl Node {
             let stop = stop.clone();
             let published = Arc::new(Mutex::new(WorkerCounters::default()));
             counters.push(published.clone());
+            let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel();
+            commands.push(command_tx);
             let context = worker::Context {
                 relay,
                 streams: streams.clone(),
                 published,
+                commands: command_rx,
             };
             let thread = std::thread::Builder::new()
                 .name(format!("turnpike-worker-{index}"))
@@ -240,6 +280,7 @@ impl Node {
             tracing::info!(transport = %listener.transport, address = %listener.address, "listening");
         }
         Ok(Node {
+            commander: Commander { workers: commands },
             listeners,
             relay_v4,
             workers: threads,
@@ -257,6 +298,11 @@ impl Node {
     /// The IPv4 address relay sockets bind to.
     pub fn relay_v4(&self) -> Option<Ipv4Addr> {
         self.relay_v4
+    }
+
+    /// A handle that sends commands to the workers.
+    pub fn commander(&self) -> Commander {
+        self.commander.clone()
     }
 
     /// The node's counters, as the workers last published them.

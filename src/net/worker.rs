@@ -52,6 +52,7 @@ pub struct Context {
     pub relay: RelaySettings,
     pub streams: Arc<super::StreamLimits>,
     pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+    pub commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
 }
 
 /// Where relay sockets bind.
@@ -69,6 +70,8 @@ pub(super) struct Worker {
     relay: RelaySettings,
     pub streams_limits: Arc<super::StreamLimits>,
     published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+    /// Taken by the command loop when the worker starts.
+    commands: Option<tokio::sync::mpsc::UnboundedReceiver<super::Command>>,
     pub tcp_rejected: u64,
     pub stream_timeouts: u64,
     udp: Vec<UdpListener>,
@@ -94,6 +97,7 @@ impl Worker {
                 relay: context.relay,
                 streams_limits: context.streams,
                 published: context.published,
+                commands: Some(context.commands),
                 tcp_rejected: 0,
                 stream_timeouts: 0,
                 udp,
@@ -112,14 +116,37 @@ impl Worker {
     /// Starts the worker's UDP receive loops and its timer; stream listeners are started by
     /// the caller.
     pub fn start(shared: &Shared) {
-        let (count, timer) = {
-            let worker = shared.borrow();
-            (worker.udp.len(), worker.timer.clone())
+        let (count, timer, commands) = {
+            let mut worker = shared.borrow_mut();
+            (
+                worker.udp.len(),
+                worker.timer.clone(),
+                worker.commands.take(),
+            )
         };
         for index in 0..count {
             tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
         }
         tokio::task::spawn_local(timer_loop(shared.clone(), timer));
+        if let Some(commands) = commands {
+            tokio::task::spawn_local(command_loop(shared.clone(), commands));
+        }
+    }
+
+    /// Carries out a command from outside the packet path.
+    fn command(&mut self, command: super::Command) {
+        let now = Instant::now();
+        let before = self.core.poll_timeout();
+        match command {
+            super::Command::Revoke(usernames) => {
+                let closed = self.core.revoke(&usernames);
+                if closed > 0 {
+                    tracing::info!(closed, "closed allocations of revoked credentials");
+                }
+            }
+        }
+        self.after_core_call(now, before);
+        self.closing.clear();
     }
 
     /// Handles one message from a client and does what the core says.
@@ -386,6 +413,15 @@ async fn relay_loop(shared: Shared, allocation: AllocationId, socket: Rc<UdpSock
         }
         shared.borrow_mut().drain_relay(allocation, &socket);
         tokio::task::yield_now().await;
+    }
+}
+
+async fn command_loop(
+    shared: Shared,
+    mut commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
+) {
+    while let Some(command) = commands.recv().await {
+        shared.borrow_mut().command(command);
     }
 }
 

@@ -147,44 +147,48 @@ struct UserUsage {
     bandwidth: Option<Arc<SharedByteRate>>,
 }
 
+/// The limits an allocation is counted against (0 = none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Quota {
+    pub user_allocations: u32,
+    pub total_allocations: u32,
+    /// Bits per second over all of the user's allocations.
+    pub user_bandwidth: Option<u64>,
+}
+
 /// Allocations per user and in total on this node, shared by the workers. Touched when an
 /// allocation is made or ends, never by relayed packets.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct AllocationLedger {
-    user_limit: u32,
-    total_limit: u32,
-    user_bandwidth: Option<u64>,
     total: AtomicU32,
     users: Mutex<HashMap<Box<str>, UserUsage>>,
 }
 
 impl AllocationLedger {
-    /// Limits of 0 mean none; `user_bandwidth` in bits per second.
-    pub fn new(user_limit: u32, total_limit: u32, user_bandwidth: Option<u64>) -> Self {
-        AllocationLedger {
-            user_limit,
-            total_limit,
-            user_bandwidth,
-            total: AtomicU32::new(0),
-            users: Mutex::new(HashMap::new()),
-        }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Counts one more allocation for `user`; returns the user's shared bandwidth limit.
-    pub fn acquire(&self, user: &str) -> Result<Option<Arc<SharedByteRate>>, QuotaError> {
+    /// Counts one more allocation for `user` within `quota`; returns the user's shared
+    /// bandwidth limit (made with the user's first allocation).
+    pub fn acquire(
+        &self,
+        user: &str,
+        quota: Quota,
+    ) -> Result<Option<Arc<SharedByteRate>>, QuotaError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         let held = users.get(user).map_or(0, |u| u.allocations);
-        if self.user_limit > 0 && held >= self.user_limit {
+        if quota.user_allocations > 0 && held >= quota.user_allocations {
             return Err(QuotaError::User);
         }
         let total = self.total.load(Ordering::Relaxed);
-        if self.total_limit > 0 && total >= self.total_limit {
+        if quota.total_allocations > 0 && total >= quota.total_allocations {
             return Err(QuotaError::Total);
         }
         self.total.store(total + 1, Ordering::Relaxed);
         let usage = users.entry(user.into()).or_insert_with(|| UserUsage {
             allocations: 0,
-            bandwidth: self
+            bandwidth: quota
                 .user_bandwidth
                 .map(|bps| Arc::new(SharedByteRate::new(bps))),
         });
@@ -272,14 +276,27 @@ mod tests {
 
     #[test]
     fn ledger_counts_users_and_total() {
-        let ledger = AllocationLedger::new(2, 3, None);
-        assert!(ledger.acquire("alice").is_ok());
-        assert!(ledger.acquire("alice").is_ok());
-        assert_eq!(ledger.acquire("alice").err(), Some(QuotaError::User));
-        assert!(ledger.acquire("bob").is_ok());
-        assert_eq!(ledger.acquire("carol").err(), Some(QuotaError::Total));
+        let ledger = AllocationLedger::new();
+        let quota = Quota {
+            user_allocations: 2,
+            total_allocations: 3,
+            user_bandwidth: None,
+        };
+        assert!(ledger.acquire("alice", quota).is_ok());
+        assert!(ledger.acquire("alice", quota).is_ok());
+        assert_eq!(ledger.acquire("alice", quota).err(), Some(QuotaError::User));
+        // A user whose override allows more.
+        let generous = Quota {
+            user_allocations: 5,
+            ..quota
+        };
+        assert!(ledger.acquire("bob", generous).is_ok());
+        assert_eq!(
+            ledger.acquire("carol", quota).err(),
+            Some(QuotaError::Total)
+        );
         ledger.release("alice");
-        assert!(ledger.acquire("carol").is_ok());
+        assert!(ledger.acquire("carol", quota).is_ok());
         assert_eq!(ledger.total(), 3);
         ledger.release("nobody");
         assert_eq!(ledger.total(), 3);
@@ -287,11 +304,15 @@ mod tests {
 
     #[test]
     fn ledger_shares_one_bandwidth_budget_per_user() {
-        let ledger = AllocationLedger::new(0, 0, Some(8_000));
-        let first = ledger.acquire("alice").unwrap().unwrap();
-        let second = ledger.acquire("alice").unwrap().unwrap();
+        let ledger = AllocationLedger::new();
+        let quota = Quota {
+            user_bandwidth: Some(8_000),
+            ..Quota::default()
+        };
+        let first = ledger.acquire("alice", quota).unwrap().unwrap();
+        let second = ledger.acquire("alice", quota).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &second));
-        let bob = ledger.acquire("bob").unwrap().unwrap();
+        let bob = ledger.acquire("bob", quota).unwrap().unwrap();
         assert!(!Arc::ptr_eq(&first, &bob));
     }
 }

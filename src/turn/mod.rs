@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, Key};
+use crate::auth::{CredentialStore, Key, Lookup};
 use crate::config::Transport;
 use crate::stun::{
     self, ChannelData, Class, Message, MessageWriter, Method, StunError, TransactionId, attr,
@@ -32,7 +32,7 @@ pub use allocation::{
     PERMISSION_LIFETIME, Permission, Traffic,
 };
 pub use error::RequestError;
-pub use limits::{AllocationLedger, ByteRate, QuotaError, SharedByteRate, SourceLimiter};
+pub use limits::{AllocationLedger, ByteRate, Quota, QuotaError, SharedByteRate, SourceLimiter};
 pub use nonce::Nonces;
 pub use policy::PeerPolicy;
 
@@ -147,6 +147,8 @@ pub struct CoreConfig {
     pub relay_v6: bool,
     /// Relayed bits per second per allocation, both directions together.
     pub allocation_bandwidth: Option<u64>,
+    /// Default quotas (`[limits]`); the credential store may override them per user.
+    pub quota: Quota,
     /// Live permissions one allocation may hold; beyond: 508.
     pub permissions_per_allocation: u32,
     /// Channel bindings (live or cooling down) one allocation may hold; beyond: 508.
@@ -483,6 +485,23 @@ impl Server {
         (n > 0).then_some((tuple, n))
     }
 
+    /// Ends every allocation made with one of `usernames` (revoked credentials); returns how
+    /// many. Control path: walks the allocations.
+    pub fn revoke(&mut self, usernames: &[String]) -> usize {
+        let doomed: Vec<AllocationId> = self
+            .slots
+            .iter()
+            .filter_map(|slot| slot.allocation.as_ref())
+            .filter(|a| usernames.iter().any(|name| **name == *a.username))
+            .map(|a| a.id)
+            .collect();
+        for &id in &doomed {
+            self.stats.allocations_deleted += 1;
+            self.remove_allocation(id);
+        }
+        doomed.len()
+    }
+
     /// A client's stream connection closed: its allocation (if any) ends now.
     pub fn handle_connection_closed(&mut self, tuple: &FiveTuple) {
         if let Some(&id) = self.by_tuple.get(tuple) {
@@ -710,7 +729,8 @@ impl Server {
         if let Some(alloc) = existing
             && &*alloc.username == username
         {
-            if msg.check_integrity(&alloc.key).is_ok() {
+            let revoked = self.credentials.revoked(username, self.unix_time(now));
+            if !revoked && msg.check_integrity(&alloc.key).is_ok() {
                 return Ok(Authenticated { key: alloc.key });
             }
             self.stats.auth_failures += 1;
@@ -724,9 +744,11 @@ impl Server {
             ));
         }
         let mut found = None;
+        let mut lookup = Lookup::Unknown;
         if realm == self.config.realm {
             let now_unix = self.unix_time(now);
-            self.credentials
+            lookup = self
+                .credentials
                 .keys(username, realm, now_unix, &mut |key| {
                     let ok = msg.check_integrity(key).is_ok();
                     if ok {
@@ -734,6 +756,13 @@ impl Server {
                     }
                     ok
                 });
+        }
+        if found.is_none() && lookup == Lookup::Unavailable {
+            // The credential store cannot be trusted now: refuse rather than allow.
+            if !self.may_answer_unauthenticated(now, tuple) {
+                return Err(ClientAction::None);
+            }
+            return Err(self.reply_error(out, method, tid, RequestError::ServerError, None));
         }
         let Some(key) = found else {
             // Unknown user, expired REST username or wrong password: the client learns nothing
@@ -830,11 +859,26 @@ impl Server {
             .get(attr::USERNAME)
             .and_then(|v| attr::decode_text(v, 513).ok())
             .unwrap_or_default();
+        let user = crate::auth::user_id(username);
+        let overrides = self.credentials.limits(user);
+        let quota = Quota {
+            user_allocations: overrides
+                .allocations
+                .unwrap_or(self.config.quota.user_allocations),
+            total_allocations: self
+                .credentials
+                .total_allocations()
+                .unwrap_or(self.config.quota.total_allocations),
+            user_bandwidth: overrides.bandwidth.or(self.config.quota.user_bandwidth),
+        };
         let user_bandwidth = self
             .node
             .ledger
-            .acquire(crate::auth::user_id(username))
+            .acquire(user, quota)
             .map_err(|_| RequestError::AllocationQuotaReached)?;
+        let allocation_bandwidth = overrides
+            .allocation_bandwidth
+            .or(self.config.allocation_bandwidth);
         let id = self.insert_allocation(Allocation {
             id: AllocationId {
                 index: 0,
@@ -855,7 +899,7 @@ impl Server {
                 ..CachedResponse::default()
             },
             reservation,
-            bandwidth: self.config.allocation_bandwidth.map(ByteRate::new),
+            bandwidth: allocation_bandwidth.map(ByteRate::new),
             user_bandwidth,
         });
         self.events.push_back(Event::OpenRelay {

@@ -81,7 +81,7 @@ impl Harness {
 
     fn with(tweak: impl FnOnce(&mut CoreConfig)) -> Self {
         let node = NodeLimits {
-            ledger: AllocationLedger::new(3, 5, None),
+            ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(0),
         };
         Self::with_node(tweak, node)
@@ -98,6 +98,11 @@ impl Harness {
             relay_v4: true,
             relay_v6: false,
             allocation_bandwidth: None,
+            quota: Quota {
+                user_allocations: 3,
+                total_allocations: 5,
+                user_bandwidth: None,
+            },
             permissions_per_allocation: 64,
             channels_per_allocation: 64,
             epoch: now,
@@ -918,11 +923,12 @@ fn allocation_bandwidth_drops_what_exceeds_one_second_of_burst() {
 
 #[test]
 fn user_bandwidth_is_shared_by_the_users_allocations() {
-    let node = NodeLimits {
-        ledger: AllocationLedger::new(0, 0, Some(8_000)),
-        sources: SourceLimiter::new(0),
-    };
-    let mut h = Harness::with_node(|_| {}, node);
+    let mut h = Harness::with(|c| {
+        c.quota = Quota {
+            user_bandwidth: Some(8_000),
+            ..Quota::default()
+        }
+    });
     let peer: SocketAddr = PEER.parse().unwrap();
     let mut ids = Vec::new();
     for port in [6000, 6001] {
@@ -939,7 +945,7 @@ fn user_bandwidth_is_shared_by_the_users_allocations() {
 #[test]
 fn unauthenticated_answers_are_rate_limited_per_source() {
     let node = NodeLimits {
-        ledger: AllocationLedger::new(0, 0, None),
+        ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(20),
     };
     let mut h = Harness::with_node(|_| {}, node);
