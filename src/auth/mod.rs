@@ -142,6 +142,10 @@ impl CredentialStore for Credentials {
                 return Lookup::Unknown;
             }
         }
+        // A user in the configuration is answered by the configuration alone.
+        if self.statics.users.contains_key(username) {
+            return self.statics.keys(username, realm, now_unix, candidate);
+        }
         let mut accepted = false;
         let local = self.statics.keys(username, realm, now_unix, &mut |key| {
             accepted = candidate(key);
@@ -347,6 +351,123 @@ mod tests {
             rest_password(b"secret", "1433895918:user"),
             "duY86vsmGEXM+Ma7pGS//SXJIv0="
         );
+    }
+
+    fn redis_store(now: u64, fill: impl FnOnce(&mut redis::Snapshot)) -> Arc<redis::RedisStore> {
+        let store = Arc::new(redis::RedisStore::new(std::time::Duration::from_secs(60)));
+        let mut snapshot = redis::Snapshot::default();
+        fill(&mut snapshot);
+        store.install(snapshot, now);
+        store.set_connected(true);
+        store
+    }
+
+    fn layered(
+        now: u64,
+        fill: impl FnOnce(&mut redis::Snapshot),
+    ) -> (Credentials, Arc<redis::RedisStore>) {
+        let store = redis_store(now, fill);
+        let credentials = Credentials::new(
+            StaticCredentials::new(&auth(&["config"]), "r"),
+            Some(store.clone()),
+        );
+        (credentials, store)
+    }
+
+    fn offered(store: &impl CredentialStore, username: &str, now: u64) -> (Lookup, Vec<Key>) {
+        let mut keys = Vec::new();
+        let lookup = store.keys(username, "r", now, &mut |k| {
+            keys.push(*k);
+            false
+        });
+        (lookup, keys)
+    }
+
+    #[test]
+    fn redis_users_and_secrets_come_after_the_config() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.secrets = vec![b"redis-new".to_vec(), b"redis-old".to_vec()];
+        });
+        assert_eq!(
+            offered(&credentials, "carol", now),
+            (Lookup::Known, vec![long_term_key("carol", "r", "pw")])
+        );
+        // A config user is answered from the config alone.
+        assert_eq!(offered(&credentials, "alice", now).1.len(), 1);
+        // REST: the config's secret first, then Redis's, newest first.
+        let username = "1700000100:dave";
+        let (lookup, keys) = offered(&credentials, username, now);
+        assert_eq!(lookup, Lookup::Known);
+        let key = |secret: &[u8]| long_term_key(username, "r", &rest_password(secret, username));
+        assert_eq!(
+            keys,
+            vec![key(b"config"), key(b"redis-new"), key(b"redis-old")]
+        );
+        assert_eq!(
+            offered(&credentials, "1699999999:dave", now).0,
+            Lookup::Expired
+        );
+        assert_eq!(offered(&credentials, "nobody", now).0, Lookup::Unknown);
+    }
+
+    #[test]
+    fn revoked_and_disabled_users_do_not_authenticate() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.revoked.insert("1700000100:dave".into(), 1_700_000_100);
+            s.overrides.insert(
+                "carol".into(),
+                redis::UserOverride {
+                    disabled: true,
+                    ..Default::default()
+                },
+            );
+        });
+        assert_eq!(
+            offered(&credentials, "carol", now),
+            (Lookup::Unknown, vec![])
+        );
+        assert_eq!(
+            offered(&credentials, "1700000100:dave", now),
+            (Lookup::Unknown, vec![])
+        );
+        assert!(credentials.revoked("1700000100:dave", now));
+        assert!(!credentials.revoked("1700000100:erin", now));
+    }
+
+    #[test]
+    fn a_stale_store_refuses_instead_of_allowing() {
+        let now = 1_700_000_000;
+        let (credentials, store) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+        });
+        store.set_connected(false);
+        // Within stale-for (60 s) the snapshot still serves...
+        assert_eq!(offered(&credentials, "carol", now + 60).0, Lookup::Known);
+        // ...after it, whatever needs Redis is unavailable, while config users still work.
+        assert_eq!(
+            offered(&credentials, "carol", now + 61).0,
+            Lookup::Unavailable
+        );
+        assert_eq!(
+            offered(&credentials, "mallory", now + 61).0,
+            Lookup::Unavailable
+        );
+        assert_eq!(offered(&credentials, "alice", now + 61).0, Lookup::Known);
+        // Never loaded at all: unavailable too.
+        let never = Credentials::new(
+            StaticCredentials::new(&auth(&[]), "r"),
+            Some(Arc::new(redis::RedisStore::new(
+                std::time::Duration::from_secs(60),
+            ))),
+        );
+        assert_eq!(offered(&never, "carol", now).0, Lookup::Unavailable);
     }
 
     #[test]

@@ -205,6 +205,17 @@ impl RedisStore {
         matches!(self.health(now_unix), Health::Connected | Health::Stale)
     }
 
+    /// Replaces the snapshot with a fresh load and notes the contact.
+    pub fn install(&self, snapshot: Snapshot, now_unix: u64) {
+        self.snapshot.store(Arc::new(snapshot));
+        self.last_contact.store(now_unix, Ordering::Relaxed);
+    }
+
+    /// Records whether the connection is up.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+    }
+
     fn contact(&self) {
         self.last_contact.store(unix_now(), Ordering::Relaxed);
     }
@@ -447,9 +458,8 @@ async fn follow(
     timed(pubsub.subscribe(layout.events())).await?;
     let snapshot = load(&mut conn, layout).await?;
     let all_revoked: Vec<String> = snapshot.revoked.keys().cloned().collect();
-    store.snapshot.store(Arc::new(snapshot));
-    store.contact();
-    store.connected.store(true, Ordering::Relaxed);
+    store.install(snapshot, unix_now());
+    store.set_connected(true);
     let loaded = store.snapshot();
     tracing::info!(
         users = loaded.users.len(),
@@ -477,8 +487,7 @@ async fn follow(
                     tracing::debug!("unknown event on the Redis channel");
                 }
                 let snapshot = load(&mut conn, layout).await?;
-                store.snapshot.store(Arc::new(snapshot));
-                store.contact();
+                store.install(snapshot, unix_now());
                 if !newly_revoked.is_empty() {
                     revoked(newly_revoked);
                 }

@@ -88,6 +88,15 @@ impl Harness {
     }
 
     fn with_node(tweak: impl FnOnce(&mut CoreConfig), node: NodeLimits) -> Self {
+        let credentials = Arc::new(StaticCredentials::new(&config().auth, REALM));
+        Self::with_credentials(tweak, node, credentials)
+    }
+
+    fn with_credentials(
+        tweak: impl FnOnce(&mut CoreConfig),
+        node: NodeLimits,
+        credentials: Arc<dyn crate::auth::CredentialStore>,
+    ) -> Self {
         let now = Instant::now();
         let mut core = CoreConfig {
             realm: REALM.into(),
@@ -109,8 +118,6 @@ impl Harness {
             unix_at_epoch: 1_700_000_000,
         };
         tweak(&mut core);
-        let config = config();
-        let credentials = Arc::new(StaticCredentials::new(&config.auth, REALM));
         // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
         // ever sent here, the core only decides.
         let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![])
@@ -967,4 +974,105 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
     h.advance(Duration::from_millis(50));
     assert!(h.send(udp(CLIENT), &binding).is_some());
     assert!(h.send(udp(CLIENT), &binding).is_none());
+}
+
+/// Credentials backed by a Redis snapshot (no Redis involved: the snapshot is installed here).
+fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected: bool) -> Harness {
+    use crate::auth::redis::{RedisStore, Snapshot};
+    let store = Arc::new(RedisStore::new(Duration::from_secs(60)));
+    if connected {
+        let mut snapshot = Snapshot::default();
+        fill(&mut snapshot);
+        store.install(snapshot, 1_700_000_000);
+        store.set_connected(true);
+    }
+    let credentials = Arc::new(crate::auth::Credentials::new(
+        StaticCredentials::new(&config().auth, REALM),
+        Some(store),
+    ));
+    let node = NodeLimits {
+        ledger: AllocationLedger::new(),
+        sources: SourceLimiter::new(0),
+    };
+    Harness::with_credentials(|_| {}, node, credentials)
+}
+
+#[test]
+fn an_unavailable_store_gets_500_and_config_users_still_work() {
+    let mut h = redis_backed(|_| {}, false);
+    let mut carol = Client::new(udp(CLIENT), "carol", "pw");
+    let response = carol.allocate(&mut h);
+    assert_eq!(response.code, Some(500));
+    assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    let mut alice = Client::new(udp("198.51.100.20:6000"), "alice", "wonderland");
+    assert_eq!(alice.allocate(&mut h).class, Class::Success);
+}
+
+#[test]
+fn overrides_from_the_store_set_the_users_quota() {
+    let mut h = redis_backed(
+        |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", REALM, "pw"));
+            s.overrides.insert(
+                "carol".into(),
+                crate::auth::redis::UserOverride {
+                    allocations: Some(1),
+                    ..Default::default()
+                },
+            );
+        },
+        true,
+    );
+    let mut first = Client::new(udp(CLIENT), "carol", "pw");
+    assert_eq!(first.allocate(&mut h).class, Class::Success);
+    let mut second = Client::new(udp("198.51.100.20:6000"), "carol", "pw");
+    assert_eq!(second.allocate(&mut h).code, Some(486));
+}
+
+#[test]
+fn revocation_closes_allocations_and_refuses_refreshes() {
+    let username = "1700000100:dave";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut h = redis_backed(|_| {}, true);
+    let mut dave = Client::new(udp(CLIENT), username, &password);
+    assert_eq!(dave.allocate(&mut h).class, Class::Success);
+    let mut alice = Client::new(udp("198.51.100.20:6000"), "alice", "wonderland");
+    assert_eq!(alice.allocate(&mut h).class, Class::Success);
+    let id = relay_of(&h, &dave.tuple);
+    assert_eq!(
+        h.server.revoke(&[username.to_owned(), "nobody".to_owned()]),
+        1
+    );
+    assert!(h.server.allocation(id).is_none());
+    assert_eq!(
+        h.server.poll_event(),
+        Some(Event::CloseRelay { allocation: id })
+    );
+    assert_eq!(h.server.allocation_count(), 1);
+    assert_eq!(dave.call(&mut h, Method::REFRESH, |_| {}).code, Some(437));
+}
+
+#[test]
+fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
+    let username = "1700000100:dave";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let store = Arc::new(crate::auth::redis::RedisStore::new(Duration::from_secs(60)));
+    store.install(Default::default(), 1_700_000_000);
+    store.set_connected(true);
+    let credentials = Arc::new(crate::auth::Credentials::new(
+        StaticCredentials::new(&config().auth, REALM),
+        Some(store.clone()),
+    ));
+    let node = NodeLimits {
+        ledger: AllocationLedger::new(),
+        sources: SourceLimiter::new(0),
+    };
+    let mut h = Harness::with_credentials(|_| {}, node, credentials);
+    let mut dave = Client::new(udp(CLIENT), username, &password);
+    assert_eq!(dave.allocate(&mut h).class, Class::Success);
+    let mut revoked = crate::auth::redis::Snapshot::default();
+    revoked.revoked.insert(username.into(), 1_700_000_100);
+    store.install(revoked, 1_700_000_000);
+    assert_eq!(dave.call(&mut h, Method::REFRESH, |_| {}).code, Some(401));
 }
