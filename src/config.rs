@@ -52,6 +52,28 @@ pub struct Config {
     pub limits: Limits,
     /// Shared credential store; `None` runs on the configuration alone.
     pub redis: Option<Redis>,
+    /// The HTTP API; `None` serves no HTTP.
+    pub http: Option<Http>,
+}
+
+/// The HTTP API (`[http]`): credentials for app backends.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Http {
+    pub address: SocketAddr,
+    /// Bearer token every API request must carry.
+    pub token: String,
+    /// The URIs put in the `iceServers` the credential API returns.
+    pub ice_urls: Vec<String>,
+}
+
+impl fmt::Debug for Http {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Http")
+            .field("address", &self.address)
+            .field("token", &Redacted)
+            .field("ice_urls", &self.ice_urls)
+            .finish()
+    }
 }
 
 /// Where users, secrets, overrides and revocations are shared between nodes (`[redis]`).
@@ -471,6 +493,7 @@ impl Default for Config {
             },
             limits: Limits::default(),
             redis: None,
+            http: None,
         }
     }
 }
@@ -576,6 +599,59 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     redis: Option<RawRedis>,
+    http: Option<RawHttp>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawHttp {
+    address: Option<Text<SocketAddr>>,
+    token: Option<String>,
+    #[serde(default)]
+    ice_urls: Vec<String>,
+}
+
+/// Shortest bearer token accepted: a guessable token would hand out credentials.
+const MIN_TOKEN_LEN: usize = 16;
+
+impl RawHttp {
+    fn validate(self) -> Result<Http, ConfigError> {
+        let address = self
+            .address
+            .map_or(SocketAddr::from(([127, 0, 0, 1], 9641)), |a| a.0);
+        let Some(token) = self.token else {
+            return Err(ConfigError::invalid(
+                "http.token",
+                "is required: the API issues and revokes credentials (generate one with `openssl rand -hex 32`)",
+            ));
+        };
+        if token.len() < MIN_TOKEN_LEN || token.bytes().any(|b| !b.is_ascii_graphic()) {
+            return Err(ConfigError::invalid(
+                "http.token",
+                format!(
+                    "must be at least {MIN_TOKEN_LEN} printable ASCII characters without spaces"
+                ),
+            ));
+        }
+        for (i, url) in self.ice_urls.iter().enumerate() {
+            let known = ["stun:", "stuns:", "turn:", "turns:"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme));
+            if !known || url.len() < 7 {
+                return Err(ConfigError::invalid(
+                    format!("http.ice-urls[{i}]"),
+                    format!(
+                        "{url:?} is not a STUN/TURN URI, expected e.g. \"turn:turn.example.com:3478?transport=udp\""
+                    ),
+                ));
+            }
+        }
+        Ok(Http {
+            address,
+            token,
+            ice_urls: self.ice_urls,
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -886,6 +962,7 @@ impl RawConfig {
             },
             limits: self.limits.validate()?,
             redis: self.redis.map(RawRedis::validate).transpose()?,
+            http: self.http.map(RawHttp::validate).transpose()?,
         })
     }
 }
@@ -1250,6 +1327,28 @@ mod tests {
     }
 
     #[test]
+    fn http_section() {
+        let config = Config::from_toml(
+            "[http]\ntoken = \"0123456789abcdef0123\"\nice-urls = [\"turn:t.example.com:3478?transport=udp\"]",
+        )
+        .unwrap();
+        let http = config.http.unwrap();
+        assert_eq!(http.address, "127.0.0.1:9641".parse().unwrap());
+        assert!(!format!("{http:?}").contains("0123456789abcdef"));
+        assert_refused(
+            "[http]\naddress = \"127.0.0.1:1\"",
+            "http.token",
+            "is required",
+        );
+        assert_refused("[http]\ntoken = \"short\"", "http.token", "at least 16");
+        assert_refused(
+            "[http]\ntoken = \"0123456789abcdef0123\"\nice-urls = [\"http://x\"]",
+            "http.ice-urls[0]",
+            "not a STUN/TURN URI",
+        );
+    }
+
+    #[test]
     fn empty_text_gives_the_defaults() {
         let config = Config::from_toml("").unwrap();
         assert_eq!(config, Config::default());
@@ -1436,7 +1535,8 @@ mod tests {
             "auth.users[0].role",
             "unknown field `role`",
         );
-        assert_refused("[http]\nport = 1", "http", "unknown field `http`");
+        assert_refused("[http]\nport = 1", "http.port", "unknown field `port`");
+        assert_refused("[metrics]\nport = 1", "metrics", "unknown field `metrics`");
     }
 
     #[test]

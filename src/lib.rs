@@ -11,11 +11,13 @@
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers.
+//! - [`http`]: the HTTP API (credentials for app backends), off the packet path.
 //!
 //! The binary (`src/main.rs`) is the CLI on top: `serve`, `check-config`, `credentials`.
 
 pub mod auth;
 pub mod config;
+pub mod http;
 pub mod net;
 pub mod stun;
 pub mod turn;

@@ -156,7 +156,48 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let node = Node::start(&config, redis.as_ref().map(|(store, _, _)| store.clone()))?;
+    let http = match &config.http {
+        Some(settings) => {
+            let listener = std::net::TcpListener::bind(settings.address)
+                .with_context(|| format!("http.address ({}): cannot bind", settings.address))?;
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        }
+        None => None,
+    };
+    let http_address = match &http {
+        Some(listener) => vec![listener.local_addr()?],
+        None => Vec::new(),
+    };
+    let node = Node::start(
+        &config,
+        redis.as_ref().map(|(store, _, _)| store.clone()),
+        &http_address,
+    )?;
+    if let (Some(listener), Some(settings)) = (http, &config.http) {
+        let api = Arc::new(turnpike::http::Api {
+            token: settings.token.clone(),
+            ice_urls: settings.ice_urls.clone(),
+            config_secrets: config.auth.secrets.clone(),
+            redis: redis
+                .as_ref()
+                .map(|(store, client, layout)| turnpike::http::RedisAccess {
+                    store: store.clone(),
+                    client: client.clone(),
+                    layout: layout.clone(),
+                }),
+        });
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
+        tracing::info!(transport = "http", address = %http_address[0], "listening");
+        runtime.spawn(async move {
+            if let Err(error) = turnpike::http::serve(listener, api).await {
+                tracing::error!(%error, "the HTTP API stopped");
+            }
+        });
+    }
     if let Some((store, client, layout)) = redis {
         let commander = node.commander();
         runtime.spawn(turnpike::auth::redis::run(

@@ -127,7 +127,12 @@ impl Node {
     /// Binds every listener (once per worker, with SO_REUSEPORT) and starts the workers.
     /// `redis` is the shared credential store when `[redis]` is configured; the caller keeps
     /// it in step with Redis.
-    pub fn start(config: &Config, redis: Option<Arc<RedisStore>>) -> Result<Node, StartError> {
+    /// `own` lists the server's other sockets (the HTTP API), which are never valid peers.
+    pub fn start(
+        config: &Config,
+        redis: Option<Arc<RedisStore>>,
+        own: &[SocketAddr],
+    ) -> Result<Node, StartError> {
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -193,7 +198,14 @@ impl Node {
         .flatten()
         .collect();
         let policy = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone())
-            .with_own_sockets(listeners.iter().map(|l| l.address).collect(), local_ips);
+            .with_own_sockets(
+                listeners
+                    .iter()
+                    .map(|l| l.address)
+                    .chain(own.iter().copied())
+                    .collect(),
+                local_ips,
+            );
         let credentials = Arc::new(Credentials::new(
             StaticCredentials::new(&config.auth, &config.realm),
             redis,

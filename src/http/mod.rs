@@ -1,0 +1,198 @@
+//! The HTTP API for app backends: `POST /api/v1/credentials` issues ready-to-use `iceServers`
+//! credentials, `DELETE /api/v1/credentials/{username}` revokes one on every node. It reads
+//! shared state only and is never reachable through the relay (its socket is one of the
+//! server's own, which the peer policy refuses).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
+use crate::auth::{parse_rest_username, rest_password};
+
+/// Longest credential lifetime the API issues.
+pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Lifetime when the request names none.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Longest user id accepted (the whole username must fit STUN's USERNAME).
+const MAX_USER_LEN: usize = 400;
+
+/// The Redis side of the API: where the newest secret is, and where revocations go.
+pub struct RedisAccess {
+    pub store: Arc<RedisStore>,
+    pub client: redis::Client,
+    pub layout: Layout,
+}
+
+/// What the API needs.
+pub struct Api {
+    pub token: String,
+    pub ice_urls: Vec<String>,
+    /// `[auth] secrets`, the first issuing when Redis has none.
+    pub config_secrets: Vec<String>,
+    pub redis: Option<RedisAccess>,
+}
+
+/// The API's routes.
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/api/v1/credentials", post(issue))
+        .route("/api/v1/credentials/{username}", delete(revoke))
+        .fallback(not_found)
+        .with_state(api)
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>) -> std::io::Result<()> {
+    axum::serve(listener, router(api)).await
+}
+
+fn error(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+/// Checks the bearer token in constant time; the answer to a wrong one tells nothing more.
+fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let matches: bool =
+        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), api.token.as_bytes()).into();
+    if matches && !presented.is_empty() {
+        Ok(())
+    } else {
+        Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialRequest {
+    user: Option<String>,
+    ttl: Option<u64>,
+}
+
+/// The secret that issues: Redis's newest when Redis is usable and has one, else the first of
+/// the configuration's.
+fn issuing_secret(api: &Api) -> Option<Vec<u8>> {
+    let from_redis = api.redis.as_ref().and_then(|redis| {
+        if !redis.store.usable(unix_now()) {
+            return None;
+        }
+        redis.store.snapshot().secrets.first().cloned()
+    });
+    from_redis.or_else(|| api.config_secrets.first().map(|s| s.as_bytes().to_vec()))
+}
+
+async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(refused) = authorized(&api, &headers) {
+        return refused;
+    }
+    let request: CredentialRequest = if body.is_empty() {
+        CredentialRequest {
+            user: None,
+            ttl: None,
+        }
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(request) => request,
+            Err(e) => {
+                let message = format!(
+                    "invalid request body: {e}; expected {{\"user\":\"alice\",\"ttl\":3600}}"
+                );
+                return error(StatusCode::BAD_REQUEST, &message);
+            }
+        }
+    };
+    let ttl = request.ttl.map_or(DEFAULT_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl > MAX_TTL {
+        let message = format!("ttl must be between 1 and {} seconds", MAX_TTL.as_secs());
+        return error(StatusCode::BAD_REQUEST, &message);
+    }
+    if let Some(user) = &request.user {
+        if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
+            let message =
+                format!("user must be 1 to {MAX_USER_LEN} bytes without control characters");
+            return error(StatusCode::BAD_REQUEST, &message);
+        }
+    }
+    let Some(secret) = issuing_secret(&api) else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no shared secret: add one to [auth] secrets or with `turnpike secret add`",
+        );
+    };
+    let expiry = unix_now() + ttl.as_secs();
+    let username = match &request.user {
+        Some(user) => format!("{expiry}:{user}"),
+        None => expiry.to_string(),
+    };
+    let credential = rest_password(&secret, &username);
+    axum::Json(json!({
+        "iceServers": [{
+            "urls": api.ice_urls,
+            "username": username,
+            "credential": credential,
+        }],
+        "ttl": ttl.as_secs(),
+    }))
+    .into_response()
+}
+
+async fn revoke(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(username): Path<String>,
+) -> Response {
+    if let Err(refused) = authorized(&api, &headers) {
+        return refused;
+    }
+    let Some((expiry, _)) = parse_rest_username(&username) else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "not a TURN REST API username (<expiry>:<user>)",
+        );
+    };
+    let Some(redis) = &api.redis else {
+        return error(
+            StatusCode::CONFLICT,
+            "revocation reaches every node through Redis: configure [redis]",
+        );
+    };
+    if expiry < unix_now() {
+        return axum::Json(json!({ "revoked": username, "until": expiry, "expired": true }))
+            .into_response();
+    }
+    let result = async {
+        let mut admin = Admin::connect(&redis.client, redis.layout.clone()).await?;
+        admin.revoke(&username, expiry).await
+    }
+    .await;
+    match result {
+        Ok(()) => axum::Json(json!({ "revoked": username, "until": expiry })).into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "revocation failed: Redis unreachable");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Redis is unreachable; try again",
+            )
+        }
+    }
+}
+
+async fn not_found(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if let Err(refused) = authorized(&api, &headers) {
+        return refused;
+    }
+    error(StatusCode::NOT_FOUND, "not found")
+}
