@@ -60,7 +60,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// Checks the bearer token in constant time; the answer to a wrong one tells nothing more.
-fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(api: &Api, headers: &HeaderMap) -> bool {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -68,11 +68,11 @@ fn authorized(api: &Api, headers: &HeaderMap) -> Result<(), Response> {
         .unwrap_or("");
     let matches: bool =
         subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), api.token.as_bytes()).into();
-    if matches && !presented.is_empty() {
-        Ok(())
-    } else {
-        Err(error(StatusCode::UNAUTHORIZED, "unauthorized"))
-    }
+    matches && !presented.is_empty()
+}
+
+fn unauthorized() -> Response {
+    error(StatusCode::UNAUTHORIZED, "unauthorized")
 }
 
 #[derive(Deserialize)]
@@ -95,8 +95,8 @@ fn issuing_secret(api: &Api) -> Option<Vec<u8>> {
 }
 
 async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(refused) = authorized(&api, &headers) {
-        return refused;
+    if !authorized(&api, &headers) {
+        return unauthorized();
     }
     let request: CredentialRequest = if body.is_empty() {
         CredentialRequest {
@@ -154,8 +154,8 @@ async fn revoke(
     headers: HeaderMap,
     Path(username): Path<String>,
 ) -> Response {
-    if let Err(refused) = authorized(&api, &headers) {
-        return refused;
+    if !authorized(&api, &headers) {
+        return unauthorized();
     }
     let Some((expiry, _)) = parse_rest_username(&username) else {
         return error(
@@ -191,8 +191,8 @@ async fn revoke(
 }
 
 async fn not_found(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
-    if let Err(refused) = authorized(&api, &headers) {
-        return refused;
+    if !authorized(&api, &headers) {
+        return unauthorized();
     }
     error(StatusCode::NOT_FOUND, "not found")
 }
