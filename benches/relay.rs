@@ -36,6 +36,7 @@ fn core(now: Instant) -> Server {
         relay_v6: false,
         allocation_bandwidth: None,
         quota: Quota::default(),
+        cluster_leases: false,
         permissions_per_allocation: 64,
         channels_per_allocation: 64,
         epoch: now,
@@ -47,6 +48,7 @@ fn core(now: Instant) -> Server {
     let node = Arc::new(NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
+        cluster: Default::default(),
     });
     Server::new(core_config, credentials, policy, nonces, node, [2; 32])
 }

@@ -91,6 +91,8 @@ async fn connect(args: &StoreArgs) -> anyhow::Result<Store> {
             prefix: "turnpike".to_owned(),
             schema: RedisSchema::Turnpike,
             stale_for: std::time::Duration::from_secs(300),
+            node_id: None,
+            lease_time: std::time::Duration::from_secs(30),
         },
         (None, Some(redis)) => redis,
         (None, None) => match &args.config {

@@ -88,6 +88,11 @@ pub struct Redis {
     /// How long credentials from the last snapshot keep authenticating while Redis is
     /// unreachable; after that, new requests that need them get 500.
     pub stale_for: Duration,
+    /// This node's name in the cluster registry; `None`: host name and first listener.
+    pub node_id: Option<String>,
+    /// How long a cluster quota lease outlives its node's last renewal: a crashed node's
+    /// allocations stop counting after this.
+    pub lease_time: Duration,
 }
 
 impl fmt::Debug for Redis {
@@ -97,6 +102,8 @@ impl fmt::Debug for Redis {
             .field("prefix", &self.prefix)
             .field("schema", &self.schema)
             .field("stale_for", &self.stale_for)
+            .field("node_id", &self.node_id)
+            .field("lease_time", &self.lease_time)
             .finish()
     }
 }
@@ -192,7 +199,7 @@ impl fmt::Display for Bandwidth {
 }
 
 /// The transport of a listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Transport {
     Udp,
@@ -661,6 +668,8 @@ struct RawRedis {
     prefix: Option<String>,
     schema: Option<RedisSchema>,
     stale_for: Option<Text<Duration>>,
+    node_id: Option<String>,
+    lease_time: Option<Text<Duration>>,
 }
 
 impl RawRedis {
@@ -685,11 +694,30 @@ impl RawRedis {
         }
         let stale_for = self.stale_for.map_or(Duration::from_secs(300), |d| d.0);
         check_duration("redis.stale-for", stale_for)?;
+        let lease_time = self.lease_time.map_or(Duration::from_secs(30), |d| d.0);
+        if lease_time < Duration::from_secs(3) {
+            return Err(ConfigError::invalid(
+                "redis.lease-time",
+                "must be at least 3s: leases are renewed every second",
+            ));
+        }
+        if let Some(id) = &self.node_id {
+            let valid =
+                !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic());
+            if !valid {
+                return Err(ConfigError::invalid(
+                    "redis.node-id",
+                    "must be 1 to 128 printable ASCII characters without spaces",
+                ));
+            }
+        }
         Ok(Redis {
             url: self.url,
             prefix,
             schema: self.schema.unwrap_or(RedisSchema::Turnpike),
             stale_for,
+            node_id: self.node_id,
+            lease_time,
         })
     }
 }

@@ -169,7 +169,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         Some(listener) => vec![listener.local_addr()?],
         None => Vec::new(),
     };
-    let node = Node::start(
+    let mut node = Node::start(
         &config,
         redis.as_ref().map(|(store, _, _)| store.clone()),
         &http_address,
@@ -197,6 +197,9 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
                 tracing::error!(%error, "the HTTP API stopped");
             }
         });
+    }
+    if let Some(cluster) = node.take_cluster() {
+        runtime.spawn(cluster);
     }
     if let Some((store, client, layout)) = redis {
         let commander = node.commander();

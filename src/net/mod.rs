@@ -1,6 +1,7 @@
 //! The tokio I/O shell: binds the listeners, runs one single-threaded worker per core, and
 //! carries datagrams between sockets and the protocol cores. It makes no protocol decision.
 
+pub mod cluster;
 mod relay;
 mod stream;
 mod worker;
@@ -43,6 +44,8 @@ pub enum StartError {
     NoRelayAddress,
     #[error("cannot start worker thread: {0}")]
     Thread(std::io::Error),
+    #[error("redis.url: invalid Redis URL {0}")]
+    Redis(String),
 }
 
 /// A bound listener.
@@ -84,6 +87,11 @@ pub(crate) struct StreamLimits {
 pub enum Command {
     /// Close the allocations made with these usernames (revoked credentials).
     Revoke(Arc<[String]>),
+    /// The cluster's answer to a lease request.
+    Lease {
+        allocation: crate::turn::AllocationId,
+        granted: bool,
+    },
 }
 
 /// Sends commands to every worker of a node; cheap to clone.
@@ -100,6 +108,13 @@ impl Commander {
         }
     }
 
+    /// Tells one worker.
+    pub fn send_to(&self, worker: usize, command: Command) {
+        if let Some(sender) = self.workers.get(worker) {
+            let _ = sender.send(command);
+        }
+    }
+
     /// Closes the allocations of revoked usernames on every worker.
     pub fn revoke(&self, usernames: Vec<String>) {
         self.send(Command::Revoke(usernames.into()));
@@ -109,6 +124,11 @@ impl Commander {
 /// A running server: its listeners and worker threads.
 pub struct Node {
     commander: Commander,
+    /// The cluster side, for the caller to run on its runtime (when `[redis]` is set).
+    cluster: Option<(
+        cluster::Cluster,
+        tokio::sync::mpsc::UnboundedReceiver<cluster::LeaseRequest>,
+    )>,
     listeners: Vec<BoundListener>,
     relay_v4: Option<Ipv4Addr>,
     workers: Vec<JoinHandle<()>>,
@@ -226,6 +246,7 @@ impl Node {
             relay_v4: relay_v4.is_some(),
             relay_v6: config.relay.address_v6.is_some(),
             allocation_bandwidth: config.limits.allocation_bandwidth.bits_per_second(),
+            cluster_leases: config.redis.is_some(),
             quota: Quota {
                 user_allocations: config.limits.user_allocations,
                 total_allocations: config.limits.total_allocations,
@@ -247,7 +268,10 @@ impl Node {
         let node_limits = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(limits.unauthenticated_rate),
+            cluster: Default::default(),
         });
+        let (lease_tx, lease_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cluster_link = config.redis.as_ref().map(|_| lease_tx.clone());
         let streams = Arc::new(StreamLimits {
             max_connections: limits.max_tcp_connections,
             idle_timeout: limits.stream_idle_timeout,
@@ -277,10 +301,12 @@ impl Node {
             let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel();
             commands.push(command_tx);
             let context = worker::Context {
+                index,
                 relay,
                 streams: streams.clone(),
                 published,
                 commands: command_rx,
+                cluster: cluster_link.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("turnpike-worker-{index}"))
@@ -291,8 +317,44 @@ impl Node {
         for listener in &listeners {
             tracing::info!(transport = %listener.transport, address = %listener.address, "listening");
         }
+        let commander = Commander { workers: commands };
+        let cluster = match &config.redis {
+            Some(redis) => {
+                let client = redis::Client::open(redis.url.as_str())
+                    .map_err(|_| StartError::Redis(crate::config::redact_url(&redis.url)))?;
+                let node_id = redis
+                    .node_id
+                    .clone()
+                    .unwrap_or_else(|| format!("{}-{}", host_name(), listeners[0].address));
+                let published = counters.clone();
+                let settings = cluster::ClusterSettings {
+                    prefix: redis.prefix.clone(),
+                    node_id,
+                    lease_time: redis.lease_time,
+                    listeners: listeners.clone(),
+                };
+                let allocations = Box::new(move || {
+                    published
+                        .iter()
+                        .map(|p| p.lock().unwrap_or_else(|e| e.into_inner()).allocations)
+                        .sum()
+                });
+                Some((
+                    cluster::Cluster::new(
+                        settings,
+                        client,
+                        node_limits.clone(),
+                        commander.clone(),
+                        allocations,
+                    ),
+                    lease_rx,
+                ))
+            }
+            None => None,
+        };
         Ok(Node {
-            commander: Commander { workers: commands },
+            commander,
+            cluster,
             listeners,
             relay_v4,
             workers: threads,
@@ -310,6 +372,16 @@ impl Node {
     /// The IPv4 address relay sockets bind to.
     pub fn relay_v4(&self) -> Option<Ipv4Addr> {
         self.relay_v4
+    }
+
+    /// The cluster side (registry, leases), to run on the caller's runtime; `None` without
+    /// `[redis]` or once taken.
+    pub fn take_cluster(
+        &mut self,
+    ) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.cluster
+            .take()
+            .map(|(cluster, requests)| cluster.run(requests))
     }
 
     /// A handle that sends commands to the workers.
@@ -395,6 +467,15 @@ fn run_worker(
         }
         let _ = stop.wait_for(|stopped| *stopped).await;
     });
+}
+
+/// This machine's host name, for the default node id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .ok()
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "turnpike".to_owned())
 }
 
 /// IPv4-mapped addresses (from sockets that accept both families) become plain IPv4, so a

@@ -49,10 +49,14 @@ pub const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 
 /// What a worker gets from the node besides its core and sockets.
 pub struct Context {
+    /// This worker's index among the node's workers.
+    pub index: usize,
     pub relay: RelaySettings,
     pub streams: Arc<super::StreamLimits>,
     pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
+    /// Where lease requests go (with `[redis]`).
+    pub cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
 }
 
 /// Where relay sockets bind.
@@ -72,6 +76,8 @@ pub(super) struct Worker {
     published: Arc<std::sync::Mutex<super::WorkerCounters>>,
     /// Taken by the command loop when the worker starts.
     commands: Option<tokio::sync::mpsc::UnboundedReceiver<super::Command>>,
+    index: usize,
+    cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
     pub tcp_rejected: u64,
     pub stream_timeouts: u64,
     udp: Vec<UdpListener>,
@@ -98,6 +104,8 @@ impl Worker {
                 streams_limits: context.streams,
                 published: context.published,
                 commands: Some(context.commands),
+                index: context.index,
+                cluster: context.cluster,
                 tcp_rejected: 0,
                 stream_timeouts: 0,
                 udp,
@@ -144,6 +152,10 @@ impl Worker {
                     tracing::info!(closed, "closed allocations of revoked credentials");
                 }
             }
+            super::Command::Lease {
+                allocation,
+                granted,
+            } => self.lease_answered(now, allocation, granted),
         }
         self.after_core_call(now, before);
         self.closing.clear();
@@ -239,6 +251,35 @@ impl Worker {
                     }
                     self.event_out = out;
                 }
+                Event::AcquireLease {
+                    allocation,
+                    user,
+                    limit,
+                } => {
+                    let request = super::cluster::LeaseRequest::Acquire {
+                        worker: self.index,
+                        allocation,
+                        user,
+                        limit,
+                    };
+                    let sent = self
+                        .cluster
+                        .as_ref()
+                        .is_some_and(|c| c.send(request).is_ok());
+                    if !sent {
+                        // No cluster to ask: the node-local quota already held.
+                        self.lease_answered(now, allocation, true);
+                    }
+                }
+                Event::ReleaseLease { allocation, user } => {
+                    if let Some(cluster) = &self.cluster {
+                        let _ = cluster.send(super::cluster::LeaseRequest::Release {
+                            worker: self.index,
+                            allocation,
+                            user,
+                        });
+                    }
+                }
                 Event::CloseRelay { allocation } => {
                     if let Some(slot) = self.relays.get_mut(allocation.index())
                         && let Some(relay) = slot.take()
@@ -314,6 +355,15 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// The cluster's answer to a lease request: the Allocate goes on, or gets 486.
+    fn lease_answered(&mut self, now: Instant, allocation: AllocationId, granted: bool) {
+        let mut out = std::mem::take(&mut self.event_out);
+        if let Some((tuple, n)) = self.core.handle_lease(now, allocation, granted, &mut out) {
+            self.send_to_client(&tuple, &out[..n]);
+        }
+        self.event_out = out;
     }
 
     /// Makes the counters visible to the rest of the process.

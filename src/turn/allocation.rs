@@ -28,6 +28,12 @@ pub struct AllocationId {
     pub(super) generation: u32,
 }
 
+impl std::fmt::Display for AllocationId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.index, self.generation)
+    }
+}
+
 impl AllocationId {
     /// The slot index: dense and small, so the I/O layer can keep its relay sockets in a `Vec`.
     pub fn index(self) -> usize {
@@ -90,6 +96,10 @@ pub struct Allocation {
     pub bandwidth: Option<ByteRate>,
     /// The limit over all of this user's allocations on the node.
     pub user_bandwidth: Option<Arc<SharedByteRate>>,
+    /// The relay socket to open once the cluster lease is granted.
+    pub(super) pending_open: Option<(super::Family, super::PortRequest)>,
+    /// Holds a cluster lease, to give back when it ends.
+    pub(super) leased: bool,
 }
 
 #[derive(Debug, Default)]

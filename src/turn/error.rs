@@ -4,6 +4,9 @@
 /// client sees in ERROR-CODE.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// This node is full (or draining); the client should use the other node named.
+    #[error("try alternate server {0}")]
+    TryAlternate(std::net::SocketAddr),
     #[error("bad request: {0}")]
     BadRequest(&'static str),
     #[error("unauthorized")]
@@ -36,6 +39,7 @@ impl RequestError {
     /// The STUN error code (RFC 8489 §14.8, RFC 8656 §18).
     pub fn code(self) -> u16 {
         match self {
+            RequestError::TryAlternate(_) => 300,
             RequestError::BadRequest(_) => 400,
             RequestError::Unauthorized => 401,
             RequestError::Forbidden(_) => 403,
@@ -55,6 +59,7 @@ impl RequestError {
     /// The reason phrase: the RFC's, or a more precise one where it helps the client's developer.
     pub fn reason(self) -> &'static str {
         match self {
+            RequestError::TryAlternate(_) => "Try Alternate",
             RequestError::BadRequest(why) => why,
             RequestError::Unauthorized => "Unauthorized",
             RequestError::Forbidden(why) => why,

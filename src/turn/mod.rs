@@ -32,7 +32,10 @@ pub use allocation::{
     PERMISSION_LIFETIME, Permission, Traffic,
 };
 pub use error::RequestError;
-pub use limits::{AllocationLedger, ByteRate, Quota, QuotaError, SharedByteRate, SourceLimiter};
+pub use limits::{
+    AllocationLedger, Alternate, ByteRate, ClusterView, Quota, QuotaError, SharedByteRate,
+    SourceLimiter,
+};
 pub use nonce::Nonces;
 pub use policy::PeerPolicy;
 
@@ -87,7 +90,7 @@ pub enum PortRequest {
 }
 
 /// Something the I/O layer must do, from [`Server::poll_event`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// Open a UDP relay socket for `allocation`, then call [`Server::handle_relay_opened`].
     OpenRelay {
@@ -97,6 +100,18 @@ pub enum Event {
     },
     /// The allocation has ended: close its relay socket.
     CloseRelay { allocation: AllocationId },
+    /// Ask the cluster for one of `user`'s at most `limit` allocation leases, then call
+    /// [`Server::handle_lease`]. The Allocate waits meanwhile; relaying never does.
+    AcquireLease {
+        allocation: AllocationId,
+        user: Box<str>,
+        limit: u32,
+    },
+    /// An allocation that held a lease has ended: give it back.
+    ReleaseLease {
+        allocation: AllocationId,
+        user: Box<str>,
+    },
 }
 
 /// Why the I/O layer could not open a relay socket.
@@ -149,6 +164,8 @@ pub struct CoreConfig {
     pub allocation_bandwidth: Option<u64>,
     /// Default quotas (`[limits]`); the credential store may override them per user.
     pub quota: Quota,
+    /// Count user quotas across the cluster (leases in Redis), not only on this node.
+    pub cluster_leases: bool,
     /// Live permissions one allocation may hold; beyond: 508.
     pub permissions_per_allocation: u32,
     /// Channel bindings (live or cooling down) one allocation may hold; beyond: 508.
@@ -216,6 +233,8 @@ impl Stats {
 pub struct NodeLimits {
     pub ledger: AllocationLedger,
     pub sources: SourceLimiter,
+    /// Other live nodes, for 300 Try Alternate.
+    pub cluster: ClusterView,
 }
 
 struct Slot {
@@ -444,17 +463,18 @@ impl Server {
         let key = alloc.key;
         let relayed = match result {
             Ok(addr) => addr,
-            Err(_) => {
+            Err(error) => {
                 self.remove_allocation(allocation);
                 self.events
                     .retain(|e| *e != Event::CloseRelay { allocation });
-                let n = self.write_error(
-                    out,
-                    Method::ALLOCATE,
-                    tid,
-                    RequestError::InsufficientCapacity,
-                    Some(&key),
-                );
+                // Out of ports: another node may have some.
+                let refusal = match (error, self.node.cluster.pick(tuple.transport, tuple.server)) {
+                    (RelayOpenError::NoPort, Some(alternate)) => {
+                        RequestError::TryAlternate(alternate)
+                    }
+                    _ => RequestError::InsufficientCapacity,
+                };
+                let n = self.write_error(out, Method::ALLOCATE, tid, refusal, Some(&key));
                 return Some((tuple, n));
             }
         };
@@ -500,6 +520,44 @@ impl Server {
             self.remove_allocation(id);
         }
         doomed.len()
+    }
+
+    /// The cluster granted (or refused) the lease asked for by [`Event::AcquireLease`]. When
+    /// granted the allocation goes on to [`Event::OpenRelay`]; when refused the Allocate is
+    /// answered with 486, written to `out`, and where to send it is returned.
+    pub fn handle_lease(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        granted: bool,
+        out: &mut [u8],
+    ) -> Option<(FiveTuple, usize)> {
+        let _ = now;
+        let alloc = self.allocation_mut(allocation)?;
+        let (family, port) = alloc.pending_open.take()?;
+        if granted {
+            alloc.leased = true;
+            self.events.push_back(Event::OpenRelay {
+                allocation,
+                family,
+                port,
+            });
+            return None;
+        }
+        let tuple = alloc.tuple;
+        let tid = alloc.last_response.tid?;
+        let key = alloc.key;
+        self.remove_allocation(allocation);
+        self.events
+            .retain(|e| *e != Event::CloseRelay { allocation });
+        let n = self.write_error(
+            out,
+            Method::ALLOCATE,
+            tid,
+            RequestError::AllocationQuotaReached,
+            Some(&key),
+        );
+        Some((tuple, n))
     }
 
     /// A client's stream connection closed: its allocation (if any) ends now.
@@ -646,6 +704,14 @@ impl Server {
                 RequestError::BadRequest("Unknown Method"),
                 None,
             );
+        }
+        // A retransmitted Allocate still being worked on (lease, relay socket) waits for the
+        // answer already on its way.
+        if let Some(alloc) = self.by_tuple.get(tuple).and_then(|id| self.allocation(*id))
+            && alloc.relayed.is_none()
+            && alloc.last_response.tid == Some(tid)
+        {
+            return ClientAction::None;
         }
         // A retransmission of the last request on this allocation gets the same answer.
         if let Some(alloc) = self.by_tuple.get(tuple).and_then(|id| self.allocation(*id))
@@ -871,11 +937,20 @@ impl Server {
                 .unwrap_or(self.config.quota.total_allocations),
             user_bandwidth: overrides.bandwidth.or(self.config.quota.user_bandwidth),
         };
-        let user_bandwidth = self
-            .node
-            .ledger
-            .acquire(user, quota)
-            .map_err(|_| RequestError::AllocationQuotaReached)?;
+        let user_bandwidth = match self.node.ledger.acquire(user, quota) {
+            Ok(bandwidth) => bandwidth,
+            // The node is full: another node may not be.
+            Err(QuotaError::Total) => {
+                return Err(
+                    match self.node.cluster.pick(tuple.transport, tuple.server) {
+                        Some(alternate) => RequestError::TryAlternate(alternate),
+                        None => RequestError::AllocationQuotaReached,
+                    },
+                );
+            }
+            Err(QuotaError::User) => return Err(RequestError::AllocationQuotaReached),
+        };
+        let lease_limit = quota.user_allocations;
         let allocation_bandwidth = overrides
             .allocation_bandwidth
             .or(self.config.allocation_bandwidth);
@@ -901,12 +976,25 @@ impl Server {
             reservation,
             bandwidth: allocation_bandwidth.map(ByteRate::new),
             user_bandwidth,
+            pending_open: None,
+            leased: false,
         });
-        self.events.push_back(Event::OpenRelay {
-            allocation: id,
-            family,
-            port,
-        });
+        if self.config.cluster_leases && lease_limit > 0 {
+            if let Some(alloc) = self.allocation_mut(id) {
+                alloc.pending_open = Some((family, port));
+            }
+            self.events.push_back(Event::AcquireLease {
+                allocation: id,
+                user: user.into(),
+                limit: lease_limit,
+            });
+        } else {
+            self.events.push_back(Event::OpenRelay {
+                allocation: id,
+                family,
+                port,
+            });
+        }
         Ok(ClientAction::None)
     }
 
@@ -1239,9 +1327,14 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.timers.remove(&(allocation.wake, id));
         self.by_tuple.remove(&allocation.tuple);
-        self.node
-            .ledger
-            .release(crate::auth::user_id(&allocation.username));
+        let user = crate::auth::user_id(&allocation.username);
+        self.node.ledger.release(user);
+        if allocation.leased {
+            self.events.push_back(Event::ReleaseLease {
+                allocation: id,
+                user: user.into(),
+            });
+        }
         self.free_slots.push(id.index);
         self.events.push_back(Event::CloseRelay { allocation: id });
     }
@@ -1288,7 +1381,11 @@ impl Server {
             ""
         };
         write_message(out, method, Class::Error, tid, software, key, |w| {
-            w.error_code(error.code(), error.reason())
+            w.error_code(error.code(), error.reason())?;
+            if let RequestError::TryAlternate(alternate) = error {
+                w.address(attr::ALTERNATE_SERVER, alternate)?;
+            }
+            Ok(())
         })
         .unwrap_or(0)
     }

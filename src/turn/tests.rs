@@ -21,6 +21,10 @@ struct Harness {
     next_port: u16,
     out: Vec<u8>,
     fail_open: Option<RelayOpenError>,
+    /// How the "cluster" answers lease requests; `None` leaves them pending.
+    lease: Option<bool>,
+    /// Lease events seen, in order.
+    lease_events: Vec<Event>,
 }
 
 /// What the client saw in a response.
@@ -83,6 +87,7 @@ impl Harness {
         let node = NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(0),
+            cluster: ClusterView::default(),
         };
         Self::with_node(tweak, node)
     }
@@ -107,6 +112,7 @@ impl Harness {
             relay_v4: true,
             relay_v6: false,
             allocation_bandwidth: None,
+            cluster_leases: false,
             quota: Quota {
                 user_allocations: 3,
                 total_allocations: 5,
@@ -129,6 +135,8 @@ impl Harness {
             next_port: 50_000,
             out: vec![0; 2048],
             fail_open: None,
+            lease: None,
+            lease_events: Vec::new(),
         }
     }
 
@@ -150,6 +158,23 @@ impl Harness {
             ClientAction::Relay { .. } => panic!("unexpected relay"),
         };
         while let Some(event) = self.server.poll_event() {
+            if let Event::AcquireLease { allocation, .. } = &event {
+                let allocation = *allocation;
+                self.lease_events.push(event.clone());
+                if let Some(granted) = self.lease
+                    && let Some((to, n)) =
+                        self.server
+                            .handle_lease(self.now, allocation, granted, &mut self.out)
+                {
+                    assert_eq!(to, tuple);
+                    reply = Some(self.out[..n].to_vec());
+                }
+                continue;
+            }
+            if let Event::ReleaseLease { .. } = &event {
+                self.lease_events.push(event.clone());
+                continue;
+            }
             if let Event::OpenRelay { allocation, .. } = event {
                 let result = match self.fail_open {
                     Some(e) => Err(e),
@@ -954,6 +979,7 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(20),
+        cluster: ClusterView::default(),
     };
     let mut h = Harness::with_node(|_| {}, node);
     let binding = binding_request(|_| {});
@@ -993,6 +1019,7 @@ fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected:
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
+        cluster: ClusterView::default(),
     };
     Harness::with_credentials(|_| {}, node, credentials)
 }
@@ -1067,6 +1094,7 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
+        cluster: ClusterView::default(),
     };
     let mut h = Harness::with_credentials(|_| {}, node, credentials);
     let mut dave = Client::new(udp(CLIENT), username, &password);
@@ -1075,4 +1103,117 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
     revoked.revoked.insert(username.into(), 1_700_000_100);
     store.install(revoked, 1_700_000_000);
     assert_eq!(dave.call(&mut h, Method::REFRESH, |_| {}).code, Some(401));
+}
+
+#[test]
+fn cluster_leases_gate_the_allocate_and_are_given_back() {
+    let mut h = Harness::with(|c| c.cluster_leases = true);
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    let tid = c.tid();
+    let unauthenticated = c.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    c.nonce = h.send(c.tuple, &unauthenticated).unwrap().attr(attr::NONCE);
+    // The lease is pending: no answer yet, and a retransmission waits too.
+    let tid = c.tid();
+    let request = c.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    assert!(h.send(c.tuple, &request).is_none());
+    assert!(h.send(c.tuple, &request).is_none());
+    assert_eq!(h.lease_events.len(), 1);
+    assert!(matches!(
+        &h.lease_events[0],
+        Event::AcquireLease { user, limit: 3, .. } if &**user == "alice"
+    ));
+    // Granted: the relay opens and the Allocate is answered.
+    h.lease = Some(true);
+    let id = relay_of(&h, &c.tuple);
+    let (to, n) = {
+        assert!(h.server.handle_lease(h.now, id, true, &mut h.out).is_none());
+        let Some(Event::OpenRelay { allocation, .. }) = h.server.poll_event() else {
+            panic!("expected OpenRelay after the grant");
+        };
+        let relayed = SocketAddr::new(RELAY_IP.parse().unwrap(), 50_000);
+        h.server
+            .handle_relay_opened(h.now, allocation, Ok(relayed), &mut h.out)
+            .unwrap()
+    };
+    assert_eq!(to, c.tuple);
+    assert_eq!(Message::parse(&h.out[..n]).unwrap().class(), Class::Success);
+    // Deleting it gives the lease back.
+    c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 0).unwrap()
+    });
+    assert!(
+        matches!(h.lease_events.last(), Some(Event::ReleaseLease { user, .. }) if &**user == "alice")
+    );
+}
+
+#[test]
+fn a_refused_lease_gets_486_and_leaves_nothing() {
+    let mut h = Harness::with(|c| c.cluster_leases = true);
+    h.lease = Some(false);
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    assert_eq!(c.allocate(&mut h).code, Some(486));
+    assert_eq!(h.server.allocation_count(), 0);
+    assert_eq!(h.server.stats().quota_rejected, 1);
+    // Nothing to give back: the lease was never held.
+    assert!(
+        !h.lease_events
+            .iter()
+            .any(|e| matches!(e, Event::ReleaseLease { .. }))
+    );
+}
+
+#[test]
+fn a_full_node_sends_clients_to_an_alternate() {
+    let mut h = Harness::with(|c| {
+        c.quota = Quota {
+            user_allocations: 0,
+            total_allocations: 1,
+            user_bandwidth: None,
+        }
+    });
+    h.server.node.cluster.set(vec![
+        Alternate {
+            transport: Transport::Udp,
+            address: "192.0.2.20:3478".parse().unwrap(),
+            load: 7,
+        },
+        Alternate {
+            transport: Transport::Udp,
+            address: "192.0.2.21:3478".parse().unwrap(),
+            load: 3,
+        },
+        Alternate {
+            transport: Transport::Tcp,
+            address: "192.0.2.22:3478".parse().unwrap(),
+            load: 0,
+        },
+    ]);
+    alice(&mut h);
+    let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
+    let response = bob.allocate(&mut h);
+    assert_eq!(response.code, Some(300));
+    let msg = Message::parse(&response.bytes).unwrap();
+    let alternate = attr::decode_address(msg.get(attr::ALTERNATE_SERVER).unwrap()).unwrap();
+    assert_eq!(alternate, "192.0.2.21:3478".parse().unwrap());
+    assert!(msg.check_integrity(&bob.key).is_ok());
+    // Out of ports is "full" too.
+    let mut h = Harness::new();
+    h.server.node.cluster.set(vec![Alternate {
+        transport: Transport::Udp,
+        address: "192.0.2.20:3478".parse().unwrap(),
+        load: 0,
+    }]);
+    h.fail_open = Some(RelayOpenError::NoPort);
+    assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(300));
+    // With no other node known, the codes stay 486 and 508.
+    h.server.node.cluster.set(Vec::new());
+    assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(508));
+}
+
+fn alice_client(_: &mut Harness) -> Client {
+    Client::new(udp(CLIENT), "alice", "wonderland")
 }
