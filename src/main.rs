@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
-use turnpike::auth::redis::{Layout, RedisStore};
+use turnpike::auth::redis::{Health, Layout, RedisStore};
 use turnpike::auth::rest_password;
 use turnpike::config::{Config, redact_url};
 use turnpike::net::{Node, NodeCounters};
@@ -201,6 +201,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
     if let Some(cluster) = node.take_cluster() {
         runtime.spawn(cluster);
     }
+    let store = redis.as_ref().map(|(store, _, _)| store.clone());
     if let Some((store, client, layout)) = redis {
         let commander = node.commander();
         runtime.spawn(turnpike::auth::redis::run(
@@ -231,20 +232,32 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
                     tracing::info!("SIGINT: stopping");
                     break;
                 }
-                _ = usr1.recv() => log_counters(&node.counters()),
+                _ = usr1.recv() => log_counters(&node.counters(), redis_health(store.as_deref())),
             }
         }
         Ok::<_, std::io::Error>(())
     })?;
-    log_counters(&node.counters());
+    log_counters(&node.counters(), redis_health(store.as_deref()));
     node.shutdown();
     Ok(())
 }
 
+/// The Redis store's state for the counters line: "none" without `[redis]`.
+fn redis_health(store: Option<&RedisStore>) -> &'static str {
+    match store.map(|s| s.health(turnpike::auth::redis::unix_now())) {
+        None => "none",
+        Some(Health::Starting) => "starting",
+        Some(Health::Connected) => "connected",
+        Some(Health::Stale) => "stale",
+        Some(Health::Expired) => "expired",
+    }
+}
+
 /// One log line with every counter of the node (on SIGUSR1, and when stopping).
-fn log_counters(counters: &NodeCounters) {
+fn log_counters(counters: &NodeCounters, redis: &str) {
     let core = &counters.workers.core;
     tracing::info!(
+        redis,
         allocations = counters.workers.allocations,
         allocations_created = core.allocations_created,
         allocations_expired = core.allocations_expired,
