@@ -57,8 +57,9 @@ pub trait CredentialStore: Send + Sync {
         candidate: &mut dyn FnMut(&Key) -> bool,
     ) -> Lookup;
 
-    /// Has `username` been revoked (before its own expiry)?
-    fn revoked(&self, _username: &str, _now_unix: u64) -> bool {
+    /// Has `username` lost the right to keep its allocations: revoked, disabled, or (for a
+    /// stored user) removed? Asked on every request of an existing allocation.
+    fn withdrawn(&self, _username: &str, _now_unix: u64) -> bool {
         false
     }
 
@@ -182,14 +183,23 @@ impl CredentialStore for Credentials {
         Lookup::Known
     }
 
-    fn revoked(&self, username: &str, now_unix: u64) -> bool {
-        self.redis.as_ref().is_some_and(|store| {
-            store
-                .snapshot()
-                .revoked
-                .get(username)
-                .is_some_and(|&expiry| expiry >= now_unix)
-        })
+    fn withdrawn(&self, username: &str, now_unix: u64) -> bool {
+        let Some(store) = &self.redis else {
+            return false;
+        };
+        let snapshot = store.snapshot();
+        let revoked = snapshot
+            .revoked
+            .get(username)
+            .is_some_and(|&expiry| expiry >= now_unix);
+        if revoked || snapshot.limits(user_id(username)).disabled {
+            return true;
+        }
+        // A stored user removed from Redis; REST usernames and config users stand on their
+        // own. While Redis cannot be trusted, live calls are left alone.
+        let stored_user =
+            !self.statics.users.contains_key(username) && parse_rest_username(username).is_none();
+        stored_user && store.usable(now_unix) && !snapshot.users.contains_key(username)
     }
 
     fn limits(&self, user_id: &str) -> UserLimits {
@@ -436,8 +446,12 @@ mod tests {
             offered(&credentials, "1700000100:dave", now),
             (Lookup::Unknown, vec![])
         );
-        assert!(credentials.revoked("1700000100:dave", now));
-        assert!(!credentials.revoked("1700000100:erin", now));
+        assert!(credentials.withdrawn("1700000100:dave", now));
+        assert!(!credentials.withdrawn("1700000100:erin", now));
+        // Disabled, and removed from the store, withdraw a stored user; config users stay.
+        assert!(credentials.withdrawn("carol", now));
+        assert!(credentials.withdrawn("gone", now));
+        assert!(!credentials.withdrawn("alice", now));
     }
 
     #[test]

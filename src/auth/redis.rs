@@ -29,6 +29,8 @@ const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Bounds of the reconnect back-off (jittered).
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// coturn's tools publish nothing: in that schema the snapshot is also reloaded this often.
+const COTURN_RELOAD: Duration = Duration::from_secs(5);
 /// Event payloads on the events channel.
 const EVENT_RELOAD: &[u8] = b"reload";
 const EVENT_REVOKE: &[u8] = b"revoke\n";
@@ -282,10 +284,13 @@ pub async fn load(
             let keys = scan(conn, &layout.coturn_user_pattern()).await?;
             let prefix = format!("turn/realm/{}/user/", layout.realm);
             for key in keys {
+                // `*` also matches `/`: a name with a slash is another realm's key
+                // (realm "r/user/x"), not a user of this one.
                 let Some(name) = std::str::from_utf8(&key)
                     .ok()
                     .and_then(|k| k.strip_prefix(&prefix))
                     .and_then(|k| k.strip_suffix("/key"))
+                    .filter(|name| !name.contains('/'))
                 else {
                     continue;
                 };
@@ -440,7 +445,7 @@ pub async fn run(
             tracing::debug!(%error, "Redis still unreachable");
         }
         let jitter = rand::rng().random_range(0.5..1.5);
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
+        tokio::time::sleep(backoff.mul_f64(jitter).min(BACKOFF_MAX)).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
 }
@@ -471,6 +476,8 @@ async fn follow(
     }
     let mut messages = pubsub.on_message();
     let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut coturn_reload = tokio::time::interval(COTURN_RELOAD);
+    coturn_reload.reset();
     loop {
         tokio::select! {
             message = messages.next() => {
@@ -478,19 +485,13 @@ async fn follow(
                     return Err(redis::RedisError::from((redis::ErrorKind::Io, "pub/sub connection closed")));
                 };
                 let payload = message.get_payload_bytes();
-                let mut newly_revoked = Vec::new();
-                if let Some(name) = payload.strip_prefix(EVENT_REVOKE) {
-                    if let Ok(name) = String::from_utf8(name.to_vec()) {
-                        newly_revoked.push(name);
-                    }
-                } else if payload != EVENT_RELOAD {
+                if payload != EVENT_RELOAD && !payload.starts_with(EVENT_REVOKE) {
                     tracing::debug!("unknown event on the Redis channel");
                 }
-                let snapshot = load(&mut conn, layout).await?;
-                store.install(snapshot, unix_now());
-                if !newly_revoked.is_empty() {
-                    revoked(newly_revoked);
-                }
+                reload(store, &mut conn, layout, revoked).await?;
+            }
+            _ = coturn_reload.tick(), if layout.schema == RedisSchema::Coturn => {
+                reload(store, &mut conn, layout, revoked).await?;
             }
             _ = heartbeat.tick() => {
                 let _: String = timed(redis::cmd("PING").query_async(&mut conn)).await?;
@@ -498,6 +499,43 @@ async fn follow(
             }
         }
     }
+}
+
+/// Loads a fresh snapshot and tells `withdrawn` which names lost their right to live
+/// allocations since the last one: newly revoked usernames, newly disabled users, and stored
+/// users that were removed.
+async fn reload(
+    store: &RedisStore,
+    conn: &mut MultiplexedConnection,
+    layout: &Layout,
+    withdrawn: &(impl Fn(Vec<String>) + Send + Sync),
+) -> redis::RedisResult<()> {
+    let fresh = load(conn, layout).await?;
+    let old = store.snapshot();
+    let mut gone: Vec<String> = fresh
+        .revoked
+        .keys()
+        .filter(|name| !old.revoked.contains_key(*name))
+        .chain(
+            old.users
+                .keys()
+                .filter(|name| !fresh.users.contains_key(*name)),
+        )
+        .cloned()
+        .collect();
+    gone.extend(
+        fresh
+            .overrides
+            .iter()
+            .filter(|(user, o)| o.disabled && !old.limits(user).disabled)
+            .map(|(user, _)| user.clone()),
+    );
+    drop(old);
+    store.install(fresh, unix_now());
+    if !gone.is_empty() {
+        withdrawn(gone);
+    }
+    Ok(())
 }
 
 /// Administration, for the CLI: each call changes Redis and announces the change.

@@ -505,14 +505,20 @@ impl Server {
         (n > 0).then_some((tuple, n))
     }
 
-    /// Ends every allocation made with one of `usernames` (revoked credentials); returns how
-    /// many. Control path: walks the allocations.
-    pub fn revoke(&mut self, usernames: &[String]) -> usize {
+    /// Ends every allocation made with one of `names`, as a username or as the user-id part of
+    /// one (a revoked credential, a disabled or removed user); returns how many. Control path:
+    /// walks the allocations.
+    pub fn revoke(&mut self, names: &[String]) -> usize {
         let doomed: Vec<AllocationId> = self
             .slots
             .iter()
             .filter_map(|slot| slot.allocation.as_ref())
-            .filter(|a| usernames.iter().any(|name| **name == *a.username))
+            .filter(|a| {
+                let user = crate::auth::user_id(&a.username);
+                names
+                    .iter()
+                    .any(|name| **name == *a.username || **name == *user)
+            })
             .map(|a| a.id)
             .collect();
         for &id in &doomed {
@@ -795,8 +801,8 @@ impl Server {
         if let Some(alloc) = existing
             && &*alloc.username == username
         {
-            let revoked = self.credentials.revoked(username, self.unix_time(now));
-            if !revoked && msg.check_integrity(&alloc.key).is_ok() {
+            let withdrawn = self.credentials.withdrawn(username, self.unix_time(now));
+            if !withdrawn && msg.check_integrity(&alloc.key).is_ok() {
                 return Ok(Authenticated { key: alloc.key });
             }
             self.stats.auth_failures += 1;
