@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod stun_client;
+pub mod uclient;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
