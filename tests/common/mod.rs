@@ -8,6 +8,7 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod stun_client;
 pub mod uclient;
 
