@@ -872,28 +872,22 @@ fn admin_commands_fail_in_one_clear_line() {
     let unreachable = format!("redis://:url-pass-9@127.0.0.1:{port}/0");
     let bad_url = "http://:url-pass-9@127.0.0.1/0";
     let future = format!("{}:frank", unix_now() + 3600);
-    let cases: [(Vec<&str>, &str); 6] = [
-        (
-            vec!["user", "add", "carol", "--password", "user-pass-9"],
-            "cannot reach Redis",
-        ),
-        (
-            vec!["secret", "add", "secret-value-9"],
-            "cannot reach Redis",
-        ),
-        (vec!["revoke", &future], "cannot reach Redis"),
-        (vec!["user", "list"], "cannot reach Redis"),
-        (
-            vec!["user", "add", "carol", "--password", "user-pass-9"],
-            "invalid Redis URL",
-        ),
-        (vec!["secret", "add", "secret-value-9"], "invalid Redis URL"),
+    let add_user = ["user", "add", "carol", "--password", "user-pass-9"];
+    let add_secret = ["secret", "add", "secret-value-9"];
+    let unreachable_cases: [&[&str]; 4] = [
+        &add_user,
+        &add_secret,
+        &["revoke", &future],
+        &["user", "list"],
     ];
-    for (i, (args, reason)) in cases.into_iter().enumerate() {
-        let url = if i < 4 { unreachable.as_str() } else { bad_url };
-        let cli = turnpike(&[&args[..], &["--redis", url]].concat());
+    let cases = unreachable_cases
+        .into_iter()
+        .map(|args| (args, unreachable.as_str(), "cannot reach Redis"))
+        .chain([&add_user[..], &add_secret[..]].map(|args| (args, bad_url, "invalid Redis URL")));
+    for (args, url, reason) in cases {
+        let cli = turnpike(&[args, &["--redis", url]].concat());
         eprintln!("turnpike {}: {}", args.join(" "), cli.stderr.trim());
-        assert_one_line_error(&cli, reason, &args);
+        assert_one_line_error(&cli, reason, args);
     }
 
     // A configuration without [redis], and a username that is not a REST one.
