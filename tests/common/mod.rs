@@ -8,7 +8,9 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod redis;
 pub mod stun_client;
+pub mod uclient;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
@@ -166,8 +168,16 @@ pub struct Server {
     listeners: Vec<(String, SocketAddr)>,
     /// The server's `stats` log lines, as the stderr reader thread sees them (turnpike only).
     stats_lines: Option<Mutex<mpsc::Receiver<String>>>,
-    _dir: TempDir,
+    /// Every line the server has logged so far (the last [`LOG_LINES_KEPT`]).
+    log: Log,
+    dir: TempDir,
 }
+
+/// How many of a server's log lines [`Server::log`] keeps.
+const LOG_LINES_KEPT: usize = 10_000;
+
+/// The lines a server has logged, shared with the thread that reads them.
+type Log = Arc<Mutex<std::collections::VecDeque<String>>>;
 
 /// The counters of one `stats` log line (its `fields`).
 #[derive(Clone, Debug)]
@@ -214,6 +224,23 @@ impl Server {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The configuration file the server was started with (turnpike only), e.g. for the admin
+    /// commands' `-c`.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("turnpike.toml")
+    }
+
+    /// The lines the server has logged so far (the last 10,000), e.g. to count the `ERROR`s.
+    pub fn log(&self) -> Vec<String> {
+        let log = self.log.lock().expect("the log reader never panics");
+        log.iter().cloned().collect()
+    }
+
+    /// Whether the server process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("poll the server").is_none()
     }
 
     /// The server's counters: waits [`STATS_SETTLE`] for them to catch up with the traffic,
@@ -294,7 +321,12 @@ fn start_turnpike(toml: &str, dir: TempDir) -> Server {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn turnpike");
-    let lines = forward_lines(child.stderr.take().expect("stderr is piped"), "turnpike");
+    let log = Log::default();
+    let lines = forward_lines(
+        child.stderr.take().expect("stderr is piped"),
+        "turnpike",
+        log.clone(),
+    );
 
     let deadline = Instant::now() + READY_TIMEOUT;
     let mut printed = Vec::new();
@@ -339,7 +371,8 @@ fn start_turnpike(toml: &str, dir: TempDir) -> Server {
         child,
         listeners,
         stats_lines: Some(Mutex::new(lines)),
-        _dir: dir,
+        log,
+        dir,
     }
 }
 
@@ -360,12 +393,14 @@ fn is_ready(line: &str) -> bool {
             .is_ok_and(|event| event["fields"]["message"] == "ready")
 }
 
-/// Echoes each line of `stream` to the test's stderr (shown when the test fails) and sends it
-/// on the returned channel, which disconnects at end of stream. After turnpike's `ready` line
-/// only `stats` lines are sent, so that the channel does not grow with the log.
+/// Echoes each line of `stream` to the test's stderr (shown when the test fails), keeps it in
+/// `log`, and sends it on the returned channel, which disconnects at end of stream. After
+/// turnpike's `ready` line only `stats` lines are sent, so that the channel does not grow with
+/// the log.
 fn forward_lines(
     stream: impl std::io::Read + Send + 'static,
     name: &str,
+    log: Log,
 ) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     let name = name.to_string();
@@ -374,6 +409,12 @@ fn forward_lines(
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             eprintln!("[{name}] {line}");
+            if let Ok(mut log) = log.lock() {
+                if log.len() == LOG_LINES_KEPT {
+                    log.pop_front();
+                }
+                log.push_back(line.clone());
+            }
             if !ready || stats_fields(&line).is_some() {
                 ready = ready || is_ready(&line);
                 let _ = tx.send(line); // Nobody may be listening; the echo above remains.
@@ -589,8 +630,9 @@ mod coturn {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped());
             let mut child = command.spawn().expect("spawn turnserver");
-            let _ = forward_lines(child.stdout.take().expect("piped"), "coturn");
-            let _ = forward_lines(child.stderr.take().expect("piped"), "coturn");
+            let log = Log::default();
+            let _ = forward_lines(child.stdout.take().expect("piped"), "coturn", log.clone());
+            let _ = forward_lines(child.stderr.take().expect("piped"), "coturn", log.clone());
 
             let listeners: Vec<(String, SocketAddr)> = transports
                 .iter()
@@ -604,7 +646,8 @@ mod coturn {
                     child,
                     listeners,
                     stats_lines: None,
-                    _dir: dir,
+                    log,
+                    dir,
                 };
             }
             let _ = child.kill();

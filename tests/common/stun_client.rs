@@ -56,6 +56,7 @@ impl Answer {
 pub struct StunClient {
     link: Link,
     username: String,
+    realm: String,
     key: [u8; 16],
     nonce: Option<Vec<u8>>,
     id: u32,
@@ -67,8 +68,19 @@ pub struct StunClient {
 impl StunClient {
     /// A client on a fresh UDP socket bound to `local` (e.g. "127.0.0.1:0").
     pub fn udp(server: SocketAddr, local: &str, username: &str, password: &str) -> Self {
+        Self::udp_in_realm(server, local, REALM, username, password)
+    }
+
+    /// A client on a fresh UDP socket bound to `local`, for a server whose realm is `realm`.
+    pub fn udp_in_realm(
+        server: SocketAddr,
+        local: &str,
+        realm: &str,
+        username: &str,
+        password: &str,
+    ) -> Self {
         let socket = UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind UDP {local}: {e}"));
-        Self::new(Link::Udp { socket, server }, username, password)
+        Self::new(Link::Udp { socket, server }, realm, username, password)
     }
 
     /// A client on a fresh TCP connection.
@@ -80,14 +92,15 @@ impl StunClient {
             stream,
             unread: Vec::new(),
         };
-        Self::new(link, username, password)
+        Self::new(link, REALM, username, password)
     }
 
-    fn new(link: Link, username: &str, password: &str) -> Self {
+    fn new(link: Link, realm: &str, username: &str, password: &str) -> Self {
         StunClient {
             link,
             username: username.to_string(),
-            key: long_term_key(username, REALM, password),
+            realm: realm.to_string(),
+            key: long_term_key(username, realm, password),
             nonce: None,
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
             sequence: 0,
@@ -123,7 +136,7 @@ impl StunClient {
             if let Some(nonce) = &self.nonce {
                 w.attribute(attr::USERNAME, self.username.as_bytes())
                     .expect("USERNAME fits");
-                w.attribute(attr::REALM, REALM.as_bytes())
+                w.attribute(attr::REALM, self.realm.as_bytes())
                     .expect("REALM fits");
                 w.attribute(attr::NONCE, nonce).expect("NONCE fits");
                 w.message_integrity(&self.key)
