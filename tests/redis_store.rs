@@ -959,3 +959,49 @@ fn unix_now() -> u64 {
         .expect("clock after 1970")
         .as_secs()
 }
+
+/// Disabling or removing a stored user ends its live allocations on every node, not only its
+/// next Allocate.
+#[test]
+fn disabling_or_removing_a_user_ends_its_live_allocations() {
+    let redis = RedisServer::start();
+    let node_a = node(&redis.url(), "turnpike", "5m", vec![]);
+    let node_b = node(&redis.url(), "turnpike", "5m", vec![]);
+    wait_loaded(&node_a);
+    wait_loaded(&node_b);
+    let config_a = config_of(&node_a);
+    for (user, password) in [("gina", "gina-pw"), ("hank", "hank-pw")] {
+        turnpike_ok(&["user", "add", user, "--password", password, "-c", &config_a]);
+    }
+    let (peer, _echo) = common::udp_echo_peer();
+    let wait = |client: &mut StunClient, what: &str| {
+        let stopped = wait_for(Instant::now(), PROPAGATION_LIMIT, || {
+            !echoed(client, what.as_bytes(), Duration::from_millis(50))
+        });
+        assert!(stopped.is_some(), "{what}: node B still relays");
+        let code = client.refresh(600);
+        assert!(
+            matches!(code, Some(401 | 437)),
+            "{what}: refresh got {code:?}"
+        );
+        eprintln!("{what}: relaying stopped after {stopped:?}");
+    };
+    let until_loaded = |user: &str, password: &str| {
+        wait_for(Instant::now(), PROPAGATION_LIMIT, || {
+            probe(&node_b, user, password).is_ok()
+        })
+        .unwrap_or_else(|| panic!("{user} never authenticated on node B"));
+    };
+    until_loaded("gina", "gina-pw");
+    until_loaded("hank", "hank-pw");
+    let mut gina = relaying_client(&node_b, "gina", "gina-pw", peer);
+    let mut hank = relaying_client(&node_b, "hank", "hank-pw", peer);
+    assert_relays(&mut gina, "gina before", 3);
+    assert_relays(&mut hank, "hank before", 3);
+
+    turnpike_ok(&["user", "set", "gina", "--disabled", "true", "-c", &config_a]);
+    wait(&mut gina, "gina disabled");
+    assert_relays(&mut hank, "hank unaffected", 3);
+    turnpike_ok(&["user", "remove", "hank", "-c", &config_a]);
+    wait(&mut hank, "hank removed");
+}

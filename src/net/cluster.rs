@@ -167,7 +167,7 @@ impl Cluster {
     fn failed(&mut self, error: &redis::RedisError) {
         self.conn = None;
         if !self.warned {
-            tracing::warn!(%error, "cluster: Redis unreachable; quotas count this node only until it answers");
+            tracing::warn!(%error, "cluster: cannot reach Redis; quotas count this node only until it answers");
             self.warned = true;
         }
     }
