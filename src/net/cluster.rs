@@ -18,10 +18,8 @@ use super::{BoundListener, Command, Commander};
 
 /// How often leases are renewed and the registry entry refreshed.
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// A node whose entry is older than this is not offered as an alternate.
+/// A node's registry entry lives this long past its last heartbeat (seconds).
 const NODE_LIVE_FOR: u64 = 5;
-/// Entries older than this are removed from the registry by whichever node sees them.
-const NODE_FORGET_AFTER: u64 = 60;
 /// How long one Redis command may take.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -78,8 +76,14 @@ pub struct ClusterSettings {
 }
 
 impl ClusterSettings {
+    /// The set of node ids (an index; the entries themselves expire).
     fn nodes_key(&self) -> String {
         format!("{}:nodes", self.prefix)
+    }
+
+    /// One node's registry entry, with a time to live.
+    fn node_key(prefix: &str, id: &str) -> String {
+        format!("{prefix}:node:{id}")
     }
 
     /// One sorted set of leases per user; the user id is hex-encoded into the key name, so no
@@ -269,7 +273,7 @@ impl Cluster {
             heartbeat: now,
         };
         let json = serde_json::to_string(&entry).unwrap_or_default();
-        let nodes_key = self.settings.nodes_key();
+        let index = self.settings.nodes_key();
         let node_id = self.settings.node_id.clone();
         let mut renew = redis::pipe();
         for (member, key) in &self.held {
@@ -281,19 +285,32 @@ impl Cluster {
                 .arg(member)
                 .ignore();
         }
+        // The entry expires by itself when this node stops beating.
         renew
-            .cmd("HSET")
-            .arg(&nodes_key)
-            .arg(&node_id)
+            .cmd("SET")
+            .arg(ClusterSettings::node_key(&self.settings.prefix, &node_id))
             .arg(&json)
+            .arg("EX")
+            .arg(NODE_LIVE_FOR)
             .ignore();
-        renew.cmd("HGETALL").arg(&nodes_key);
+        renew.cmd("SADD").arg(&index).arg(&node_id).ignore();
+        renew.cmd("SMEMBERS").arg(&index);
+        let prefix = self.settings.prefix.clone();
         let result = async {
             let conn = self.connection().await?;
-            timed(renew.query_async::<(Vec<(String, String)>,)>(conn)).await
-        }
-        .await;
-        let (entries,) = match result {
+            let (ids,): (Vec<String>,) = timed(renew.query_async(conn)).await?;
+            let keys: Vec<String> = ids
+                .iter()
+                .map(|id| ClusterSettings::node_key(&prefix, id))
+                .collect();
+            let entries: Vec<Option<String>> = if keys.is_empty() {
+                Vec::new()
+            } else {
+                timed(redis::cmd("MGET").arg(&keys).query_async(conn)).await?
+            };
+            Ok::<_, redis::RedisError>(ids.into_iter().zip(entries).collect::<Vec<_>>())
+        };
+        let entries = match result.await {
             Ok(entries) => {
                 if self.warned {
                     tracing::info!("cluster: Redis answers again");
@@ -307,17 +324,16 @@ impl Cluster {
             }
         };
         let mut alternates = Vec::new();
-        let mut forgotten = Vec::new();
+        let mut expired = Vec::new();
         for (id, json) in entries {
+            let Some(json) = json else {
+                expired.push(id);
+                continue;
+            };
             let Ok(other) = serde_json::from_str::<NodeEntry>(&json) else {
                 continue;
             };
-            let age = now.saturating_sub(other.heartbeat);
-            if age > NODE_FORGET_AFTER {
-                forgotten.push(id);
-                continue;
-            }
-            if id == node_id || other.draining || age > NODE_LIVE_FOR {
+            if id == node_id || other.draining {
                 continue;
             }
             alternates.extend(other.listeners.iter().map(|l| Alternate {
@@ -327,13 +343,13 @@ impl Cluster {
             }));
         }
         self.node.cluster.set(alternates);
-        if !forgotten.is_empty()
+        if !expired.is_empty()
             && let Some(conn) = self.conn.as_mut()
         {
             let _ = timed(
-                redis::cmd("HDEL")
-                    .arg(&nodes_key)
-                    .arg(&forgotten)
+                redis::cmd("SREM")
+                    .arg(&index)
+                    .arg(&expired)
                     .query_async::<i64>(conn),
             )
             .await;
@@ -342,13 +358,17 @@ impl Cluster {
 
     /// Gives back every lease and leaves the registry (on shutdown).
     async fn leave(&mut self) {
-        let nodes_key = self.settings.nodes_key();
+        let index = self.settings.nodes_key();
         let node_id = self.settings.node_id.clone();
         let mut goodbye = redis::pipe();
         for (member, key) in &self.held {
             goodbye.cmd("ZREM").arg(key).arg(member).ignore();
         }
-        goodbye.cmd("HDEL").arg(&nodes_key).arg(&node_id).ignore();
+        goodbye
+            .cmd("DEL")
+            .arg(ClusterSettings::node_key(&self.settings.prefix, &node_id))
+            .ignore();
+        goodbye.cmd("SREM").arg(&index).arg(&node_id).ignore();
         if let Ok(conn) = self.connection().await {
             let _ = timed(goodbye.query_async::<()>(conn)).await;
         }
