@@ -1,6 +1,7 @@
 //! The tokio I/O shell: binds the listeners, runs one single-threaded worker per core, and
 //! carries datagrams between sockets and the protocol cores. It makes no protocol decision.
 
+mod audit;
 pub mod cluster;
 mod relay;
 pub mod status;
@@ -107,6 +108,7 @@ pub struct Reconfiguration {
     pub policy: PeerPolicy,
     pub nonces: Nonces,
     pub ports: crate::config::PortRange,
+    pub redact: bool,
 }
 
 impl std::fmt::Debug for Reconfiguration {
@@ -352,6 +354,7 @@ impl NodeHandle {
             policy: peer_policy(config, &self.listeners, &context.own, context.relay_v4),
             nonces: Nonces::new(context.nonce_key, context.epoch, config.auth.nonce_lifetime),
             ports: config.relay.ports,
+            redact: config.log.redact,
         });
         self.commander.send(Command::Reconfigure(reconfiguration));
         self.streams
@@ -501,6 +504,7 @@ impl Node {
             commands.push(command_tx);
             let context = worker::Context {
                 index,
+                redactor: audit::Redactor::new(config.log.redact, &config.realm),
                 relay,
                 streams: streams.clone(),
                 published,

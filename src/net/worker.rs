@@ -51,6 +51,8 @@ pub const PUBLISH_INTERVAL: std::time::Duration = std::time::Duration::from_mill
 pub struct Context {
     /// This worker's index among the node's workers.
     pub index: usize,
+    /// How allocation log lines show users and addresses.
+    pub redactor: super::audit::Redactor,
     pub relay: RelaySettings,
     pub streams: Arc<super::StreamLimits>,
     pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
@@ -82,6 +84,7 @@ pub(super) struct Worker {
     /// Taken by the command loop when the worker starts.
     commands: Option<tokio::sync::mpsc::UnboundedReceiver<super::Command>>,
     index: usize,
+    redactor: super::audit::Redactor,
     cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
     pub tcp_rejected: u64,
     pub stream_timeouts: u64,
@@ -112,6 +115,7 @@ impl Worker {
                 ticks: 0,
                 commands: Some(context.commands),
                 index: context.index,
+                redactor: context.redactor,
                 cluster: context.cluster,
                 tcp_rejected: 0,
                 stream_timeouts: 0,
@@ -165,9 +169,11 @@ impl Worker {
             } => self.lease_answered(now, allocation, granted),
             super::Command::Reconfigure(reconfiguration) => {
                 let change = (*reconfiguration).clone();
+                let realm = change.core.realm.clone();
                 self.core
                     .reconfigure(change.core, change.policy, change.nonces);
                 self.relay.ports = change.ports;
+                self.redactor = super::audit::Redactor::new(change.redact, &realm);
             }
             super::Command::Close(allocation) => {
                 if self.core.close(allocation) {
@@ -261,6 +267,7 @@ impl Worker {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
                         .and_then(|socket| self.install_relay(allocation, socket));
+                    let opened = result.is_ok();
                     let mut out = std::mem::take(&mut self.event_out);
                     if let Some((tuple, n)) = self
                         .core
@@ -269,6 +276,9 @@ impl Worker {
                         self.send_to_client(&tuple, &out[..n]);
                     }
                     self.event_out = out;
+                    if opened {
+                        super::audit::created(&self.redactor, self.index, &self.core, allocation);
+                    }
                 }
                 Event::AcquireLease {
                     allocation,
@@ -289,6 +299,9 @@ impl Worker {
                         // No cluster to ask: the node-local quota already held.
                         self.lease_answered(now, allocation, true);
                     }
+                }
+                Event::Ended(ended) => {
+                    super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
                 Event::ReleaseLease { allocation, user } => {
                     if let Some(cluster) = &self.cluster {

@@ -112,6 +112,50 @@ pub enum Event {
         allocation: AllocationId,
         user: Box<str>,
     },
+    /// An allocation that was granted has ended (for the log line).
+    Ended(Box<Ended>),
+}
+
+/// Why an allocation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// Its lifetime ran out.
+    Expired,
+    /// Refresh with LIFETIME 0.
+    Deleted,
+    /// Its TCP/TLS connection closed.
+    ConnectionClosed,
+    /// Its credentials were revoked, or its user disabled or removed.
+    Revoked,
+    /// An operator closed it.
+    ClosedByOperator,
+    /// It never got going (no relay port, lease refused).
+    Failed,
+}
+
+impl EndReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndReason::Expired => "expired",
+            EndReason::Deleted => "deleted",
+            EndReason::ConnectionClosed => "connection closed",
+            EndReason::Revoked => "revoked",
+            EndReason::ClosedByOperator => "closed by operator",
+            EndReason::Failed => "failed",
+        }
+    }
+}
+
+/// What is left to say about an allocation that ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ended {
+    pub allocation: AllocationId,
+    pub username: Box<str>,
+    pub tuple: FiveTuple,
+    pub relayed: SocketAddr,
+    pub created: Instant,
+    pub traffic: Traffic,
+    pub reason: EndReason,
 }
 
 /// Why the I/O layer could not open a relay socket.
@@ -393,7 +437,7 @@ impl Server {
             return false;
         }
         self.stats.allocations_deleted += 1;
-        self.remove_allocation(id);
+        self.remove_allocation(id, EndReason::ClosedByOperator);
         true
     }
 
@@ -427,7 +471,7 @@ impl Server {
             }
             if allocation.expires <= now {
                 self.stats.allocations_expired += 1;
-                self.remove_allocation(id);
+                self.remove_allocation(id, EndReason::Expired);
                 continue;
             }
             let next = allocation.expire(now);
@@ -542,7 +586,7 @@ impl Server {
         let relayed = match result {
             Ok(addr) => addr,
             Err(error) => {
-                self.remove_allocation(allocation);
+                self.remove_allocation(allocation, EndReason::Failed);
                 self.events
                     .retain(|e| *e != Event::CloseRelay { allocation });
                 // Out of ports: another node may have some.
@@ -602,7 +646,7 @@ impl Server {
             .collect();
         for &id in &doomed {
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(id);
+            self.remove_allocation(id, EndReason::Revoked);
         }
         doomed.len()
     }
@@ -632,7 +676,7 @@ impl Server {
         let tuple = alloc.tuple;
         let tid = alloc.last_response.tid?;
         let key = alloc.key;
-        self.remove_allocation(allocation);
+        self.remove_allocation(allocation, EndReason::Failed);
         self.events
             .retain(|e| *e != Event::CloseRelay { allocation });
         let n = self.write_error(
@@ -649,7 +693,7 @@ impl Server {
     pub fn handle_connection_closed(&mut self, tuple: &FiveTuple) {
         if let Some(&id) = self.by_tuple.get(tuple) {
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(id);
+            self.remove_allocation(id, EndReason::ConnectionClosed);
         }
     }
 
@@ -1127,7 +1171,7 @@ impl Server {
         }
         if lifetime.is_zero() {
             self.stats.allocations_deleted += 1;
-            self.remove_allocation(id);
+            self.remove_allocation(id, EndReason::Deleted);
         } else if let Some(alloc) = self.allocation_mut(id) {
             alloc.expires = now + lifetime;
             self.reschedule(id, now);
@@ -1415,7 +1459,7 @@ impl Server {
         id
     }
 
-    fn remove_allocation(&mut self, id: AllocationId) {
+    fn remove_allocation(&mut self, id: AllocationId, reason: EndReason) {
         let Some(slot) = self
             .slots
             .get_mut(id.index())
@@ -1438,6 +1482,17 @@ impl Server {
             });
         }
         self.free_slots.push(id.index);
+        if let Some(relayed) = allocation.relayed {
+            self.events.push_back(Event::Ended(Box::new(Ended {
+                allocation: id,
+                username: allocation.username,
+                tuple: allocation.tuple,
+                relayed,
+                created: allocation.created,
+                traffic: allocation.traffic,
+                reason,
+            })));
+        }
         self.events.push_back(Event::CloseRelay { allocation: id });
     }
 

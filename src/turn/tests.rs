@@ -629,6 +629,11 @@ fn allocation_expires_exactly_at_its_lifetime() {
     assert!(h.server.allocation(id).is_some());
     h.advance(Duration::from_secs(1));
     assert!(h.server.allocation(id).is_none());
+    // The log record first, then the socket to close.
+    assert!(matches!(
+        h.server.poll_event(),
+        Some(Event::Ended(ended)) if ended.reason == EndReason::Expired && ended.allocation == id
+    ));
     assert_eq!(
         h.server.poll_event(),
         Some(Event::CloseRelay { allocation: id })
@@ -1075,6 +1080,10 @@ fn revocation_closes_allocations_and_refuses_refreshes() {
         1
     );
     assert!(h.server.allocation(id).is_none());
+    assert!(matches!(
+        h.server.poll_event(),
+        Some(Event::Ended(ended)) if ended.reason == EndReason::Revoked
+    ));
     assert_eq!(
         h.server.poll_event(),
         Some(Event::CloseRelay { allocation: id })
