@@ -183,3 +183,17 @@ fn the_api_socket_is_never_a_relay_target() {
     assert_eq!(client.bind(0x4000, server.addr("http")), Some(403));
     assert_eq!(client.permit(&["127.0.0.1:9".parse().unwrap()]), None);
 }
+
+#[test]
+fn the_dashboard_page_is_served_without_a_token_and_carries_no_data() {
+    let server = server();
+    let api = server.addr("http");
+    let (status, body) = http(api, "GET", "/", None, "");
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("<title>") && body.contains("turnpike"),
+        "{body:.200}"
+    );
+    assert!(body.contains("/api/v1/status"), "the page reads the API");
+    assert!(!body.contains(TOKEN) && !body.contains("api-secret"));
+}
