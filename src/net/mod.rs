@@ -183,6 +183,10 @@ pub enum Command {
     Close(crate::turn::AllocationId),
     /// Take a reloaded configuration.
     Reconfigure(Arc<Reconfiguration>),
+    /// Start serving a listener a reload added (this worker's own socket of it).
+    AddListener(Arc<Mutex<Option<worker::NewListener>>>),
+    /// Stop a listener a reload removed.
+    RemoveListener(Transport, SocketAddr),
     /// The cluster's answer to a lease request.
     Lease {
         allocation: crate::turn::AllocationId,
@@ -235,7 +239,8 @@ pub struct Node {
 #[derive(Clone)]
 pub struct NodeHandle {
     commander: Commander,
-    listeners: Vec<BoundListener>,
+    /// Changed by reloads that add or remove listeners.
+    listeners: Arc<Mutex<Vec<BoundListener>>>,
     counters: Vec<Arc<Mutex<WorkerCounters>>>,
     snapshots: Vec<Arc<Mutex<Arc<Vec<status::AllocationInfo>>>>>,
     streams: Arc<StreamLimits>,
@@ -245,8 +250,11 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// The listeners, with the ports actually bound.
-    pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+    pub fn listeners(&self) -> Vec<BoundListener> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The node's counters, as the workers last published them (at most 100 ms old).
@@ -300,9 +308,85 @@ impl NodeHandle {
         self.commander.clone()
     }
 
+    /// Opens the listeners `config` adds (one socket per worker) and closes those it removes;
+    /// returns the new set. A listener that cannot be bound fails the reload before anything
+    /// changed. Connections already accepted on a removed TCP/TLS listener go on.
+    fn apply_listeners(&self, config: &Config) -> Result<Vec<BoundListener>, String> {
+        let current = self.listeners();
+        // A configured port 0 matches whatever port it was given.
+        let matches = |wanted: &crate::config::Listen, bound: &BoundListener| {
+            wanted.transport == bound.transport
+                && (wanted.address == bound.address
+                    || (wanted.address.port() == 0 && wanted.address.ip() == bound.address.ip()))
+        };
+        let removed: Vec<BoundListener> = current
+            .iter()
+            .filter(|bound| !config.listen.iter().any(|w| matches(w, bound)))
+            .copied()
+            .collect();
+        let mut kept: Vec<BoundListener> = current
+            .iter()
+            .filter(|bound| !removed.contains(bound))
+            .copied()
+            .collect();
+        let mut opened = Vec::new();
+        for (index, wanted) in config.listen.iter().enumerate() {
+            if current.iter().any(|bound| matches(wanted, bound)) {
+                continue;
+            }
+            let mut address = wanted.address;
+            let mut sockets = Vec::new();
+            for _ in 0..self.reload.workers {
+                let failed = |e: std::io::Error| {
+                    format!(
+                        "listen[{index}] ({} {address}): cannot bind: {e}",
+                        wanted.transport
+                    )
+                };
+                let socket = match wanted.transport {
+                    Transport::Udp => {
+                        let socket = bind_udp(address).map_err(failed)?;
+                        address = socket.local_addr().map_err(failed)?;
+                        worker::NewListener::Udp(socket)
+                    }
+                    Transport::Tcp | Transport::Tls => {
+                        let socket = bind_tcp(address).map_err(failed)?;
+                        address = socket.local_addr().map_err(failed)?;
+                        worker::NewListener::Tcp(socket, wanted.transport == Transport::Tls)
+                    }
+                };
+                sockets.push(socket);
+            }
+            opened.push((
+                BoundListener {
+                    transport: wanted.transport,
+                    address,
+                },
+                sockets,
+            ));
+        }
+        for (bound, sockets) in opened {
+            for (worker, socket) in sockets.into_iter().enumerate() {
+                self.commander.send_to(
+                    worker,
+                    Command::AddListener(Arc::new(Mutex::new(Some(socket)))),
+                );
+            }
+            tracing::info!(transport = %bound.transport, address = %bound.address, "listening");
+            kept.push(bound);
+        }
+        for bound in &removed {
+            self.commander
+                .send(Command::RemoveListener(bound.transport, bound.address));
+            tracing::info!(transport = %bound.transport, address = %bound.address, "stopped listening");
+        }
+        *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = kept.clone();
+        Ok(kept)
+    }
+
     /// Applies a new configuration to the running workers without dropping an allocation:
-    /// users, secrets, realm, limits, lifetimes, peer policy, relay port range, stream limits
-    /// and the TLS certificate. Returns what it could not apply (needs a restart). Nothing is
+    /// listeners (added ones opened, removed ones closed), users, secrets, realm, limits,
+    /// lifetimes, peer policy, relay port range, stream limits and the TLS certificate. Returns what it could not apply (needs a restart). Nothing is
     /// applied if the new certificate cannot be loaded.
     pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let context = &self.reload;
@@ -311,22 +395,6 @@ impl NodeHandle {
             None => None,
         };
         let mut restart = Vec::new();
-        let old: Vec<(Transport, SocketAddr)> = self
-            .listeners
-            .iter()
-            .map(|l| (l.transport, l.address))
-            .collect();
-        let same_listeners = config.listen.len() == old.len()
-            && config.listen.iter().all(|l| {
-                old.iter().any(|(transport, address)| {
-                    *transport == l.transport
-                        && (l.address == *address
-                            || (l.address.port() == 0 && l.address.ip() == address.ip()))
-                })
-            });
-        if !same_listeners {
-            restart.push("listen (listener changes need a restart)".to_owned());
-        }
         let workers = match config.workers {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -341,6 +409,7 @@ impl NodeHandle {
         {
             restart.push("relay.address".to_owned());
         }
+        let listeners = self.apply_listeners(config)?;
         context
             .credentials
             .set_statics(StaticCredentials::new(&config.auth, &config.realm));
@@ -351,7 +420,7 @@ impl NodeHandle {
                 context.epoch,
                 context.unix_at_epoch,
             ),
-            policy: peer_policy(config, &self.listeners, &context.own, context.relay_v4),
+            policy: peer_policy(config, &listeners, &context.own, context.relay_v4),
             nonces: Nonces::new(context.nonce_key, context.epoch, config.auth.nonce_lifetime),
             ports: config.relay.ports,
             redact: config.log.redact,
@@ -559,7 +628,7 @@ impl Node {
         Ok(Node {
             handle: NodeHandle {
                 commander,
-                listeners,
+                listeners: Arc::new(Mutex::new(listeners)),
                 counters,
                 snapshots,
                 streams,
@@ -588,7 +657,7 @@ impl Node {
     }
 
     /// The listeners, with the ports actually bound (a configured port 0 becomes a real one).
-    pub fn listeners(&self) -> &[BoundListener] {
+    pub fn listeners(&self) -> Vec<BoundListener> {
         self.handle.listeners()
     }
 
@@ -596,7 +665,7 @@ impl Node {
     pub fn default_node_id(&self) -> String {
         let first = self
             .handle
-            .listeners
+            .listeners()
             .first()
             .map(|l| l.address.to_string())
             .unwrap_or_default();
@@ -658,35 +727,15 @@ fn run_worker(
     local.block_on(&runtime, async move {
         let mut udp = Vec::new();
         for socket in sockets.udp {
-            let setup = (|| {
-                let local = socket.local_addr()?;
-                let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-                let socket = tokio::net::UdpSocket::from_std(socket)?;
-                Ok::<_, std::io::Error>(worker::UdpListener {
-                    local,
-                    socket: std::rc::Rc::new(socket),
-                    state,
-                })
-            })();
-            match setup {
+            match worker::UdpListener::new(socket) {
                 Ok(listener) => udp.push(listener),
                 Err(error) => tracing::error!(%error, "UDP listener setup failed"),
             }
         }
-        let shared = worker::Worker::new(core, context, udp);
+        let shared = worker::Worker::new(core, context, udp, tls);
         worker::Worker::start(&shared);
         for (listener, is_tls) in sockets.tcp {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(listener) => {
-                    let acceptor = is_tls.then(|| tls.clone());
-                    tokio::task::spawn_local(stream::accept_loop(
-                        shared.clone(),
-                        listener,
-                        acceptor,
-                    ));
-                }
-                Err(error) => tracing::error!(%error, "TCP listener setup failed"),
-            }
+            worker::Worker::add_tcp(&shared, listener, is_tls);
         }
         let _ = stop.wait_for(|stopped| *stopped).await;
     });

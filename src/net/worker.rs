@@ -37,6 +37,30 @@ pub(super) struct UdpListener {
     pub local: SocketAddr,
     pub socket: Rc<UdpSocket>,
     pub state: quinn_udp::UdpSocketState,
+    /// The receive loop, stopped when the listener is removed by a reload.
+    pub task: Option<tokio::task::AbortHandle>,
+}
+
+impl UdpListener {
+    /// Wraps a bound socket for this worker's runtime.
+    pub fn new(socket: std::net::UdpSocket) -> std::io::Result<UdpListener> {
+        let local = socket.local_addr()?;
+        let state = quinn_udp::UdpSocketState::new((&socket).into())?;
+        let socket = UdpSocket::from_std(socket)?;
+        Ok(UdpListener {
+            local,
+            socket: Rc::new(socket),
+            state,
+            task: None,
+        })
+    }
+}
+
+/// A listener socket handed to a worker by a reload.
+#[derive(Debug)]
+pub enum NewListener {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener, bool),
 }
 
 struct RelaySocket {
@@ -88,7 +112,11 @@ pub(super) struct Worker {
     cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
     pub tcp_rejected: u64,
     pub stream_timeouts: u64,
-    udp: Vec<UdpListener>,
+    /// UDP listeners by index (the receive loops hold their index); `None` once removed.
+    udp: Vec<Option<UdpListener>>,
+    /// TCP/TLS accept loops.
+    tcp: Vec<(Transport, SocketAddr, tokio::task::AbortHandle)>,
+    tls: super::stream::SharedAcceptor,
     relays: Vec<Option<RelaySocket>>,
     pub streams: foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
     peer_buf: Vec<u8>,
@@ -104,7 +132,12 @@ pub(super) struct Worker {
 pub(super) type Shared = Rc<RefCell<Worker>>;
 
 impl Worker {
-    pub fn new(core: Server, context: Context, udp: Vec<UdpListener>) -> Shared {
+    pub fn new(
+        core: Server,
+        context: Context,
+        udp: Vec<UdpListener>,
+        tls: super::stream::SharedAcceptor,
+    ) -> Shared {
         Rc::new_cyclic(|this| {
             RefCell::new(Worker {
                 core,
@@ -119,7 +152,9 @@ impl Worker {
                 cluster: context.cluster,
                 tcp_rejected: 0,
                 stream_timeouts: 0,
-                udp,
+                udp: udp.into_iter().map(Some).collect(),
+                tcp: Vec::new(),
+                tls,
                 relays: Vec::new(),
                 streams: foldhash::HashMap::default(),
                 peer_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
@@ -144,11 +179,84 @@ impl Worker {
             )
         };
         for index in 0..count {
-            tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
+            let task = tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
+            if let Some(Some(listener)) = shared.borrow_mut().udp.get_mut(index) {
+                listener.task = Some(task.abort_handle());
+            }
         }
         tokio::task::spawn_local(timer_loop(shared.clone(), timer));
         if let Some(commands) = commands {
             tokio::task::spawn_local(command_loop(shared.clone(), commands));
+        }
+    }
+
+    /// Starts accepting on a TCP/TLS listener of this worker.
+    pub fn add_tcp(shared: &Shared, listener: std::net::TcpListener, tls: bool) {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "TCP listener setup failed");
+                return;
+            }
+        };
+        let Ok(local) = listener.local_addr() else {
+            return;
+        };
+        let acceptor = tls.then(|| shared.borrow().tls.clone());
+        let task = tokio::task::spawn_local(super::stream::accept_loop(
+            shared.clone(),
+            listener,
+            acceptor,
+        ));
+        let transport = if tls { Transport::Tls } else { Transport::Tcp };
+        shared
+            .borrow_mut()
+            .tcp
+            .push((transport, local, task.abort_handle()));
+    }
+
+    /// Starts receiving on a UDP listener of this worker.
+    fn add_udp(shared: &Shared, socket: std::net::UdpSocket) {
+        let listener = match UdpListener::new(socket) {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::error!(%error, "UDP listener setup failed");
+                return;
+            }
+        };
+        let index = {
+            let mut worker = shared.borrow_mut();
+            worker.udp.push(Some(listener));
+            worker.udp.len() - 1
+        };
+        let task = tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
+        if let Some(Some(listener)) = shared.borrow_mut().udp.get_mut(index) {
+            listener.task = Some(task.abort_handle());
+        }
+    }
+
+    /// Stops a listener (connections already accepted go on).
+    fn remove_listener(&mut self, transport: Transport, address: SocketAddr) {
+        match transport {
+            Transport::Udp => {
+                for slot in &mut self.udp {
+                    if slot.as_ref().is_some_and(|l| l.local == address)
+                        && let Some(listener) = slot.take()
+                        && let Some(task) = listener.task
+                    {
+                        task.abort();
+                    }
+                }
+            }
+            Transport::Tcp | Transport::Tls => {
+                self.tcp.retain(|(t, local, task)| {
+                    let gone = *t == transport && *local == address;
+                    if gone {
+                        task.abort();
+                    }
+                    !gone
+                });
+            }
         }
     }
 
@@ -174,6 +282,23 @@ impl Worker {
                     .reconfigure(change.core, change.policy, change.nonces);
                 self.relay.ports = change.ports;
                 self.redactor = super::audit::Redactor::new(change.redact, &realm);
+            }
+            super::Command::AddListener(handoff) => {
+                let taken = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let (Some(listener), Some(shared)) = (taken, self.this.upgrade()) {
+                    // Spawned: the new loops borrow the worker, which this call holds.
+                    tokio::task::spawn_local(async move {
+                        match listener {
+                            NewListener::Udp(socket) => Worker::add_udp(&shared, socket),
+                            NewListener::Tcp(listener, tls) => {
+                                Worker::add_tcp(&shared, listener, tls)
+                            }
+                        }
+                    });
+                }
+            }
+            super::Command::RemoveListener(transport, address) => {
+                self.remove_listener(transport, address);
             }
             super::Command::Close(allocation) => {
                 if self.core.close(allocation) {
@@ -360,7 +485,12 @@ impl Worker {
     fn send_to_client(&self, tuple: &FiveTuple, frame: &[u8]) {
         match tuple.transport {
             Transport::Udp => {
-                let Some(listener) = self.udp.iter().find(|l| serves(l.local, tuple.server)) else {
+                let Some(listener) = self
+                    .udp
+                    .iter()
+                    .flatten()
+                    .find(|l| serves(l.local, tuple.server))
+                else {
                     return;
                 };
                 let transmit = quinn_udp::Transmit {
@@ -453,7 +583,9 @@ fn serves(local: SocketAddr, server: SocketAddr) -> bool {
 async fn udp_listener_loop(shared: Shared, index: usize) {
     let (socket, segment) = {
         let worker = shared.borrow();
-        let listener = &worker.udp[index];
+        let Some(Some(listener)) = worker.udp.get(index) else {
+            return;
+        };
         let segments = listener.state.gro_segments().max(1);
         (listener.socket.clone(), (segments * 1500).max(MAX_DATAGRAM))
     };
@@ -467,7 +599,9 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
         for _ in 0..WORK_LIMIT.div_ceil(BATCH) {
             let mut worker = shared.borrow_mut();
             let received = {
-                let listener = &worker.udp[index];
+                let Some(Some(listener)) = worker.udp.get(index) else {
+                    return;
+                };
                 let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
                 socket.try_io(Interest::READABLE, || {
                     listener.state.recv(
@@ -482,7 +616,10 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
                 Err(_) => break,
             };
             let now = Instant::now();
-            let local = worker.udp[index].local;
+            let Some(Some(listener)) = worker.udp.get(index) else {
+                return;
+            };
+            let local = listener.local;
             for (meta, buf) in metas.iter().zip(&bufs).take(count) {
                 let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
                 let tuple = FiveTuple {
