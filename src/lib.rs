@@ -19,5 +19,6 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod net;
+pub mod notify;
 pub mod stun;
 pub mod turn;
