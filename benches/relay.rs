@@ -49,6 +49,7 @@ fn core(now: Instant) -> Server {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
         cluster: Default::default(),
+        draining: Default::default(),
     });
     Server::new(core_config, credentials, policy, nonces, node, [2; 32])
 }

@@ -54,6 +54,27 @@ pub struct Config {
     pub redis: Option<Redis>,
     /// The HTTP API; `None` serves no HTTP.
     pub http: Option<Http>,
+    /// On SIGTERM, how long existing allocations may go on before the process exits.
+    pub drain_timeout: Duration,
+    pub log: Log,
+}
+
+/// Logging (`[log]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Log {
+    /// Level or filter (`tracing_subscriber::EnvFilter` syntax); RUST_LOG and --log-level win.
+    pub level: String,
+    /// Replace usernames and client/peer addresses in allocation logs by stable hashes.
+    pub redact: bool,
+}
+
+impl Default for Log {
+    fn default() -> Self {
+        Log {
+            level: "info".to_owned(),
+            redact: false,
+        }
+    }
 }
 
 /// The HTTP API (`[http]`): credentials for app backends.
@@ -64,6 +85,8 @@ pub struct Http {
     pub token: String,
     /// The URIs put in the `iceServers` the credential API returns.
     pub ice_urls: Vec<String>,
+    /// Serve `/metrics` without the token.
+    pub public_metrics: bool,
 }
 
 impl fmt::Debug for Http {
@@ -72,6 +95,7 @@ impl fmt::Debug for Http {
             .field("address", &self.address)
             .field("token", &Redacted)
             .field("ice_urls", &self.ice_urls)
+            .field("public_metrics", &self.public_metrics)
             .finish()
     }
 }
@@ -501,6 +525,8 @@ impl Default for Config {
             limits: Limits::default(),
             redis: None,
             http: None,
+            drain_timeout: Duration::from_secs(60),
+            log: Log::default(),
         }
     }
 }
@@ -607,6 +633,34 @@ struct RawConfig {
     limits: RawLimits,
     redis: Option<RawRedis>,
     http: Option<RawHttp>,
+    drain_timeout: Option<Text<Duration>>,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawLog {
+    level: Option<String>,
+    redact: Option<bool>,
+}
+
+impl RawLog {
+    fn validate(self) -> Result<Log, ConfigError> {
+        let level = self.level.unwrap_or_else(|| "info".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&level) {
+            return Err(ConfigError::invalid(
+                "log.level",
+                format!(
+                    "invalid level or filter {level:?}: {e}; expected e.g. \"info\" or \"turnpike=debug,info\""
+                ),
+            ));
+        }
+        Ok(Log {
+            level,
+            redact: self.redact.unwrap_or(false),
+        })
+    }
 }
 
 #[derive(Deserialize)]
@@ -616,6 +670,8 @@ struct RawHttp {
     token: Option<String>,
     #[serde(default)]
     ice_urls: Vec<String>,
+    #[serde(default)]
+    public_metrics: bool,
 }
 
 /// Shortest bearer token accepted: a guessable token would hand out credentials.
@@ -657,6 +713,7 @@ impl RawHttp {
             address,
             token,
             ice_urls: self.ice_urls,
+            public_metrics: self.public_metrics,
         })
     }
 }
@@ -991,6 +1048,14 @@ impl RawConfig {
             limits: self.limits.validate()?,
             redis: self.redis.map(RawRedis::validate).transpose()?,
             http: self.http.map(RawHttp::validate).transpose()?,
+            drain_timeout: match self.drain_timeout {
+                Some(d) => {
+                    check_duration("drain-timeout", d.0)?;
+                    d.0
+                }
+                None => Duration::from_secs(60),
+            },
+            log: self.log.validate()?,
         })
     }
 }
@@ -1374,6 +1439,21 @@ mod tests {
             "http.ice-urls[0]",
             "not a STUN/TURN URI",
         );
+    }
+
+    #[test]
+    fn operations_keys() {
+        let config = Config::from_toml(
+            "drain-timeout = \"5s\"\n[log]\nlevel = \"turnpike=debug,info\"\nredact = true\n\
+             [http]\ntoken = \"0123456789abcdef0123\"\npublic-metrics = true",
+        )
+        .unwrap();
+        assert_eq!(config.drain_timeout, Duration::from_secs(5));
+        assert!(config.log.redact);
+        assert!(config.http.unwrap().public_metrics);
+        assert_eq!(Config::default().drain_timeout, Duration::from_secs(60));
+        assert_refused("[log]\nlevel = \"loud[\"", "log.level", "invalid level");
+        assert_refused("drain-timeout = \"0s\"", "drain-timeout", "minimum");
     }
 
     #[test]

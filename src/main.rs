@@ -12,9 +12,10 @@ use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use turnpike::auth::redis::{Health, Layout, RedisStore};
-use turnpike::auth::rest_password;
+use turnpike::auth::{Credentials, StaticCredentials, rest_password};
 use turnpike::config::{Config, redact_url};
-use turnpike::net::{Node, NodeCounters};
+use turnpike::net::{Node, NodeCounters, NodeHandle};
+use turnpike::notify::Notifier;
 
 #[derive(Parser)]
 #[command(name = "turnpike", version, about = "A STUN/TURN server for WebRTC")]
@@ -84,9 +85,9 @@ struct LogArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Log level or filter (overridden by RUST_LOG).
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    /// Log level or filter; overrides `[log] level` (and RUST_LOG overrides both).
+    #[arg(long)]
+    log_level: Option<String>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -122,22 +123,43 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogArgs) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&log.log_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match log.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+/// Changes the log level of the running process (reload); `None` when RUST_LOG or
+/// --log-level pinned it.
+type LevelHandle =
+    tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, tracing_subscriber::Registry>;
+
+fn init_logging(log: &LogArgs, configured: &str) -> Option<LevelHandle> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, pinned) = match (
+        tracing_subscriber::EnvFilter::try_from_default_env(),
+        &log.log_level,
+    ) {
+        (Ok(filter), _) => (filter, true),
+        (Err(_), Some(level)) => (tracing_subscriber::EnvFilter::new(level), true),
+        (Err(_), None) => (tracing_subscriber::EnvFilter::new(configured), false),
+    };
+    let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
+    let text = matches!(log.log_format, LogFormat::Text)
+        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let json = matches!(log.log_format, LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(text)
+        .with(json)
+        .init();
+    (!pinned).then_some(handle)
 }
 
 fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
-    init_logging(log);
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
+    let level = init_logging(log, &config.log.level);
     raise_file_limit();
+    let notifier = turnpike_notify();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -169,31 +191,39 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         Some(listener) => vec![listener.local_addr()?],
         None => Vec::new(),
     };
-    let mut node = Node::start(
-        &config,
+    let credentials = Arc::new(Credentials::new(
+        StaticCredentials::new(&config.auth, &config.realm),
         redis.as_ref().map(|(store, _, _)| store.clone()),
-        &http_address,
-    )?;
+    ));
+    let mut node = Node::start(&config, credentials, &http_address)?;
+    let handle = node.handle();
+    let node_id = config
+        .redis
+        .as_ref()
+        .and_then(|r| r.node_id.clone())
+        .unwrap_or_else(|| node.default_node_id());
+    let mut api = None;
     if let (Some(listener), Some(settings)) = (http, &config.http) {
-        let api = Arc::new(turnpike::http::Api {
-            token: settings.token.clone(),
-            ice_urls: settings.ice_urls.clone(),
-            config_secrets: config.auth.secrets.clone(),
-            redis: redis
+        let shared = Arc::new(turnpike::http::Api::new(
+            api_settings(&config, settings),
+            redis
                 .as_ref()
                 .map(|(store, client, layout)| turnpike::http::RedisAccess {
                     store: store.clone(),
                     client: client.clone(),
                     layout: layout.clone(),
                 }),
-        });
+            handle.clone(),
+            node_id.clone(),
+        ));
+        api = Some(shared.clone());
         let listener = {
             let _guard = runtime.enter();
             tokio::net::TcpListener::from_std(listener)?
         };
         tracing::info!(transport = "http", address = %http_address[0], "listening");
         runtime.spawn(async move {
-            if let Err(error) = turnpike::http::serve(listener, api).await {
+            if let Err(error) = turnpike::http::serve(listener, shared).await {
                 tracing::error!(%error, "the HTTP API stopped");
             }
         });
@@ -214,32 +244,158 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
     tracing::info!(
         version = env!("CARGO_PKG_VERSION"),
         realm = %config.realm,
+        node = %node_id,
         workers = node_workers(&config),
         "ready"
     );
+    notifier.ready();
+    if let Some(interval) = notifier.watchdog_interval() {
+        let notifier = turnpike_notify();
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tick.tick().await;
+                notifier.watchdog();
+            }
+        });
+    }
     runtime.block_on(async {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate())?;
         let mut int = signal(SignalKind::interrupt())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
+        let mut hup = signal(SignalKind::hangup())?;
         loop {
             tokio::select! {
                 _ = term.recv() => {
-                    tracing::info!("SIGTERM: stopping");
+                    tracing::info!("SIGTERM: draining");
                     break;
                 }
                 _ = int.recv() => {
-                    tracing::info!("SIGINT: stopping");
+                    tracing::info!("SIGINT: draining");
                     break;
                 }
-                _ = usr1.recv() => log_counters(&node.counters(), redis_health(store.as_deref())),
+                _ = usr1.recv() => log_counters(&handle.counters(), redis_health(store.as_deref())),
+                _ = hup.recv() => {
+                    notifier.reloading();
+                    reload(path, &mut config, &handle, api.as_deref(), level.as_ref());
+                    notifier.ready();
+                }
             }
         }
+        notifier.stopping();
+        drain(&handle, config.drain_timeout, &mut term, &mut int).await;
         Ok::<_, std::io::Error>(())
     })?;
-    log_counters(&node.counters(), redis_health(store.as_deref()));
+    log_counters(&handle.counters(), redis_health(store.as_deref()));
     node.shutdown();
     Ok(())
+}
+
+/// Stops granting allocations and waits until the existing ones have ended, `timeout` has
+/// passed, or a second signal comes.
+async fn drain(
+    handle: &NodeHandle,
+    timeout: Duration,
+    term: &mut tokio::signal::unix::Signal,
+    int: &mut tokio::signal::unix::Signal,
+) {
+    handle.set_draining(true);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut poll = tokio::time::interval(Duration::from_millis(200));
+    let mut reported = None;
+    loop {
+        // Counters are published every 100 ms, so a zero is at most that stale.
+        let remaining = handle.counters().workers.allocations;
+        if reported != Some(remaining) {
+            tracing::info!(
+                allocations = remaining,
+                "draining: no new allocations; waiting for these to end"
+            );
+            reported = Some(remaining);
+        }
+        if remaining == 0 {
+            tracing::info!("drained: no allocation left");
+            return;
+        }
+        tokio::select! {
+            _ = poll.tick() => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                tracing::warn!(allocations = remaining, "drain-timeout reached: stopping with allocations left");
+                return;
+            }
+            _ = term.recv() => {
+                tracing::warn!("second signal: stopping now");
+                return;
+            }
+            _ = int.recv() => {
+                tracing::warn!("second signal: stopping now");
+                return;
+            }
+        }
+    }
+}
+
+/// SIGHUP: re-reads the configuration and applies it to the running node; a configuration
+/// that does not validate is rejected and the old one keeps running.
+fn reload(
+    path: &std::path::Path,
+    config: &mut Config,
+    handle: &NodeHandle,
+    api: Option<&turnpike::http::Api>,
+    level: Option<&LevelHandle>,
+) {
+    let fresh = match Config::load(path) {
+        Ok(fresh) => fresh,
+        Err(error) => {
+            tracing::error!(%error, "reload rejected: the configuration does not validate; the old one keeps running");
+            return;
+        }
+    };
+    let restart = match handle.reload(&fresh) {
+        Ok(restart) => restart,
+        Err(error) => {
+            tracing::error!(%error, "reload rejected; the old configuration keeps running");
+            return;
+        }
+    };
+    if let Some(level) = level
+        && fresh.log.level != config.log.level
+        && let Err(error) = level.reload(tracing_subscriber::EnvFilter::new(&fresh.log.level))
+    {
+        tracing::warn!(%error, "could not change the log level");
+    }
+    if let (Some(api), Some(http)) = (api, &fresh.http) {
+        api.settings.store(Arc::new(api_settings(&fresh, http)));
+    }
+    let mut restart = restart;
+    if fresh.redis != config.redis {
+        restart.push("redis".to_owned());
+    }
+    if fresh.http.as_ref().map(|h| h.address) != config.http.as_ref().map(|h| h.address) {
+        restart.push("http.address".to_owned());
+    }
+    if restart.is_empty() {
+        tracing::info!("configuration reloaded");
+    } else {
+        tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
+    }
+    *config = fresh;
+}
+
+/// The HTTP API's reloadable settings.
+fn api_settings(config: &Config, http: &turnpike::config::Http) -> turnpike::http::ApiSettings {
+    turnpike::http::ApiSettings {
+        token: http.token.clone(),
+        ice_urls: http.ice_urls.clone(),
+        config_secrets: config.auth.secrets.clone(),
+        public_metrics: http.public_metrics,
+    }
+}
+
+/// The service manager's notification socket (a no-op outside systemd).
+fn turnpike_notify() -> Notifier {
+    Notifier::from_env()
 }
 
 /// The Redis store's state for the counters line: "none" without `[redis]`.

@@ -112,13 +112,22 @@ pub fn rest_password(secret: &[u8], username: &str) -> String {
 
 /// Keys from the configuration, then from the Redis store when there is one.
 pub struct Credentials {
-    statics: StaticCredentials,
+    /// Swapped whole on reload; read lock-free.
+    statics: arc_swap::ArcSwap<StaticCredentials>,
     redis: Option<Arc<redis::RedisStore>>,
 }
 
 impl Credentials {
     pub fn new(statics: StaticCredentials, redis: Option<Arc<redis::RedisStore>>) -> Self {
-        Credentials { statics, redis }
+        Credentials {
+            statics: arc_swap::ArcSwap::from_pointee(statics),
+            redis,
+        }
+    }
+
+    /// Replaces the configuration's users and secrets (reload).
+    pub fn set_statics(&self, statics: StaticCredentials) {
+        self.statics.store(Arc::new(statics));
     }
 }
 
@@ -130,7 +139,8 @@ impl CredentialStore for Credentials {
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key) -> bool,
     ) -> Lookup {
-        if realm != self.statics.realm {
+        let statics = self.statics.load();
+        if realm != statics.realm {
             return Lookup::Unknown;
         }
         let snapshot = self.redis.as_ref().map(|store| store.snapshot());
@@ -144,11 +154,11 @@ impl CredentialStore for Credentials {
             }
         }
         // A user in the configuration is answered by the configuration alone.
-        if self.statics.users.contains_key(username) {
-            return self.statics.keys(username, realm, now_unix, candidate);
+        if statics.users.contains_key(username) {
+            return statics.keys(username, realm, now_unix, candidate);
         }
         let mut accepted = false;
-        let local = self.statics.keys(username, realm, now_unix, &mut |key| {
+        let local = statics.keys(username, realm, now_unix, &mut |key| {
             accepted = candidate(key);
             accepted
         });
@@ -197,8 +207,8 @@ impl CredentialStore for Credentials {
         }
         // A stored user removed from Redis; REST usernames and config users stand on their
         // own. While Redis cannot be trusted, live calls are left alone.
-        let stored_user =
-            !self.statics.users.contains_key(username) && parse_rest_username(username).is_none();
+        let stored_user = !self.statics.load().users.contains_key(username)
+            && parse_rest_username(username).is_none();
         stored_user && store.usable(now_unix) && !snapshot.users.contains_key(username)
     }
 

@@ -1,7 +1,11 @@
-//! The HTTP API for app backends: `POST /api/v1/credentials` issues ready-to-use `iceServers`
-//! credentials, `DELETE /api/v1/credentials/{username}` revokes one on every node. It reads
-//! shared state only and is never reachable through the relay (its socket is one of the
-//! server's own, which the peer policy refuses).
+//! The HTTP side: credentials for app backends (`/api/v1/credentials`), status and allocations
+//! for operators (`/api/v1/status`, `/api/v1/allocations`), Prometheus `/metrics`, health
+//! probes and the dashboard. It reads what workers publish and never touches the packet path;
+//! it is never reachable through the relay (its socket is one of the server's own, which the
+//! peer policy refuses).
+
+mod metrics;
+mod ops;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,26 +36,66 @@ pub struct RedisAccess {
     pub layout: Layout,
 }
 
-/// What the API needs.
-pub struct Api {
+/// The settings a reload may change.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
     pub token: String,
     pub ice_urls: Vec<String>,
     /// `[auth] secrets`, the first issuing when Redis has none.
     pub config_secrets: Vec<String>,
+    /// `/metrics` without the token.
+    pub public_metrics: bool,
+}
+
+/// What the API needs.
+pub struct Api {
+    pub settings: arc_swap::ArcSwap<ApiSettings>,
     pub redis: Option<RedisAccess>,
+    pub node: crate::net::NodeHandle,
+    /// This node's name (the registry's node id).
+    pub node_id: String,
+    pub started: std::time::Instant,
+    /// Relayed rates, sampled every second.
+    pub rates: std::sync::Mutex<ops::Rates>,
+}
+
+impl Api {
+    pub fn new(
+        settings: ApiSettings,
+        redis: Option<RedisAccess>,
+        node: crate::net::NodeHandle,
+        node_id: String,
+    ) -> Self {
+        Api {
+            settings: arc_swap::ArcSwap::from_pointee(settings),
+            redis,
+            node,
+            node_id,
+            started: std::time::Instant::now(),
+            rates: Default::default(),
+        }
+    }
 }
 
 /// The API's routes.
 pub fn router(api: Arc<Api>) -> Router {
     Router::new()
+        .route("/", axum::routing::get(ops::dashboard))
+        .route("/healthz", axum::routing::get(ops::healthz))
+        .route("/readyz", axum::routing::get(ops::readyz))
+        .route("/metrics", axum::routing::get(metrics::metrics))
+        .route("/api/v1/status", axum::routing::get(ops::status))
+        .route("/api/v1/allocations", axum::routing::get(ops::allocations))
+        .route("/api/v1/allocations/{id}", delete(ops::close_allocation))
         .route("/api/v1/credentials", post(issue))
         .route("/api/v1/credentials/{username}", delete(revoke))
         .fallback(not_found)
         .with_state(api)
 }
 
-/// Serves the API on `listener` until the process ends.
+/// Serves the API on `listener` until the process ends, sampling rates every second.
 pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>) -> std::io::Result<()> {
+    tokio::spawn(ops::sample_rates(api.clone()));
     axum::serve(listener, router(api)).await
 }
 
@@ -61,13 +105,14 @@ fn error(status: StatusCode, message: &str) -> Response {
 
 /// Checks the bearer token in constant time; the answer to a wrong one tells nothing more.
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {
+    let settings = api.settings.load();
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     let matches: bool =
-        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), api.token.as_bytes()).into();
+        subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), settings.token.as_bytes()).into();
     matches && !presented.is_empty()
 }
 
@@ -91,7 +136,13 @@ fn issuing_secret(api: &Api) -> Option<Vec<u8>> {
         }
         redis.store.snapshot().secrets.first().cloned()
     });
-    from_redis.or_else(|| api.config_secrets.first().map(|s| s.as_bytes().to_vec()))
+    from_redis.or_else(|| {
+        api.settings
+            .load()
+            .config_secrets
+            .first()
+            .map(|s| s.as_bytes().to_vec())
+    })
 }
 
 async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -140,7 +191,7 @@ async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> 
     let credential = rest_password(&secret, &username);
     axum::Json(json!({
         "iceServers": [{
-            "urls": api.ice_urls,
+            "urls": api.settings.load().ice_urls,
             "username": username,
             "credential": credential,
         }],

@@ -269,7 +269,10 @@ impl Cluster {
                 })
                 .collect(),
             allocations: (self.allocations)(),
-            draining: false,
+            draining: self
+                .node
+                .draining
+                .load(std::sync::atomic::Ordering::Relaxed),
             heartbeat: now,
         };
         let json = serde_json::to_string(&entry).unwrap_or_default();

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 mod relay;
+pub mod status;
 mod stream;
 mod worker;
 
@@ -15,7 +16,6 @@ use std::time::{Instant, SystemTime};
 use rand::RngCore;
 use tokio::sync::watch;
 
-use crate::auth::redis::RedisStore;
 use crate::auth::{Credentials, StaticCredentials};
 use crate::config::{Config, Transport};
 use crate::turn::{
@@ -75,11 +75,101 @@ pub struct NodeCounters {
     pub tcp_connections: u64,
 }
 
-/// Limits the I/O layer enforces on stream clients, shared by the workers.
+/// Limits the I/O layer enforces on stream clients, shared by the workers (reloadable).
 pub(crate) struct StreamLimits {
-    pub max_connections: u32,
-    pub idle_timeout: std::time::Duration,
+    pub max_connections: AtomicU32,
+    pub idle_timeout_ms: std::sync::atomic::AtomicU64,
     pub live: AtomicU32,
+}
+
+impl StreamLimits {
+    pub fn idle_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// What a reload needs to rebuild the workers' settings.
+struct ReloadContext {
+    credentials: Arc<Credentials>,
+    tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
+    own: Vec<SocketAddr>,
+    relay_v4: Option<Ipv4Addr>,
+    epoch: Instant,
+    unix_at_epoch: u64,
+    nonce_key: [u8; 32],
+    workers: usize,
+}
+
+/// Settings a reload hands to every worker.
+#[derive(Clone)]
+pub struct Reconfiguration {
+    pub core: CoreConfig,
+    pub policy: PeerPolicy,
+    pub nonces: Nonces,
+    pub ports: crate::config::PortRange,
+}
+
+impl std::fmt::Debug for Reconfiguration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconfiguration")
+            .field("core", &self.core)
+            .field("ports", &self.ports)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The core's settings from the configuration.
+fn core_config(
+    config: &Config,
+    relay_v4: Option<Ipv4Addr>,
+    epoch: Instant,
+    unix_at_epoch: u64,
+) -> CoreConfig {
+    CoreConfig {
+        realm: config.realm.clone(),
+        software: config.software.clone(),
+        default_lifetime: config.relay.default_lifetime,
+        max_lifetime: config.relay.max_lifetime,
+        public_v4: config.relay.public_address,
+        relay_v4: relay_v4.is_some(),
+        relay_v6: config.relay.address_v6.is_some(),
+        allocation_bandwidth: config.limits.allocation_bandwidth.bits_per_second(),
+        cluster_leases: config.redis.is_some(),
+        quota: Quota {
+            user_allocations: config.limits.user_allocations,
+            total_allocations: config.limits.total_allocations,
+            user_bandwidth: config.limits.user_bandwidth.bits_per_second(),
+        },
+        permissions_per_allocation: config.limits.permissions_per_allocation,
+        channels_per_allocation: config.limits.channels_per_allocation,
+        epoch,
+        unix_at_epoch,
+    }
+}
+
+/// The peer policy: `[peers]`, plus this server's own sockets, which are never peers.
+fn peer_policy(
+    config: &Config,
+    listeners: &[BoundListener],
+    own: &[SocketAddr],
+    relay_v4: Option<Ipv4Addr>,
+) -> PeerPolicy {
+    let local_ips: Vec<IpAddr> = [
+        relay_v4.map(IpAddr::V4),
+        config.relay.address_v6.map(IpAddr::V6),
+        config.relay.public_address.map(IpAddr::V4),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone()).with_own_sockets(
+        listeners
+            .iter()
+            .map(|l| l.address)
+            .chain(own.iter().copied())
+            .collect(),
+        local_ips,
+    )
 }
 
 /// Something every worker must do, sent from outside the packet path.
@@ -87,6 +177,10 @@ pub(crate) struct StreamLimits {
 pub enum Command {
     /// Close the allocations made with these usernames (revoked credentials).
     Revoke(Arc<[String]>),
+    /// Close this allocation now (an operator's request).
+    Close(crate::turn::AllocationId),
+    /// Take a reloaded configuration.
+    Reconfigure(Arc<Reconfiguration>),
     /// The cluster's answer to a lease request.
     Lease {
         allocation: crate::turn::AllocationId,
@@ -123,18 +217,155 @@ impl Commander {
 
 /// A running server: its listeners and worker threads.
 pub struct Node {
-    commander: Commander,
+    handle: NodeHandle,
     /// The cluster side, for the caller to run on its runtime (when `[redis]` is set).
     cluster: Option<(
         cluster::Cluster,
         tokio::sync::mpsc::UnboundedReceiver<cluster::LeaseRequest>,
     )>,
-    listeners: Vec<BoundListener>,
     relay_v4: Option<Ipv4Addr>,
     workers: Vec<JoinHandle<()>>,
-    counters: Vec<Arc<Mutex<WorkerCounters>>>,
-    streams: Arc<StreamLimits>,
     shutdown: watch::Sender<bool>,
+}
+
+/// What the rest of the process (HTTP API, signal handling) may see and ask of a running
+/// node; cheap to clone. Reads only what workers publish.
+#[derive(Clone)]
+pub struct NodeHandle {
+    commander: Commander,
+    listeners: Vec<BoundListener>,
+    counters: Vec<Arc<Mutex<WorkerCounters>>>,
+    snapshots: Vec<Arc<Mutex<Arc<Vec<status::AllocationInfo>>>>>,
+    streams: Arc<StreamLimits>,
+    limits: Arc<NodeLimits>,
+    reload: Arc<ReloadContext>,
+}
+
+impl NodeHandle {
+    /// The listeners, with the ports actually bound.
+    pub fn listeners(&self) -> &[BoundListener] {
+        &self.listeners
+    }
+
+    /// The node's counters, as the workers last published them (at most 100 ms old).
+    pub fn counters(&self) -> NodeCounters {
+        let mut total = NodeCounters {
+            tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
+            ..NodeCounters::default()
+        };
+        for published in &self.counters {
+            let worker = *published.lock().unwrap_or_else(|e| e.into_inner());
+            total.workers.core.add(&worker.core);
+            total.workers.allocations += worker.allocations;
+            total.workers.tcp_rejected += worker.tcp_rejected;
+            total.workers.stream_timeouts += worker.stream_timeouts;
+        }
+        total
+    }
+
+    /// Every allocation, as the workers last published them (at most a second old).
+    pub fn allocations(&self) -> Vec<status::AllocationInfo> {
+        let mut all = Vec::new();
+        for published in &self.snapshots {
+            let snapshot = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            all.extend(snapshot.iter().cloned());
+        }
+        all
+    }
+
+    /// Asks the owning worker to close allocation `id` (as the status API names it).
+    pub fn close(&self, id: &str) -> bool {
+        match status::parse_id(id) {
+            Some((worker, allocation)) if worker < self.counters.len() => {
+                self.commander.send_to(worker, Command::Close(allocation));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Starts or ends draining: no new allocations, existing ones go on.
+    pub fn set_draining(&self, draining: bool) {
+        self.limits.draining.store(draining, Ordering::Relaxed);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.limits.draining.load(Ordering::Relaxed)
+    }
+
+    /// A handle that sends commands to the workers.
+    pub fn commander(&self) -> Commander {
+        self.commander.clone()
+    }
+
+    /// Applies a new configuration to the running workers without dropping an allocation:
+    /// users, secrets, realm, limits, lifetimes, peer policy, relay port range, stream limits
+    /// and the TLS certificate. Returns what it could not apply (needs a restart). Nothing is
+    /// applied if the new certificate cannot be loaded.
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+        let context = &self.reload;
+        let tls = match &config.tls {
+            Some(files) => Some(tls_acceptor(&files.certificate, &files.private_key)?),
+            None => None,
+        };
+        let mut restart = Vec::new();
+        let old: Vec<(Transport, SocketAddr)> = self
+            .listeners
+            .iter()
+            .map(|l| (l.transport, l.address))
+            .collect();
+        let same_listeners = config.listen.len() == old.len()
+            && config.listen.iter().all(|l| {
+                old.iter().any(|(transport, address)| {
+                    *transport == l.transport
+                        && (l.address == *address
+                            || (l.address.port() == 0 && l.address.ip() == address.ip()))
+                })
+            });
+        if !same_listeners {
+            restart.push("listen (listener changes need a restart)".to_owned());
+        }
+        let workers = match config.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        if workers != context.workers {
+            restart.push("workers".to_owned());
+        }
+        if config
+            .relay
+            .address
+            .is_some_and(|a| Some(a) != context.relay_v4)
+        {
+            restart.push("relay.address".to_owned());
+        }
+        context
+            .credentials
+            .set_statics(StaticCredentials::new(&config.auth, &config.realm));
+        let reconfiguration = Arc::new(Reconfiguration {
+            core: core_config(
+                config,
+                context.relay_v4,
+                context.epoch,
+                context.unix_at_epoch,
+            ),
+            policy: peer_policy(config, &self.listeners, &context.own, context.relay_v4),
+            nonces: Nonces::new(context.nonce_key, context.epoch, config.auth.nonce_lifetime),
+            ports: config.relay.ports,
+        });
+        self.commander.send(Command::Reconfigure(reconfiguration));
+        self.streams
+            .max_connections
+            .store(config.limits.max_tcp_connections, Ordering::Relaxed);
+        self.streams.idle_timeout_ms.store(
+            config.limits.stream_idle_timeout.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if let Some(tls) = tls {
+            context.tls.store(Some(Arc::new(tls)));
+        }
+        Ok(restart)
+    }
 }
 
 /// The sockets one worker serves.
@@ -145,12 +376,11 @@ struct WorkerSockets {
 
 impl Node {
     /// Binds every listener (once per worker, with SO_REUSEPORT) and starts the workers.
-    /// `redis` is the shared credential store when `[redis]` is configured; the caller keeps
-    /// it in step with Redis.
+    /// `credentials` answers for users and secrets (the caller keeps its Redis part in step).
     /// `own` lists the server's other sockets (the HTTP API), which are never valid peers.
     pub fn start(
         config: &Config,
-        redis: Option<Arc<RedisStore>>,
+        credentials: Arc<Credentials>,
         own: &[SocketAddr],
     ) -> Result<Node, StartError> {
         let workers = match config.workers {
@@ -209,27 +439,8 @@ impl Node {
             });
         }
 
-        let local_ips: Vec<IpAddr> = [
-            relay_v4.map(IpAddr::V4),
-            config.relay.address_v6.map(IpAddr::V6),
-            config.relay.public_address.map(IpAddr::V4),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        let policy = PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone())
-            .with_own_sockets(
-                listeners
-                    .iter()
-                    .map(|l| l.address)
-                    .chain(own.iter().copied())
-                    .collect(),
-                local_ips,
-            );
-        let credentials = Arc::new(Credentials::new(
-            StaticCredentials::new(&config.auth, &config.realm),
-            redis,
-        ));
+        let own: Vec<SocketAddr> = own.to_vec();
+        let policy = peer_policy(config, &listeners, &own, relay_v4);
         let epoch = Instant::now();
         let unix_at_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -237,26 +448,7 @@ impl Node {
         let mut nonce_key = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce_key);
         let nonces = Nonces::new(nonce_key, epoch, config.auth.nonce_lifetime);
-        let core_config = CoreConfig {
-            realm: config.realm.clone(),
-            software: config.software.clone(),
-            default_lifetime: config.relay.default_lifetime,
-            max_lifetime: config.relay.max_lifetime,
-            public_v4: config.relay.public_address,
-            relay_v4: relay_v4.is_some(),
-            relay_v6: config.relay.address_v6.is_some(),
-            allocation_bandwidth: config.limits.allocation_bandwidth.bits_per_second(),
-            cluster_leases: config.redis.is_some(),
-            quota: Quota {
-                user_allocations: config.limits.user_allocations,
-                total_allocations: config.limits.total_allocations,
-                user_bandwidth: config.limits.user_bandwidth.bits_per_second(),
-            },
-            permissions_per_allocation: config.limits.permissions_per_allocation,
-            channels_per_allocation: config.limits.channels_per_allocation,
-            epoch,
-            unix_at_epoch,
-        };
+        let core_config = core_config(config, relay_v4, epoch, unix_at_epoch);
         let relay_settings = worker::RelaySettings {
             v4: relay_v4.map(IpAddr::V4),
             v6: config.relay.address_v6.map(IpAddr::V6),
@@ -269,18 +461,23 @@ impl Node {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(limits.unauthenticated_rate),
             cluster: Default::default(),
+            draining: Default::default(),
         });
         let (lease_tx, lease_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster_link = config.redis.as_ref().map(|_| lease_tx.clone());
         let streams = Arc::new(StreamLimits {
-            max_connections: limits.max_tcp_connections,
-            idle_timeout: limits.stream_idle_timeout,
+            max_connections: AtomicU32::new(limits.max_tcp_connections),
+            idle_timeout_ms: std::sync::atomic::AtomicU64::new(
+                limits.stream_idle_timeout.as_millis() as u64,
+            ),
             live: AtomicU32::new(0),
         });
+        let tls = Arc::new(arc_swap::ArcSwapOption::from(tls.map(Arc::new)));
 
         let (shutdown, stop) = watch::channel(false);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
+        let mut snapshots = Vec::new();
         let mut commands = Vec::new();
         for (index, sockets) in sockets.into_iter().enumerate() {
             let mut secret = [0u8; 32];
@@ -298,6 +495,8 @@ impl Node {
             let stop = stop.clone();
             let published = Arc::new(Mutex::new(WorkerCounters::default()));
             counters.push(published.clone());
+            let snapshot = Arc::new(Mutex::new(Arc::new(Vec::new())));
+            snapshots.push(snapshot.clone());
             let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel();
             commands.push(command_tx);
             let context = worker::Context {
@@ -305,6 +504,7 @@ impl Node {
                 relay,
                 streams: streams.clone(),
                 published,
+                snapshot,
                 commands: command_rx,
                 cluster: cluster_link.clone(),
             };
@@ -353,20 +553,50 @@ impl Node {
             None => None,
         };
         Ok(Node {
-            commander,
+            handle: NodeHandle {
+                commander,
+                listeners,
+                counters,
+                snapshots,
+                streams,
+                limits: node_limits,
+                reload: Arc::new(ReloadContext {
+                    credentials,
+                    tls,
+                    own,
+                    relay_v4,
+                    epoch,
+                    unix_at_epoch,
+                    nonce_key,
+                    workers,
+                }),
+            },
             cluster,
-            listeners,
             relay_v4,
             workers: threads,
-            counters,
-            streams,
             shutdown,
         })
     }
 
+    /// What the rest of the process may see and ask of this node.
+    pub fn handle(&self) -> NodeHandle {
+        self.handle.clone()
+    }
+
     /// The listeners, with the ports actually bound (a configured port 0 becomes a real one).
     pub fn listeners(&self) -> &[BoundListener] {
-        &self.listeners
+        self.handle.listeners()
+    }
+
+    /// The node id used when `[redis] node-id` is not set: host name and first listener.
+    pub fn default_node_id(&self) -> String {
+        let first = self
+            .handle
+            .listeners
+            .first()
+            .map(|l| l.address.to_string())
+            .unwrap_or_default();
+        format!("{}-{first}", host_name())
     }
 
     /// The IPv4 address relay sockets bind to.
@@ -386,23 +616,12 @@ impl Node {
 
     /// A handle that sends commands to the workers.
     pub fn commander(&self) -> Commander {
-        self.commander.clone()
+        self.handle.commander()
     }
 
     /// The node's counters, as the workers last published them.
     pub fn counters(&self) -> NodeCounters {
-        let mut total = NodeCounters {
-            tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
-            ..NodeCounters::default()
-        };
-        for published in &self.counters {
-            let worker = *published.lock().unwrap_or_else(|e| e.into_inner());
-            total.workers.core.add(&worker.core);
-            total.workers.allocations += worker.allocations;
-            total.workers.tcp_rejected += worker.tcp_rejected;
-            total.workers.stream_timeouts += worker.stream_timeouts;
-        }
-        total
+        self.handle.counters()
     }
 
     /// Stops the workers and waits for them.
@@ -418,7 +637,7 @@ fn run_worker(
     core: Server,
     context: worker::Context,
     sockets: WorkerSockets,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: stream::SharedAcceptor,
     mut stop: watch::Receiver<bool>,
 ) {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -455,7 +674,7 @@ fn run_worker(
         for (listener, is_tls) in sockets.tcp {
             match tokio::net::TcpListener::from_std(listener) {
                 Ok(listener) => {
-                    let acceptor = if is_tls { tls.clone() } else { None };
+                    let acceptor = is_tls.then(|| tls.clone());
                     tokio::task::spawn_local(stream::accept_loop(
                         shared.clone(),
                         listener,

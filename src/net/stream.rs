@@ -59,8 +59,16 @@ impl StreamWriter {
     }
 }
 
-/// Accepts connections on a TCP listener of this worker, with TLS when `tls` is set.
-pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Option<TlsAcceptor>) {
+/// The node's TLS acceptor; swapped whole when a reload brings a new certificate.
+pub(super) type SharedAcceptor = Arc<arc_swap::ArcSwapOption<TlsAcceptor>>;
+
+/// Accepts connections on a TCP listener of this worker, with TLS when `tls` is set (each
+/// handshake uses the certificate current when the connection arrives).
+pub(super) async fn accept_loop(
+    shared: Shared,
+    listener: TcpListener,
+    tls: Option<SharedAcceptor>,
+) {
     let transport = if tls.is_some() {
         Transport::Tls
     } else {
@@ -93,8 +101,15 @@ pub(super) async fn accept_loop(shared: Shared, listener: TcpListener, tls: Opti
             server: normalize(server),
         };
         let shared = shared.clone();
-        let tls = tls.clone();
-        let idle = limits.idle_timeout;
+        let tls = match &tls {
+            None => None,
+            Some(current) => match current.load_full() {
+                Some(acceptor) => Some(acceptor),
+                // A TLS listener without a certificate cannot serve anyone.
+                None => continue,
+            },
+        };
+        let idle = limits.idle_timeout();
         tokio::task::spawn_local(async move {
             let _slot = slot;
             match tls {
@@ -120,7 +135,7 @@ impl ConnectionSlot {
         let taken = limits
             .live
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
-                (live < limits.max_connections).then_some(live + 1)
+                (live < limits.max_connections.load(Ordering::Relaxed)).then_some(live + 1)
             });
         taken.ok().map(|_| ConnectionSlot(limits.clone()))
     }

@@ -54,6 +54,8 @@ pub struct Context {
     pub relay: RelaySettings,
     pub streams: Arc<super::StreamLimits>,
     pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+    /// Where the allocation snapshot goes, every second.
+    pub snapshot: Arc<std::sync::Mutex<Arc<Vec<super::status::AllocationInfo>>>>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
     /// Where lease requests go (with `[redis]`).
     pub cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
@@ -74,6 +76,9 @@ pub(super) struct Worker {
     relay: RelaySettings,
     pub streams_limits: Arc<super::StreamLimits>,
     published: Arc<std::sync::Mutex<super::WorkerCounters>>,
+    snapshot: Arc<std::sync::Mutex<Arc<Vec<super::status::AllocationInfo>>>>,
+    /// Publish ticks since the last allocation snapshot.
+    ticks: u32,
     /// Taken by the command loop when the worker starts.
     commands: Option<tokio::sync::mpsc::UnboundedReceiver<super::Command>>,
     index: usize,
@@ -103,6 +108,8 @@ impl Worker {
                 relay: context.relay,
                 streams_limits: context.streams,
                 published: context.published,
+                snapshot: context.snapshot,
+                ticks: 0,
                 commands: Some(context.commands),
                 index: context.index,
                 cluster: context.cluster,
@@ -156,6 +163,18 @@ impl Worker {
                 allocation,
                 granted,
             } => self.lease_answered(now, allocation, granted),
+            super::Command::Reconfigure(reconfiguration) => {
+                let change = (*reconfiguration).clone();
+                self.core
+                    .reconfigure(change.core, change.policy, change.nonces);
+                self.relay.ports = change.ports;
+            }
+            super::Command::Close(allocation) => {
+                if self.core.close(allocation) {
+                    tracing::info!(allocation = %allocation, "allocation closed by the operator");
+                }
+                self.ticks = 10;
+            }
         }
         self.after_core_call(now, before);
         self.closing.clear();
@@ -366,8 +385,20 @@ impl Worker {
         self.event_out = out;
     }
 
-    /// Makes the counters visible to the rest of the process.
-    fn publish(&self) {
+    /// Makes the counters visible to the rest of the process, and every tenth time (each
+    /// second) a snapshot of the allocations.
+    fn publish(&mut self) {
+        self.ticks += 1;
+        if self.ticks >= 10 {
+            self.ticks = 0;
+            let allocations: Vec<_> = self
+                .core
+                .allocations()
+                .filter(|a| a.relayed.is_some())
+                .map(|a| super::status::AllocationInfo::new(self.index, &self.core, a))
+                .collect();
+            *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(allocations);
+        }
         let counters = super::WorkerCounters {
             core: self.core.stats(),
             allocations: self.core.allocation_count() as u64,
@@ -487,7 +518,7 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
             _ = tokio::time::sleep_until(deadline.into()) => {}
             _ = notify.notified() => continue,
             _ = publish.tick() => {
-                let worker = shared.borrow();
+                let mut worker = shared.borrow_mut();
                 worker.publish();
                 // Unclaimed EVEN-PORT reservations give their port back after 30 s.
                 worker.relay.reservations.expire(Instant::now());

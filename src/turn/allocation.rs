@@ -35,9 +35,19 @@ impl std::fmt::Display for AllocationId {
 }
 
 impl AllocationId {
+    /// An id from its parts (as [`AllocationId`]'s `Display` writes them).
+    pub fn from_parts(index: u32, generation: u32) -> Self {
+        AllocationId { index, generation }
+    }
+
     /// The slot index: dense and small, so the I/O layer can keep its relay sockets in a `Vec`.
     pub fn index(self) -> usize {
         self.index as usize
+    }
+
+    /// The slot's generation: tells this allocation from earlier ones in the same slot.
+    pub fn generation(self) -> u32 {
+        self.generation
     }
 }
 

@@ -201,11 +201,48 @@ pub struct Stats {
     pub quota_rejected: u64,
     /// 508 answers.
     pub capacity_rejected: u64,
+    /// Responses sent, by method ([`RESPONSE_METHODS`]) and code ([`RESPONSE_CODES`]).
+    pub responses: [[u64; RESPONSE_CODES.len()]; RESPONSE_METHODS.len()],
+}
+
+/// Methods the response counters distinguish (the last row is any other method).
+pub const RESPONSE_METHODS: [&str; 6] = [
+    "binding",
+    "allocate",
+    "refresh",
+    "create_permission",
+    "channel_bind",
+    "other",
+];
+/// Codes the response counters distinguish (200 is success; the last column is any other).
+pub const RESPONSE_CODES: [u16; 17] = [
+    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 0, 0,
+];
+
+fn response_slot(method: Method, code: u16) -> (usize, usize) {
+    let row = match method {
+        Method::BINDING => 0,
+        Method::ALLOCATE => 1,
+        Method::REFRESH => 2,
+        Method::CREATE_PERMISSION => 3,
+        Method::CHANNEL_BIND => 4,
+        _ => 5,
+    };
+    let column = RESPONSE_CODES[..15]
+        .iter()
+        .position(|&c| c == code)
+        .unwrap_or(15);
+    (row, column)
 }
 
 impl Stats {
     /// Adds `other`'s counts to these (summing workers).
     pub fn add(&mut self, other: &Stats) {
+        for (mine, theirs) in self.responses.iter_mut().zip(&other.responses) {
+            for (a, b) in mine.iter_mut().zip(theirs) {
+                *a += b;
+            }
+        }
         self.binding_requests += other.binding_requests;
         self.allocations_created += other.allocations_created;
         self.allocations_expired += other.allocations_expired;
@@ -235,6 +272,8 @@ pub struct NodeLimits {
     pub sources: SourceLimiter,
     /// Other live nodes, for 300 Try Alternate.
     pub cluster: ClusterView,
+    /// Draining: no new allocations (300 to another node, else 403); existing ones go on.
+    pub draining: std::sync::atomic::AtomicBool,
 }
 
 struct Slot {
@@ -317,6 +356,45 @@ impl Server {
             .get(id.index())
             .filter(|slot| slot.generation == id.generation)
             .and_then(|slot| slot.allocation.as_ref())
+    }
+
+    /// Takes a reloaded configuration: settings, peer policy, nonce lifetime. Allocations go
+    /// on; a changed per-allocation bandwidth cap applies to them at once.
+    pub fn reconfigure(&mut self, config: CoreConfig, policy: PeerPolicy, nonces: Nonces) {
+        let bandwidth_changed = config.allocation_bandwidth != self.config.allocation_bandwidth;
+        self.config = config;
+        self.policy = policy;
+        self.nonces = nonces;
+        if bandwidth_changed {
+            let bandwidth = self.config.allocation_bandwidth;
+            for slot in &mut self.slots {
+                if let Some(allocation) = slot.allocation.as_mut() {
+                    allocation.bandwidth = bandwidth.map(ByteRate::new);
+                }
+            }
+        }
+    }
+
+    /// Every live allocation (for status snapshots; control path).
+    pub fn allocations(&self) -> impl Iterator<Item = &Allocation> {
+        self.slots
+            .iter()
+            .filter_map(|slot| slot.allocation.as_ref())
+    }
+
+    /// The wall-clock time (unix seconds) of an instant.
+    pub fn unix_time_of(&self, at: Instant) -> u64 {
+        self.unix_time(at)
+    }
+
+    /// Ends an allocation now (an operator's request); `false` if it was already gone.
+    pub fn close(&mut self, id: AllocationId) -> bool {
+        if self.allocation(id).is_none() {
+            return false;
+        }
+        self.stats.allocations_deleted += 1;
+        self.remove_allocation(id);
+        true
     }
 
     /// The allocation of a 5-tuple.
@@ -499,6 +577,7 @@ impl Server {
         )
         .unwrap_or(0);
         self.stats.allocations_created += 1;
+        self.count_response(Method::ALLOCATE, 200);
         // The allocation was just looked up, so it is there.
         let alloc = self.allocation_mut(allocation)?;
         alloc.last_response.store(tid, now, &out[..n]);
@@ -682,7 +761,10 @@ impl Server {
             Ok::<_, StunError>(w.finish())
         })();
         match written {
-            Ok(n) => ClientAction::Reply(n),
+            Ok(n) => {
+                self.count_response(Method::BINDING, 200);
+                ClientAction::Reply(n)
+            }
             Err(_) => ClientAction::None,
         }
     }
@@ -872,6 +954,18 @@ impl Server {
         if self.by_tuple.contains_key(tuple) {
             return Err(RequestError::AllocationMismatch);
         }
+        if self
+            .node
+            .draining
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(
+                match self.node.cluster.pick(tuple.transport, tuple.server) {
+                    Some(alternate) => RequestError::TryAlternate(alternate),
+                    None => RequestError::Forbidden("Server is draining"),
+                },
+            );
+        }
         let transport = msg
             .get(attr::REQUESTED_TRANSPORT)
             .ok_or(RequestError::BadRequest("Missing REQUESTED-TRANSPORT"))?;
@@ -1047,6 +1141,7 @@ impl Server {
             |w| w.u32(attr::LIFETIME, lifetime.as_secs() as u32),
         )
         .map_err(|_| RequestError::ServerError)?;
+        self.count_response(Method::REFRESH, 200);
         Ok(ClientAction::Reply(n))
     }
 
@@ -1235,7 +1330,7 @@ impl Server {
 
     /// A signed success response without attributes of its own.
     fn reply_success(
-        &self,
+        &mut self,
         out: &mut [u8],
         method: Method,
         tid: TransactionId,
@@ -1243,6 +1338,7 @@ impl Server {
     ) -> Result<ClientAction, RequestError> {
         let n = write_response(out, method, tid, &self.config.software, key, |_| Ok(()))
             .map_err(|_| RequestError::ServerError)?;
+        self.count_response(method, 200);
         Ok(ClientAction::Reply(n))
     }
 
@@ -1380,7 +1476,7 @@ impl Server {
         error: RequestError,
         key: Option<&Key>,
     ) -> usize {
-        self.count_error(error);
+        self.count_error(method, error);
         let software = if key.is_some() {
             &self.config.software[..]
         } else {
@@ -1396,7 +1492,13 @@ impl Server {
         .unwrap_or(0)
     }
 
-    fn count_error(&mut self, error: RequestError) {
+    fn count_response(&mut self, method: Method, code: u16) {
+        let (row, column) = response_slot(method, code);
+        self.stats.responses[row][column] += 1;
+    }
+
+    fn count_error(&mut self, method: Method, error: RequestError) {
+        self.count_response(method, error.code());
         self.stats.error_responses += 1;
         match error {
             RequestError::AllocationQuotaReached => self.stats.quota_rejected += 1,
@@ -1435,6 +1537,7 @@ impl Server {
             return ClientAction::None;
         }
         self.stats.error_responses += 1;
+        self.count_response(method, error.code());
         let nonce = self.nonces.issue(now, tuple.client.ip());
         let realm = &self.config.realm;
         // No reason phrase: the code says it all, and the answer to an unauthenticated request
@@ -1456,6 +1559,7 @@ impl Server {
         out: &mut [u8],
     ) -> ClientAction {
         self.stats.error_responses += 1;
+        self.count_response(msg.method(), 420);
         let mut unknown = [0u16; 16];
         let mut count = 0;
         for (slot, typ) in unknown

@@ -88,6 +88,7 @@ impl Harness {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(0),
             cluster: ClusterView::default(),
+            draining: Default::default(),
         };
         Self::with_node(tweak, node)
     }
@@ -980,6 +981,7 @@ fn unauthenticated_answers_are_rate_limited_per_source() {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(20),
         cluster: ClusterView::default(),
+        draining: Default::default(),
     };
     let mut h = Harness::with_node(|_| {}, node);
     let binding = binding_request(|_| {});
@@ -1020,6 +1022,7 @@ fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected:
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
         cluster: ClusterView::default(),
+        draining: Default::default(),
     };
     Harness::with_credentials(|_| {}, node, credentials)
 }
@@ -1095,6 +1098,7 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(0),
         cluster: ClusterView::default(),
+        draining: Default::default(),
     };
     let mut h = Harness::with_credentials(|_| {}, node, credentials);
     let mut dave = Client::new(udp(CLIENT), username, &password);
@@ -1216,4 +1220,51 @@ fn a_full_node_sends_clients_to_an_alternate() {
 
 fn alice_client(_: &mut Harness) -> Client {
     Client::new(udp(CLIENT), "alice", "wonderland")
+}
+
+#[test]
+fn responses_are_counted_by_method_and_code() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    c.permit(&mut h, PEER.parse().unwrap());
+    c.permit(&mut h, "10.0.0.1:1".parse().unwrap());
+    let stats = h.server.stats();
+    let count = |method: &str, code: u16| {
+        let row = RESPONSE_METHODS.iter().position(|m| *m == method).unwrap();
+        let column = RESPONSE_CODES.iter().position(|c| *c == code).unwrap();
+        stats.responses[row][column]
+    };
+    assert_eq!(count("allocate", 401), 1);
+    assert_eq!(count("allocate", 200), 1);
+    assert_eq!(count("create_permission", 200), 1);
+    assert_eq!(count("create_permission", 403), 1);
+    assert_eq!(count("binding", 200), 0);
+}
+
+#[test]
+fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    h.server
+        .node
+        .draining
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
+    let refused = bob.allocate(&mut h);
+    assert_eq!(refused.code, Some(403));
+    let msg = Message::parse(&refused.bytes).unwrap();
+    let (_, reason) = attr::decode_error_code(msg.get(attr::ERROR_CODE).unwrap()).unwrap();
+    assert_eq!(reason, "Server is draining");
+    assert_eq!(
+        c.call(&mut h, Method::REFRESH, |_| {}).class,
+        Class::Success
+    );
+    // With another live node known, the client is sent there instead.
+    h.server.node.cluster.set(vec![Alternate {
+        transport: Transport::Udp,
+        address: "192.0.2.20:3478".parse().unwrap(),
+        load: 0,
+    }]);
+    let mut carol = Client::new(udp("198.51.100.31:1"), "bob", "builder");
+    assert_eq!(carol.allocate(&mut h).code, Some(300));
 }

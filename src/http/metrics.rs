@@ -1,0 +1,256 @@
+//! `GET /metrics`: Prometheus/OpenMetrics text, built at scrape time from the counters the
+//! workers publish. No label carries a username, an address or an allocation id, so the set of
+//! series is fixed whatever the traffic.
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::auth::redis::{Health, unix_now};
+use crate::turn::{RESPONSE_CODES, RESPONSE_METHODS};
+
+use super::{Api, authorized, unauthorized};
+
+/// The collector handed to the registry for one scrape.
+struct Scrape(Arc<Api>);
+
+impl std::fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Scrape")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+/// A counter family with one label.
+fn counters(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[(&str, u64)],
+) -> Result<(), std::fmt::Error> {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (value_label, value) in values {
+        let labels = [(label, *value_label)];
+        let metric = family.encode_family(&labels)?;
+        ConstCounter::new(*value).encode(metric)?;
+    }
+    Ok(())
+}
+
+impl prometheus_client::collector::Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let api = &self.0;
+        let counters_now = api.node.counters();
+        let core = counters_now.workers.core;
+        let allocations = api.node.allocations();
+        let count = |transport| {
+            allocations
+                .iter()
+                .filter(|a| a.client.transport == transport)
+                .count() as i64
+        };
+        {
+            use crate::config::Transport;
+            let mut family = encoder.encode_descriptor(
+                "turnpike_allocations",
+                "Live allocations, by client transport",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (name, transport) in [
+                ("udp", Transport::Udp),
+                ("tcp", Transport::Tcp),
+                ("tls", Transport::Tls),
+            ] {
+                let labels = [("transport", name)];
+                ConstGauge::new(count(transport)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "turnpike_allocations_created",
+            "Allocations granted",
+            core.allocations_created,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_allocations_expired",
+            "Allocations that reached the end of their lifetime",
+            core.allocations_expired,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_allocations_deleted",
+            "Allocations deleted: Refresh 0, connection closed, revoked, closed by an operator",
+            core.allocations_deleted,
+        )?;
+        counters(
+            &mut encoder,
+            "turnpike_relayed_packets",
+            "Packets relayed, by direction",
+            "direction",
+            &[
+                ("to_peer", core.to_peer_packets),
+                ("to_client", core.to_client_packets),
+            ],
+        )?;
+        counters(
+            &mut encoder,
+            "turnpike_relayed_bytes",
+            "Payload bytes relayed, by direction",
+            "direction",
+            &[
+                ("to_peer", core.to_peer_bytes),
+                ("to_client", core.to_client_bytes),
+            ],
+        )?;
+        counters(
+            &mut encoder,
+            "turnpike_drops",
+            "Packets and requests dropped, by reason",
+            "reason",
+            &[
+                ("no_allocation", core.dropped_no_allocation),
+                ("no_permission", core.dropped_no_permission),
+                ("policy", core.dropped_policy),
+                ("bandwidth", core.dropped_bandwidth),
+                ("rate_limit", core.rate_limited),
+                ("malformed", core.malformed),
+            ],
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "turnpike_responses",
+                "Responses sent, by method and code (200 = success)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (row, method) in RESPONSE_METHODS.iter().enumerate() {
+                for (column, code) in RESPONSE_CODES.iter().enumerate() {
+                    let value = core.responses[row][column];
+                    if value == 0 {
+                        continue;
+                    }
+                    let code = if *code == 0 {
+                        "other".to_owned()
+                    } else {
+                        code.to_string()
+                    };
+                    let labels = [("method", *method), ("code", code.as_str())];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        counter(
+            &mut encoder,
+            "turnpike_auth_failures",
+            "Requests whose credentials did not verify",
+            core.auth_failures,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_stale_nonces",
+            "Requests answered 438 Stale Nonce",
+            core.stale_nonces,
+        )?;
+        gauge(
+            &mut encoder,
+            "turnpike_tcp_connections",
+            "Live TCP and TLS client connections",
+            counters_now.tcp_connections as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_tcp_rejected",
+            "TCP/TLS connections refused at max-tcp-connections",
+            counters_now.workers.tcp_rejected,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_stream_timeouts",
+            "TCP/TLS clients closed by stream-idle-timeout",
+            counters_now.workers.stream_timeouts,
+        )?;
+        let redis_up = api.redis.as_ref().map_or(0, |r| {
+            i64::from(r.store.health(unix_now()) == Health::Connected)
+        });
+        gauge(
+            &mut encoder,
+            "turnpike_redis_up",
+            "1 when the Redis store is connected (0 when disconnected or not configured)",
+            redis_up,
+        )?;
+        gauge(
+            &mut encoder,
+            "turnpike_draining",
+            "1 while the node drains",
+            i64::from(api.node.draining()),
+        )?;
+        gauge(
+            &mut encoder,
+            "turnpike_uptime_seconds",
+            "Seconds since start",
+            api.started.elapsed().as_secs() as i64,
+        )?;
+        {
+            let info = prometheus_client::metrics::info::Info::new([(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]);
+            info.encode(encoder.encode_descriptor(
+                "turnpike_build",
+                "Build information",
+                None,
+                info.metric_type(),
+            )?)?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if !api.settings.load().public_metrics && !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Scrape(api)));
+    let mut text = String::new();
+    if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

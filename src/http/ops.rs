@@ -1,0 +1,250 @@
+//! Operators' endpoints: health probes, status, allocations, the dashboard page.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::auth::redis::{Health, unix_now};
+use crate::config::Transport;
+
+use super::{Api, authorized, error, unauthorized};
+
+/// Most allocations one page of `/api/v1/allocations` returns.
+const MAX_PAGE: usize = 1000;
+
+/// Relayed rates over the last sampling interval.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Rates {
+    last: Option<(Instant, [u64; 4])>,
+    pub to_peer_bps: f64,
+    pub to_client_bps: f64,
+    pub to_peer_pps: f64,
+    pub to_client_pps: f64,
+}
+
+/// Samples the relayed counters every second into `api.rates`.
+pub(super) async fn sample_rates(api: Arc<Api>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let core = api.node.counters().workers.core;
+        let now_counts = [
+            core.to_peer_bytes,
+            core.to_client_bytes,
+            core.to_peer_packets,
+            core.to_client_packets,
+        ];
+        let now = Instant::now();
+        let mut rates = api.rates.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((then, counts)) = rates.last {
+            let seconds = now.duration_since(then).as_secs_f64().max(1e-3);
+            let per_second = |i: usize| now_counts[i].saturating_sub(counts[i]) as f64 / seconds;
+            rates.to_peer_bps = per_second(0) * 8.0;
+            rates.to_client_bps = per_second(1) * 8.0;
+            rates.to_peer_pps = per_second(2);
+            rates.to_client_pps = per_second(3);
+        }
+        rates.last = Some((now, now_counts));
+    }
+}
+
+pub(super) async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Ready when the listeners are bound (they are, once this answers) and Redis, when
+/// configured, is connected.
+pub(super) async fn readyz(State(api): State<Arc<Api>>) -> Response {
+    let redis = api
+        .redis
+        .as_ref()
+        .map(|redis| redis.store.health(unix_now()));
+    match redis {
+        None | Some(Health::Connected) => (StatusCode::OK, "ready\n").into_response(),
+        Some(state) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: Redis {}\n", health_name(Some(state))),
+        )
+            .into_response(),
+    }
+}
+
+pub(super) fn health_name(health: Option<Health>) -> &'static str {
+    match health {
+        None => "none",
+        Some(Health::Starting) => "starting",
+        Some(Health::Connected) => "connected",
+        Some(Health::Stale) => "stale",
+        Some(Health::Expired) => "expired",
+    }
+}
+
+fn transport_name(transport: Transport) -> &'static str {
+    match transport {
+        Transport::Udp => "udp",
+        Transport::Tcp => "tcp",
+        Transport::Tls => "tls",
+    }
+}
+
+pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let counters = api.node.counters();
+    let core = counters.workers.core;
+    let allocations = api.node.allocations();
+    let mut by_transport: BTreeMap<&str, u64> =
+        [("udp", 0), ("tcp", 0), ("tls", 0)].into_iter().collect();
+    let mut by_family: BTreeMap<&str, u64> = [("ipv4", 0), ("ipv6", 0)].into_iter().collect();
+    let mut users = HashSet::new();
+    for allocation in &allocations {
+        *by_transport
+            .entry(transport_name(allocation.client.transport))
+            .or_default() += 1;
+        let family = match allocation.relay {
+            Some(relay) if relay.is_ipv6() => "ipv6",
+            _ => "ipv4",
+        };
+        *by_family.entry(family).or_default() += 1;
+        users.insert(allocation.user.as_str());
+    }
+    let rates = *api.rates.lock().unwrap_or_else(|e| e.into_inner());
+    let listeners: Vec<_> = api
+        .node
+        .listeners()
+        .iter()
+        .map(|l| {
+            json!({
+                "transport": transport_name(l.transport),
+                "address": l.address,
+                "state": "listening",
+            })
+        })
+        .collect();
+    let redis_state = api
+        .redis
+        .as_ref()
+        .map(|redis| redis.store.health(unix_now()));
+    axum::Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": api.started.elapsed().as_secs(),
+        "node": api.node_id,
+        "listeners": listeners,
+        "allocations": {
+            "total": allocations.len(),
+            "by_transport": by_transport,
+            "by_family": by_family,
+        },
+        "users": users.len(),
+        "relayed": {
+            "to_peer": {"packets": core.to_peer_packets, "bytes": core.to_peer_bytes},
+            "to_client": {"packets": core.to_client_packets, "bytes": core.to_client_bytes},
+        },
+        "rates": {
+            "to_peer_bps": rates.to_peer_bps,
+            "to_client_bps": rates.to_client_bps,
+            "to_peer_pps": rates.to_peer_pps,
+            "to_client_pps": rates.to_client_pps,
+        },
+        "drops": {
+            "quota": core.quota_rejected,
+            "capacity": core.capacity_rejected,
+            "bandwidth": core.dropped_bandwidth,
+            "policy": core.dropped_policy,
+            "rate_limit": core.rate_limited,
+            "malformed": core.malformed,
+            "no_permission": core.dropped_no_permission,
+            "no_allocation": core.dropped_no_allocation,
+        },
+        "tcp": {
+            "connections": counters.tcp_connections,
+            "rejected": counters.workers.tcp_rejected,
+            "timeouts": counters.workers.stream_timeouts,
+        },
+        "redis": {
+            "configured": api.redis.is_some(),
+            "state": health_name(redis_state),
+        },
+        "draining": api.node.draining(),
+        "ice_urls": api.settings.load().ice_urls,
+    }))
+    .into_response()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AllocationQuery {
+    user: Option<String>,
+    limit: Option<usize>,
+    /// The id after which the page starts (ids sort as strings).
+    cursor: Option<String>,
+}
+
+pub(super) async fn allocations(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    query: Result<Query<AllocationQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    let Ok(Query(query)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "invalid query: expected user, limit and cursor",
+        );
+    };
+    let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let mut all = api.node.allocations();
+    all.retain(|a| query.user.as_ref().is_none_or(|user| &a.user == user));
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    let start = match &query.cursor {
+        Some(cursor) => all.partition_point(|a| a.id.as_str() <= cursor.as_str()),
+        None => 0,
+    };
+    let page: Vec<_> = all.iter().skip(start).take(limit).collect();
+    let next_cursor = (start + page.len() < all.len())
+        .then(|| page.last().map(|a| a.id.clone()))
+        .flatten();
+    axum::Json(json!({ "allocations": page, "next_cursor": next_cursor })).into_response()
+}
+
+pub(super) async fn close_allocation(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if !authorized(&api, &headers) {
+        return unauthorized();
+    }
+    if !api.node.allocations().iter().any(|a| a.id == id) {
+        return error(StatusCode::NOT_FOUND, "no such allocation");
+    }
+    if !api.node.close(&id) {
+        return error(StatusCode::NOT_FOUND, "no such allocation");
+    }
+    axum::Json(json!({ "deleted": id })).into_response()
+}
+
+/// The dashboard: a static page (no data in it) that asks for the token and then reads the
+/// API like any other client.
+pub(super) async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
