@@ -205,9 +205,16 @@ impl Server {
         Self::start_in(toml, tempfile::tempdir().expect("create a tempdir"))
     }
 
+    /// Starts turnpike (whatever `TURNPIKE_TEST_BACKEND` says) from a TOML configuration with
+    /// environment variables set (`Some`) or removed (`None`), and waits until all its
+    /// listeners are bound.
+    pub fn start_with_env(toml: &str, envs: &[(&str, Option<&str>)]) -> Server {
+        start_turnpike(toml, tempfile::tempdir().expect("create a tempdir"), envs)
+    }
+
     fn start_in(toml: &str, dir: TempDir) -> Server {
         match std::env::var("TURNPIKE_TEST_BACKEND").as_deref() {
-            Err(_) | Ok("turnpike") => start_turnpike(toml, dir),
+            Err(_) | Ok("turnpike") => start_turnpike(toml, dir, &[]),
             Ok("coturn") => coturn::start(toml, dir),
             Ok(other) => panic!("TURNPIKE_TEST_BACKEND={other}: expected turnpike or coturn"),
         }
@@ -308,10 +315,25 @@ impl Drop for Server {
     }
 }
 
-fn start_turnpike(toml: &str, dir: TempDir) -> Server {
+/// Variables of the service manager's notification protocol. A server gets them only from
+/// [`Server::start_with_env`], never from the test's own environment (e.g. a CI job run as a
+/// systemd service), so that it does not notify the test runner's manager.
+const NOTIFY_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
+
+fn start_turnpike(toml: &str, dir: TempDir, envs: &[(&str, Option<&str>)]) -> Server {
     let config = dir.path().join("turnpike.toml");
     fs::write(&config, toml).expect("write the configuration");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_turnpike"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_turnpike"));
+    for name in NOTIFY_VARIABLES {
+        command.env_remove(name);
+    }
+    for (name, value) in envs {
+        match value {
+            Some(value) => command.env(name, value),
+            None => command.env_remove(name),
+        };
+    }
+    let mut child = command
         .arg("serve")
         .arg("-c")
         .arg(&config)
