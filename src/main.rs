@@ -164,6 +164,18 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the control runtime")?;
+    // Handlers first: a SIGHUP or SIGTERM right after READY must not meet the default action
+    // (which would end the process).
+    let mut signals = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let _guard = runtime.enter();
+        (
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+            signal(SignalKind::user_defined1())?,
+            signal(SignalKind::hangup())?,
+        )
+    };
     let redis = match &config.redis {
         Some(settings) => {
             let client = redis::Client::open(settings.url.as_str())
@@ -260,11 +272,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         });
     }
     runtime.block_on(async {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut usr1 = signal(SignalKind::user_defined1())?;
-        let mut hup = signal(SignalKind::hangup())?;
+        let (term, int, usr1, hup) = &mut signals;
         loop {
             tokio::select! {
                 _ = term.recv() => {
@@ -284,7 +292,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
             }
         }
         notifier.stopping();
-        drain(&handle, config.drain_timeout, &mut term, &mut int).await;
+        drain(&handle, config.drain_timeout, term, int).await;
         Ok::<_, std::io::Error>(())
     })?;
     log_counters(&handle.counters(), redis_health(store.as_deref()));
