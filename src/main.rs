@@ -295,10 +295,16 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         drain(&handle, config.drain_timeout, term, int).await;
         Ok::<_, std::io::Error>(())
     })?;
+    // The final counters, once the workers have published what happened last.
+    std::thread::sleep(PUBLISH_SETTLE);
     log_counters(&handle.counters(), redis_health(store.as_deref()));
     node.shutdown();
     Ok(())
 }
+
+/// Longer than the workers' publish interval (100 ms): after this, published counters
+/// include everything that happened before.
+const PUBLISH_SETTLE: Duration = Duration::from_millis(250);
 
 /// Stops granting allocations and waits until the existing ones have ended, `timeout` has
 /// passed, or a second signal comes.
@@ -310,10 +316,12 @@ async fn drain(
 ) {
     handle.set_draining(true);
     let deadline = tokio::time::Instant::now() + timeout;
+    // Counters are published every 100 ms: an allocation made just before the signal is
+    // counted only after the next publication, so do not trust a zero before then.
+    tokio::time::sleep(PUBLISH_SETTLE).await;
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut reported = None;
     loop {
-        // Counters are published every 100 ms, so a zero is at most that stale.
         let remaining = handle.counters().workers.allocations;
         if reported != Some(remaining) {
             tracing::info!(

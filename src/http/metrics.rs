@@ -143,6 +143,8 @@ impl prometheus_client::collector::Collector for Scrape {
                 ("bandwidth", core.dropped_bandwidth),
                 ("rate_limit", core.rate_limited),
                 ("malformed", core.malformed),
+                ("quota", core.quota_rejected),
+                ("capacity", core.capacity_rejected),
             ],
         )?;
         {
