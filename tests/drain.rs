@@ -167,3 +167,26 @@ fn a_second_sigterm_stops_a_drain_at_once() {
         "the log says why it stopped"
     );
 }
+
+/// An allocation made just before SIGTERM is as live as any other: the drain waits for it.
+#[test]
+fn a_drain_waits_for_an_allocation_made_just_before_sigterm() {
+    let mut server = server();
+    let (peer, _echo) = udp_echo_peer();
+    let mut client = allocation(&server, peer);
+    start_draining(&server);
+    let exited = server.wait_exit(Duration::from_millis(500));
+    assert_eq!(
+        exited,
+        None,
+        "the server exited at SIGTERM although an allocation was live; log: {:?}",
+        server.log_messages("drain")
+    );
+    assert!(echoes(&mut client, 1), "relaying during the drain");
+    assert_eq!(client.refresh(0), None, "Refresh 0");
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit after the last allocation: {status:?}"
+    );
+}
