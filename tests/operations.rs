@@ -422,11 +422,17 @@ fn delete_closes_an_allocation_on_the_wire() {
         "",
     );
     assert_eq!(status, 404, "a second DELETE: {body}");
-    let metrics = scrape(api, Some(TOKEN));
-    assert_eq!(
-        metrics.value("turnpike_allocations_deleted_total", &[]),
-        1.0
-    );
+    // The counters are published apart from the list (a preempted worker may publish one
+    // before the other): poll.
+    let deadline = Instant::now() + SETTLE;
+    let deleted = loop {
+        let deleted = scrape(api, Some(TOKEN)).value("turnpike_allocations_deleted_total", &[]);
+        if deleted == 1.0 || Instant::now() >= deadline {
+            break deleted;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(deleted, 1.0, "turnpike_allocations_deleted_total");
     drop(echo);
 }
 
