@@ -16,6 +16,11 @@ const TOKEN: &str = "drain-token-0123456789";
 
 /// A UDP server with the HTTP API and `drain-timeout = "30s"`.
 fn server() -> Server {
+    server_draining_for("30s")
+}
+
+/// A UDP server with the HTTP API and `drain-timeout = timeout`.
+fn server_draining_for(timeout: &str) -> Server {
     let dir = tempfile::tempdir().expect("create a tempdir");
     let config = TestConfig {
         transports: vec!["udp"],
@@ -24,7 +29,7 @@ fn server() -> Server {
     };
     // A top-level key goes before every table.
     let toml = format!(
-        "drain-timeout = \"30s\"\n{}",
+        "drain-timeout = \"{timeout}\"\n{}",
         base_config(&config, dir.path())
     );
     Server::start_in(&toml, dir)
@@ -162,6 +167,35 @@ fn a_second_sigterm_stops_a_drain_at_once() {
     assert_eq!(
         server
             .wait_for_log("second signal", 1, Duration::from_secs(2))
+            .len(),
+        1,
+        "the log says why it stopped"
+    );
+}
+
+#[test]
+fn drain_timeout_ends_a_drain_with_allocations_left() {
+    let mut server = server_draining_for("2s");
+    let (peer, _echo) = udp_echo_peer();
+    let mut client = allocation(&server, peer);
+    wait_published(&server, 1);
+    let term = Instant::now();
+    start_draining(&server);
+    assert!(echoes(&mut client, 1), "relaying during the drain");
+    assert_eq!(
+        server.wait_exit(Duration::from_millis(500)),
+        None,
+        "exited before drain-timeout with an allocation left"
+    );
+    let status = server.wait_exit(Duration::from_secs(10));
+    let took = term.elapsed();
+    let status = status.expect("the server did not exit within 10 s of a 2 s drain-timeout");
+    eprintln!("drain: drain-timeout 2s: exited {took:?} after SIGTERM with {status}");
+    assert!(status.success(), "exit status {status}");
+    assert!(took >= Duration::from_secs(2), "exited after {took:?}");
+    assert_eq!(
+        server
+            .wait_for_log("drain-timeout reached", 1, Duration::from_secs(2))
             .len(),
         1,
         "the log says why it stopped"

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::http::{get_json, http};
 use common::stun_client::StunClient;
 use common::{Server, TestConfig, rest_credentials, tls, udp_echo_peer};
 
@@ -281,4 +282,45 @@ fn a_broken_configuration_is_rejected_and_the_old_one_keeps_running() {
         "the existing allocation refreshes"
     );
     assert!(server.is_running(), "the server is still running");
+}
+
+#[test]
+fn sighup_applies_the_api_settings() {
+    let (old_token, new_token) = ("old-token-0123456789ab", "new-token-0123456789ab");
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        extra: format!(
+            "[http]\naddress = \"127.0.0.1:0\"\ntoken = \"{old_token}\"\nice-urls = [\"turn:old.test:3478\"]\n"
+        ),
+        ..TestConfig::default()
+    });
+    let api = server.addr("http");
+    let status = get_json(api, "/api/v1/status", old_token);
+    assert_eq!(
+        status["ice_urls"],
+        serde_json::json!(["turn:old.test:3478"])
+    );
+    assert_eq!(http(api, "GET", "/metrics", None, "").0, 401);
+
+    let config_path = server.config_path();
+    let old = fs::read_to_string(&config_path).expect("read the configuration");
+    let fresh = old
+        .replace(old_token, new_token)
+        .replace("turn:old.test:3478", "turn:new.test:3478")
+        + "public-metrics = true\n";
+    fs::write(&config_path, fresh).expect("write the configuration");
+    server.signal(libc::SIGHUP);
+    let reloaded = server.wait_for_log("configuration reloaded", 1, RELOAD_TIMEOUT);
+    assert_eq!(reloaded.len(), 1, "no 'configuration reloaded' in the log");
+
+    let (code, body) = http(api, "GET", "/api/v1/status", Some(old_token), "");
+    assert_eq!(code, 401, "the old token after the reload: {body}");
+    let status = get_json(api, "/api/v1/status", new_token);
+    assert_eq!(
+        status["ice_urls"],
+        serde_json::json!(["turn:new.test:3478"])
+    );
+    let (code, body) = http(api, "GET", "/metrics", None, "");
+    assert_eq!(code, 200, "public metrics after the reload: {body}");
+    assert!(body.ends_with("# EOF\n"), "{body}");
 }
