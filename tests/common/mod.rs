@@ -8,8 +8,10 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod http;
 pub mod redis;
 pub mod stun_client;
+pub mod tls;
 pub mod uclient;
 
 use std::collections::HashMap;
@@ -212,7 +214,9 @@ impl Server {
         start_turnpike(toml, tempfile::tempdir().expect("create a tempdir"), envs)
     }
 
-    fn start_in(toml: &str, dir: TempDir) -> Server {
+    /// Starts a server from a TOML configuration written into `dir` (where [`base_config`]
+    /// put the certificate, if any), e.g. a [`base_config`] with top-level keys put in front.
+    pub fn start_in(toml: &str, dir: TempDir) -> Server {
         match std::env::var("TURNPIKE_TEST_BACKEND").as_deref() {
             Err(_) | Ok("turnpike") => start_turnpike(toml, dir, &[]),
             Ok("coturn") => coturn::start(toml, dir),
@@ -299,6 +303,63 @@ impl Server {
             .and_then(|value| value.trim().strip_suffix("kB"))
             .and_then(|kib| kib.trim().parse().ok())
             .unwrap_or_else(|| panic!("no VmRSS in {path}:\n{status}"))
+    }
+
+    /// Sends `signal` (e.g. `libc::SIGHUP`) to the server.
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
+        // SAFETY: as in `stats`: kill(2) has no memory-safety preconditions and the child is
+        // not reaped before `self` is dropped or waited for.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "kill -{signal} {pid}: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// Waits up to `timeout` for the server to exit by itself: its status, or `None` if it is
+    /// still running (it is left running; drop kills it).
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The log lines (turnpike's JSON) whose message starts with `prefix`.
+    pub fn log_messages(&self, prefix: &str) -> Vec<String> {
+        self.log()
+            .into_iter()
+            .filter(|line| {
+                line.contains(prefix)
+                    && serde_json::from_str::<serde_json::Value>(line).is_ok_and(|event| {
+                        event["fields"]["message"]
+                            .as_str()
+                            .is_some_and(|m| m.starts_with(prefix))
+                    })
+            })
+            .collect()
+    }
+
+    /// Waits up to `timeout` until at least `count` log lines have a message starting with
+    /// `prefix`; returns those lines (fewer when the deadline passed first).
+    pub fn wait_for_log(&self, prefix: &str, count: usize, timeout: Duration) -> Vec<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let lines = self.log_messages(prefix);
+            if lines.len() >= count || Instant::now() >= deadline {
+                return lines;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the server and waits for it to exit.

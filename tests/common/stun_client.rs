@@ -1,6 +1,6 @@
-//! A minimal TURN client over UDP or TCP, built with turnpike's own codec (which the RFC 5769
-//! vectors check): long-term credentials with the nonce dance, retransmission on UDP like a
-//! real client, ChannelData and Send indications. The behaviour under test is the server's.
+//! A minimal TURN client over UDP, TCP or TLS, built with turnpike's own codec (which the RFC
+//! 5769 vectors check): long-term credentials with the nonce dance, retransmission on UDP like
+//! a real client, ChannelData and Send indications. The behaviour under test is the server's.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -32,6 +32,10 @@ enum Link {
     },
     Tcp {
         stream: TcpStream,
+        unread: Vec<u8>,
+    },
+    Tls {
+        stream: Box<super::tls::TlsStream>,
         unread: Vec<u8>,
     },
 }
@@ -95,6 +99,23 @@ impl StunClient {
         Self::new(link, REALM, username, password)
     }
 
+    /// A client on a fresh TLS connection (handshake done; any certificate accepted).
+    pub fn tls(server: SocketAddr, username: &str, password: &str) -> Self {
+        let link = Link::Tls {
+            stream: Box::new(super::tls::connect(server)),
+            unread: Vec::new(),
+        };
+        Self::new(link, REALM, username, password)
+    }
+
+    /// The DER of the certificate the server presented (TLS clients only).
+    pub fn tls_certificate(&self) -> Vec<u8> {
+        match &self.link {
+            Link::Tls { stream, .. } => super::tls::peer_certificate(stream),
+            _ => panic!("not a TLS client"),
+        }
+    }
+
     fn new(link: Link, realm: &str, username: &str, password: &str) -> Self {
         StunClient {
             link,
@@ -112,6 +133,7 @@ impl StunClient {
         match &self.link {
             Link::Udp { socket, .. } => socket.local_addr(),
             Link::Tcp { stream, .. } => stream.local_addr(),
+            Link::Tls { stream, .. } => stream.sock.local_addr(),
         }
         .expect("local address")
     }
@@ -190,7 +212,7 @@ impl StunClient {
         }
     }
 
-    /// Sends one frame: a datagram on UDP; on TCP, the bytes as they are (callers pad
+    /// Sends one frame: a datagram on UDP; on TCP and TLS, the bytes as they are (callers pad
     /// ChannelData).
     pub fn send_frame(&mut self, frame: &[u8]) {
         match &mut self.link {
@@ -199,6 +221,10 @@ impl StunClient {
                 let _ = socket.send_to(frame, *server);
             }
             Link::Tcp { stream, .. } => stream.write_all(frame).expect("write to the server"),
+            Link::Tls { stream, .. } => {
+                stream.write_all(frame).expect("write to the server");
+                stream.flush().expect("flush to the server");
+            }
         }
     }
 
@@ -222,39 +248,41 @@ impl StunClient {
                     }
                 }
                 Link::Tcp { stream, unread } => {
-                    match stun::frame_len(unread) {
-                        Ok(Some(frame)) => {
-                            let (len, advance) = match frame {
-                                Frame::Stun(len) => (len, len),
-                                Frame::ChannelData { len, padded } => (len, padded),
-                            };
-                            let frame = unread[..len].to_vec();
-                            unread.drain(..advance);
-                            return Some(frame);
-                        }
-                        Ok(None) => {}
-                        Err(e) => panic!("the server sent a bad frame: {e:?}"),
+                    if let Some(frame) = next_stream_frame(unread) {
+                        return Some(frame);
                     }
                     stream.set_read_timeout(Some(wait)).expect("set a timeout");
-                    match stream.read(&mut buf) {
-                        Ok(0) => {
+                    match read_stream(stream, &mut buf, unread) {
+                        Some(true) => {}
+                        Some(false) => return None,
+                        None => {
                             self.closed = true;
                             return None;
                         }
-                        Ok(n) => unread.extend_from_slice(&buf[..n]),
-                        Err(e) if is_timeout(&e) => return None,
-                        Err(e) if e.kind() == ErrorKind::ConnectionReset => {
+                    }
+                }
+                Link::Tls { stream, unread } => {
+                    if let Some(frame) = next_stream_frame(unread) {
+                        return Some(frame);
+                    }
+                    stream
+                        .sock
+                        .set_read_timeout(Some(wait))
+                        .expect("set a timeout");
+                    match read_stream(stream, &mut buf, unread) {
+                        Some(true) => {}
+                        Some(false) => return None,
+                        None => {
                             self.closed = true;
                             return None;
                         }
-                        Err(e) => panic!("read from the server: {e}"),
                     }
                 }
             }
         }
     }
 
-    /// Whether the server closes the TCP connection by `deadline` (frames meanwhile are
+    /// Whether the server closes the TCP or TLS connection by `deadline` (frames meanwhile are
     /// skipped).
     pub fn closed_by(&mut self, deadline: Instant) -> bool {
         while !self.closed && self.recv_frame(deadline).is_some() {}
@@ -301,7 +329,7 @@ impl StunClient {
         .code
     }
 
-    /// Sends `payload` on channel `number` (padded to 4 bytes on TCP).
+    /// Sends `payload` on channel `number` (padded to 4 bytes on TCP and TLS).
     pub fn send_channel_data(&mut self, number: u16, payload: &[u8]) {
         let mut frame = Vec::with_capacity(payload.len() + 8);
         frame.extend_from_slice(&number.to_be_bytes());
@@ -311,7 +339,7 @@ impl StunClient {
                 .to_be_bytes(),
         );
         frame.extend_from_slice(payload);
-        if matches!(self.link, Link::Tcp { .. }) {
+        if matches!(self.link, Link::Tcp { .. } | Link::Tls { .. }) {
             frame.resize(frame.len().next_multiple_of(4), 0);
         }
         self.send_frame(&frame);
@@ -350,4 +378,43 @@ impl StunClient {
 
 pub fn is_timeout(e: &std::io::Error) -> bool {
     matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut)
+}
+
+/// The next whole STUN message or ChannelData frame buffered in `unread`, if any.
+fn next_stream_frame(unread: &mut Vec<u8>) -> Option<Vec<u8>> {
+    match stun::frame_len(unread) {
+        Ok(Some(frame)) => {
+            let (len, advance) = match frame {
+                Frame::Stun(len) => (len, len),
+                Frame::ChannelData { len, padded } => (len, padded),
+            };
+            let frame = unread[..len].to_vec();
+            unread.drain(..advance);
+            Some(frame)
+        }
+        Ok(None) => None,
+        Err(e) => panic!("the server sent a bad frame: {e:?}"),
+    }
+}
+
+/// Reads once from a stream into `unread`: `Some(true)` when bytes came, `Some(false)` at the
+/// read timeout, `None` when the server closed the stream.
+fn read_stream(stream: &mut impl Read, buf: &mut [u8], unread: &mut Vec<u8>) -> Option<bool> {
+    match stream.read(buf) {
+        Ok(0) => None,
+        Ok(n) => {
+            unread.extend_from_slice(&buf[..n]);
+            Some(true)
+        }
+        Err(e) if is_timeout(&e) => Some(false),
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("read from the server: {e}"),
+    }
 }
