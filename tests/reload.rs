@@ -324,3 +324,49 @@ fn sighup_applies_the_api_settings() {
     assert_eq!(code, 200, "public metrics after the reload: {body}");
     assert!(body.ends_with("# EOF\n"), "{body}");
 }
+
+/// The address of the first "listening" line for `transport` after `skip` such lines.
+fn listening(server: &Server, transport: &str, skip: usize) -> Option<SocketAddr> {
+    server
+        .log_messages("listening")
+        .iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|event| event["fields"]["transport"] == transport)
+        .nth(skip)
+        .and_then(|event| event["fields"]["address"].as_str()?.parse().ok())
+}
+
+#[test]
+fn sighup_opens_added_listeners_and_closes_removed_ones() {
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        ..TestConfig::default()
+    });
+    let udp = server.addr("udp");
+    let config = fs::read_to_string(server.config_path()).unwrap();
+    // The UDP listener goes, a TCP listener comes.
+    let changed = config.replace("transport = \"udp\"", "transport = \"tcp\"");
+    assert_ne!(
+        changed, config,
+        "the test config has a udp listener to replace"
+    );
+    let mut client = StunClient::udp(udp, "127.0.0.1:0", "alice", "wonderland");
+    assert!(client.allocate().is_ok());
+    fs::write(server.config_path(), changed).unwrap();
+    server.signal(libc::SIGHUP);
+    let reloaded = server.wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
+    assert_eq!(reloaded.len(), 1, "{:?}", server.log());
+    let tcp = listening(&server, "tcp", 0).expect("a listening line for the new TCP listener");
+    // The new listener serves a TCP client right away.
+    let mut over_tcp = StunClient::tcp(tcp, "alice", "wonderland");
+    assert!(
+        over_tcp.allocate().is_ok(),
+        "an allocation over the added TCP listener"
+    );
+    // The removed UDP listener no longer answers.
+    assert!(
+        !common::stun_answers(udp, Duration::from_secs(2)),
+        "the removed UDP listener still answers"
+    );
+    assert!(!server.log_messages("stopped listening").is_empty());
+}
