@@ -863,3 +863,78 @@ fn public_metrics_opens_metrics_only() {
     let status = get_json(api, "/api/v1/status", TOKEN);
     assert_eq!(status["allocations"]["total"], 0, "{status}");
 }
+
+/// The allocation log lines (JSON) whose message is `message`.
+fn allocation_events(server: &Server, message: &str) -> Vec<Value> {
+    server
+        .log_messages(message)
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .map(|event| event["fields"].clone())
+        .collect()
+}
+
+#[test]
+fn allocations_are_logged_when_created_and_ended_and_redacted_on_request() {
+    for redact in [false, true] {
+        let server = Server::with(&TestConfig {
+            transports: vec!["udp"],
+            extra: format!("[log]\nredact = {redact}\n"),
+            ..TestConfig::default()
+        });
+        let mut client = StunClient::udp(server.addr("udp"), "127.0.0.1:0", "alice", "wonderland");
+        let relay = client.allocate().expect("an allocation");
+        assert_eq!(client.refresh(0), None);
+        let ended = server.wait_for_log("allocation ended", 1, Duration::from_secs(5));
+        assert_eq!(ended.len(), 1, "{:?}", server.log());
+        let created = allocation_events(&server, "allocation created");
+        let ended = allocation_events(&server, "allocation ended");
+        assert_eq!((created.len(), ended.len()), (1, 1));
+        let (created, ended) = (&created[0], &ended[0]);
+        assert_eq!(ended["reason"], "deleted");
+        assert_eq!(ended["relay"], relay.to_string());
+        assert_eq!(created["allocation"], ended["allocation"]);
+        assert!(ended["duration_s"].as_f64().is_some());
+        assert_eq!(ended["to_peer_bytes"], 0);
+        let client_addr = client.local_addr().to_string();
+        if redact {
+            for event in [created, ended] {
+                let text = event.to_string();
+                assert!(!text.contains("alice"), "{text}");
+                assert!(!text.contains(&client_addr), "{text}");
+                assert!(
+                    event["user"].as_str().unwrap().starts_with("user-"),
+                    "{text}"
+                );
+                assert!(
+                    event["client"].as_str().unwrap().starts_with("ip-"),
+                    "{text}"
+                );
+            }
+            assert_eq!(created["user"], ended["user"], "stable hashes");
+        } else {
+            assert_eq!(created["user"], "alice");
+            assert_eq!(ended["client"], client_addr);
+        }
+    }
+}
+
+#[test]
+fn readyz_says_not_ready_while_redis_is_unreachable() {
+    // Nothing listens on this port: Redis never answers.
+    let port = common::free_port();
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        extra: format!(
+            "{}\n[redis]\nurl = \"redis://127.0.0.1:{port}/0\"\n",
+            http_section(false)
+        ),
+        ..TestConfig::default()
+    });
+    let api = server.addr("http");
+    let (status, body) = http(api, "GET", "/readyz", None, "");
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("Redis"), "{body}");
+    let (status, _) = http(api, "GET", "/healthz", None, "");
+    assert_eq!(status, 200);
+}
