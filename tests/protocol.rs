@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::{Server, TestConfig};
@@ -356,7 +355,7 @@ fn garbage_on_tls_streams_is_survived() {
     let _ = raw.read_to_end(&mut sink);
 
     // A real TLS session carrying garbage after the handshake.
-    let mut stream = tls_connect(tls);
+    let mut stream = common::tls::connect(tls);
     let mut garbage = vec![0xffu8; 300];
     Noise(3).fill(&mut garbage[1..]);
     stream.write_all(&garbage).unwrap();
@@ -368,7 +367,7 @@ fn garbage_on_tls_streams_is_survived() {
     );
 
     // And a TLS session that speaks STUN still works.
-    let mut good = tls_connect(tls);
+    let mut good = common::tls::connect(tls);
     let tid = TransactionId([0x24; 12]);
     let mut request = [0u8; 28];
     let n = {
@@ -384,66 +383,6 @@ fn garbage_on_tls_streams_is_survived() {
     good.read_exact(&mut answer[20..]).unwrap();
     assert_eq!(Message::parse(&answer).unwrap().transaction_id(), tid);
     binding_works(server.addr("udp"));
-}
-
-/// A TLS client that accepts any certificate: the test checks the server's behaviour on the
-/// stream, not certificate validation.
-fn tls_connect(addr: SocketAddr) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
-    #[derive(Debug)]
-    struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
-    impl rustls::client::danger::ServerCertVerifier for AcceptAny {
-        fn verify_server_cert(
-            &self,
-            _: &rustls_pki_types::CertificateDer<'_>,
-            _: &[rustls_pki_types::CertificateDer<'_>],
-            _: &rustls_pki_types::ServerName<'_>,
-            _: &[u8],
-            _: rustls_pki_types::UnixTime,
-        ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-            Ok(rustls::client::danger::ServerCertVerified::assertion())
-        }
-        fn verify_tls12_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls12_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn verify_tls13_signature(
-            &self,
-            message: &[u8],
-            cert: &rustls_pki_types::CertificateDer<'_>,
-            dss: &rustls::DigitallySignedStruct,
-        ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-            rustls::crypto::verify_tls13_signature(
-                message,
-                cert,
-                dss,
-                &self.0.signature_verification_algorithms,
-            )
-        }
-        fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-            self.0.signature_verification_algorithms.supported_schemes()
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
-        .with_no_client_auth();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
-    let tcp = TcpStream::connect(addr).unwrap();
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    rustls::StreamOwned::new(conn, tcp)
 }
 
 /// A configuration with the given listeners, IPv4 and IPv6 relay addresses on loopback, and
