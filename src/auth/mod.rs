@@ -184,12 +184,7 @@ impl CredentialStore for Credentials {
         if expiry < now_unix {
             return Lookup::Expired;
         }
-        for secret in &snapshot.secrets {
-            let password = rest_password(secret, username);
-            if candidate(&long_term_key(username, realm, &password)) {
-                break;
-            }
-        }
+        offer_rest_keys(&snapshot.secrets, username, realm, candidate);
         Lookup::Known
     }
 
@@ -281,13 +276,23 @@ impl CredentialStore for StaticCredentials {
         if expiry < now_unix {
             return Lookup::Expired;
         }
-        for secret in &self.secrets {
-            let password = rest_password(secret, username);
-            if candidate(&long_term_key(username, realm, &password)) {
-                break;
-            }
-        }
+        offer_rest_keys(&self.secrets, username, realm, candidate);
         Lookup::Known
+    }
+}
+
+/// Offers the key of a REST API username under each secret, in order, until one is taken.
+fn offer_rest_keys(
+    secrets: &[Vec<u8>],
+    username: &str,
+    realm: &str,
+    candidate: &mut dyn FnMut(&Key) -> bool,
+) {
+    for secret in secrets {
+        let password = rest_password(secret, username);
+        if candidate(&long_term_key(username, realm, &password)) {
+            break;
+        }
     }
 }
 
