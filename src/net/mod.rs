@@ -99,6 +99,8 @@ struct ReloadContext {
     unix_at_epoch: u64,
     nonce_key: [u8; 32],
     workers: usize,
+    /// The per-source table is sized for this rate at start.
+    unauthenticated_rate: u32,
 }
 
 /// Settings a reload hands to every worker.
@@ -402,6 +404,9 @@ impl NodeHandle {
         if workers != context.workers {
             restart.push("workers".to_owned());
         }
+        if config.limits.unauthenticated_rate != context.unauthenticated_rate {
+            restart.push("limits.unauthenticated-rate".to_owned());
+        }
         if config
             .relay
             .address
@@ -642,6 +647,7 @@ impl Node {
                     unix_at_epoch,
                     nonce_key,
                     workers,
+                    unauthenticated_rate: config.limits.unauthenticated_rate,
                 }),
             },
             cluster,
