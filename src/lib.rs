@@ -7,13 +7,18 @@
 //! - [`stun`]: the wire format. Parses datagrams in place, writes replies into caller-owned
 //!   buffers, checks MESSAGE-INTEGRITY and FINGERPRINT. Knows nothing of time or state.
 //! - [`config`]: TOML to a typed, validated [`config::Config`].
-//! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets).
+//! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets, the Redis
+//!   store shared by many nodes).
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
-//! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers.
-//! - [`http`]: the HTTP API (credentials for app backends), off the packet path.
+//! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
+//!   cluster (registry, quota leases), status snapshots.
+//! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
+//!   packet path.
+//! - [`notify`]: sd_notify for systemd.
 //!
-//! The binary (`src/main.rs`) is the CLI on top: `serve`, `check-config`, `credentials`.
+//! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
+//! `credentials`, and `secret`/`user`/`revoke` for the Redis store.
 
 pub mod auth;
 pub mod config;
