@@ -263,7 +263,6 @@ impl Worker {
     /// Carries out a command from outside the packet path.
     fn command(&mut self, command: super::Command) {
         let now = Instant::now();
-        let before = self.core.poll_timeout();
         match command {
             super::Command::Revoke(usernames) => {
                 let closed = self.core.revoke(&usernames);
@@ -274,7 +273,7 @@ impl Worker {
             super::Command::Lease {
                 allocation,
                 granted,
-            } => self.lease_answered(now, allocation, granted),
+            } => self.lease_answered(allocation, granted),
             super::Command::Reconfigure(reconfiguration) => {
                 let change = (*reconfiguration).clone();
                 let realm = change.core.realm.clone();
@@ -307,20 +306,19 @@ impl Worker {
                 self.ticks = 10;
             }
         }
-        self.after_core_call(now, before);
+        self.after_core_call(now);
         self.closing.clear();
     }
 
     /// Handles one message from a client and does what the core says.
     pub fn handle_client(&mut self, now: Instant, tuple: FiveTuple, data: &[u8]) {
-        let before = self.core.poll_timeout();
         let action = self.core.handle_client(now, tuple, data, &mut self.out);
         match action {
             ClientAction::None => {}
             ClientAction::Reply(n) => {
                 // Events first: a Refresh that deletes must have released its relay port
                 // before the client hears so, or its next Allocate could find the port taken.
-                self.after_core_call(now, before);
+                self.after_core_call(now);
                 let closing = std::mem::take(&mut self.closing);
                 if closing.is_empty() {
                     let out = std::mem::take(&mut self.out);
@@ -346,7 +344,7 @@ impl Worker {
                 }
             }
         }
-        self.after_core_call(now, before);
+        self.after_core_call(now);
         self.closing.clear();
     }
 
@@ -367,14 +365,13 @@ impl Worker {
 
     /// A stream connection ended.
     pub fn connection_closed(&mut self, now: Instant, tuple: &FiveTuple) {
-        let before = self.core.poll_timeout();
         self.streams.remove(tuple);
         self.core.handle_connection_closed(tuple);
-        self.after_core_call(now, before);
+        self.after_core_call(now);
         self.closing.clear();
     }
 
-    fn after_core_call(&mut self, now: Instant, before: Option<Instant>) {
+    fn after_core_call(&mut self, now: Instant) {
         while let Some(event) = self.core.poll_event() {
             match event {
                 Event::OpenRelay {
@@ -422,7 +419,7 @@ impl Worker {
                         .is_some_and(|c| c.send(request).is_ok());
                     if !sent {
                         // No cluster to ask: the node-local quota already held.
-                        self.lease_answered(now, allocation, true);
+                        self.lease_answered(allocation, true);
                     }
                 }
                 Event::Ended(ended) => {
@@ -449,8 +446,7 @@ impl Worker {
                 }
             }
         }
-        let after = self.core.poll_timeout();
-        if after.is_some() && (before.is_none() || after < before) {
+        if self.core.take_new_deadline() {
             self.timer.notify_one();
         }
     }
@@ -520,9 +516,9 @@ impl Worker {
     }
 
     /// The cluster's answer to a lease request: the Allocate goes on, or gets 486.
-    fn lease_answered(&mut self, now: Instant, allocation: AllocationId, granted: bool) {
+    fn lease_answered(&mut self, allocation: AllocationId, granted: bool) {
         let mut out = std::mem::take(&mut self.event_out);
-        if let Some((tuple, n)) = self.core.handle_lease(now, allocation, granted, &mut out) {
+        if let Some((tuple, n)) = self.core.handle_lease(allocation, granted, &mut out) {
             self.send_to_client(&tuple, &out[..n]);
         }
         self.event_out = out;
@@ -677,9 +673,8 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
         }
         let now = Instant::now();
         let mut worker = shared.borrow_mut();
-        let before = worker.core.poll_timeout();
         worker.core.handle_timeout(now);
-        worker.after_core_call(now, before);
+        worker.after_core_call(now);
         worker.closing.clear();
         worker.relay.reservations.expire(now);
     }

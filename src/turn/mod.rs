@@ -347,6 +347,8 @@ pub struct Server {
     node: Arc<NodeLimits>,
     timers: BTreeSet<(Instant, AllocationId)>,
     events: VecDeque<Event>,
+    /// A deadline was filed since [`Server::take_new_deadline`] was last asked.
+    new_deadline: bool,
     stats: Stats,
 }
 
@@ -375,6 +377,7 @@ impl Server {
             node,
             timers: BTreeSet::new(),
             events: VecDeque::new(),
+            new_deadline: false,
             stats: Stats::default(),
         }
     }
@@ -449,6 +452,13 @@ impl Server {
     /// Next thing for the I/O layer to do; call after every `handle_*` until `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Whether a deadline was filed since the last call (so [`Server::poll_timeout`] may now be
+    /// earlier); a relayed packet never files one, so the I/O layer asks this instead of
+    /// comparing deadlines around every packet.
+    pub fn take_new_deadline(&mut self) -> bool {
+        std::mem::take(&mut self.new_deadline)
     }
 
     /// When [`Server::handle_timeout`] should be called next.
@@ -656,12 +666,10 @@ impl Server {
     /// answered with 486, written to `out`, and where to send it is returned.
     pub fn handle_lease(
         &mut self,
-        now: Instant,
         allocation: AllocationId,
         granted: bool,
         out: &mut [u8],
     ) -> Option<(FiveTuple, usize)> {
-        let _ = now;
         let alloc = self.allocation_mut(allocation)?;
         let (family, port) = alloc.pending_open.take()?;
         if granted {
@@ -1454,6 +1462,7 @@ impl Server {
         };
         allocation.id = id;
         self.timers.insert((allocation.wake, id));
+        self.new_deadline = true;
         self.by_tuple.insert(allocation.tuple, id);
         slot.allocation = Some(allocation);
         id
@@ -1506,6 +1515,7 @@ impl Server {
         if old != next {
             self.timers.remove(&(old, id));
             self.timers.insert((next, id));
+            self.new_deadline = true;
         }
     }
 

@@ -164,8 +164,7 @@ impl Harness {
                 self.lease_events.push(event.clone());
                 if let Some(granted) = self.lease
                     && let Some((to, n)) =
-                        self.server
-                            .handle_lease(self.now, allocation, granted, &mut self.out)
+                        self.server.handle_lease(allocation, granted, &mut self.out)
                 {
                     assert_eq!(to, tuple);
                     reply = Some(self.out[..n].to_vec());
@@ -1143,7 +1142,7 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
     h.lease = Some(true);
     let id = relay_of(&h, &c.tuple);
     let (to, n) = {
-        assert!(h.server.handle_lease(h.now, id, true, &mut h.out).is_none());
+        assert!(h.server.handle_lease(id, true, &mut h.out).is_none());
         let Some(Event::OpenRelay { allocation, .. }) = h.server.poll_event() else {
             panic!("expected OpenRelay after the grant");
         };
@@ -1276,4 +1275,23 @@ fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
     }]);
     let mut carol = Client::new(udp("198.51.100.31:1"), "bob", "builder");
     assert_eq!(carol.allocate(&mut h).code, Some(300));
+}
+
+#[test]
+fn relayed_packets_file_no_deadline_but_control_requests_do() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    c.bind(&mut h, 0x4000, PEER.parse().unwrap());
+    assert!(
+        h.server.take_new_deadline(),
+        "allocate and bind filed deadlines"
+    );
+    assert!(!h.server.take_new_deadline(), "asked once, cleared");
+    let frame = [0x40, 0x00, 0x00, 0x01, 0x7f, 0, 0, 0];
+    let mut out = vec![0u8; 1500];
+    assert!(matches!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::Relay { .. }
+    ));
+    assert!(!h.server.take_new_deadline());
 }
