@@ -368,7 +368,7 @@ fn reload(
             return;
         }
     };
-    let restart = match handle.reload(&fresh) {
+    let mut restart = match handle.reload(&fresh) {
         Ok(restart) => restart,
         Err(error) => {
             tracing::error!(%error, "reload rejected; the old configuration keeps running");
@@ -384,7 +384,6 @@ fn reload(
     if let (Some(api), Some(http)) = (api, &fresh.http) {
         api.settings.store(Arc::new(api_settings(&fresh, http)));
     }
-    let mut restart = restart;
     if fresh.redis != config.redis {
         restart.push("redis".to_owned());
     }

@@ -231,7 +231,6 @@ pub struct Node {
         cluster::Cluster,
         tokio::sync::mpsc::UnboundedReceiver<cluster::LeaseRequest>,
     )>,
-    relay_v4: Option<Ipv4Addr>,
     workers: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
 }
@@ -651,7 +650,6 @@ impl Node {
                 }),
             },
             cluster,
-            relay_v4,
             workers: threads,
             shutdown,
         })
@@ -676,11 +674,6 @@ impl Node {
             .map(|l| l.address.to_string())
             .unwrap_or_default();
         format!("{}-{first}", host_name())
-    }
-
-    /// The IPv4 address relay sockets bind to.
-    pub fn relay_v4(&self) -> Option<Ipv4Addr> {
-        self.relay_v4
     }
 
     /// The cluster side (registry, leases), to run on the caller's runtime; `None` without
