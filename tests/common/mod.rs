@@ -384,7 +384,7 @@ const NOTIFY_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG
 fn start_turnpike(toml: &str, dir: TempDir, envs: &[(&str, Option<&str>)]) -> Server {
     let config = dir.path().join("turnpike.toml");
     fs::write(&config, toml).expect("write the configuration");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_turnpike"));
+    let mut command = Command::new(turnpike_binary());
     for name in NOTIFY_VARIABLES {
         command.env_remove(name);
     }
@@ -456,6 +456,16 @@ fn start_turnpike(toml: &str, dir: TempDir, envs: &[(&str, Option<&str>)]) -> Se
         stats_lines: Some(Mutex::new(lines)),
         log,
         dir,
+    }
+}
+
+/// The turnpike binary the tests start: the one cargo built for them, or the one
+/// `TURNPIKE_TEST_BIN` names (e.g. an older build, to show that a new regression test fails
+/// against it).
+pub fn turnpike_binary() -> PathBuf {
+    match std::env::var_os("TURNPIKE_TEST_BIN") {
+        Some(path) if !path.is_empty() => PathBuf::from(path),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_turnpike")),
     }
 }
 
