@@ -12,7 +12,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use rand::RngCore;
 use tokio::sync::watch;
@@ -20,8 +20,8 @@ use tokio::sync::watch;
 use crate::auth::{Credentials, StaticCredentials};
 use crate::config::{Config, Transport};
 use crate::turn::{
-    AllocationLedger, CoreConfig, NodeLimits, Nonces, PeerPolicy, Quota, Server, SourceLimiter,
-    Stats,
+    AllocationLedger, CoreConfig, HostAddresses, NodeLimits, Nonces, PeerPolicy, Quota, Server,
+    SourceLimiter, Stats,
 };
 
 pub use relay::Reservations;
@@ -89,6 +89,10 @@ impl StreamLimits {
     }
 }
 
+/// How often the addresses of this host's interfaces are enumerated again (they also are on
+/// every reload): a wildcard listener is reachable on each, so each is an own socket's address.
+pub const HOST_ADDRESS_REFRESH: Duration = Duration::from_secs(5);
+
 /// What a reload needs to rebuild the workers' settings.
 struct ReloadContext {
     credentials: Arc<Credentials>,
@@ -101,6 +105,9 @@ struct ReloadContext {
     workers: usize,
     /// The per-source table is sized for this rate at start.
     unauthenticated_rate: u32,
+    /// The host addresses the workers were last given. Held while a new set is enumerated and
+    /// sent, so the workers always get the sets in the order they were enumerated.
+    host: Mutex<HostAddresses>,
 }
 
 /// Settings a reload hands to every worker.
@@ -157,6 +164,7 @@ fn peer_policy(
     listeners: &[BoundListener],
     own: &[SocketAddr],
     relay_v4: Option<Ipv4Addr>,
+    host: HostAddresses,
 ) -> PeerPolicy {
     let local_ips: Vec<IpAddr> = [
         relay_v4.map(IpAddr::V4),
@@ -166,14 +174,16 @@ fn peer_policy(
     .into_iter()
     .flatten()
     .collect();
-    PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone()).with_own_sockets(
-        listeners
-            .iter()
-            .map(|l| l.address)
-            .chain(own.iter().copied())
-            .collect(),
-        local_ips,
-    )
+    PeerPolicy::new(config.peers.allow.clone(), config.peers.deny.clone())
+        .with_own_sockets(
+            listeners
+                .iter()
+                .map(|l| l.address)
+                .chain(own.iter().copied())
+                .collect(),
+            local_ips,
+        )
+        .with_host_addresses(host)
 }
 
 /// Something every worker must do, sent from outside the packet path.
@@ -185,6 +195,8 @@ pub enum Command {
     Close(crate::turn::AllocationId),
     /// Take a reloaded configuration.
     Reconfigure(Arc<Reconfiguration>),
+    /// The addresses of this host's interfaces changed: here is the new set.
+    HostAddresses(HostAddresses),
     /// Start serving a listener a reload added (this worker's own socket of it).
     AddListener(Arc<Mutex<Option<worker::NewListener>>>),
     /// Stop a listener a reload removed.
@@ -233,6 +245,8 @@ pub struct Node {
     )>,
     workers: Vec<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
+    /// The thread that refreshes the host addresses; it stops when the sender is dropped.
+    refresher: Option<(std::sync::mpsc::Sender<()>, JoinHandle<()>)>,
 }
 
 /// What the rest of the process (HTTP API, signal handling) may see and ask of a running
@@ -307,6 +321,23 @@ impl NodeHandle {
     /// A handle that sends commands to the workers.
     pub fn commander(&self) -> Commander {
         self.commander.clone()
+    }
+
+    /// Enumerates this host's addresses again and, when they changed, gives the workers the
+    /// new set; returns whether they changed. Control path (a thread of its own calls it every
+    /// [`HOST_ADDRESS_REFRESH`]; a reload does the same).
+    pub fn refresh_host_addresses(&self) -> bool {
+        let mut host = self.reload.host.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(fresh) = host_addresses() else {
+            return false;
+        };
+        if fresh == *host {
+            return false;
+        }
+        log_host_change(&host, &fresh, "refresh");
+        *host = fresh.clone();
+        self.commander.send(Command::HostAddresses(fresh));
+        true
     }
 
     /// Opens the listeners `config` adds (one socket per worker) and closes those it removes;
@@ -417,6 +448,12 @@ impl NodeHandle {
         context
             .credentials
             .set_statics(StaticCredentials::new(&config.auth, &config.realm));
+        // Enumerated afresh, and held until the workers have been sent the new policy.
+        let mut host = context.host.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fresh) = host_addresses() {
+            log_host_change(&host, &fresh, "reload");
+            *host = fresh;
+        }
         let reconfiguration = Arc::new(Reconfiguration {
             core: core_config(
                 config,
@@ -424,12 +461,19 @@ impl NodeHandle {
                 context.epoch,
                 context.unix_at_epoch,
             ),
-            policy: peer_policy(config, &listeners, &context.own, context.relay_v4),
+            policy: peer_policy(
+                config,
+                &listeners,
+                &context.own,
+                context.relay_v4,
+                host.clone(),
+            ),
             nonces: Nonces::new(context.nonce_key, context.epoch, config.auth.nonce_lifetime),
             ports: config.relay.ports,
             redact: config.log.redact,
         });
         self.commander.send(Command::Reconfigure(reconfiguration));
+        drop(host);
         self.streams
             .max_connections
             .store(config.limits.max_tcp_connections, Ordering::Relaxed);
@@ -516,7 +560,9 @@ impl Node {
         }
 
         let own: Vec<SocketAddr> = own.to_vec();
-        let policy = peer_policy(config, &listeners, &own, relay_v4);
+        let host = host_addresses().unwrap_or_default();
+        tracing::debug!(addresses = ?host, "this host's addresses");
+        let policy = peer_policy(config, &listeners, &own, relay_v4, host.clone());
         let epoch = Instant::now();
         let unix_at_epoch = SystemTime::now()
             .duration_since(SystemTime::UNIX_EPOCH)
@@ -629,29 +675,33 @@ impl Node {
             }
             None => None,
         };
+        let handle = NodeHandle {
+            commander,
+            listeners: Arc::new(Mutex::new(listeners)),
+            counters,
+            snapshots,
+            streams,
+            limits: node_limits,
+            reload: Arc::new(ReloadContext {
+                credentials,
+                tls,
+                own,
+                relay_v4,
+                epoch,
+                unix_at_epoch,
+                nonce_key,
+                workers,
+                unauthenticated_rate: config.limits.unauthenticated_rate,
+                host: Mutex::new(host),
+            }),
+        };
+        let refresher = spawn_host_refresher(handle.clone()).map_err(StartError::Thread)?;
         Ok(Node {
-            handle: NodeHandle {
-                commander,
-                listeners: Arc::new(Mutex::new(listeners)),
-                counters,
-                snapshots,
-                streams,
-                limits: node_limits,
-                reload: Arc::new(ReloadContext {
-                    credentials,
-                    tls,
-                    own,
-                    relay_v4,
-                    epoch,
-                    unix_at_epoch,
-                    nonce_key,
-                    workers,
-                    unauthenticated_rate: config.limits.unauthenticated_rate,
-                }),
-            },
+            handle,
             cluster,
             workers: threads,
             shutdown,
+            refresher: Some(refresher),
         })
     }
 
@@ -696,13 +746,52 @@ impl Node {
         self.handle.counters()
     }
 
-    /// Stops the workers and waits for them.
-    pub fn shutdown(self) {
+    /// Stops the workers and the host address refresher, and waits for them.
+    pub fn shutdown(mut self) {
+        if let Some((stop, thread)) = self.refresher.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
         let _ = self.shutdown.send(true);
         for worker in self.workers {
             let _ = worker.join();
         }
     }
+}
+
+/// Starts the thread that enumerates the host's addresses every [`HOST_ADDRESS_REFRESH`] (off
+/// the packet path: the workers only get a command when the set changed). It ends when the
+/// returned sender is dropped.
+fn spawn_host_refresher(
+    handle: NodeHandle,
+) -> std::io::Result<(std::sync::mpsc::Sender<()>, JoinHandle<()>)> {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("turnpike-addresses".to_owned())
+        .spawn(move || {
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(HOST_ADDRESS_REFRESH)
+            {
+                handle.refresh_host_addresses();
+            }
+        })?;
+    Ok((stop, thread))
+}
+
+/// Logs how the host's addresses changed (nothing when they did not).
+fn log_host_change(old: &HostAddresses, new: &HostAddresses, noticed_by: &'static str) {
+    if old == new {
+        return;
+    }
+    let added: Vec<IpAddr> = new.iter().filter(|ip| !old.contains(*ip)).collect();
+    let removed: Vec<IpAddr> = old.iter().filter(|ip| !new.contains(*ip)).collect();
+    tracing::info!(
+        ?added,
+        ?removed,
+        addresses = new.len(),
+        noticed_by,
+        "host addresses changed"
+    );
 }
 
 fn run_worker(
@@ -809,12 +898,29 @@ fn default_route_ipv4() -> Option<Ipv4Addr> {
 }
 
 fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
+    interface_addresses()?
+        .into_iter()
+        .find_map(|(interface, ip)| match ip {
+            IpAddr::V4(v4) if interface == name => Some(v4),
+            _ => None,
+        })
+}
+
+/// The addresses of every interface of this host (IPv4 and IPv6, loopback included), or
+/// `None` when they cannot be enumerated.
+fn host_addresses() -> Option<HostAddresses> {
+    let addresses = interface_addresses()?;
+    Some(HostAddresses::new(addresses.into_iter().map(|(_, ip)| ip)))
+}
+
+/// Every (interface name, address) pair `getifaddrs` lists, in its order.
+fn interface_addresses() -> Option<Vec<(String, IpAddr)>> {
     let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `addrs` with a list we free with freeifaddrs below.
     if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
         return None;
     }
-    let mut found = None;
+    let mut found = Vec::new();
     let mut cursor = addrs;
     while !cursor.is_null() {
         // SAFETY: `cursor` is a node of the list getifaddrs returned, not yet freed.
@@ -824,19 +930,25 @@ fn interface_ipv4(name: &str) -> Option<Ipv4Addr> {
             continue;
         }
         // SAFETY: ifa_name is a NUL-terminated string owned by the list.
-        let entry_name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        let name = unsafe { std::ffi::CStr::from_ptr(entry.ifa_name) };
+        let name = name.to_string_lossy().into_owned();
         // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it declares.
-        let family = unsafe { (*entry.ifa_addr).sa_family };
-        if entry_name.to_bytes() == name.as_bytes() && i32::from(family) == libc::AF_INET {
+        let family = i32::from(unsafe { (*entry.ifa_addr).sa_family });
+        if family == libc::AF_INET {
             // SAFETY: an AF_INET address is a sockaddr_in.
             let sin = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in) };
-            found = Some(Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)));
-            break;
+            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+            found.push((name, IpAddr::V4(ip)));
+        } else if family == libc::AF_INET6 {
+            // SAFETY: an AF_INET6 address is a sockaddr_in6.
+            let sin6 = unsafe { &*(entry.ifa_addr as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            found.push((name, IpAddr::V6(ip)));
         }
     }
     // SAFETY: `addrs` came from getifaddrs and is freed once.
     unsafe { libc::freeifaddrs(addrs) };
-    found
+    Some(found)
 }
 
 #[cfg(test)]
@@ -847,5 +959,17 @@ mod tests {
     fn loopback_interface_has_an_ipv4_address() {
         assert_eq!(interface_ipv4("lo"), Some(Ipv4Addr::LOCALHOST));
         assert_eq!(interface_ipv4("no-such-interface"), None);
+    }
+
+    #[test]
+    fn host_addresses_hold_loopback_and_the_default_route_address() {
+        let host = host_addresses().expect("getifaddrs works");
+        assert!(host.contains(IpAddr::V4(Ipv4Addr::LOCALHOST)), "{host:?}");
+        if let Some(default) = default_route_ipv4() {
+            assert!(
+                host.contains(IpAddr::V4(default)),
+                "{default} not in {host:?}"
+            );
+        }
     }
 }

@@ -277,10 +277,16 @@ impl Worker {
             super::Command::Reconfigure(reconfiguration) => {
                 let change = (*reconfiguration).clone();
                 let realm = change.core.realm.clone();
-                self.core
-                    .reconfigure(change.core, change.policy, change.nonces);
+                let ended = self
+                    .core
+                    .reconfigure(now, change.core, change.policy, change.nonces);
+                log_refused_peers_ended(ended);
                 self.relay.ports = change.ports;
                 self.redactor = super::audit::Redactor::new(change.redact, &realm);
+            }
+            super::Command::HostAddresses(host) => {
+                let ended = self.core.set_host_addresses(now, host);
+                log_refused_peers_ended(ended);
             }
             super::Command::AddListener(handoff) => {
                 let taken = handoff.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -572,6 +578,16 @@ impl Worker {
 }
 
 /// Does a listener bound to `local` serve packets addressed to `server`?
+/// Logs the permissions and channel bindings a policy change ended (nothing when none did).
+fn log_refused_peers_ended(ended: usize) {
+    if ended > 0 {
+        tracing::info!(
+            ended,
+            "permissions and channels ended: the peer policy now refuses their peer"
+        );
+    }
+}
+
 fn serves(local: SocketAddr, server: SocketAddr) -> bool {
     local.port() == server.port() && (local.ip().is_unspecified() || local.ip() == server.ip())
 }

@@ -37,7 +37,7 @@ pub use limits::{
     SourceLimiter,
 };
 pub use nonce::Nonces;
-pub use policy::PeerPolicy;
+pub use policy::{HostAddresses, PeerPolicy};
 
 use allocation::CachedResponse;
 
@@ -406,8 +406,16 @@ impl Server {
     }
 
     /// Takes a reloaded configuration: settings, peer policy, nonce lifetime. Allocations go
-    /// on; a changed per-allocation bandwidth cap applies to them at once.
-    pub fn reconfigure(&mut self, config: CoreConfig, policy: PeerPolicy, nonces: Nonces) {
+    /// on; a changed per-allocation bandwidth cap applies to them at once, and so does the
+    /// policy: see [`Server::set_host_addresses`] for what it ends. Returns how many
+    /// permissions and channel bindings it ended.
+    pub fn reconfigure(
+        &mut self,
+        now: Instant,
+        config: CoreConfig,
+        policy: PeerPolicy,
+        nonces: Nonces,
+    ) -> usize {
         let bandwidth_changed = config.allocation_bandwidth != self.config.allocation_bandwidth;
         self.config = config;
         self.policy = policy;
@@ -420,6 +428,47 @@ impl Server {
                 }
             }
         }
+        self.end_refused_peers(now)
+    }
+
+    /// Takes the addresses of this host's interfaces as the I/O layer enumerated them (they
+    /// change while the server runs): a peer on one of them at the port of a wildcard listener
+    /// is the server itself. Permissions and channel bindings the policy now refuses end at
+    /// once (a channel's number and peer then cool down as after an expiry), so a binding made
+    /// before an address appeared cannot relay into the server. Returns how many ended.
+    /// Control path: walks the allocations.
+    pub fn set_host_addresses(&mut self, now: Instant, host: HostAddresses) -> usize {
+        self.policy.set_host_addresses(host);
+        self.end_refused_peers(now)
+    }
+
+    /// Ends the live permissions and channel bindings the current policy refuses.
+    fn end_refused_peers(&mut self, now: Instant) -> usize {
+        let policy = &self.policy;
+        let mut ended = 0;
+        let mut touched = Vec::new();
+        for allocation in self.slots.iter_mut().filter_map(|s| s.allocation.as_mut()) {
+            let before = ended;
+            for permission in &mut allocation.permissions {
+                if now < permission.expires && !policy.permits_ip(permission.ip) {
+                    permission.expires = now;
+                    ended += 1;
+                }
+            }
+            for channel in &mut allocation.channels {
+                if now < channel.expires && !policy.permits_peer(channel.peer) {
+                    channel.expires = now;
+                    ended += 1;
+                }
+            }
+            if ended > before {
+                touched.push(allocation.id);
+            }
+        }
+        for id in touched {
+            self.reschedule(id, now);
+        }
+        ended
     }
 
     /// Every live allocation (for status snapshots; control path).

@@ -757,6 +757,73 @@ fn channels_route_both_ways_and_expire_after_ten_minutes() {
 }
 
 #[test]
+fn a_policy_change_ends_the_channels_and_permissions_it_now_refuses() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    // A wildcard listener on port 3478; the host's addresses are not known yet.
+    let wildcard = || {
+        PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![])
+            .with_own_sockets(vec!["0.0.0.0:3478".parse().unwrap()], vec![])
+    };
+    let (config, nonces) = (h.server.config.clone(), h.server.nonces.clone());
+    assert_eq!(h.server.reconfigure(h.now, config, wildcard(), nonces), 0);
+    let soon_own: SocketAddr = "203.0.113.9:3478".parse().unwrap();
+    let other_port: SocketAddr = "203.0.113.9:3479".parse().unwrap();
+    let soon_denied: SocketAddr = "203.0.113.10:3478".parse().unwrap();
+    for (number, peer) in [
+        (0x4000, soon_own),
+        (0x4001, other_port),
+        (0x4002, soon_denied),
+    ] {
+        assert_eq!(c.bind(&mut h, number, peer).class, Class::Success, "{peer}");
+    }
+    let tuple = c.tuple;
+    let relays = |h: &mut Harness, number: u16| {
+        let frame = [(number >> 8) as u8, number as u8, 0, 1, b'x', 0, 0, 0];
+        let mut out = vec![0u8; 1500];
+        matches!(
+            h.server.handle_client(h.now, tuple, &frame, &mut out),
+            ClientAction::Relay { .. }
+        )
+    };
+    assert!(relays(&mut h, 0x4000));
+
+    // 203.0.113.9 turns out to be this host's: 203.0.113.9:3478 is the listener. Only that
+    // channel ends; the IP's permission stays (permissions are per IP, RFC 8656 §9).
+    let host = HostAddresses::new(["203.0.113.9".parse().unwrap()]);
+    assert_eq!(h.server.set_host_addresses(h.now, host), 1);
+    assert!(!relays(&mut h, 0x4000));
+    assert!(relays(&mut h, 0x4001));
+    assert!(relays(&mut h, 0x4002));
+    let id = relay_of(&h, &c.tuple);
+    assert!(peer_data(&mut h, id, soon_own, b"in").is_some());
+    assert_eq!(c.bind(&mut h, 0x4000, soon_own).code, Some(403));
+    let dropped = h.server.stats().dropped_policy;
+    let send = c.send_indication(soon_own, b"loop");
+    let mut out = vec![0u8; 1500];
+    assert_eq!(
+        h.server.handle_client(h.now, c.tuple, &send, &mut out),
+        ClientAction::None
+    );
+    assert_eq!(h.server.stats().dropped_policy, dropped + 1);
+
+    // A reload denies 203.0.113.10: its permission and channel end at once.
+    let denied = PeerPolicy::new(
+        vec!["203.0.113.0/24".parse().unwrap()],
+        vec!["203.0.113.10/32".parse().unwrap()],
+    );
+    let (config, nonces) = (h.server.config.clone(), h.server.nonces.clone());
+    assert_eq!(h.server.reconfigure(h.now, config, denied, nonces), 2);
+    assert!(!relays(&mut h, 0x4002));
+    assert!(peer_data(&mut h, id, soon_denied, b"in").is_none());
+    assert!(relays(&mut h, 0x4001));
+    // Ended bindings cool down like expired ones, then go.
+    h.advance(CHANNEL_COOLDOWN + Duration::from_secs(1));
+    let alloc = h.server.allocation(id).expect("the allocation lives on");
+    assert_eq!(alloc.channels.len(), 1, "{:?}", alloc.channels);
+}
+
+#[test]
 fn channel_bind_rules() {
     let mut h = Harness::new();
     let (mut c, _) = alice(&mut h);

@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod http;
+pub mod netns;
 pub mod redis;
 pub mod stun_client;
 pub mod tls;
@@ -214,6 +215,15 @@ impl Server {
         start_turnpike(toml, tempfile::tempdir().expect("create a tempdir"), envs)
     }
 
+    /// Starts turnpike (whatever `TURNPIKE_TEST_BACKEND` says) inside the network namespace
+    /// `netns` (`ip netns exec`, which becomes the server's process: signals reach it), from
+    /// a TOML configuration, and waits until all its listeners are bound. Talk to it from
+    /// [`netns::NetNs::run`]. Drop the server before the namespace.
+    pub fn start_in_netns(netns: &netns::NetNs, toml: &str) -> Server {
+        let dir = tempfile::tempdir().expect("create a tempdir");
+        start_turnpike_in(Some(netns.name()), toml, dir, &[])
+    }
+
     /// Starts a server from a TOML configuration written into `dir` (where [`base_config`]
     /// put the certificate, if any), e.g. a [`base_config`] with top-level keys put in front.
     pub fn start_in(toml: &str, dir: TempDir) -> Server {
@@ -231,6 +241,16 @@ impl Server {
             .find(|(t, _)| t == transport)
             .map(|(_, addr)| *addr)
             .unwrap_or_else(|| panic!("no {transport} listener among {:?}", self.listeners))
+    }
+
+    /// Every listener of `transport` ("udp", "tcp", "tls" or "http"), in the order the server
+    /// logged them (its configuration's order).
+    pub fn addrs(&self, transport: &str) -> Vec<SocketAddr> {
+        self.listeners
+            .iter()
+            .filter(|(t, _)| t == transport)
+            .map(|(_, addr)| *addr)
+            .collect()
     }
 
     pub fn pid(&self) -> u32 {
@@ -382,9 +402,26 @@ impl Drop for Server {
 const NOTIFY_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 fn start_turnpike(toml: &str, dir: TempDir, envs: &[(&str, Option<&str>)]) -> Server {
+    start_turnpike_in(None, toml, dir, envs)
+}
+
+/// Starts turnpike, inside the network namespace `netns` when one is named.
+fn start_turnpike_in(
+    netns: Option<&str>,
+    toml: &str,
+    dir: TempDir,
+    envs: &[(&str, Option<&str>)],
+) -> Server {
     let config = dir.path().join("turnpike.toml");
     fs::write(&config, toml).expect("write the configuration");
-    let mut command = Command::new(turnpike_binary());
+    let mut command = match netns {
+        Some(name) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", name]).arg(turnpike_binary());
+            command
+        }
+        None => Command::new(turnpike_binary()),
+    };
     for name in NOTIFY_VARIABLES {
         command.env_remove(name);
     }
