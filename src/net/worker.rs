@@ -577,7 +577,6 @@ impl Worker {
     }
 }
 
-/// Does a listener bound to `local` serve packets addressed to `server`?
 /// Logs the permissions and channel bindings a policy change ended (nothing when none did).
 fn log_refused_peers_ended(ended: usize) {
     if ended > 0 {
@@ -588,6 +587,7 @@ fn log_refused_peers_ended(ended: usize) {
     }
 }
 
+/// Does a listener bound to `local` serve packets addressed to `server`?
 fn serves(local: SocketAddr, server: SocketAddr) -> bool {
     local.port() == server.port() && (local.ip().is_unspecified() || local.ip() == server.ip())
 }
