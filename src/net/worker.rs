@@ -425,15 +425,7 @@ impl Worker {
                 Event::Ended(ended) => {
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
-                Event::ReleaseLease { allocation, user } => {
-                    if let Some(cluster) = &self.cluster {
-                        let _ = cluster.send(super::cluster::LeaseRequest::Release {
-                            worker: self.index,
-                            allocation,
-                            user,
-                        });
-                    }
-                }
+                Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
                     if let Some(slot) = self.relays.get_mut(allocation.index())
                         && let Some(relay) = slot.take()
@@ -512,6 +504,16 @@ impl Worker {
                     writer.push(frame);
                 }
             }
+        }
+    }
+
+    /// Gives a lease back to the cluster.
+    fn release_lease(&self, allocation: AllocationId) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.send(super::cluster::LeaseRequest::Release {
+                worker: self.index,
+                allocation,
+            });
         }
     }
 
