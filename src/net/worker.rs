@@ -519,6 +519,12 @@ impl Worker {
 
     /// The cluster's answer to a lease request: the Allocate goes on, or gets 486.
     fn lease_answered(&mut self, allocation: AllocationId, granted: bool) {
+        if granted && self.core.allocation(allocation).is_none() {
+            // The allocation ended while its lease was asked for (e.g. its TCP client left):
+            // nobody would give the lease back, and the node would renew it forever.
+            self.release_lease(allocation);
+            return;
+        }
         let mut out = std::mem::take(&mut self.event_out);
         if let Some((tuple, n)) = self.core.handle_lease(allocation, granted, &mut out) {
             self.send_to_client(&tuple, &out[..n]);
