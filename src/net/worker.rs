@@ -563,6 +563,11 @@ impl Worker {
             let end = self.peer_buf.len() - PEER_TAILROOM;
             let (len, peer) = match socket.try_recv_from(&mut self.peer_buf[start..end]) {
                 Ok(received) => received,
+                // WouldBlock: drained. Another error is reported once (the kernel clears it)
+                // and leaves the socket marked readable, so the relay loop comes back to the
+                // datagrams behind it. ICMP errors (ECONNREFUSED from a dead peer port) never
+                // show here: Linux reports them only to connected or IP_RECVERR sockets, and
+                // relay sockets are neither (tests/faults.rs).
                 Err(_) => return,
             };
             let action = self.core.handle_peer(
@@ -617,6 +622,9 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
             };
             let count = match received {
                 Ok(count) => count,
+                // As in `drain_relay`: quinn-udp does not set IP_RECVERR unless asked to, so a
+                // client's ICMP bounce never shows here; and if it did, with its error queue
+                // left unread it would use up the socket's receive buffer.
                 Err(_) => break,
             };
             let now = Instant::now();
