@@ -671,8 +671,9 @@ impl PhaseReport {
         assert!(self.sent > 0, "{what}: the stream ran");
         assert!(self.lost.is_empty(), "{what}: lost {:?}", self.lost);
         assert_eq!(self.refresh_failures, 0, "{what}: a Refresh failed");
+        // Relaying that waited on Redis would take seconds; a loaded machine, milliseconds.
         assert!(
-            quantile(&self.rtts, 0.99) < Duration::from_millis(300),
+            quantile(&self.rtts, 0.99) < Duration::from_millis(500),
             "{what}: relaying slowed down"
         );
         assert!(
@@ -683,7 +684,8 @@ impl PhaseReport {
 }
 
 /// A sequence-numbered stream through one allocation to an echo peer, on its own thread:
-/// a datagram every 20 ms, each waited for before the next, and a Refresh every second.
+/// a datagram every 20 ms, each waited for (up to 2 s, or it counts as lost) before the next,
+/// and a Refresh every second.
 /// Reports per phase (the test moves the phase on).
 struct Stream {
     stop: Arc<AtomicBool>,
@@ -714,7 +716,7 @@ impl Stream {
                     let tick = Instant::now();
                     let payload = format!("seq {sequence}");
                     report.sent += 1;
-                    match echo_time(&mut client, payload.as_bytes(), Duration::from_secs(1)) {
+                    match echo_time(&mut client, payload.as_bytes(), Duration::from_secs(2)) {
                         Some(rtt) => report.rtts.push(rtt),
                         None => report.lost.push(sequence),
                     }
