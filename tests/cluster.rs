@@ -1,6 +1,6 @@
 //! Three turnpike nodes on 127.0.0.1 sharing one real `redis-server`: cluster-wide user quotas
-//! held as leases, a killed node's quota freed within its lease time, and 300 Try Alternate
-//! from a full node to the least-loaded live one.
+//! held as leases (for as long as the allocation lives), a killed node's quota freed within its
+//! lease time, and 300 Try Alternate from a full node to the least-loaded live one.
 
 mod common;
 
@@ -127,4 +127,35 @@ fn a_full_node_sends_clients_to_the_least_loaded_live_node() {
     }
     // And the alternate really serves the client.
     assert!(alice(&idle).allocate().is_ok());
+}
+
+#[test]
+fn a_long_allocation_keeps_its_lease_past_twice_the_lease_time() {
+    let redis = RedisServer::start();
+    let first = node(&redis, "first", "user-allocations = 1");
+    let second = node(&redis, "second", "user-allocations = 1");
+    let mut held = alice(&first);
+    assert!(held.allocate().is_ok());
+    assert_eq!(alice(&second).allocate(), Err(486), "at once");
+    // A user's lease key was created with a time to live of twice the lease time; the
+    // heartbeat renews the lease in it, and must keep the key too.
+    let waited = Instant::now();
+    std::thread::sleep(Duration::from_secs(3 * 2 + 2));
+    let lease_key = format!("turnpike:leases:{}", "616c696365"); // "alice" in hex
+    let ttl = redis.cli(&["TTL", &lease_key]);
+    eprintln!(
+        "{:?} after the allocation: TTL of alice's lease key {}",
+        waited.elapsed(),
+        ttl.trim()
+    );
+    assert_eq!(
+        alice(&second).allocate(),
+        Err(486),
+        "alice's live allocation on the first node still counts"
+    );
+    assert_eq!(held.refresh(0), None);
+    assert!(
+        alice(&second).allocate().is_ok(),
+        "once deleted, its lease is given back"
+    );
 }

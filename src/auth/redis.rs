@@ -22,8 +22,10 @@ use crate::config::{Redis as RedisConfig, RedisSchema};
 
 use super::{Key, UserLimits, parse_key_hex};
 
-/// How long one Redis command may take before the connection is considered dead.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long one Redis command (or opening a connection) may take before the connection is
+/// considered dead. [`connect`] sets it on the connection too: the redis crate's own default
+/// response timeout (500 ms) would take a Redis that answers in 600 ms for a dead one.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the connection is checked (and `last_contact` renewed) while idle.
 const HEARTBEAT: Duration = Duration::from_secs(1);
 /// Bounds of the reconnect back-off (jittered).
@@ -230,7 +232,8 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-async fn timed<T>(
+/// `what`, or an I/O error after [`COMMAND_TIMEOUT`].
+pub(crate) async fn timed<T>(
     what: impl std::future::Future<Output = redis::RedisResult<T>>,
 ) -> redis::RedisResult<T> {
     match tokio::time::timeout(COMMAND_TIMEOUT, what).await {
@@ -240,6 +243,15 @@ async fn timed<T>(
             "Redis command timed out",
         ))),
     }
+}
+
+/// Opens a multiplexed connection whose commands, and the opening itself, time out after
+/// [`COMMAND_TIMEOUT`].
+pub async fn connect(client: &redis::Client) -> redis::RedisResult<MultiplexedConnection> {
+    let config = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(COMMAND_TIMEOUT))
+        .set_response_timeout(Some(COMMAND_TIMEOUT));
+    timed(client.get_multiplexed_async_connection_with_config(&config)).await
 }
 
 type Pairs = Vec<(Vec<u8>, Vec<u8>)>;
@@ -457,7 +469,7 @@ async fn follow(
     layout: &Layout,
     revoked: &(impl Fn(Vec<String>) + Send + Sync),
 ) -> Result<std::convert::Infallible, redis::RedisError> {
-    let mut conn = timed(client.get_multiplexed_async_connection()).await?;
+    let mut conn = connect(client).await?;
     let mut pubsub = timed(client.get_async_pubsub()).await?;
     // Subscribe before loading, so that no change falls between the load and the subscription.
     timed(pubsub.subscribe(layout.events())).await?;
@@ -546,7 +558,7 @@ pub struct Admin {
 
 impl Admin {
     pub async fn connect(client: &redis::Client, layout: Layout) -> redis::RedisResult<Admin> {
-        let conn = timed(client.get_multiplexed_async_connection()).await?;
+        let conn = connect(client).await?;
         Ok(Admin { conn, layout })
     }
 

@@ -431,15 +431,7 @@ impl Worker {
                 Event::Ended(ended) => {
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
-                Event::ReleaseLease { allocation, user } => {
-                    if let Some(cluster) = &self.cluster {
-                        let _ = cluster.send(super::cluster::LeaseRequest::Release {
-                            worker: self.index,
-                            allocation,
-                            user,
-                        });
-                    }
-                }
+                Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
                     if let Some(slot) = self.relays.get_mut(allocation.index())
                         && let Some(relay) = slot.take()
@@ -521,8 +513,24 @@ impl Worker {
         }
     }
 
+    /// Gives a lease back to the cluster.
+    fn release_lease(&self, allocation: AllocationId) {
+        if let Some(cluster) = &self.cluster {
+            let _ = cluster.send(super::cluster::LeaseRequest::Release {
+                worker: self.index,
+                allocation,
+            });
+        }
+    }
+
     /// The cluster's answer to a lease request: the Allocate goes on, or gets 486.
     fn lease_answered(&mut self, allocation: AllocationId, granted: bool) {
+        if granted && self.core.allocation(allocation).is_none() {
+            // The allocation ended while its lease was asked for (e.g. its TCP client left):
+            // nobody would give the lease back, and the node would renew it forever.
+            self.release_lease(allocation);
+            return;
+        }
         let mut out = std::mem::take(&mut self.event_out);
         if let Some((tuple, n)) = self.core.handle_lease(allocation, granted, &mut out) {
             self.send_to_client(&tuple, &out[..n]);
@@ -561,6 +569,11 @@ impl Worker {
             let end = self.peer_buf.len() - PEER_TAILROOM;
             let (len, peer) = match socket.try_recv_from(&mut self.peer_buf[start..end]) {
                 Ok(received) => received,
+                // WouldBlock: drained. Another error is reported once (the kernel clears it)
+                // and leaves the socket marked readable, so the relay loop comes back to the
+                // datagrams behind it. ICMP errors (ECONNREFUSED from a dead peer port) never
+                // show here: Linux reports them only to connected or IP_RECVERR sockets, and
+                // relay sockets are neither (tests/faults.rs).
                 Err(_) => return,
             };
             let action = self.core.handle_peer(
@@ -625,6 +638,9 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
             };
             let count = match received {
                 Ok(count) => count,
+                // As in `drain_relay`: quinn-udp does not set IP_RECVERR unless asked to, so a
+                // client's ICMP bounce never shows here; and if it did, with its error queue
+                // left unread it would use up the socket's receive buffer.
                 Err(_) => break,
             };
             let now = Instant::now();
