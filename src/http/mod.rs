@@ -8,6 +8,11 @@ mod metrics;
 mod ops;
 mod server;
 
+pub use server::{
+    BODY_TIMEOUT, ConnectionCounters, ConnectionLimits, HEADER_TIMEOUT, MAX_BODY, MAX_HEAD,
+    UNTRUSTED_LIFETIME,
+};
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,10 +24,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use serde::Deserialize;
 use serde_json::json;
-pub use server::{
-    BODY_TIMEOUT, ConnectionCounters, ConnectionLimits, HEADER_TIMEOUT, MAX_BODY, MAX_HEAD,
-    UNTRUSTED_LIFETIME,
-};
 
 use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
 use crate::auth::{parse_rest_username, rest_password};
@@ -50,7 +51,7 @@ pub struct ApiSettings {
     pub config_secrets: Vec<String>,
     /// `/metrics` without the token.
     pub public_metrics: bool,
-    /// Caps on open connections; a lower cap closes no open connection, only new ones wait.
+    /// Caps on open connections (a reload that lowers one closes no connection in use).
     pub connections: ConnectionLimits,
 }
 
