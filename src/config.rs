@@ -87,6 +87,21 @@ pub struct Http {
     pub ice_urls: Vec<String>,
     /// Serve `/metrics` without the token.
     pub public_metrics: bool,
+    /// Open HTTP connections at once; over it a new connection is closed at accept (after
+    /// closing, if there is one, the oldest connection that has not sent a request yet).
+    pub max_connections: usize,
+    /// Open HTTP connections from one source (an IPv4 address, an IPv6 /64).
+    pub max_connections_per_source: usize,
+}
+
+impl Http {
+    /// Default `max-connections`: the API's clients are a few app backends, a scraper, probes
+    /// and a dashboard; 256 leaves them ample room and costs a few MB and 256 descriptors at
+    /// most.
+    pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+    /// Default `max-connections-per-source`: one source fills at most an eighth of the default
+    /// cap.
+    pub const DEFAULT_MAX_CONNECTIONS_PER_SOURCE: usize = 32;
 }
 
 impl fmt::Debug for Http {
@@ -96,6 +111,11 @@ impl fmt::Debug for Http {
             .field("token", &Redacted)
             .field("ice_urls", &self.ice_urls)
             .field("public_metrics", &self.public_metrics)
+            .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_source",
+                &self.max_connections_per_source,
+            )
             .finish()
     }
 }
@@ -672,6 +692,8 @@ struct RawHttp {
     ice_urls: Vec<String>,
     #[serde(default)]
     public_metrics: bool,
+    max_connections: Option<usize>,
+    max_connections_per_source: Option<usize>,
 }
 
 /// Shortest bearer token accepted: a guessable token would hand out credentials.
@@ -709,11 +731,39 @@ impl RawHttp {
                 ));
             }
         }
+        let max_connections = self
+            .max_connections
+            .unwrap_or(Http::DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(ConfigError::invalid(
+                "http.max-connections",
+                "must be at least 1 (0 would refuse every connection, the operator's too)",
+            ));
+        }
+        let max_connections_per_source = self
+            .max_connections_per_source
+            .unwrap_or(Http::DEFAULT_MAX_CONNECTIONS_PER_SOURCE.min(max_connections));
+        if max_connections_per_source == 0 {
+            return Err(ConfigError::invalid(
+                "http.max-connections-per-source",
+                "must be at least 1 (0 would refuse every connection, the operator's too)",
+            ));
+        }
+        if max_connections_per_source > max_connections {
+            return Err(ConfigError::invalid(
+                "http.max-connections-per-source",
+                format!(
+                    "{max_connections_per_source} is more than http.max-connections ({max_connections})"
+                ),
+            ));
+        }
         Ok(Http {
             address,
             token,
             ice_urls: self.ice_urls,
             public_metrics: self.public_metrics,
+            max_connections,
+            max_connections_per_source,
         })
     }
 }
@@ -1438,6 +1488,58 @@ mod tests {
             "[http]\ntoken = \"0123456789abcdef0123\"\nice-urls = [\"http://x\"]",
             "http.ice-urls[0]",
             "not a STUN/TURN URI",
+        );
+    }
+
+    #[test]
+    fn http_connection_caps() {
+        const HTTP: &str = "[http]\ntoken = \"0123456789abcdef0123\"\n";
+        let http = Config::from_toml(HTTP).unwrap().http.unwrap();
+        assert_eq!(http.max_connections, 256);
+        assert_eq!(http.max_connections_per_source, 32);
+        let http = Config::from_toml(&format!(
+            "{HTTP}max-connections = 1000\nmax-connections-per-source = 1000"
+        ))
+        .unwrap()
+        .http
+        .unwrap();
+        assert_eq!(
+            (http.max_connections, http.max_connections_per_source),
+            (1000, 1000)
+        );
+        // A cap below the default per-source cap lowers it.
+        let http = Config::from_toml(&format!("{HTTP}max-connections = 8"))
+            .unwrap()
+            .http
+            .unwrap();
+        assert_eq!(
+            (http.max_connections, http.max_connections_per_source),
+            (8, 8)
+        );
+        assert_refused(
+            &format!("{HTTP}max-connections = 0"),
+            "http.max-connections",
+            "at least 1",
+        );
+        assert_refused(
+            &format!("{HTTP}max-connections-per-source = 0"),
+            "http.max-connections-per-source",
+            "at least 1",
+        );
+        assert_refused(
+            &format!("{HTTP}max-connections = 10\nmax-connections-per-source = 11"),
+            "http.max-connections-per-source",
+            "more than http.max-connections (10)",
+        );
+        assert_refused(
+            &format!("{HTTP}max-connections = -1"),
+            "http.max-connections",
+            "invalid value",
+        );
+        assert_refused(
+            &format!("{HTTP}max-connections = \"many\""),
+            "http.max-connections",
+            "invalid type",
         );
     }
 

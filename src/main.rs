@@ -234,11 +234,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
             tokio::net::TcpListener::from_std(listener)?
         };
         tracing::info!(transport = "http", address = %http_address[0], "listening");
-        runtime.spawn(async move {
-            if let Err(error) = turnpike::http::serve(listener, shared).await {
-                tracing::error!(%error, "the HTTP API stopped");
-            }
-        });
+        runtime.spawn(turnpike::http::serve(listener, shared));
     }
     if let Some(cluster) = node.take_cluster() {
         runtime.spawn(cluster);
@@ -398,13 +394,32 @@ fn reload(
     *config = fresh;
 }
 
-/// The HTTP API's reloadable settings.
+/// The HTTP API's reloadable settings. Its connections may take at most a quarter of the
+/// open-file limit in force (read again at each reload), so that it can never starve the relay
+/// of descriptors.
 fn api_settings(config: &Config, http: &turnpike::config::Http) -> turnpike::http::ApiSettings {
+    let open_files = open_file_limit();
+    let budget = usize::try_from(open_files / 4).unwrap_or(usize::MAX).max(1);
+    let total = if http.max_connections > budget {
+        tracing::warn!(
+            max_connections = http.max_connections,
+            open_file_limit = open_files,
+            using = budget,
+            "http.max-connections is more than a quarter of the open-file limit; lowered so that the relay keeps its descriptors"
+        );
+        budget
+    } else {
+        http.max_connections
+    };
     turnpike::http::ApiSettings {
         token: http.token.clone(),
         ice_urls: http.ice_urls.clone(),
         config_secrets: config.auth.secrets.clone(),
         public_metrics: http.public_metrics,
+        connections: turnpike::http::ConnectionLimits {
+            total,
+            per_source: http.max_connections_per_source.min(total),
+        },
     }
 }
 
@@ -476,6 +491,20 @@ fn raise_file_limit() {
                 tracing::warn!(soft = limit.rlim_cur, "could not raise the open-file limit");
             }
         }
+    }
+}
+
+/// The soft limit on open files in force (1024, Linux's usual one, if it cannot be read).
+fn open_file_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
     }
 }
 

@@ -9,6 +9,7 @@
 //!   a wrong token brings the prompt back, the prompt's token works, "Close" asks and deletes;
 //!   "Test this server" against a real turnpike over UDP, TCP and TLS.
 //! - static checks: nothing fetched from elsewhere, no `innerHTML`.
+//! - the page served by a real turnpike, under its security headers, renders that server.
 
 mod common;
 
@@ -445,6 +446,34 @@ fn renders_the_status_and_the_allocations() {
             .iter()
             .any(|r| r.method == "GET" && r.path == "/api/v1/allocations?limit=50")
     );
+}
+
+/// The page as turnpike itself serves it, under its own headers (a CSP that forbids framing,
+/// `nosniff`, `no-store`…): it still runs, takes the token from the fragment and renders the
+/// real server's status.
+#[test]
+fn runs_under_the_real_servers_headers() {
+    let server = Server::with(&TestConfig {
+        extra: format!("[http]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+        ..TestConfig::default()
+    });
+    let api = server.addr("http");
+    let status = common::http::get_json(api, "/api/v1/status", TOKEN);
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let chromium = Chromium::launch(
+        dir.path(),
+        &["--virtual-time-budget=10000", "--dump-dom"],
+        &format!("http://{api}/#token={TOKEN}"),
+    );
+    let dom = chromium.finish();
+    assert_eq!(
+        Some(text_of(&dom, "node")),
+        status["node"].as_str(),
+        "{dom}"
+    );
+    assert_eq!(Some(text_of(&dom, "version")), status["version"].as_str());
+    assert_eq!(text_of(&dom, "count-total"), "0");
+    assert!(!dom.contains(TOKEN), "the token stays out of the DOM");
 }
 
 /// Screenshots for a person to look at (paths printed): the dashboard on a wide and on a phone

@@ -3,6 +3,7 @@
 //! series is fixed whatever the traffic.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -199,6 +200,31 @@ impl prometheus_client::collector::Collector for Scrape {
             "turnpike_stream_timeouts",
             "TCP/TLS clients closed by stream-idle-timeout",
             counters_now.workers.stream_timeouts,
+        )?;
+        let http = &api.connections;
+        gauge(
+            &mut encoder,
+            "turnpike_http_connections",
+            "Open connections to this HTTP API",
+            http.open.load(Ordering::Relaxed) as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_http_refused",
+            "HTTP connections closed at accept: at http.max-connections(-per-source) with none to make room",
+            http.refused.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_http_evicted",
+            "HTTP connections closed before their first request to make room for a newer one",
+            http.evicted.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_http_timeouts",
+            "HTTP connections closed for a slow request head or body, or an untrusted one open too long",
+            http.timeouts.load(Ordering::Relaxed),
         )?;
         let redis_up = api.redis.as_ref().map_or(0, |r| {
             i64::from(r.store.health(unix_now()) == Health::Connected)

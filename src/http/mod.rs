@@ -6,6 +6,12 @@
 
 mod metrics;
 mod ops;
+mod server;
+
+pub use server::{
+    BODY_TIMEOUT, ConnectionCounters, ConnectionLimits, HEADER_TIMEOUT, MAX_BODY, MAX_HEAD,
+    UNTRUSTED_LIFETIME,
+};
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,6 +51,8 @@ pub struct ApiSettings {
     pub config_secrets: Vec<String>,
     /// `/metrics` without the token.
     pub public_metrics: bool,
+    /// Caps on open connections (a reload that lowers one closes no connection in use).
+    pub connections: ConnectionLimits,
 }
 
 /// What the API needs.
@@ -57,6 +65,8 @@ pub struct Api {
     pub started: std::time::Instant,
     /// Relayed rates, sampled every second.
     pub rates: std::sync::Mutex<ops::Rates>,
+    /// The HTTP connections: open, refused, evicted, timed out.
+    pub connections: ConnectionCounters,
 }
 
 impl Api {
@@ -73,6 +83,7 @@ impl Api {
             node_id,
             started: std::time::Instant::now(),
             rates: Default::default(),
+            connections: Default::default(),
         }
     }
 }
@@ -90,27 +101,35 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/v1/credentials", post(issue))
         .route("/api/v1/credentials/{username}", delete(revoke))
         .fallback(not_found)
+        // Bodies are read before the router sees them (see `server`); this holds in any case.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(api)
 }
 
 /// Serves the API on `listener` until the process ends, sampling rates every second.
-pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>) -> std::io::Result<()> {
+pub async fn serve(listener: tokio::net::TcpListener, api: Arc<Api>) {
     tokio::spawn(ops::sample_rates(api.clone()));
-    axum::serve(listener, router(api)).await
+    server::serve(listener, api.clone(), router(api)).await
 }
 
 fn error(status: StatusCode, message: &str) -> Response {
     (status, axum::Json(json!({ "error": message }))).into_response()
 }
 
-/// Checks the bearer token in constant time; the answer to a wrong one tells nothing more.
+/// Checks the bearer token in constant time; the answer to a wrong one tells nothing more. A
+/// request with more than one `Authorization` header is not authorized, whatever they hold: a
+/// proxy in front may have judged another one than we would.
 fn authorized(api: &Api, headers: &HeaderMap) -> bool {
     let settings = api.settings.load();
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let presented = match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or(""),
+        _ => "",
+    };
     let matches: bool =
         subtle::ConstantTimeEq::ct_eq(presented.as_bytes(), settings.token.as_bytes()).into();
     matches && !presented.is_empty()

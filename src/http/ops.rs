@@ -234,14 +234,14 @@ pub(super) async fn close_allocation(
 }
 
 /// The dashboard: a static page (no data in it) that asks for the token and then reads the
-/// API like any other client.
+/// API like any other client. No other site may frame it (it is where the token is typed).
 pub(super) async fn dashboard() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:",
+                "default-src 'self'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'",
             ),
         ],
         include_str!("dashboard.html"),
