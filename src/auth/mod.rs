@@ -17,6 +17,11 @@ use crate::stun::{hmac_sha1, long_term_key};
 /// A long-term key: MD5 of `username:realm:password` (RFC 8489 §9.2.2).
 pub type Key = [u8; 16];
 
+/// Leeway, in seconds, beyond `[auth] max-rest-ttl` for an app backend whose clock runs ahead
+/// of this server's: a backend that issues the recommended one-day credentials with a clock a
+/// few minutes fast must not see them refused.
+pub const REST_CLOCK_SKEW: u64 = 300;
+
 /// What a store knows about a username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -26,6 +31,9 @@ pub enum Lookup {
     Unknown,
     /// A TURN REST API username whose expiry time has passed.
     Expired,
+    /// A TURN REST API username whose expiry lies further ahead than `[auth] max-rest-ttl`
+    /// (plus [`REST_CLOCK_SKEW`]) allows: a credential that would practically never expire.
+    TooLongLived,
     /// The credentials may live in a store that cannot be trusted now (Redis unreachable for
     /// longer than `stale-for`): refuse (500) rather than allow.
     Unavailable,
@@ -93,7 +101,8 @@ pub fn user_id(username: &str) -> &str {
     }
 }
 
-/// Splits a TURN REST API username `<unix-expiry>[:<user-id>]`; `None` when it has no such form.
+/// Splits a TURN REST API username `<unix-expiry>[:<user-id>]`; `None` when it has no such form
+/// (an expiry of more than 20 digits, beyond `u64`, included).
 pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
     let (expiry, user) = match username.split_once(':') {
         Some((expiry, user)) => (expiry, Some(user)),
@@ -103,6 +112,18 @@ pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
         return None;
     }
     Some((expiry.parse().ok()?, user))
+}
+
+/// Whether a REST username expiring at `expiry` may authenticate at `now_unix`: not expired,
+/// and not expiring further ahead than `max_ttl` seconds (plus [`REST_CLOCK_SKEW`]).
+pub fn check_rest_expiry(expiry: u64, now_unix: u64, max_ttl: u64) -> Result<(), Lookup> {
+    if expiry < now_unix {
+        return Err(Lookup::Expired);
+    }
+    if expiry - now_unix > max_ttl.saturating_add(REST_CLOCK_SKEW) {
+        return Err(Lookup::TooLongLived);
+    }
+    Ok(())
 }
 
 /// The TURN REST API password for `username`: `base64(HMAC-SHA1(secret, username))`.
@@ -125,7 +146,7 @@ impl Credentials {
         }
     }
 
-    /// Replaces the configuration's users and secrets (reload).
+    /// Replaces the configuration's users, secrets and `max-rest-ttl` (reload).
     pub fn set_statics(&self, statics: StaticCredentials) {
         self.statics.store(Arc::new(statics));
     }
@@ -162,7 +183,7 @@ impl CredentialStore for Credentials {
             accepted = candidate(key);
             accepted
         });
-        if accepted || local == Lookup::Expired {
+        if accepted || matches!(local, Lookup::Expired | Lookup::TooLongLived) {
             return local;
         }
         let (Some(store), Some(snapshot)) = (&self.redis, snapshot) else {
@@ -181,8 +202,8 @@ impl CredentialStore for Credentials {
         if snapshot.secrets.is_empty() {
             return local;
         }
-        if expiry < now_unix {
-            return Lookup::Expired;
+        if let Err(refused) = check_rest_expiry(expiry, now_unix, statics.max_rest_ttl) {
+            return refused;
         }
         offer_rest_keys(&snapshot.secrets, username, realm, candidate);
         Lookup::Known
@@ -221,11 +242,13 @@ impl CredentialStore for Credentials {
     }
 }
 
-/// Users and REST API secrets from the configuration file.
+/// Users, REST API secrets and `max-rest-ttl` from the configuration file.
 pub struct StaticCredentials {
     realm: String,
     users: HashMap<String, Key>,
     secrets: Vec<Vec<u8>>,
+    /// `[auth] max-rest-ttl` in seconds; it bounds Redis secrets' credentials too.
+    max_rest_ttl: u64,
 }
 
 impl StaticCredentials {
@@ -248,6 +271,7 @@ impl StaticCredentials {
             realm: realm.to_owned(),
             users,
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            max_rest_ttl: auth.max_rest_ttl.as_secs(),
         }
     }
 }
@@ -273,8 +297,8 @@ impl CredentialStore for StaticCredentials {
         let Some((expiry, _)) = parse_rest_username(username) else {
             return Lookup::Unknown;
         };
-        if expiry < now_unix {
-            return Lookup::Expired;
+        if let Err(refused) = check_rest_expiry(expiry, now_unix, self.max_rest_ttl) {
+            return refused;
         }
         offer_rest_keys(&self.secrets, username, realm, candidate);
         Lookup::Known
@@ -497,6 +521,39 @@ mod tests {
             ))),
         );
         assert_eq!(offered(&never, "carol", now).0, Lookup::Unavailable);
+    }
+
+    #[test]
+    fn rest_expiry_is_bounded_by_max_rest_ttl() {
+        let mut config = auth(&["s"]);
+        config.max_rest_ttl = std::time::Duration::from_secs(3600);
+        let store = StaticCredentials::new(&config, "r");
+        let now = 1_700_000_000;
+        let at = |expiry: u64| collect(&store, &format!("{expiry}:carol"), now).0;
+        assert_eq!(at(now), Lookup::Known, "valid through its last second");
+        assert_eq!(at(now - 1), Lookup::Expired);
+        let horizon = now + 3600 + REST_CLOCK_SKEW;
+        assert_eq!(at(horizon), Lookup::Known, "max-rest-ttl plus the skew");
+        assert_eq!(at(horizon + 1), Lookup::TooLongLived);
+        assert_eq!(at(253_402_300_799), Lookup::TooLongLived, "9999-12-31");
+        assert_eq!(at(u64::MAX), Lookup::TooLongLived);
+        // Even when the clock reading itself is absurd, nothing overflows.
+        assert_eq!(
+            collect(&store, &format!("{}:carol", u64::MAX), u64::MAX).0,
+            Lookup::Known
+        );
+        // An expiry beyond u64 is no REST username at all.
+        assert_eq!(
+            collect(&store, "18446744073709551616:carol", now).0,
+            Lookup::Unknown
+        );
+        // The same bound holds for Redis secrets.
+        let store = redis_store(now, |s| s.secrets = vec![b"redis".to_vec()]);
+        let layered = Credentials::new(StaticCredentials::new(&config, "r"), Some(store));
+        let username = format!("{}:carol", horizon + 1);
+        assert_eq!(offered(&layered, &username, now).0, Lookup::TooLongLived);
+        let username = format!("{horizon}:carol");
+        assert_eq!(offered(&layered, &username, now).1.len(), 2);
     }
 
     #[test]

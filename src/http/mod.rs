@@ -22,10 +22,9 @@ use serde_json::json;
 use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
 use crate::auth::{parse_rest_username, rest_password};
 
-/// Longest credential lifetime the API issues.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Lifetime when the request names none.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime when the request names none: one day, as draft-uberti-behave-turn-rest recommends
+/// (or `[auth] max-rest-ttl` when that is shorter). The longest is `max-rest-ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest user id accepted (the whole username must fit STUN's USERNAME).
 const MAX_USER_LEN: usize = 400;
 
@@ -43,6 +42,8 @@ pub struct ApiSettings {
     pub ice_urls: Vec<String>,
     /// `[auth] secrets`, the first issuing when Redis has none.
     pub config_secrets: Vec<String>,
+    /// `[auth] max-rest-ttl`: the longest `ttl` the credential API issues.
+    pub max_rest_ttl: Duration,
     /// `/metrics` without the token.
     pub public_metrics: bool,
 }
@@ -165,9 +166,15 @@ async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> 
             }
         }
     };
-    let ttl = request.ttl.map_or(DEFAULT_TTL, Duration::from_secs);
-    if ttl.is_zero() || ttl > MAX_TTL {
-        let message = format!("ttl must be between 1 and {} seconds", MAX_TTL.as_secs());
+    let max_ttl = api.settings.load().max_rest_ttl;
+    let ttl = request
+        .ttl
+        .map_or(DEFAULT_TTL.min(max_ttl), Duration::from_secs);
+    if ttl.is_zero() || ttl > max_ttl {
+        let message = format!(
+            "ttl must be between 1 and {} seconds ([auth] max-rest-ttl)",
+            max_ttl.as_secs()
+        );
         return error(StatusCode::BAD_REQUEST, &message);
     }
     if let Some(user) = &request.user {

@@ -430,6 +430,35 @@ fn rest_api_credentials_authenticate_until_they_expire() {
 }
 
 #[test]
+fn rest_usernames_expiring_beyond_max_rest_ttl_get_401() {
+    let mut h = Harness::new();
+    // The harness's clock reads 1_700_000_000; [auth] max-rest-ttl is its default, one day.
+    let horizon = 1_700_000_000 + 86_400 + crate::auth::REST_CLOCK_SKEW;
+    let failures = h.server.stats().auth_failures;
+    for (i, expiry) in [horizon + 1, 253_402_300_799, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let username = format!("{expiry}:carol");
+        let password = crate::auth::rest_password(b"rest-secret", &username);
+        let tuple = udp(&format!("198.51.100.30:{}", 5000 + i));
+        let mut c = Client::new(tuple, &username, &password);
+        assert_eq!(c.allocate(&mut h).code, Some(401), "{username}");
+    }
+    assert!(h.server.stats().auth_failures >= failures + 3);
+    // An expiry too large for u64 is no REST username: 401 as well.
+    let username = "99999999999999999999999:carol";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut c = Client::new(udp("198.51.100.31:5000"), username, &password);
+    assert_eq!(c.allocate(&mut h).code, Some(401));
+    let username = format!("{horizon}:carol");
+    let password = crate::auth::rest_password(b"rest-secret", &username);
+    let mut c = Client::new(udp("198.51.100.32:5000"), &username, &password);
+    assert_eq!(c.allocate(&mut h).class, Class::Success, "at the horizon");
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
 fn public_address_is_advertised_instead_of_the_bound_one() {
     let mut h = Harness::with(|c| c.public_v4 = Some("198.51.100.9".parse().unwrap()));
     let (_, relayed) = alice(&mut h);
