@@ -22,6 +22,18 @@ pub type Key = [u8; 16];
 /// few minutes fast must not see them refused.
 pub const REST_CLOCK_SKEW: u64 = 300;
 
+/// Which kind of credential vouched for a username. The two kinds name users in separate
+/// namespaces: the REST id `alice` (`1700000000:alice`, vouched for by a shared secret) and the
+/// long-term user `alice` are different users.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// A long-term user, from `[[auth.users]]` or the Redis store: named by the whole username.
+    LongTerm,
+    /// A TURN REST API username `<expiry>[:<id>]` whose password a shared secret derives:
+    /// named by its id.
+    Rest,
+}
+
 /// What a store knows about a username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -55,14 +67,14 @@ pub struct UserLimits {
 /// A source of long-term keys. Implementations answer from memory: the packet path calls this.
 pub trait CredentialStore: Send + Sync {
     /// Calls `candidate` with each key `username` may authenticate with in `realm` (several when
-    /// REST API secrets are being rotated) until it returns `true`. `now_unix` is the wall clock
-    /// in seconds, for REST API expiry.
+    /// REST API secrets are being rotated), and the kind of credential it stands for, until it
+    /// returns `true`. `now_unix` is the wall clock in seconds, for REST API expiry.
     fn keys(
         &self,
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup;
 
     /// Has `username` lost the right to keep its allocations: revoked, disabled, or (for a
@@ -158,7 +170,7 @@ impl CredentialStore for Credentials {
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         let statics = self.statics.load();
         if realm != statics.realm {
@@ -179,8 +191,8 @@ impl CredentialStore for Credentials {
             return statics.keys(username, realm, now_unix, candidate);
         }
         let mut accepted = false;
-        let local = statics.keys(username, realm, now_unix, &mut |key| {
-            accepted = candidate(key);
+        let local = statics.keys(username, realm, now_unix, &mut |key, kind| {
+            accepted = candidate(key, kind);
             accepted
         });
         if accepted || matches!(local, Lookup::Expired | Lookup::TooLongLived) {
@@ -193,7 +205,7 @@ impl CredentialStore for Credentials {
             return Lookup::Unavailable;
         }
         if let Some(key) = snapshot.users.get(username) {
-            candidate(key);
+            candidate(key, CredentialKind::LongTerm);
             return Lookup::Known;
         }
         let Some((expiry, _)) = parse_rest_username(username) else {
@@ -282,13 +294,13 @@ impl CredentialStore for StaticCredentials {
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         if realm != self.realm {
             return Lookup::Unknown;
         }
         if let Some(key) = self.users.get(username) {
-            candidate(key);
+            candidate(key, CredentialKind::LongTerm);
             return Lookup::Known;
         }
         if self.secrets.is_empty() {
@@ -310,11 +322,14 @@ fn offer_rest_keys(
     secrets: &[Vec<u8>],
     username: &str,
     realm: &str,
-    candidate: &mut dyn FnMut(&Key) -> bool,
+    candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
 ) {
     for secret in secrets {
         let password = rest_password(secret, username);
-        if candidate(&long_term_key(username, realm, &password)) {
+        if candidate(
+            &long_term_key(username, realm, &password),
+            CredentialKind::Rest,
+        ) {
             break;
         }
     }
@@ -343,11 +358,21 @@ mod tests {
 
     fn collect(store: &StaticCredentials, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k| {
+        let lookup = store.keys(username, "r", now, &mut |k, _| {
             keys.push(*k);
             false
         });
         (lookup, keys)
+    }
+
+    /// The kinds of the keys offered for `username`.
+    fn kinds(store: &impl CredentialStore, username: &str, now: u64) -> Vec<CredentialKind> {
+        let mut kinds = Vec::new();
+        store.keys(username, "r", now, &mut |_, kind| {
+            kinds.push(kind);
+            false
+        });
+        kinds
     }
 
     #[test]
@@ -366,7 +391,7 @@ mod tests {
         );
         assert_eq!(collect(&store, "carol", 0), (Lookup::Unknown, vec![]));
         let mut called = false;
-        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_| {
+        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_, _| {
             called = true;
             true
         });
@@ -425,7 +450,7 @@ mod tests {
 
     fn offered(store: &impl CredentialStore, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k| {
+        let lookup = store.keys(username, "r", now, &mut |k, _| {
             keys.push(*k);
             false
         });
@@ -554,6 +579,30 @@ mod tests {
         assert_eq!(offered(&layered, &username, now).0, Lookup::TooLongLived);
         let username = format!("{horizon}:carol");
         assert_eq!(offered(&layered, &username, now).1.len(), 2);
+    }
+
+    #[test]
+    fn keys_say_which_kind_of_credential_they_stand_for() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            // A stored user whose name has the form of a REST username.
+            s.users.insert(
+                "1700000100:zed".into(),
+                long_term_key("1700000100:zed", "r", "pw"),
+            );
+            s.secrets = vec![b"redis".to_vec()];
+        });
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        assert_eq!(kinds(&credentials, "alice", now), [long_term]);
+        assert_eq!(kinds(&credentials, "carol", now), [long_term]);
+        assert_eq!(kinds(&credentials, "1700000100:dave", now), [rest, rest]);
+        // The config's secret first (a REST key), then the stored user of that name.
+        assert_eq!(
+            kinds(&credentials, "1700000100:zed", now),
+            [rest, long_term]
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, Key, Lookup};
+use crate::auth::{CredentialKind, CredentialStore, Key, Lookup};
 use crate::config::Transport;
 use crate::stun::{
     self, ChannelData, Class, Message, MessageWriter, Method, StunError, TransactionId, attr,
@@ -328,6 +328,7 @@ struct Slot {
 /// What authentication established about a request.
 struct Authenticated {
     key: Key,
+    kind: CredentialKind,
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -935,9 +936,21 @@ impl Server {
         if let Some(alloc) = existing
             && &*alloc.username == username
         {
-            let withdrawn = self.credentials.withdrawn(username, self.unix_time(now));
-            if !withdrawn && msg.check_integrity(&alloc.key).is_ok() {
-                return Ok(Authenticated { key: alloc.key });
+            let now_unix = self.unix_time(now);
+            let withdrawn = self.credentials.withdrawn(username, now_unix);
+            // An expired REST username authenticates no more requests (the allocation relays
+            // on until its lifetime ends), except the one that deletes it early.
+            let expired =
+                alloc.rest_expiry.is_some_and(|expiry| expiry < now_unix) && !is_delete(msg);
+            if !withdrawn && !expired && msg.check_integrity(&alloc.key).is_ok() {
+                let kind = match alloc.rest_expiry {
+                    Some(_) => CredentialKind::Rest,
+                    None => CredentialKind::LongTerm,
+                };
+                return Ok(Authenticated {
+                    key: alloc.key,
+                    kind,
+                });
             }
             self.stats.auth_failures += 1;
             return Err(self.reply_challenge(
@@ -955,10 +968,10 @@ impl Server {
             let now_unix = self.unix_time(now);
             lookup = self
                 .credentials
-                .keys(username, realm, now_unix, &mut |key| {
+                .keys(username, realm, now_unix, &mut |key, kind| {
                     let ok = msg.check_integrity(key).is_ok();
                     if ok {
-                        found = Some(*key);
+                        found = Some((*key, kind));
                     }
                     ok
                 });
@@ -970,9 +983,9 @@ impl Server {
             }
             return Err(self.reply_error(out, method, tid, RequestError::ServerError, None));
         }
-        let Some(key) = found else {
-            // Unknown user, expired REST username or wrong password: the client learns nothing
-            // more than 401.
+        let Some((key, kind)) = found else {
+            // Unknown user, expired or too long-lived REST username, or wrong password: the
+            // client learns nothing more than 401.
             self.stats.auth_failures += 1;
             return Err(self.reply_challenge(
                 now,
@@ -993,7 +1006,7 @@ impl Server {
                 Some(&key),
             ));
         }
-        Ok(Authenticated { key })
+        Ok(Authenticated { key, kind })
     }
 
     fn allocate(
@@ -1078,6 +1091,10 @@ impl Server {
             .and_then(|v| attr::decode_text(v, 513).ok())
             .unwrap_or_default();
         let user = crate::auth::user_id(username);
+        let rest_expiry = match auth.kind {
+            CredentialKind::Rest => crate::auth::parse_rest_username(username).map(|(e, _)| e),
+            CredentialKind::LongTerm => None,
+        };
         let overrides = self.credentials.limits(user);
         let quota = Quota {
             user_allocations: overrides
@@ -1113,6 +1130,7 @@ impl Server {
             },
             tuple: *tuple,
             username: username.into(),
+            rest_expiry,
             key: auth.key,
             relayed: None,
             created: now,
@@ -1684,6 +1702,14 @@ fn is_known_attribute(typ: u16) -> bool {
             | attr::USE_CANDIDATE
             | attr::PADDING
     )
+}
+
+/// Is `msg` a Refresh that deletes its allocation (LIFETIME 0)?
+fn is_delete(msg: &Message<'_>) -> bool {
+    msg.method() == Method::REFRESH
+        && msg
+            .get(attr::LIFETIME)
+            .is_some_and(|v| matches!(attr::decode_u32(v), Ok(0)))
 }
 
 /// An address with any IPv4-in-IPv6 form turned into plain IPv4.

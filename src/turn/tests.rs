@@ -430,6 +430,76 @@ fn rest_api_credentials_authenticate_until_they_expire() {
 }
 
 #[test]
+fn an_expired_rest_username_relays_on_but_authenticates_no_more_requests() {
+    let mut h = Harness::with(|c| {
+        c.default_lifetime = Duration::from_secs(60);
+        c.max_lifetime = Duration::from_secs(120);
+    });
+    // Valid through unix second 1_700_000_030, 30 s after the harness's start.
+    let username = "1700000030:carol";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut c = Client::new(udp(CLIENT), username, &password);
+    let mut deleter = Client::new(udp("198.51.100.21:5000"), username, &password);
+    assert_eq!(c.allocate(&mut h).class, Class::Success);
+    assert_eq!(deleter.allocate(&mut h).class, Class::Success);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(c.bind(&mut h, 0x4001, peer).class, Class::Success);
+    let id = relay_of(&h, &c.tuple);
+
+    h.advance(Duration::from_secs(30));
+    let refresh = |c: &mut Client, h: &mut Harness| {
+        c.call(h, Method::REFRESH, |w| w.u32(attr::LIFETIME, 60).unwrap())
+    };
+    let refreshed = refresh(&mut c, &mut h);
+    assert_eq!(refreshed.class, Class::Success, "in its last valid second");
+    assert_eq!(
+        h.server.allocation(id).unwrap().expires,
+        h.now + Duration::from_secs(60)
+    );
+
+    h.advance(Duration::from_secs(1));
+    let failures = h.server.stats().auth_failures;
+    let refused = [
+        refresh(&mut c, &mut h),
+        c.permit(&mut h, peer),
+        c.bind(&mut h, 0x4002, peer),
+    ];
+    for response in &refused {
+        assert_eq!(response.code, Some(401), "{response:?}");
+        assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    }
+    assert!(h.server.stats().auth_failures >= failures + 3);
+    // Deleting is still allowed: it only gives resources back.
+    let deleted = deleter.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(deleted.class, Class::Success, "{deleted:?}");
+    assert_eq!(h.server.allocation_count(), 1);
+
+    // The allocation relays until the lifetime its last granted Refresh gave it...
+    let frame = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    let mut out = vec![0u8; 1500];
+    h.advance(Duration::from_secs(58));
+    assert!(matches!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::Relay { .. }
+    ));
+    assert!(peer_data(&mut h, id, peer, b"xyz").is_some());
+    // ...and then ends, expired like any other.
+    while h.server.poll_event().is_some() {}
+    h.advance(Duration::from_secs(1));
+    assert!(h.server.allocation(id).is_none());
+    assert!(matches!(
+        h.server.poll_event(),
+        Some(Event::Ended(ended)) if ended.reason == EndReason::Expired
+    ));
+    assert_eq!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::None
+    );
+}
+
+#[test]
 fn rest_usernames_expiring_beyond_max_rest_ttl_get_401() {
     let mut h = Harness::new();
     // The harness's clock reads 1_700_000_000; [auth] max-rest-ttl is its default, one day.
