@@ -24,7 +24,7 @@ pub const REST_CLOCK_SKEW: u64 = 300;
 
 /// Which kind of credential vouched for a username. The two kinds name users in separate
 /// namespaces: the REST id `alice` (`1700000000:alice`, vouched for by a shared secret) and the
-/// long-term user `alice` are different users.
+/// long-term user `alice` are different users, with different quotas.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum CredentialKind {
     /// A long-term user, from `[[auth.users]]` or the Redis store: named by the whole username.
@@ -32,6 +32,29 @@ pub enum CredentialKind {
     /// A TURN REST API username `<expiry>[:<id>]` whose password a shared secret derives:
     /// named by its id.
     Rest,
+}
+
+/// The user an allocation belongs to, as quotas count it: its kind and its name within that
+/// kind's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    pub kind: CredentialKind,
+    /// The whole username of a long-term user; the user-id part of a REST username.
+    pub id: Box<str>,
+}
+
+impl Principal {
+    /// The principal of `username` as authenticated by a credential of `kind`.
+    pub fn new(kind: CredentialKind, username: &str) -> Self {
+        let id = match kind {
+            CredentialKind::LongTerm => username,
+            CredentialKind::Rest => user_id(username),
+        };
+        Principal {
+            kind,
+            id: id.into(),
+        }
+    }
 }
 
 /// What a store knows about a username.
@@ -77,14 +100,16 @@ pub trait CredentialStore: Send + Sync {
         candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup;
 
-    /// Has `username` lost the right to keep its allocations: revoked, disabled, or (for a
-    /// stored user) removed? Asked on every request of an existing allocation.
-    fn withdrawn(&self, _username: &str, _now_unix: u64) -> bool {
+    /// Has `username`, authenticated as `kind`, lost the right to keep its allocations:
+    /// revoked, or (a long-term user) disabled or removed from the store? Asked on every
+    /// request of an existing allocation.
+    fn withdrawn(&self, _username: &str, _kind: CredentialKind, _now_unix: u64) -> bool {
         false
     }
 
-    /// Overrides of `[limits]` for the user `user_id`.
-    fn limits(&self, _user_id: &str) -> UserLimits {
+    /// Overrides of `[limits]` for `user`. Per-user overrides name long-term users only; a
+    /// REST id gets the realm-wide values.
+    fn limits(&self, _user: &Principal) -> UserLimits {
         UserLimits::default()
     }
 
@@ -104,8 +129,8 @@ pub fn parse_key_hex(text: &str) -> Option<Key> {
     crate::config::parse_key(text).ok()
 }
 
-/// The part of a username that quotas and logs are keyed on: `1700000000:alice` → `alice`;
-/// a username without a user-id part counts as itself.
+/// The user-id part of a TURN REST API username: `1700000000:alice` → `alice`; a username
+/// without a user-id part counts as itself.
 pub fn user_id(username: &str) -> &str {
     match parse_rest_username(username) {
         Some((_, Some(user))) => user,
@@ -177,17 +202,22 @@ impl CredentialStore for Credentials {
             return Lookup::Unknown;
         }
         let snapshot = self.redis.as_ref().map(|store| store.snapshot());
-        if let Some(snapshot) = &snapshot {
-            let revoked = snapshot
-                .revoked
-                .get(username)
-                .is_some_and(|&expiry| expiry >= now_unix);
-            if revoked || snapshot.limits(user_id(username)).disabled {
-                return Lookup::Unknown;
-            }
+        if let Some(snapshot) = &snapshot
+            && snapshot.is_revoked(username, now_unix)
+        {
+            return Lookup::Unknown;
         }
+        // Overrides (`disabled` among them) name long-term users, never REST ids.
+        let disabled = |name: &str| {
+            snapshot
+                .as_ref()
+                .is_some_and(|snapshot| snapshot.limits(name).disabled)
+        };
         // A user in the configuration is answered by the configuration alone.
         if statics.users.contains_key(username) {
+            if disabled(username) {
+                return Lookup::Unknown;
+            }
             return statics.keys(username, realm, now_unix, candidate);
         }
         let mut accepted = false;
@@ -198,13 +228,16 @@ impl CredentialStore for Credentials {
         if accepted || matches!(local, Lookup::Expired | Lookup::TooLongLived) {
             return local;
         }
-        let (Some(store), Some(snapshot)) = (&self.redis, snapshot) else {
+        let (Some(store), Some(snapshot)) = (&self.redis, &snapshot) else {
             return local;
         };
         if !store.usable(now_unix) {
             return Lookup::Unavailable;
         }
         if let Some(key) = snapshot.users.get(username) {
+            if disabled(username) {
+                return Lookup::Unknown;
+            }
             candidate(key, CredentialKind::LongTerm);
             return Lookup::Known;
         }
@@ -221,29 +254,37 @@ impl CredentialStore for Credentials {
         Lookup::Known
     }
 
-    fn withdrawn(&self, username: &str, now_unix: u64) -> bool {
+    fn withdrawn(&self, username: &str, kind: CredentialKind, now_unix: u64) -> bool {
         let Some(store) = &self.redis else {
             return false;
         };
         let snapshot = store.snapshot();
-        let revoked = snapshot
-            .revoked
-            .get(username)
-            .is_some_and(|&expiry| expiry >= now_unix);
-        if revoked || snapshot.limits(user_id(username)).disabled {
+        if snapshot.is_revoked(username, now_unix) {
             return true;
         }
-        // A stored user removed from Redis; REST usernames and config users stand on their
-        // own. While Redis cannot be trusted, live calls are left alone.
-        let stored_user = !self.statics.load().users.contains_key(username)
-            && parse_rest_username(username).is_none();
+        if kind == CredentialKind::Rest {
+            // A REST username stands on its own: revocation is all that ends it early.
+            return false;
+        }
+        if snapshot.limits(username).disabled {
+            return true;
+        }
+        // A stored user removed from Redis; config users stand on their own. While Redis
+        // cannot be trusted, live calls are left alone.
+        let stored_user = !self.statics.load().users.contains_key(username);
         stored_user && store.usable(now_unix) && !snapshot.users.contains_key(username)
     }
 
-    fn limits(&self, user_id: &str) -> UserLimits {
+    fn limits(&self, user: &Principal) -> UserLimits {
         self.redis
             .as_ref()
-            .map(|store| store.snapshot().limits(user_id))
+            .map(|store| {
+                let snapshot = store.snapshot();
+                match user.kind {
+                    CredentialKind::LongTerm => snapshot.limits(&user.id),
+                    CredentialKind::Rest => snapshot.defaults,
+                }
+            })
             .unwrap_or_default()
     }
 
@@ -510,12 +551,13 @@ mod tests {
             offered(&credentials, "1700000100:dave", now),
             (Lookup::Unknown, vec![])
         );
-        assert!(credentials.withdrawn("1700000100:dave", now));
-        assert!(!credentials.withdrawn("1700000100:erin", now));
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        assert!(credentials.withdrawn("1700000100:dave", rest, now));
+        assert!(!credentials.withdrawn("1700000100:erin", rest, now));
         // Disabled, and removed from the store, withdraw a stored user; config users stay.
-        assert!(credentials.withdrawn("carol", now));
-        assert!(credentials.withdrawn("gone", now));
-        assert!(!credentials.withdrawn("alice", now));
+        assert!(credentials.withdrawn("carol", long_term, now));
+        assert!(credentials.withdrawn("gone", long_term, now));
+        assert!(!credentials.withdrawn("alice", long_term, now));
     }
 
     #[test]
@@ -603,6 +645,54 @@ mod tests {
             kinds(&credentials, "1700000100:zed", now),
             [rest, long_term]
         );
+        assert_eq!(
+            Principal::new(rest, "1700000100:dave"),
+            Principal {
+                kind: rest,
+                id: "dave".into()
+            }
+        );
+        assert_eq!(
+            &*Principal::new(long_term, "1700000100:zed").id,
+            "1700000100:zed"
+        );
+        assert_ne!(
+            Principal::new(rest, "1:alice"),
+            Principal::new(long_term, "alice")
+        );
+    }
+
+    #[test]
+    fn overrides_name_long_term_users_not_rest_ids() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.defaults.allocations = Some(7);
+            for name in ["carol", "alice", "dave"] {
+                s.overrides.insert(
+                    name.into(),
+                    redis::UserOverride {
+                        allocations: Some(1),
+                        disabled: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        // Disabled long-term users, stored or configured, are refused and withdrawn...
+        assert_eq!(offered(&credentials, "carol", now).0, Lookup::Unknown);
+        assert_eq!(offered(&credentials, "alice", now).0, Lookup::Unknown);
+        assert!(credentials.withdrawn("alice", long_term, now));
+        // ...REST ids of the same names are not.
+        for username in ["1700000100:carol", "1700000100:alice", "1700000100:dave"] {
+            assert_eq!(offered(&credentials, username, now).0, Lookup::Known);
+            assert!(!credentials.withdrawn(username, rest, now));
+        }
+        let limits = |kind, name| credentials.limits(&Principal::new(kind, name));
+        assert_eq!(limits(long_term, "carol").allocations, Some(1));
+        assert_eq!(limits(rest, "1700000100:carol").allocations, Some(7));
     }
 
     #[test]

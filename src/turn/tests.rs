@@ -529,6 +529,30 @@ fn rest_usernames_expiring_beyond_max_rest_ttl_get_401() {
 }
 
 #[test]
+fn rest_ids_and_long_term_users_of_one_name_have_separate_quotas() {
+    let mut h = Harness::with(|c| c.quota.user_allocations = 1);
+    let username = "1700000100:alice";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let (_alice, _) = alice(&mut h);
+    let mut rest = Client::new(udp("198.51.100.40:5000"), username, &password);
+    assert_eq!(rest.allocate(&mut h).class, Class::Success);
+    let id = relay_of(&h, &rest.tuple);
+    assert_eq!(
+        h.server.allocation(id).unwrap().principal,
+        Principal::new(CredentialKind::Rest, username)
+    );
+    let mut second = Client::new(udp("198.51.100.40:5001"), username, &password);
+    assert_eq!(second.allocate(&mut h).code, Some(486));
+    let mut again = Client::new(udp("198.51.100.40:5002"), "alice", "wonderland");
+    assert_eq!(again.allocate(&mut h).code, Some(486));
+    // Revoking the long-term name leaves the REST id's allocation alone, and the reverse.
+    assert_eq!(h.server.revoke(&["alice".to_owned()]), 1);
+    assert!(h.server.allocation(id).is_some());
+    assert_eq!(h.server.revoke(&[username.to_owned()]), 1);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
 fn public_address_is_advertised_instead_of_the_bound_one() {
     let mut h = Harness::with(|c| c.public_v4 = Some("198.51.100.9".parse().unwrap()));
     let (_, relayed) = alice(&mut h);
@@ -1235,7 +1259,8 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
     assert_eq!(h.lease_events.len(), 1);
     assert!(matches!(
         &h.lease_events[0],
-        Event::AcquireLease { user, limit: 3, .. } if &**user == "alice"
+        Event::AcquireLease { user, limit: 3, .. }
+            if *user == Principal::new(CredentialKind::LongTerm, "alice")
     ));
     // Granted: the relay opens and the Allocate is answered.
     h.lease = Some(true);
@@ -1257,7 +1282,8 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
         w.u32(attr::LIFETIME, 0).unwrap()
     });
     assert!(
-        matches!(h.lease_events.last(), Some(Event::ReleaseLease { user, .. }) if &**user == "alice")
+        matches!(h.lease_events.last(), Some(Event::ReleaseLease { user, .. })
+            if *user == Principal::new(CredentialKind::LongTerm, "alice"))
     );
 }
 
