@@ -110,7 +110,10 @@ fn bad_requests_get_clear_errors() {
         (r#"{"user":"alice","ttl":0}"#, "ttl must be between"),
         (r#"{"user":"alice","ttl":99999999}"#, "ttl must be between"),
         (r#"{"user":""}"#, "user must be"),
-        (r#"{"user":"a\nb"}"#, "user must be"),
+        (
+            r#"{"user":"a\nb"}"#,
+            "control or invisible format characters",
+        ),
         ("not json", "invalid request body"),
     ];
     for (body, expected) in cases {

@@ -6,6 +6,7 @@
 
 pub mod redis;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -161,6 +162,66 @@ pub fn check_rest_expiry(expiry: u64, now_unix: u64, max_ttl: u64) -> Result<(),
         return Err(Lookup::TooLongLived);
     }
     Ok(())
+}
+
+/// The format characters (Unicode general category Cf, as of Unicode 16.0), as inclusive
+/// ranges: invisible, and some of them (U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069)
+/// reorder the text around them.
+const FORMAT_CHARACTERS: [(char, char); 21] = [
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{0600}', '\u{0605}'),   // Arabic number signs
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark
+    ('\u{06DD}', '\u{06DD}'),   // Arabic end of ayah
+    ('\u{070F}', '\u{070F}'),   // Syriac abbreviation mark
+    ('\u{0890}', '\u{0891}'),   // Arabic pound and piastre marks above
+    ('\u{08E2}', '\u{08E2}'),   // Arabic disputed end of ayah
+    ('\u{180E}', '\u{180E}'),   // Mongolian vowel separator
+    ('\u{200B}', '\u{200F}'),   // zero-width space, non-joiner, joiner; LRM, RLM
+    ('\u{202A}', '\u{202E}'),   // bidi embeddings and overrides (LRE, RLE, PDF, LRO, RLO)
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{2066}', '\u{206F}'),   // bidi isolates (LRI, RLI, FSI, PDI), deprecated format chars
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space (byte-order mark)
+    ('\u{FFF9}', '\u{FFFB}'),   // interlinear annotation
+    ('\u{110BD}', '\u{110BD}'), // Kaithi number sign
+    ('\u{110CD}', '\u{110CD}'), // Kaithi number sign above
+    ('\u{13430}', '\u{1343F}'), // Egyptian hieroglyph format controls
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol beams and slurs
+    ('\u{E0001}', '\u{E0001}'), // language tag
+    ('\u{E0020}', '\u{E007F}'), // tag characters
+];
+
+/// Is `c` a character no user name may hold: a control character (Cc: NUL, ESC, CR, LF, ...),
+/// a format character (Cf: bidi overrides and isolates, zero-width spaces and joiners, the
+/// byte-order mark, the soft hyphen, ...) or a line or paragraph separator (U+2028, U+2029)?
+/// Each is invisible, or rearranges or breaks the text around it in a terminal, a log viewer or
+/// a web page.
+pub fn is_control_or_format(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT_CHARACTERS
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// `name` as it may be shown in a log line or on a terminal: each character that
+/// [`is_control_or_format`] finds written as `\u{202e}`, and `\` as `\\`, so that what a viewer
+/// shows is what the name holds and nothing it holds can rearrange the line.
+pub fn escape_name(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(|c| c == '\\' || is_control_or_format(c)) {
+        return Cow::Borrowed(name);
+    }
+    let mut escaped = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c == '\\' {
+            escaped.push_str("\\\\");
+        } else if is_control_or_format(c) {
+            escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The TURN REST API password for `username`: `base64(HMAC-SHA1(secret, username))`.
@@ -693,6 +754,71 @@ mod tests {
         let limits = |kind, name| credentials.limits(&Principal::new(kind, name));
         assert_eq!(limits(long_term, "carol").allocations, Some(1));
         assert_eq!(limits(rest, "1700000100:carol").allocations, Some(7));
+    }
+
+    #[test]
+    fn control_and_format_characters_are_found_and_escaped() {
+        let hidden = [
+            '\u{0}',
+            '\u{1b}',
+            '\n',
+            '\r',
+            '\u{7f}',
+            '\u{85}',
+            '\u{ad}',
+            '\u{61c}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fffb}',
+            '\u{1343f}',
+            '\u{e0001}',
+            '\u{e007f}',
+        ];
+        for c in hidden {
+            assert!(is_control_or_format(c), "{:x}", u32::from(c));
+        }
+        let shown = [
+            'a',
+            'Z',
+            ' ',
+            ':',
+            'ë',
+            '山',
+            '田',
+            '\u{2065}',
+            '\u{2070}',
+            '\u{fe0f}',
+            '\u{301}',
+            '😀',
+            '\u{e0080}',
+            '\u{13440}',
+        ];
+        for c in shown {
+            assert!(!is_control_or_format(c), "{:x}", u32::from(c));
+        }
+        // The table is sorted and its ranges are disjoint.
+        for pair in FORMAT_CHARACTERS.windows(2) {
+            assert!(pair[0].0 <= pair[0].1 && pair[0].1 < pair[1].0, "{pair:?}");
+        }
+        assert_eq!(escape_name("Zoë 山田"), "Zoë 山田");
+        assert!(matches!(escape_name("alice"), Cow::Borrowed(_)));
+        assert_eq!(escape_name("ali\u{202e}ecnis"), "ali\\u{202e}ecnis");
+        assert_eq!(escape_name("a\0b\u{1b}[31m"), "a\\u{0}b\\u{1b}[31m");
+        // A name that spells an escape cannot pass for an escaped one.
+        assert_eq!(escape_name("a\\u{202e}"), "a\\\\u{202e}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
-use crate::auth::{parse_rest_username, rest_password};
+use crate::auth::{is_control_or_format, parse_rest_username, rest_password};
 
 /// Lifetime when the request names none: one day, as draft-uberti-behave-turn-rest recommends
 /// (or `[auth] max-rest-ttl` when that is shorter). The longest is `max-rest-ttl`.
@@ -178,9 +178,17 @@ async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> 
         return error(StatusCode::BAD_REQUEST, &message);
     }
     if let Some(user) = &request.user {
-        if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
-            let message =
-                format!("user must be 1 to {MAX_USER_LEN} bytes without control characters");
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            let message = format!("user must be 1 to {MAX_USER_LEN} bytes");
+            return error(StatusCode::BAD_REQUEST, &message);
+        }
+        // Invisible and reordering characters would let an id pass for another in logs and
+        // on the dashboard.
+        if let Some(c) = user.chars().find(|&c| is_control_or_format(c)) {
+            let message = format!(
+                "user must not contain control or invisible format characters (bidi overrides, zero-width spaces, ...); found U+{:04X}",
+                u32::from(c)
+            );
             return error(StatusCode::BAD_REQUEST, &message);
         }
     }
