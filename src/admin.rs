@@ -6,7 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
 use turnpike::auth::redis::{Admin, Layout, UserOverride, unix_now};
-use turnpike::auth::{key_hex, parse_rest_username};
+use turnpike::auth::{escape_name, is_control_or_format, key_hex, parse_rest_username};
 use turnpike::config::{Bandwidth, Config, Redis, RedisSchema, redact_url};
 use turnpike::stun::long_term_key;
 
@@ -172,12 +172,16 @@ pub fn secret(args: &StoreArgs, command: SecretCommand) -> anyhow::Result<()> {
 }
 
 pub fn user(args: &StoreArgs, command: UserCommand) -> anyhow::Result<()> {
+    // A name that cannot be added is refused before Redis is asked anything.
+    if let UserCommand::Add { name, .. } = &command {
+        check_name(name)?;
+        check_new_name(name)?;
+    }
     runtime()?.block_on(async {
         let mut store = connect(args).await?;
         let failed = |what: &str| format!("{what} in Redis at {}", store.shown_url);
         match command {
             UserCommand::Add { name, password } => {
-                check_name(&name)?;
                 if password.is_empty() {
                     bail!("the password is empty");
                 }
@@ -211,6 +215,9 @@ pub fn user(args: &StoreArgs, command: UserCommand) -> anyhow::Result<()> {
                     .await
                     .with_context(|| failed("cannot read the users"))?;
                 for (name, overrides) in users {
+                    // Names written straight into Redis may hold anything: shown escaped, so
+                    // none can rearrange or drive the terminal.
+                    let name = escape_name(&name);
                     if overrides == UserOverride::default() {
                         println!("{name}");
                     } else {
@@ -279,6 +286,19 @@ pub fn revoke(args: &StoreArgs, username: &str) -> anyhow::Result<()> {
 fn check_name(name: &str) -> anyhow::Result<()> {
     if name.is_empty() || name.len() > 508 {
         bail!("a user name must be 1 to 508 bytes");
+    }
+    Ok(())
+}
+
+/// A name `user add` creates must also be one that logs, terminals and the dashboard show as
+/// it is. (Existing names of any form can still be set, removed and disabled.)
+fn check_new_name(name: &str) -> anyhow::Result<()> {
+    if let Some(c) = name.chars().find(|&c| is_control_or_format(c)) {
+        bail!(
+            "a user name must not contain control or invisible format characters (bidi overrides, zero-width spaces, ...); {:?} has U+{:04X}",
+            name,
+            u32::from(c)
+        );
     }
     Ok(())
 }

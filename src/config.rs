@@ -32,6 +32,11 @@ const DEFAULT_PORTS: PortRange = PortRange {
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(10 * 60);
 const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_NONCE_LIFETIME: Duration = Duration::from_secs(10 * 60);
+/// `[auth] max-rest-ttl`: one day, the lifetime draft-uberti-behave-turn-rest recommends.
+pub const DEFAULT_MAX_REST_TTL: Duration = Duration::from_secs(24 * 3600);
+/// The largest `[auth] max-rest-ttl` accepted: a credential that outlives this is no longer
+/// "time-limited" in any useful sense.
+pub const MAX_MAX_REST_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The whole server configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -324,6 +329,9 @@ pub struct Auth {
     pub secrets: Vec<String>,
     /// How long a NONCE stays valid; at least one second.
     pub nonce_lifetime: Duration,
+    /// How far in the future a TURN REST API username's expiry may lie (by this server's
+    /// clock); further is refused like a wrong password. 1 s to [`MAX_MAX_REST_TTL`].
+    pub max_rest_ttl: Duration,
     /// Static users; names are unique and non-empty.
     pub users: Vec<User>,
 }
@@ -333,6 +341,7 @@ impl fmt::Debug for Auth {
         f.debug_struct("Auth")
             .field("secrets", &RedactedList(self.secrets.len()))
             .field("nonce_lifetime", &self.nonce_lifetime)
+            .field("max_rest_ttl", &self.max_rest_ttl)
             .field("users", &self.users)
             .finish()
     }
@@ -536,6 +545,7 @@ impl Default for Config {
             auth: Auth {
                 secrets: Vec::new(),
                 nonce_lifetime: DEFAULT_NONCE_LIFETIME,
+                max_rest_ttl: DEFAULT_MAX_REST_TTL,
                 users: Vec::new(),
             },
             peers: Peers {
@@ -915,6 +925,7 @@ struct RawAuth {
     #[serde(default)]
     secrets: Vec<String>,
     nonce_lifetime: Option<Text<Duration>>,
+    max_rest_ttl: Option<Text<Duration>>,
     #[serde(default)]
     users: Vec<RawUser>,
 }
@@ -1269,6 +1280,18 @@ impl RawAuth {
         }
         let nonce_lifetime = self.nonce_lifetime.map_or(DEFAULT_NONCE_LIFETIME, |d| d.0);
         check_duration("auth.nonce-lifetime", nonce_lifetime)?;
+        let max_rest_ttl = self.max_rest_ttl.map_or(DEFAULT_MAX_REST_TTL, |d| d.0);
+        check_duration("auth.max-rest-ttl", max_rest_ttl)?;
+        if max_rest_ttl > MAX_MAX_REST_TTL {
+            return Err(ConfigError::invalid(
+                "auth.max-rest-ttl",
+                format!(
+                    "{} is longer than the maximum of {}",
+                    humantime::format_duration(max_rest_ttl),
+                    humantime::format_duration(MAX_MAX_REST_TTL)
+                ),
+            ));
+        }
 
         let mut users: Vec<User> = Vec::with_capacity(self.users.len());
         for (i, raw) in self.users.into_iter().enumerate() {
@@ -1315,6 +1338,7 @@ impl RawAuth {
         Ok(Auth {
             secrets: self.secrets,
             nonce_lifetime,
+            max_rest_ttl,
             users,
         })
     }
@@ -1577,6 +1601,7 @@ mod tests {
         assert_eq!(config.relay.default_lifetime, Duration::from_secs(600));
         assert_eq!(config.relay.max_lifetime, Duration::from_secs(3600));
         assert_eq!(config.auth.nonce_lifetime, Duration::from_secs(600));
+        assert_eq!(config.auth.max_rest_ttl, Duration::from_secs(86_400));
         assert!(config.auth.secrets.is_empty());
         assert!(config.auth.users.is_empty());
         assert!(config.peers.allow.is_empty());
@@ -1619,6 +1644,7 @@ mod tests {
             [auth]
             secrets = ["s1", "s2"]
             nonce-lifetime = "30s"
+            max-rest-ttl = "12h"
 
             [[auth.users]]
             name = "demo"
@@ -1676,6 +1702,7 @@ mod tests {
         assert_eq!(config.relay.max_lifetime, Duration::from_secs(7200));
         assert_eq!(config.auth.secrets, ["s1", "s2"]);
         assert_eq!(config.auth.nonce_lifetime, Duration::from_secs(30));
+        assert_eq!(config.auth.max_rest_ttl, Duration::from_secs(12 * 3600));
         assert_eq!(
             config.auth.users,
             [
@@ -1922,6 +1949,22 @@ mod tests {
             "auth.nonce-lifetime",
             "invalid duration",
         );
+        for (value, needle) in [
+            ("0s", "minimum of 1s"),
+            ("100y", "longer than the maximum of 30days"),
+            ("31d", "longer than the maximum of 30days"),
+            ("forever", "invalid duration"),
+            ("", "invalid duration"),
+        ] {
+            assert_refused(
+                &format!("[auth]\nmax-rest-ttl = {value:?}"),
+                "auth.max-rest-ttl",
+                needle,
+            );
+        }
+        assert_refused("[auth]\nmax-rest-ttl = 86400", "auth.max-rest-ttl", "");
+        let edge = Config::from_toml("[auth]\nmax-rest-ttl = \"30d\"").unwrap();
+        assert_eq!(edge.auth.max_rest_ttl, MAX_MAX_REST_TTL);
         let user = |body: &str| format!("[[auth.users]]\n{body}\n");
         assert_refused(
             &user("name = \"\"\npassword = \"p\""),

@@ -415,6 +415,7 @@ fn api_settings(config: &Config, http: &turnpike::config::Http) -> turnpike::htt
         token: http.token.clone(),
         ice_urls: http.ice_urls.clone(),
         config_secrets: config.auth.secrets.clone(),
+        max_rest_ttl: config.auth.max_rest_ttl,
         public_metrics: http.public_metrics,
         connections: turnpike::http::ConnectionLimits {
             total,
@@ -522,19 +523,32 @@ fn credentials(
     ttl: Duration,
     uris: Vec<String>,
 ) -> anyhow::Result<()> {
+    let config = match &config {
+        Some(path) => Some((path, Config::load(path)?)),
+        None => None,
+    };
+    let max_rest_ttl = config
+        .as_ref()
+        .map_or(Config::default().auth.max_rest_ttl, |(_, c)| {
+            c.auth.max_rest_ttl
+        });
     let secret = match (secret, config) {
         (Some(secret), _) => secret,
-        (None, Some(path)) => {
-            let config = Config::load(&path)?;
-            match config.auth.secrets.into_iter().next() {
-                Some(secret) => secret,
-                None => bail!("{}: auth.secrets is empty", path.display()),
-            }
-        }
+        (None, Some((path, config))) => match config.auth.secrets.into_iter().next() {
+            Some(secret) => secret,
+            None => bail!("{}: auth.secrets is empty", path.display()),
+        },
         (None, None) => bail!("no secret: pass --secret, set TURNPIKE_SECRET or give --config"),
     };
     if secret.is_empty() {
         bail!("the secret is empty");
+    }
+    if ttl > max_rest_ttl {
+        eprintln!(
+            "warning: --ttl {} is longer than [auth] max-rest-ttl ({}): servers refuse the credential until its expiry is within that",
+            humantime::format_duration(ttl),
+            humantime::format_duration(max_rest_ttl)
+        );
     }
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)

@@ -30,7 +30,9 @@ use common::{Server, TestConfig};
 const PAGE: &str = include_str!("../src/http/dashboard.html");
 const TOKEN: &str = "t0ken-for-the-dashboard";
 /// The second allocation's user: rendered as text, it shows as itself; as markup, an image.
-const HOSTILE_USER: &str = "<img src=x onerror=alert(1)>mallory";
+/// Its right-to-left override (U+202E) would make the rest read "alice" backwards, and reorder
+/// the cells after it, were it not written out and the name bidi-isolated.
+const HOSTILE_USER: &str = "<img src=x onerror=alert(1)>mallory\u{202e}ecila";
 
 /// How long one Chromium run may take before the test gives up on it.
 const CHROMIUM_TIMEOUT: Duration = Duration::from_secs(60);
@@ -412,14 +414,14 @@ fn renders_the_status_and_the_allocations() {
     assert_eq!(text_of(&dom, "drop-policy"), "17");
     assert_eq!(text_of(&dom, "drop-quota"), "0");
     for expected in [
-        ":alice\">alice</td>",
+        ":alice\"><bdi>alice</bdi></td>",
         "<code>198.51.100.1:5000</code>",
         "<code>192.0.2.1:50000</code>",
         "<code>127.0.0.1:5349</code>",
         // 125 s old, plus the virtual time that passed.
         "class=\"num\">2 min ",
         "1.23 MB",
-        "Close allocation 0.3.1 of alice",
+        "Close allocation 0.3.1 of \u{2068}alice\u{2069}\"",
     ] {
         assert!(
             dom.contains(expected),
@@ -432,6 +434,21 @@ fn renders_the_status_and_the_allocations() {
         "{dom}"
     );
     assert!(!dom.contains("<img"), "server data became markup:\n{dom}");
+    // The override is written out, inside a bidi-isolated element, as the logs show it.
+    assert!(
+        dom.contains("<bdi>&lt;img src=x onerror=alert(1)&gt;mallory\\u{202e}ecila</bdi>"),
+        "{dom}"
+    );
+    assert!(
+        dom.contains(
+            "of \u{2068}&lt;img src=x onerror=alert(1)&gt;mallory\\u{202e}ecila\u{2069}\""
+        ),
+        "the close button's label isolates the name:\n{dom}"
+    );
+    assert!(
+        !dom.contains('\u{202e}'),
+        "a raw bidi override in the DOM:\n{dom}"
+    );
     assert!(!dom.contains(TOKEN), "the token stays out of the DOM");
 
     let requests = api.requests();
@@ -617,7 +634,7 @@ fn a_wrong_token_asks_again_and_close_deletes_after_confirming() {
     assert_eq!(r["kept_when_declined"], true);
     assert_eq!(
         r["asked"],
-        "Close allocation 0.3.1 of alice (relay 192.0.2.1:50000)?"
+        "Close allocation 0.3.1 of \u{2068}alice\u{2069} (relay 192.0.2.1:50000)?"
     );
     assert_eq!(r["status"], "Closed allocation 0.3.1.");
     assert_eq!(r["rows"], 1);

@@ -67,11 +67,12 @@ fn issued_credentials_allocate_with_a_real_client() {
         "allocation with issued credentials"
     );
 
-    // Without a user, the username is the expiry alone; the default ttl is an hour.
+    // Without a user, the username is the expiry alone; the default ttl is a day (`[auth]
+    // max-rest-ttl`'s default, as draft-uberti-behave-turn-rest recommends).
     let (status, body) = http(api, "POST", "/api/v1/credentials", Some(TOKEN), "");
     assert_eq!(status, 200, "{body}");
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(json["ttl"], 3600);
+    assert_eq!(json["ttl"], 86_400);
     assert!(
         !json["iceServers"][0]["username"]
             .as_str()
@@ -109,7 +110,10 @@ fn bad_requests_get_clear_errors() {
         (r#"{"user":"alice","ttl":0}"#, "ttl must be between"),
         (r#"{"user":"alice","ttl":99999999}"#, "ttl must be between"),
         (r#"{"user":""}"#, "user must be"),
-        (r#"{"user":"a\nb"}"#, "user must be"),
+        (
+            r#"{"user":"a\nb"}"#,
+            "control or invisible format characters",
+        ),
         ("not json", "invalid request body"),
     ];
     for (body, expected) in cases {

@@ -6,6 +6,7 @@
 
 pub mod redis;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -17,6 +18,46 @@ use crate::stun::{hmac_sha1, long_term_key};
 /// A long-term key: MD5 of `username:realm:password` (RFC 8489 §9.2.2).
 pub type Key = [u8; 16];
 
+/// Leeway, in seconds, beyond `[auth] max-rest-ttl` for an app backend whose clock runs ahead
+/// of this server's: a backend that issues the recommended one-day credentials with a clock a
+/// few minutes fast must not see them refused.
+pub const REST_CLOCK_SKEW: u64 = 300;
+
+/// Which kind of credential vouched for a username. The two kinds name users in separate
+/// namespaces: the REST id `alice` (`1700000000:alice`, vouched for by a shared secret) and the
+/// long-term user `alice` are different users, with different quotas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum CredentialKind {
+    /// A long-term user, from `[[auth.users]]` or the Redis store: named by the whole username.
+    LongTerm,
+    /// A TURN REST API username `<expiry>[:<id>]` whose password a shared secret derives:
+    /// named by its id.
+    Rest,
+}
+
+/// The user an allocation belongs to, as quotas count it: its kind and its name within that
+/// kind's namespace.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Principal {
+    pub kind: CredentialKind,
+    /// The whole username of a long-term user; the user-id part of a REST username.
+    pub id: Box<str>,
+}
+
+impl Principal {
+    /// The principal of `username` as authenticated by a credential of `kind`.
+    pub fn new(kind: CredentialKind, username: &str) -> Self {
+        let id = match kind {
+            CredentialKind::LongTerm => username,
+            CredentialKind::Rest => user_id(username),
+        };
+        Principal {
+            kind,
+            id: id.into(),
+        }
+    }
+}
+
 /// What a store knows about a username.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
@@ -26,6 +67,9 @@ pub enum Lookup {
     Unknown,
     /// A TURN REST API username whose expiry time has passed.
     Expired,
+    /// A TURN REST API username whose expiry lies further ahead than `[auth] max-rest-ttl`
+    /// (plus [`REST_CLOCK_SKEW`]) allows: a credential that would practically never expire.
+    TooLongLived,
     /// The credentials may live in a store that cannot be trusted now (Redis unreachable for
     /// longer than `stale-for`): refuse (500) rather than allow.
     Unavailable,
@@ -47,24 +91,26 @@ pub struct UserLimits {
 /// A source of long-term keys. Implementations answer from memory: the packet path calls this.
 pub trait CredentialStore: Send + Sync {
     /// Calls `candidate` with each key `username` may authenticate with in `realm` (several when
-    /// REST API secrets are being rotated) until it returns `true`. `now_unix` is the wall clock
-    /// in seconds, for REST API expiry.
+    /// REST API secrets are being rotated), and the kind of credential it stands for, until it
+    /// returns `true`. `now_unix` is the wall clock in seconds, for REST API expiry.
     fn keys(
         &self,
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup;
 
-    /// Has `username` lost the right to keep its allocations: revoked, disabled, or (for a
-    /// stored user) removed? Asked on every request of an existing allocation.
-    fn withdrawn(&self, _username: &str, _now_unix: u64) -> bool {
+    /// Has `username`, authenticated as `kind`, lost the right to keep its allocations:
+    /// revoked, or (a long-term user) disabled or removed from the store? Asked on every
+    /// request of an existing allocation.
+    fn withdrawn(&self, _username: &str, _kind: CredentialKind, _now_unix: u64) -> bool {
         false
     }
 
-    /// Overrides of `[limits]` for the user `user_id`.
-    fn limits(&self, _user_id: &str) -> UserLimits {
+    /// Overrides of `[limits]` for `user`. Per-user overrides name long-term users only; a
+    /// REST id gets the realm-wide values.
+    fn limits(&self, _user: &Principal) -> UserLimits {
         UserLimits::default()
     }
 
@@ -84,8 +130,8 @@ pub fn parse_key_hex(text: &str) -> Option<Key> {
     crate::config::parse_key(text).ok()
 }
 
-/// The part of a username that quotas and logs are keyed on: `1700000000:alice` → `alice`;
-/// a username without a user-id part counts as itself.
+/// The user-id part of a TURN REST API username: `1700000000:alice` → `alice`; a username
+/// without a user-id part counts as itself.
 pub fn user_id(username: &str) -> &str {
     match parse_rest_username(username) {
         Some((_, Some(user))) => user,
@@ -93,7 +139,8 @@ pub fn user_id(username: &str) -> &str {
     }
 }
 
-/// Splits a TURN REST API username `<unix-expiry>[:<user-id>]`; `None` when it has no such form.
+/// Splits a TURN REST API username `<unix-expiry>[:<user-id>]`; `None` when it has no such form
+/// (an expiry of more than 20 digits, beyond `u64`, included).
 pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
     let (expiry, user) = match username.split_once(':') {
         Some((expiry, user)) => (expiry, Some(user)),
@@ -103,6 +150,78 @@ pub fn parse_rest_username(username: &str) -> Option<(u64, Option<&str>)> {
         return None;
     }
     Some((expiry.parse().ok()?, user))
+}
+
+/// Whether a REST username expiring at `expiry` may authenticate at `now_unix`: not expired,
+/// and not expiring further ahead than `max_ttl` seconds (plus [`REST_CLOCK_SKEW`]).
+pub fn check_rest_expiry(expiry: u64, now_unix: u64, max_ttl: u64) -> Result<(), Lookup> {
+    if expiry < now_unix {
+        return Err(Lookup::Expired);
+    }
+    if expiry - now_unix > max_ttl.saturating_add(REST_CLOCK_SKEW) {
+        return Err(Lookup::TooLongLived);
+    }
+    Ok(())
+}
+
+/// The format characters (Unicode general category Cf, as of Unicode 16.0), as inclusive
+/// ranges: invisible, and some of them (U+061C, U+200E–U+200F, U+202A–U+202E, U+2066–U+2069)
+/// reorder the text around them.
+const FORMAT_CHARACTERS: [(char, char); 21] = [
+    ('\u{00AD}', '\u{00AD}'),   // soft hyphen
+    ('\u{0600}', '\u{0605}'),   // Arabic number signs
+    ('\u{061C}', '\u{061C}'),   // Arabic letter mark
+    ('\u{06DD}', '\u{06DD}'),   // Arabic end of ayah
+    ('\u{070F}', '\u{070F}'),   // Syriac abbreviation mark
+    ('\u{0890}', '\u{0891}'),   // Arabic pound and piastre marks above
+    ('\u{08E2}', '\u{08E2}'),   // Arabic disputed end of ayah
+    ('\u{180E}', '\u{180E}'),   // Mongolian vowel separator
+    ('\u{200B}', '\u{200F}'),   // zero-width space, non-joiner, joiner; LRM, RLM
+    ('\u{202A}', '\u{202E}'),   // bidi embeddings and overrides (LRE, RLE, PDF, LRO, RLO)
+    ('\u{2060}', '\u{2064}'),   // word joiner, invisible operators
+    ('\u{2066}', '\u{206F}'),   // bidi isolates (LRI, RLI, FSI, PDI), deprecated format chars
+    ('\u{FEFF}', '\u{FEFF}'),   // zero-width no-break space (byte-order mark)
+    ('\u{FFF9}', '\u{FFFB}'),   // interlinear annotation
+    ('\u{110BD}', '\u{110BD}'), // Kaithi number sign
+    ('\u{110CD}', '\u{110CD}'), // Kaithi number sign above
+    ('\u{13430}', '\u{1343F}'), // Egyptian hieroglyph format controls
+    ('\u{1BCA0}', '\u{1BCA3}'), // shorthand format controls
+    ('\u{1D173}', '\u{1D17A}'), // musical symbol beams and slurs
+    ('\u{E0001}', '\u{E0001}'), // language tag
+    ('\u{E0020}', '\u{E007F}'), // tag characters
+];
+
+/// Is `c` a character no user name may hold: a control character (Cc: NUL, ESC, CR, LF, ...),
+/// a format character (Cf: bidi overrides and isolates, zero-width spaces and joiners, the
+/// byte-order mark, the soft hyphen, ...) or a line or paragraph separator (U+2028, U+2029)?
+/// Each is invisible, or rearranges or breaks the text around it in a terminal, a log viewer or
+/// a web page.
+pub fn is_control_or_format(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{2028}' | '\u{2029}')
+        || FORMAT_CHARACTERS
+            .iter()
+            .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// `name` as it may be shown in a log line or on a terminal: each character that
+/// [`is_control_or_format`] finds written as `\u{202e}`, and `\` as `\\`, so that what a viewer
+/// shows is what the name holds and nothing it holds can rearrange the line.
+pub fn escape_name(name: &str) -> Cow<'_, str> {
+    if !name.chars().any(|c| c == '\\' || is_control_or_format(c)) {
+        return Cow::Borrowed(name);
+    }
+    let mut escaped = String::with_capacity(name.len() + 8);
+    for c in name.chars() {
+        if c == '\\' {
+            escaped.push_str("\\\\");
+        } else if is_control_or_format(c) {
+            escaped.push_str(&format!("\\u{{{:x}}}", u32::from(c)));
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// The TURN REST API password for `username`: `base64(HMAC-SHA1(secret, username))`.
@@ -125,7 +244,7 @@ impl Credentials {
         }
     }
 
-    /// Replaces the configuration's users and secrets (reload).
+    /// Replaces the configuration's users, secrets and `max-rest-ttl` (reload).
     pub fn set_statics(&self, statics: StaticCredentials) {
         self.statics.store(Arc::new(statics));
     }
@@ -137,42 +256,50 @@ impl CredentialStore for Credentials {
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         let statics = self.statics.load();
         if realm != statics.realm {
             return Lookup::Unknown;
         }
         let snapshot = self.redis.as_ref().map(|store| store.snapshot());
-        if let Some(snapshot) = &snapshot {
-            let revoked = snapshot
-                .revoked
-                .get(username)
-                .is_some_and(|&expiry| expiry >= now_unix);
-            if revoked || snapshot.limits(user_id(username)).disabled {
-                return Lookup::Unknown;
-            }
+        if let Some(snapshot) = &snapshot
+            && snapshot.is_revoked(username, now_unix)
+        {
+            return Lookup::Unknown;
         }
+        // Overrides (`disabled` among them) name long-term users, never REST ids.
+        let disabled = |name: &str| {
+            snapshot
+                .as_ref()
+                .is_some_and(|snapshot| snapshot.limits(name).disabled)
+        };
         // A user in the configuration is answered by the configuration alone.
         if statics.users.contains_key(username) {
+            if disabled(username) {
+                return Lookup::Unknown;
+            }
             return statics.keys(username, realm, now_unix, candidate);
         }
         let mut accepted = false;
-        let local = statics.keys(username, realm, now_unix, &mut |key| {
-            accepted = candidate(key);
+        let local = statics.keys(username, realm, now_unix, &mut |key, kind| {
+            accepted = candidate(key, kind);
             accepted
         });
-        if accepted || local == Lookup::Expired {
+        if accepted || matches!(local, Lookup::Expired | Lookup::TooLongLived) {
             return local;
         }
-        let (Some(store), Some(snapshot)) = (&self.redis, snapshot) else {
+        let (Some(store), Some(snapshot)) = (&self.redis, &snapshot) else {
             return local;
         };
         if !store.usable(now_unix) {
             return Lookup::Unavailable;
         }
         if let Some(key) = snapshot.users.get(username) {
-            candidate(key);
+            if disabled(username) {
+                return Lookup::Unknown;
+            }
+            candidate(key, CredentialKind::LongTerm);
             return Lookup::Known;
         }
         let Some((expiry, _)) = parse_rest_username(username) else {
@@ -181,36 +308,44 @@ impl CredentialStore for Credentials {
         if snapshot.secrets.is_empty() {
             return local;
         }
-        if expiry < now_unix {
-            return Lookup::Expired;
+        if let Err(refused) = check_rest_expiry(expiry, now_unix, statics.max_rest_ttl) {
+            return refused;
         }
         offer_rest_keys(&snapshot.secrets, username, realm, candidate);
         Lookup::Known
     }
 
-    fn withdrawn(&self, username: &str, now_unix: u64) -> bool {
+    fn withdrawn(&self, username: &str, kind: CredentialKind, now_unix: u64) -> bool {
         let Some(store) = &self.redis else {
             return false;
         };
         let snapshot = store.snapshot();
-        let revoked = snapshot
-            .revoked
-            .get(username)
-            .is_some_and(|&expiry| expiry >= now_unix);
-        if revoked || snapshot.limits(user_id(username)).disabled {
+        if snapshot.is_revoked(username, now_unix) {
             return true;
         }
-        // A stored user removed from Redis; REST usernames and config users stand on their
-        // own. While Redis cannot be trusted, live calls are left alone.
-        let stored_user = !self.statics.load().users.contains_key(username)
-            && parse_rest_username(username).is_none();
+        if kind == CredentialKind::Rest {
+            // A REST username stands on its own: revocation is all that ends it early.
+            return false;
+        }
+        if snapshot.limits(username).disabled {
+            return true;
+        }
+        // A stored user removed from Redis; config users stand on their own. While Redis
+        // cannot be trusted, live calls are left alone.
+        let stored_user = !self.statics.load().users.contains_key(username);
         stored_user && store.usable(now_unix) && !snapshot.users.contains_key(username)
     }
 
-    fn limits(&self, user_id: &str) -> UserLimits {
+    fn limits(&self, user: &Principal) -> UserLimits {
         self.redis
             .as_ref()
-            .map(|store| store.snapshot().limits(user_id))
+            .map(|store| {
+                let snapshot = store.snapshot();
+                match user.kind {
+                    CredentialKind::LongTerm => snapshot.limits(&user.id),
+                    CredentialKind::Rest => snapshot.defaults,
+                }
+            })
             .unwrap_or_default()
     }
 
@@ -221,11 +356,13 @@ impl CredentialStore for Credentials {
     }
 }
 
-/// Users and REST API secrets from the configuration file.
+/// Users, REST API secrets and `max-rest-ttl` from the configuration file.
 pub struct StaticCredentials {
     realm: String,
     users: HashMap<String, Key>,
     secrets: Vec<Vec<u8>>,
+    /// `[auth] max-rest-ttl` in seconds; it bounds Redis secrets' credentials too.
+    max_rest_ttl: u64,
 }
 
 impl StaticCredentials {
@@ -248,6 +385,7 @@ impl StaticCredentials {
             realm: realm.to_owned(),
             users,
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
+            max_rest_ttl: auth.max_rest_ttl.as_secs(),
         }
     }
 }
@@ -258,13 +396,13 @@ impl CredentialStore for StaticCredentials {
         username: &str,
         realm: &str,
         now_unix: u64,
-        candidate: &mut dyn FnMut(&Key) -> bool,
+        candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         if realm != self.realm {
             return Lookup::Unknown;
         }
         if let Some(key) = self.users.get(username) {
-            candidate(key);
+            candidate(key, CredentialKind::LongTerm);
             return Lookup::Known;
         }
         if self.secrets.is_empty() {
@@ -273,8 +411,8 @@ impl CredentialStore for StaticCredentials {
         let Some((expiry, _)) = parse_rest_username(username) else {
             return Lookup::Unknown;
         };
-        if expiry < now_unix {
-            return Lookup::Expired;
+        if let Err(refused) = check_rest_expiry(expiry, now_unix, self.max_rest_ttl) {
+            return refused;
         }
         offer_rest_keys(&self.secrets, username, realm, candidate);
         Lookup::Known
@@ -286,11 +424,14 @@ fn offer_rest_keys(
     secrets: &[Vec<u8>],
     username: &str,
     realm: &str,
-    candidate: &mut dyn FnMut(&Key) -> bool,
+    candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
 ) {
     for secret in secrets {
         let password = rest_password(secret, username);
-        if candidate(&long_term_key(username, realm, &password)) {
+        if candidate(
+            &long_term_key(username, realm, &password),
+            CredentialKind::Rest,
+        ) {
             break;
         }
     }
@@ -319,11 +460,21 @@ mod tests {
 
     fn collect(store: &StaticCredentials, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k| {
+        let lookup = store.keys(username, "r", now, &mut |k, _| {
             keys.push(*k);
             false
         });
         (lookup, keys)
+    }
+
+    /// The kinds of the keys offered for `username`.
+    fn kinds(store: &impl CredentialStore, username: &str, now: u64) -> Vec<CredentialKind> {
+        let mut kinds = Vec::new();
+        store.keys(username, "r", now, &mut |_, kind| {
+            kinds.push(kind);
+            false
+        });
+        kinds
     }
 
     #[test]
@@ -342,7 +493,7 @@ mod tests {
         );
         assert_eq!(collect(&store, "carol", 0), (Lookup::Unknown, vec![]));
         let mut called = false;
-        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_| {
+        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_, _| {
             called = true;
             true
         });
@@ -401,7 +552,7 @@ mod tests {
 
     fn offered(store: &impl CredentialStore, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k| {
+        let lookup = store.keys(username, "r", now, &mut |k, _| {
             keys.push(*k);
             false
         });
@@ -461,12 +612,13 @@ mod tests {
             offered(&credentials, "1700000100:dave", now),
             (Lookup::Unknown, vec![])
         );
-        assert!(credentials.withdrawn("1700000100:dave", now));
-        assert!(!credentials.withdrawn("1700000100:erin", now));
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        assert!(credentials.withdrawn("1700000100:dave", rest, now));
+        assert!(!credentials.withdrawn("1700000100:erin", rest, now));
         // Disabled, and removed from the store, withdraw a stored user; config users stay.
-        assert!(credentials.withdrawn("carol", now));
-        assert!(credentials.withdrawn("gone", now));
-        assert!(!credentials.withdrawn("alice", now));
+        assert!(credentials.withdrawn("carol", long_term, now));
+        assert!(credentials.withdrawn("gone", long_term, now));
+        assert!(!credentials.withdrawn("alice", long_term, now));
     }
 
     #[test]
@@ -497,6 +649,176 @@ mod tests {
             ))),
         );
         assert_eq!(offered(&never, "carol", now).0, Lookup::Unavailable);
+    }
+
+    #[test]
+    fn rest_expiry_is_bounded_by_max_rest_ttl() {
+        let mut config = auth(&["s"]);
+        config.max_rest_ttl = std::time::Duration::from_secs(3600);
+        let store = StaticCredentials::new(&config, "r");
+        let now = 1_700_000_000;
+        let at = |expiry: u64| collect(&store, &format!("{expiry}:carol"), now).0;
+        assert_eq!(at(now), Lookup::Known, "valid through its last second");
+        assert_eq!(at(now - 1), Lookup::Expired);
+        let horizon = now + 3600 + REST_CLOCK_SKEW;
+        assert_eq!(at(horizon), Lookup::Known, "max-rest-ttl plus the skew");
+        assert_eq!(at(horizon + 1), Lookup::TooLongLived);
+        assert_eq!(at(253_402_300_799), Lookup::TooLongLived, "9999-12-31");
+        assert_eq!(at(u64::MAX), Lookup::TooLongLived);
+        // Even when the clock reading itself is absurd, nothing overflows.
+        assert_eq!(
+            collect(&store, &format!("{}:carol", u64::MAX), u64::MAX).0,
+            Lookup::Known
+        );
+        // An expiry beyond u64 is no REST username at all.
+        assert_eq!(
+            collect(&store, "18446744073709551616:carol", now).0,
+            Lookup::Unknown
+        );
+        // The same bound holds for Redis secrets.
+        let store = redis_store(now, |s| s.secrets = vec![b"redis".to_vec()]);
+        let layered = Credentials::new(StaticCredentials::new(&config, "r"), Some(store));
+        let username = format!("{}:carol", horizon + 1);
+        assert_eq!(offered(&layered, &username, now).0, Lookup::TooLongLived);
+        let username = format!("{horizon}:carol");
+        assert_eq!(offered(&layered, &username, now).1.len(), 2);
+    }
+
+    #[test]
+    fn keys_say_which_kind_of_credential_they_stand_for() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            // A stored user whose name has the form of a REST username.
+            s.users.insert(
+                "1700000100:zed".into(),
+                long_term_key("1700000100:zed", "r", "pw"),
+            );
+            s.secrets = vec![b"redis".to_vec()];
+        });
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        assert_eq!(kinds(&credentials, "alice", now), [long_term]);
+        assert_eq!(kinds(&credentials, "carol", now), [long_term]);
+        assert_eq!(kinds(&credentials, "1700000100:dave", now), [rest, rest]);
+        // The config's secret first (a REST key), then the stored user of that name.
+        assert_eq!(
+            kinds(&credentials, "1700000100:zed", now),
+            [rest, long_term]
+        );
+        assert_eq!(
+            Principal::new(rest, "1700000100:dave"),
+            Principal {
+                kind: rest,
+                id: "dave".into()
+            }
+        );
+        assert_eq!(
+            &*Principal::new(long_term, "1700000100:zed").id,
+            "1700000100:zed"
+        );
+        assert_ne!(
+            Principal::new(rest, "1:alice"),
+            Principal::new(long_term, "alice")
+        );
+    }
+
+    #[test]
+    fn overrides_name_long_term_users_not_rest_ids() {
+        let now = 1_700_000_000;
+        let (credentials, _) = layered(now, |s| {
+            s.users
+                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.defaults.allocations = Some(7);
+            for name in ["carol", "alice", "dave"] {
+                s.overrides.insert(
+                    name.into(),
+                    redis::UserOverride {
+                        allocations: Some(1),
+                        disabled: true,
+                        ..Default::default()
+                    },
+                );
+            }
+        });
+        let (rest, long_term) = (CredentialKind::Rest, CredentialKind::LongTerm);
+        // Disabled long-term users, stored or configured, are refused and withdrawn...
+        assert_eq!(offered(&credentials, "carol", now).0, Lookup::Unknown);
+        assert_eq!(offered(&credentials, "alice", now).0, Lookup::Unknown);
+        assert!(credentials.withdrawn("alice", long_term, now));
+        // ...REST ids of the same names are not.
+        for username in ["1700000100:carol", "1700000100:alice", "1700000100:dave"] {
+            assert_eq!(offered(&credentials, username, now).0, Lookup::Known);
+            assert!(!credentials.withdrawn(username, rest, now));
+        }
+        let limits = |kind, name| credentials.limits(&Principal::new(kind, name));
+        assert_eq!(limits(long_term, "carol").allocations, Some(1));
+        assert_eq!(limits(rest, "1700000100:carol").allocations, Some(7));
+    }
+
+    #[test]
+    fn control_and_format_characters_are_found_and_escaped() {
+        let hidden = [
+            '\u{0}',
+            '\u{1b}',
+            '\n',
+            '\r',
+            '\u{7f}',
+            '\u{85}',
+            '\u{ad}',
+            '\u{61c}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200d}',
+            '\u{200e}',
+            '\u{200f}',
+            '\u{2028}',
+            '\u{2029}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{2069}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fffb}',
+            '\u{1343f}',
+            '\u{e0001}',
+            '\u{e007f}',
+        ];
+        for c in hidden {
+            assert!(is_control_or_format(c), "{:x}", u32::from(c));
+        }
+        let shown = [
+            'a',
+            'Z',
+            ' ',
+            ':',
+            'ë',
+            '山',
+            '田',
+            '\u{2065}',
+            '\u{2070}',
+            '\u{fe0f}',
+            '\u{301}',
+            '😀',
+            '\u{e0080}',
+            '\u{13440}',
+        ];
+        for c in shown {
+            assert!(!is_control_or_format(c), "{:x}", u32::from(c));
+        }
+        // The table is sorted and its ranges are disjoint.
+        for pair in FORMAT_CHARACTERS.windows(2) {
+            assert!(pair[0].0 <= pair[0].1 && pair[0].1 < pair[1].0, "{pair:?}");
+        }
+        assert_eq!(escape_name("Zoë 山田"), "Zoë 山田");
+        assert!(matches!(escape_name("alice"), Cow::Borrowed(_)));
+        assert_eq!(escape_name("ali\u{202e}ecnis"), "ali\\u{202e}ecnis");
+        assert_eq!(escape_name("a\0b\u{1b}[31m"), "a\\u{0}b\\u{1b}[31m");
+        // A name that spells an escape cannot pass for an escaped one.
+        assert_eq!(escape_name("a\\u{202e}"), "a\\\\u{202e}");
     }
 
     #[test]

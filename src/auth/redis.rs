@@ -86,7 +86,8 @@ impl Layout {
         format!("turn/realm/{}/{which}", self.realm)
     }
 
-    /// HASH user-id → JSON [`UserOverride`] (both schemas: coturn has no such thing).
+    /// HASH long-term user name → JSON [`UserOverride`] (both schemas: coturn has no such
+    /// thing). REST ids have none.
     fn overrides(&self) -> String {
         format!("{}:overrides:{}", self.prefix, self.realm)
     }
@@ -143,15 +144,23 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// The limits of `user_id`: its override over the realm's defaults.
-    pub fn limits(&self, user_id: &str) -> UserLimits {
+    /// The limits of the long-term user `name`: its override over the realm's defaults. (A
+    /// REST id gets the defaults alone: overrides name long-term users.)
+    pub fn limits(&self, name: &str) -> UserLimits {
         let mut limits = self.defaults;
-        if let Some(o) = self.overrides.get(user_id) {
+        if let Some(o) = self.overrides.get(name) {
             limits.allocations = o.allocations.or(limits.allocations);
             limits.bandwidth = o.bandwidth.or(limits.bandwidth);
             limits.disabled = o.disabled;
         }
         limits
+    }
+
+    /// Is `username` revoked at `now_unix`?
+    pub fn is_revoked(&self, username: &str, now_unix: u64) -> bool {
+        self.revoked
+            .get(username)
+            .is_some_and(|&expiry| expiry >= now_unix)
     }
 }
 

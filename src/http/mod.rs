@@ -26,12 +26,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
-use crate::auth::{parse_rest_username, rest_password};
+use crate::auth::{is_control_or_format, parse_rest_username, rest_password};
 
-/// Longest credential lifetime the API issues.
-pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Lifetime when the request names none.
-pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
+/// Lifetime when the request names none: one day, as draft-uberti-behave-turn-rest recommends
+/// (or `[auth] max-rest-ttl` when that is shorter). The longest is `max-rest-ttl`.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Longest user id accepted (the whole username must fit STUN's USERNAME).
 const MAX_USER_LEN: usize = 400;
 
@@ -49,6 +48,8 @@ pub struct ApiSettings {
     pub ice_urls: Vec<String>,
     /// `[auth] secrets`, the first issuing when Redis has none.
     pub config_secrets: Vec<String>,
+    /// `[auth] max-rest-ttl`: the longest `ttl` the credential API issues.
+    pub max_rest_ttl: Duration,
     /// `/metrics` without the token.
     pub public_metrics: bool,
     /// Caps on open connections (a reload that lowers one closes no connection in use).
@@ -184,15 +185,29 @@ async fn issue(State(api): State<Arc<Api>>, headers: HeaderMap, body: Bytes) -> 
             }
         }
     };
-    let ttl = request.ttl.map_or(DEFAULT_TTL, Duration::from_secs);
-    if ttl.is_zero() || ttl > MAX_TTL {
-        let message = format!("ttl must be between 1 and {} seconds", MAX_TTL.as_secs());
+    let max_ttl = api.settings.load().max_rest_ttl;
+    let ttl = request
+        .ttl
+        .map_or(DEFAULT_TTL.min(max_ttl), Duration::from_secs);
+    if ttl.is_zero() || ttl > max_ttl {
+        let message = format!(
+            "ttl must be between 1 and {} seconds ([auth] max-rest-ttl)",
+            max_ttl.as_secs()
+        );
         return error(StatusCode::BAD_REQUEST, &message);
     }
     if let Some(user) = &request.user {
-        if user.is_empty() || user.len() > MAX_USER_LEN || user.chars().any(char::is_control) {
-            let message =
-                format!("user must be 1 to {MAX_USER_LEN} bytes without control characters");
+        if user.is_empty() || user.len() > MAX_USER_LEN {
+            let message = format!("user must be 1 to {MAX_USER_LEN} bytes");
+            return error(StatusCode::BAD_REQUEST, &message);
+        }
+        // Invisible and reordering characters would let an id pass for another in logs and
+        // on the dashboard.
+        if let Some(c) = user.chars().find(|&c| is_control_or_format(c)) {
+            let message = format!(
+                "user must not contain control or invisible format characters (bidi overrides, zero-width spaces, ...); found U+{:04X}",
+                u32::from(c)
+            );
             return error(StatusCode::BAD_REQUEST, &message);
         }
     }

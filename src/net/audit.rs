@@ -32,10 +32,11 @@ impl Redactor {
         mac[..6].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    /// The username, or its hash.
+    /// The username (control and format characters escaped, e.g. `\u{202e}`, so that no name
+    /// can rearrange or break the line it is logged in), or its hash.
     pub fn user<'a>(&'a self, username: &'a str) -> Shown<'a> {
         match &self.key {
-            None => Shown::Plain(username.to_owned()),
+            None => Shown::Plain(crate::auth::escape_name(username).into_owned()),
             Some(key) => Shown::Hidden(self.hash(key, username.as_bytes()), "user"),
         }
     }
@@ -132,6 +133,10 @@ mod tests {
         );
         let off = Redactor::new(false, "realm");
         assert_eq!(off.user("alice").to_string(), "alice");
+        assert_eq!(
+            off.user("1700000000:\u{202e}ecilA").to_string(),
+            "1700000000:\\u{202e}ecilA"
+        );
         assert_eq!(off.addr(addr).to_string(), "198.51.100.7:5000");
     }
 }

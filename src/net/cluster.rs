@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
 use crate::auth::redis::{connect, timed, unix_now};
+use crate::auth::{CredentialKind, Principal};
 use crate::config::Transport;
 use crate::turn::{AllocationId, Alternate, NodeLimits};
 
@@ -48,7 +49,7 @@ pub enum LeaseRequest {
     Acquire {
         worker: usize,
         allocation: AllocationId,
-        user: Box<str>,
+        user: Principal,
         limit: u32,
     },
     /// The allocation ended (or never got going) after its lease was granted.
@@ -94,11 +95,16 @@ impl ClusterSettings {
         format!("{prefix}:node:{id}")
     }
 
-    /// One sorted set of leases per user; the user id is hex-encoded into the key name, so no
-    /// byte of it is ever Redis syntax.
-    fn leases_key(&self, user: &str) -> String {
-        let hex: String = user.bytes().map(|b| format!("{b:02x}")).collect();
-        format!("{}:leases:{hex}", self.prefix)
+    /// One sorted set of leases per user; the name is hex-encoded into the key, so no byte of
+    /// it is ever Redis syntax. A long-term user's set is `P:leases:<hex>`, as it always was; a
+    /// REST id's is `P:leases:rest:<hex>`, so the two namespaces never share a set (`rest:`
+    /// cannot be hex).
+    fn leases_key(&self, user: &Principal) -> String {
+        let hex: String = user.id.bytes().map(|b| format!("{b:02x}")).collect();
+        match user.kind {
+            CredentialKind::LongTerm => format!("{}:leases:{hex}", self.prefix),
+            CredentialKind::Rest => format!("{}:leases:rest:{hex}", self.prefix),
+        }
     }
 
     fn member(&self, worker: usize, allocation: AllocationId) -> String {
@@ -126,7 +132,7 @@ enum Link {
 struct Acquire {
     worker: usize,
     allocation: AllocationId,
-    user: Box<str>,
+    user: Principal,
     limit: u32,
 }
 
@@ -571,5 +577,28 @@ impl Cluster {
         if let Ok(mut conn) = conn {
             let _ = timed(goodbye.query_async::<()>(&mut conn)).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rest_ids_and_long_term_users_lease_from_separate_sets() {
+        let settings = ClusterSettings {
+            prefix: "tp".into(),
+            node_id: "n1".into(),
+            lease_time: Duration::from_secs(30),
+            listeners: Vec::new(),
+        };
+        let long_term = Principal::new(CredentialKind::LongTerm, "alice");
+        let rest = Principal::new(CredentialKind::Rest, "1700000000:alice");
+        // The long-term key is the one earlier releases used for everyone.
+        assert_eq!(settings.leases_key(&long_term), "tp:leases:616c696365");
+        assert_eq!(settings.leases_key(&rest), "tp:leases:rest:616c696365");
+        // A long-term user named like a REST username keeps its whole name.
+        let odd = Principal::new(CredentialKind::LongTerm, "1:a");
+        assert_eq!(settings.leases_key(&odd), "tp:leases:313a61");
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use crate::auth::Key;
+use crate::auth::{Key, Principal};
 use crate::stun::TransactionId;
 
 use super::FiveTuple;
@@ -88,6 +88,11 @@ pub struct Allocation {
     pub id: AllocationId,
     pub tuple: FiveTuple,
     pub username: Box<str>,
+    /// Whose quotas it counts against, and which kind of credential made it.
+    pub principal: Principal,
+    /// The expiry (unix seconds) of a REST username: once it has passed, the allocation's
+    /// requests are refused with 401, while it relays on until its lifetime ends.
+    pub rest_expiry: Option<u64>,
     pub key: Key,
     /// The address the relay socket is bound to; `None` while the I/O layer opens it.
     pub relayed: Option<SocketAddr>,

@@ -8,6 +8,8 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::auth::Principal;
+
 /// Nanoseconds in a second.
 const SECOND: u64 = 1_000_000_000;
 /// Cells in the table of unauthenticated sources: a fixed 512 KiB whatever the flood.
@@ -193,11 +195,12 @@ pub struct Quota {
 }
 
 /// Allocations per user and in total on this node, shared by the workers. Touched when an
-/// allocation is made or ends, never by relayed packets.
+/// allocation is made or ends, never by relayed packets. Users are [`Principal`]s: a REST id
+/// and a long-term user of the same name count separately.
 #[derive(Debug, Default)]
 pub struct AllocationLedger {
     total: AtomicU32,
-    users: Mutex<HashMap<Box<str>, UserUsage>>,
+    users: Mutex<HashMap<Principal, UserUsage>>,
 }
 
 impl AllocationLedger {
@@ -209,7 +212,7 @@ impl AllocationLedger {
     /// bandwidth limit (made with the user's first allocation).
     pub fn acquire(
         &self,
-        user: &str,
+        user: &Principal,
         quota: Quota,
     ) -> Result<Option<Arc<SharedByteRate>>, QuotaError> {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +225,7 @@ impl AllocationLedger {
             return Err(QuotaError::Total);
         }
         self.total.store(total + 1, Ordering::Relaxed);
-        let usage = users.entry(user.into()).or_insert_with(|| UserUsage {
+        let usage = users.entry(user.clone()).or_insert_with(|| UserUsage {
             allocations: 0,
             bandwidth: quota
                 .user_bandwidth
@@ -233,7 +236,7 @@ impl AllocationLedger {
     }
 
     /// Counts one allocation of `user` less.
-    pub fn release(&self, user: &str) {
+    pub fn release(&self, user: &Principal) {
         let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(usage) = users.get_mut(user) {
             usage.allocations -= 1;
@@ -254,6 +257,7 @@ impl AllocationLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::CredentialKind;
 
     const MS: u64 = 1_000_000;
 
@@ -310,6 +314,10 @@ mod tests {
         assert!(SourceLimiter::new(0).allow(ip, now));
     }
 
+    fn user(name: &str) -> Principal {
+        Principal::new(CredentialKind::LongTerm, name)
+    }
+
     #[test]
     fn ledger_counts_users_and_total() {
         let ledger = AllocationLedger::new();
@@ -318,23 +326,26 @@ mod tests {
             total_allocations: 3,
             user_bandwidth: None,
         };
-        assert!(ledger.acquire("alice", quota).is_ok());
-        assert!(ledger.acquire("alice", quota).is_ok());
-        assert_eq!(ledger.acquire("alice", quota).err(), Some(QuotaError::User));
+        assert!(ledger.acquire(&user("alice"), quota).is_ok());
+        assert!(ledger.acquire(&user("alice"), quota).is_ok());
+        assert_eq!(
+            ledger.acquire(&user("alice"), quota).err(),
+            Some(QuotaError::User)
+        );
         // A user whose override allows more.
         let generous = Quota {
             user_allocations: 5,
             ..quota
         };
-        assert!(ledger.acquire("bob", generous).is_ok());
+        assert!(ledger.acquire(&user("bob"), generous).is_ok());
         assert_eq!(
-            ledger.acquire("carol", quota).err(),
+            ledger.acquire(&user("carol"), quota).err(),
             Some(QuotaError::Total)
         );
-        ledger.release("alice");
-        assert!(ledger.acquire("carol", quota).is_ok());
+        ledger.release(&user("alice"));
+        assert!(ledger.acquire(&user("carol"), quota).is_ok());
         assert_eq!(ledger.total(), 3);
-        ledger.release("nobody");
+        ledger.release(&user("nobody"));
         assert_eq!(ledger.total(), 3);
     }
 
@@ -345,10 +356,37 @@ mod tests {
             user_bandwidth: Some(8_000),
             ..Quota::default()
         };
-        let first = ledger.acquire("alice", quota).unwrap().unwrap();
-        let second = ledger.acquire("alice", quota).unwrap().unwrap();
+        let first = ledger.acquire(&user("alice"), quota).unwrap().unwrap();
+        let second = ledger.acquire(&user("alice"), quota).unwrap().unwrap();
         assert!(Arc::ptr_eq(&first, &second));
-        let bob = ledger.acquire("bob", quota).unwrap().unwrap();
+        let bob = ledger.acquire(&user("bob"), quota).unwrap().unwrap();
         assert!(!Arc::ptr_eq(&first, &bob));
+    }
+
+    #[test]
+    fn rest_ids_and_long_term_users_of_one_name_count_apart() {
+        let ledger = AllocationLedger::new();
+        let quota = Quota {
+            user_allocations: 1,
+            user_bandwidth: Some(8_000),
+            ..Quota::default()
+        };
+        let rest = Principal::new(CredentialKind::Rest, "1700000000:alice");
+        let long_term = user("alice");
+        let a = ledger.acquire(&long_term, quota).unwrap().unwrap();
+        let b = ledger.acquire(&rest, quota).unwrap().unwrap();
+        assert!(!Arc::ptr_eq(&a, &b), "separate bandwidth budgets");
+        assert_eq!(ledger.acquire(&rest, quota).err(), Some(QuotaError::User));
+        assert_eq!(
+            ledger.acquire(&long_term, quota).err(),
+            Some(QuotaError::User)
+        );
+        ledger.release(&rest);
+        assert_eq!(
+            ledger.acquire(&long_term, quota).err(),
+            Some(QuotaError::User)
+        );
+        assert!(ledger.acquire(&rest, quota).is_ok());
+        assert_eq!(ledger.total(), 2);
     }
 }

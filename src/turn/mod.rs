@@ -21,7 +21,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::auth::{CredentialStore, Key, Lookup};
+use crate::auth::{CredentialKind, CredentialStore, Key, Lookup, Principal};
 use crate::config::Transport;
 use crate::stun::{
     self, ChannelData, Class, Message, MessageWriter, Method, StunError, TransactionId, attr,
@@ -104,13 +104,13 @@ pub enum Event {
     /// [`Server::handle_lease`]. The Allocate waits meanwhile; relaying never does.
     AcquireLease {
         allocation: AllocationId,
-        user: Box<str>,
+        user: Principal,
         limit: u32,
     },
     /// An allocation that held a lease has ended: give it back.
     ReleaseLease {
         allocation: AllocationId,
-        user: Box<str>,
+        user: Principal,
     },
     /// An allocation that was granted has ended (for the log line).
     Ended(Box<Ended>),
@@ -328,6 +328,7 @@ struct Slot {
 /// What authentication established about a request.
 struct Authenticated {
     key: Key,
+    kind: CredentialKind,
 }
 
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
@@ -687,20 +688,16 @@ impl Server {
         (n > 0).then_some((tuple, n))
     }
 
-    /// Ends every allocation made with one of `names`, as a username or as the user-id part of
-    /// one (a revoked credential, a disabled or removed user); returns how many. Control path:
+    /// Ends every allocation made with one of the usernames `names` (a revoked REST username,
+    /// a disabled or removed long-term user); returns how many. A REST id is not a long-term
+    /// user name: disabling the user `alice` leaves `1700000000:alice` alone. Control path:
     /// walks the allocations.
     pub fn revoke(&mut self, names: &[String]) -> usize {
         let doomed: Vec<AllocationId> = self
             .slots
             .iter()
             .filter_map(|slot| slot.allocation.as_ref())
-            .filter(|a| {
-                let user = crate::auth::user_id(&a.username);
-                names
-                    .iter()
-                    .any(|name| **name == *a.username || **name == *user)
-            })
+            .filter(|a| names.iter().any(|name| **name == *a.username))
             .map(|a| a.id)
             .collect();
         for &id in &doomed {
@@ -984,9 +981,18 @@ impl Server {
         if let Some(alloc) = existing
             && &*alloc.username == username
         {
-            let withdrawn = self.credentials.withdrawn(username, self.unix_time(now));
-            if !withdrawn && msg.check_integrity(&alloc.key).is_ok() {
-                return Ok(Authenticated { key: alloc.key });
+            let now_unix = self.unix_time(now);
+            let kind = alloc.principal.kind;
+            let withdrawn = self.credentials.withdrawn(username, kind, now_unix);
+            // An expired REST username authenticates no more requests (the allocation relays
+            // on until its lifetime ends), except the one that deletes it early.
+            let expired =
+                alloc.rest_expiry.is_some_and(|expiry| expiry < now_unix) && !is_delete(msg);
+            if !withdrawn && !expired && msg.check_integrity(&alloc.key).is_ok() {
+                return Ok(Authenticated {
+                    key: alloc.key,
+                    kind,
+                });
             }
             self.stats.auth_failures += 1;
             return Err(self.reply_challenge(
@@ -1004,10 +1010,10 @@ impl Server {
             let now_unix = self.unix_time(now);
             lookup = self
                 .credentials
-                .keys(username, realm, now_unix, &mut |key| {
+                .keys(username, realm, now_unix, &mut |key, kind| {
                     let ok = msg.check_integrity(key).is_ok();
                     if ok {
-                        found = Some(*key);
+                        found = Some((*key, kind));
                     }
                     ok
                 });
@@ -1019,9 +1025,9 @@ impl Server {
             }
             return Err(self.reply_error(out, method, tid, RequestError::ServerError, None));
         }
-        let Some(key) = found else {
-            // Unknown user, expired REST username or wrong password: the client learns nothing
-            // more than 401.
+        let Some((key, kind)) = found else {
+            // Unknown user, expired or too long-lived REST username, or wrong password: the
+            // client learns nothing more than 401.
             self.stats.auth_failures += 1;
             return Err(self.reply_challenge(
                 now,
@@ -1042,7 +1048,7 @@ impl Server {
                 Some(&key),
             ));
         }
-        Ok(Authenticated { key })
+        Ok(Authenticated { key, kind })
     }
 
     fn allocate(
@@ -1126,8 +1132,12 @@ impl Server {
             .get(attr::USERNAME)
             .and_then(|v| attr::decode_text(v, 513).ok())
             .unwrap_or_default();
-        let user = crate::auth::user_id(username);
-        let overrides = self.credentials.limits(user);
+        let user = Principal::new(auth.kind, username);
+        let rest_expiry = match auth.kind {
+            CredentialKind::Rest => crate::auth::parse_rest_username(username).map(|(e, _)| e),
+            CredentialKind::LongTerm => None,
+        };
+        let overrides = self.credentials.limits(&user);
         let quota = Quota {
             user_allocations: overrides
                 .allocations
@@ -1138,7 +1148,7 @@ impl Server {
                 .unwrap_or(self.config.quota.total_allocations),
             user_bandwidth: overrides.bandwidth.or(self.config.quota.user_bandwidth),
         };
-        let user_bandwidth = match self.node.ledger.acquire(user, quota) {
+        let user_bandwidth = match self.node.ledger.acquire(&user, quota) {
             Ok(bandwidth) => bandwidth,
             // The node is full: another node may not be.
             Err(QuotaError::Total) => {
@@ -1162,6 +1172,8 @@ impl Server {
             },
             tuple: *tuple,
             username: username.into(),
+            principal: user.clone(),
+            rest_expiry,
             key: auth.key,
             relayed: None,
             created: now,
@@ -1186,7 +1198,7 @@ impl Server {
             }
             self.events.push_back(Event::AcquireLease {
                 allocation: id,
-                user: user.into(),
+                user,
                 limit: lease_limit,
             });
         } else {
@@ -1531,12 +1543,11 @@ impl Server {
         slot.generation = slot.generation.wrapping_add(1);
         self.timers.remove(&(allocation.wake, id));
         self.by_tuple.remove(&allocation.tuple);
-        let user = crate::auth::user_id(&allocation.username);
-        self.node.ledger.release(user);
+        self.node.ledger.release(&allocation.principal);
         if allocation.leased {
             self.events.push_back(Event::ReleaseLease {
                 allocation: id,
-                user: user.into(),
+                user: allocation.principal,
             });
         }
         self.free_slots.push(id.index);
@@ -1733,6 +1744,14 @@ fn is_known_attribute(typ: u16) -> bool {
             | attr::USE_CANDIDATE
             | attr::PADDING
     )
+}
+
+/// Is `msg` a Refresh that deletes its allocation (LIFETIME 0)?
+fn is_delete(msg: &Message<'_>) -> bool {
+    msg.method() == Method::REFRESH
+        && msg
+            .get(attr::LIFETIME)
+            .is_some_and(|v| matches!(attr::decode_u32(v), Ok(0)))
 }
 
 /// An address with any IPv4-in-IPv6 form turned into plain IPv4.

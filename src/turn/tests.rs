@@ -430,6 +430,129 @@ fn rest_api_credentials_authenticate_until_they_expire() {
 }
 
 #[test]
+fn an_expired_rest_username_relays_on_but_authenticates_no_more_requests() {
+    let mut h = Harness::with(|c| {
+        c.default_lifetime = Duration::from_secs(60);
+        c.max_lifetime = Duration::from_secs(120);
+    });
+    // Valid through unix second 1_700_000_030, 30 s after the harness's start.
+    let username = "1700000030:carol";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut c = Client::new(udp(CLIENT), username, &password);
+    let mut deleter = Client::new(udp("198.51.100.21:5000"), username, &password);
+    assert_eq!(c.allocate(&mut h).class, Class::Success);
+    assert_eq!(deleter.allocate(&mut h).class, Class::Success);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(c.bind(&mut h, 0x4001, peer).class, Class::Success);
+    let id = relay_of(&h, &c.tuple);
+
+    h.advance(Duration::from_secs(30));
+    let refresh = |c: &mut Client, h: &mut Harness| {
+        c.call(h, Method::REFRESH, |w| w.u32(attr::LIFETIME, 60).unwrap())
+    };
+    let refreshed = refresh(&mut c, &mut h);
+    assert_eq!(refreshed.class, Class::Success, "in its last valid second");
+    assert_eq!(
+        h.server.allocation(id).unwrap().expires,
+        h.now + Duration::from_secs(60)
+    );
+
+    h.advance(Duration::from_secs(1));
+    let failures = h.server.stats().auth_failures;
+    let refused = [
+        refresh(&mut c, &mut h),
+        c.permit(&mut h, peer),
+        c.bind(&mut h, 0x4002, peer),
+    ];
+    for response in &refused {
+        assert_eq!(response.code, Some(401), "{response:?}");
+        assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
+    }
+    assert!(h.server.stats().auth_failures >= failures + 3);
+    // Deleting is still allowed: it only gives resources back.
+    let deleted = deleter.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 0).unwrap()
+    });
+    assert_eq!(deleted.class, Class::Success, "{deleted:?}");
+    assert_eq!(h.server.allocation_count(), 1);
+
+    // The allocation relays until the lifetime its last granted Refresh gave it...
+    let frame = [0x40, 0x01, 0x00, 0x03, b'a', b'b', b'c', 0];
+    let mut out = vec![0u8; 1500];
+    h.advance(Duration::from_secs(58));
+    assert!(matches!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::Relay { .. }
+    ));
+    assert!(peer_data(&mut h, id, peer, b"xyz").is_some());
+    // ...and then ends, expired like any other.
+    while h.server.poll_event().is_some() {}
+    h.advance(Duration::from_secs(1));
+    assert!(h.server.allocation(id).is_none());
+    assert!(matches!(
+        h.server.poll_event(),
+        Some(Event::Ended(ended)) if ended.reason == EndReason::Expired
+    ));
+    assert_eq!(
+        h.server.handle_client(h.now, c.tuple, &frame, &mut out),
+        ClientAction::None
+    );
+}
+
+#[test]
+fn rest_usernames_expiring_beyond_max_rest_ttl_get_401() {
+    let mut h = Harness::new();
+    // The harness's clock reads 1_700_000_000; [auth] max-rest-ttl is its default, one day.
+    let horizon = 1_700_000_000 + 86_400 + crate::auth::REST_CLOCK_SKEW;
+    let failures = h.server.stats().auth_failures;
+    for (i, expiry) in [horizon + 1, 253_402_300_799, u64::MAX]
+        .into_iter()
+        .enumerate()
+    {
+        let username = format!("{expiry}:carol");
+        let password = crate::auth::rest_password(b"rest-secret", &username);
+        let tuple = udp(&format!("198.51.100.30:{}", 5000 + i));
+        let mut c = Client::new(tuple, &username, &password);
+        assert_eq!(c.allocate(&mut h).code, Some(401), "{username}");
+    }
+    assert!(h.server.stats().auth_failures >= failures + 3);
+    // An expiry too large for u64 is no REST username: 401 as well.
+    let username = "99999999999999999999999:carol";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let mut c = Client::new(udp("198.51.100.31:5000"), username, &password);
+    assert_eq!(c.allocate(&mut h).code, Some(401));
+    let username = format!("{horizon}:carol");
+    let password = crate::auth::rest_password(b"rest-secret", &username);
+    let mut c = Client::new(udp("198.51.100.32:5000"), &username, &password);
+    assert_eq!(c.allocate(&mut h).class, Class::Success, "at the horizon");
+    assert_eq!(h.server.allocation_count(), 1);
+}
+
+#[test]
+fn rest_ids_and_long_term_users_of_one_name_have_separate_quotas() {
+    let mut h = Harness::with(|c| c.quota.user_allocations = 1);
+    let username = "1700000100:alice";
+    let password = crate::auth::rest_password(b"rest-secret", username);
+    let (_alice, _) = alice(&mut h);
+    let mut rest = Client::new(udp("198.51.100.40:5000"), username, &password);
+    assert_eq!(rest.allocate(&mut h).class, Class::Success);
+    let id = relay_of(&h, &rest.tuple);
+    assert_eq!(
+        h.server.allocation(id).unwrap().principal,
+        Principal::new(CredentialKind::Rest, username)
+    );
+    let mut second = Client::new(udp("198.51.100.40:5001"), username, &password);
+    assert_eq!(second.allocate(&mut h).code, Some(486));
+    let mut again = Client::new(udp("198.51.100.40:5002"), "alice", "wonderland");
+    assert_eq!(again.allocate(&mut h).code, Some(486));
+    // Revoking the long-term name leaves the REST id's allocation alone, and the reverse.
+    assert_eq!(h.server.revoke(&["alice".to_owned()]), 1);
+    assert!(h.server.allocation(id).is_some());
+    assert_eq!(h.server.revoke(&[username.to_owned()]), 1);
+    assert_eq!(h.server.allocation_count(), 0);
+}
+
+#[test]
 fn public_address_is_advertised_instead_of_the_bound_one() {
     let mut h = Harness::with(|c| c.public_v4 = Some("198.51.100.9".parse().unwrap()));
     let (_, relayed) = alice(&mut h);
@@ -1203,7 +1326,8 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
     assert_eq!(h.lease_events.len(), 1);
     assert!(matches!(
         &h.lease_events[0],
-        Event::AcquireLease { user, limit: 3, .. } if &**user == "alice"
+        Event::AcquireLease { user, limit: 3, .. }
+            if *user == Principal::new(CredentialKind::LongTerm, "alice")
     ));
     // Granted: the relay opens and the Allocate is answered.
     h.lease = Some(true);
@@ -1225,7 +1349,8 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
         w.u32(attr::LIFETIME, 0).unwrap()
     });
     assert!(
-        matches!(h.lease_events.last(), Some(Event::ReleaseLease { user, .. }) if &**user == "alice")
+        matches!(h.lease_events.last(), Some(Event::ReleaseLease { user, .. })
+            if *user == Principal::new(CredentialKind::LongTerm, "alice"))
     );
 }
 
