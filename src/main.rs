@@ -451,6 +451,7 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         capacity_rejected = core.capacity_rejected,
         tcp_connections = counters.tcp_connections,
         tcp_rejected = counters.workers.tcp_rejected,
+        tcp_rejected_per_source = counters.workers.tcp_rejected_per_source,
         stream_timeouts = counters.workers.stream_timeouts,
         "stats"
     );

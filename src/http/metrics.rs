@@ -196,6 +196,12 @@ impl prometheus_client::collector::Collector for Scrape {
         )?;
         counter(
             &mut encoder,
+            "turnpike_tcp_rejected_per_source",
+            "TCP/TLS connections refused at max-tcp-connections-per-source",
+            counters_now.workers.tcp_rejected_per_source,
+        )?;
+        counter(
+            &mut encoder,
             "turnpike_stream_timeouts",
             "TCP/TLS clients closed by stream-idle-timeout",
             counters_now.workers.stream_timeouts,

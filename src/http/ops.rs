@@ -166,6 +166,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
         "tcp": {
             "connections": counters.tcp_connections,
             "rejected": counters.workers.tcp_rejected,
+            "rejected_per_source": counters.workers.tcp_rejected_per_source,
             "timeouts": counters.workers.stream_timeouts,
         },
         "redis": {

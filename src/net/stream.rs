@@ -1,6 +1,7 @@
 //! TCP and TLS clients: accepting, framing (RFC 8656 §12.5) and writing back.
 
 use std::cell::{Cell, RefCell};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -16,7 +17,7 @@ use crate::stun::{self, Frame};
 use crate::turn::FiveTuple;
 
 use super::worker::Shared;
-use super::{StreamLimits, normalize};
+use super::{StreamLimits, normalize, source_of};
 
 /// Frames queued for a slow client beyond this are dropped rather than buffered without bound.
 const MAX_QUEUED: usize = 1 << 20;
@@ -85,11 +86,18 @@ pub(super) async fn accept_loop(
                 continue;
             }
         };
-        let Some(slot) = ConnectionSlot::take(&limits) else {
-            // Over `max-tcp-connections`: closed at once, before any TLS work.
-            shared.borrow_mut().tcp_rejected += 1;
-            drop(stream);
-            continue;
+        let client = normalize(client);
+        let slot = match ConnectionSlot::take(&limits, client.ip()) {
+            Ok(slot) => slot,
+            // Over a limit: closed at once, before any TLS work.
+            Err(Refused::Node) => {
+                shared.borrow_mut().tcp_rejected += 1;
+                continue;
+            }
+            Err(Refused::Source) => {
+                shared.borrow_mut().tcp_rejected_per_source += 1;
+                continue;
+            }
         };
         let Ok(server) = stream.local_addr() else {
             continue;
@@ -97,7 +105,7 @@ pub(super) async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let tuple = FiveTuple {
             transport,
-            client: normalize(client),
+            client,
             server: normalize(server),
         };
         let shared = shared.clone();
@@ -127,23 +135,62 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// One of the node's `max-tcp-connections`, given back when dropped.
-struct ConnectionSlot(Arc<StreamLimits>);
+/// Why a connection was refused a slot.
+enum Refused {
+    /// The node has `max-tcp-connections`.
+    Node,
+    /// The client's source has `max-tcp-connections-per-source`.
+    Source,
+}
+
+/// One of the node's `max-tcp-connections` and of its source's
+/// `max-tcp-connections-per-source`, given back when dropped.
+struct ConnectionSlot {
+    limits: Arc<StreamLimits>,
+    source: IpAddr,
+}
 
 impl ConnectionSlot {
-    fn take(limits: &Arc<StreamLimits>) -> Option<ConnectionSlot> {
-        let taken = limits
+    fn take(limits: &Arc<StreamLimits>, client: IpAddr) -> Result<ConnectionSlot, Refused> {
+        limits
             .live
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
                 (live < limits.max_connections.load(Ordering::Relaxed)).then_some(live + 1)
-            });
-        taken.ok().map(|_| ConnectionSlot(limits.clone()))
+            })
+            .map_err(|_| Refused::Node)?;
+        let source = source_of(client);
+        let cap = limits.max_per_source.load(Ordering::Relaxed);
+        let mut sources = limits.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let count = sources.get(&source).copied().unwrap_or(0);
+        if cap != 0 && count >= cap {
+            drop(sources);
+            limits.live.fetch_sub(1, Ordering::Relaxed);
+            return Err(Refused::Source);
+        }
+        sources.insert(source, count + 1);
+        Ok(ConnectionSlot {
+            limits: limits.clone(),
+            source,
+        })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        self.0.live.fetch_sub(1, Ordering::Relaxed);
+        {
+            let mut sources = self
+                .limits
+                .sources
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if let Some(count) = sources.get_mut(&self.source) {
+                *count -= 1;
+                if *count == 0 {
+                    sources.remove(&self.source);
+                }
+            }
+        }
+        self.limits.live.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

@@ -111,6 +111,7 @@ pub(super) struct Worker {
     redactor: super::audit::Redactor,
     cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
     pub tcp_rejected: u64,
+    pub tcp_rejected_per_source: u64,
     pub stream_timeouts: u64,
     /// UDP listeners by index (the receive loops hold their index); `None` once removed.
     udp: Vec<Option<UdpListener>>,
@@ -151,6 +152,7 @@ impl Worker {
                 redactor: context.redactor,
                 cluster: context.cluster,
                 tcp_rejected: 0,
+                tcp_rejected_per_source: 0,
                 stream_timeouts: 0,
                 udp: udp.into_iter().map(Some).collect(),
                 tcp: Vec::new(),
@@ -542,6 +544,7 @@ impl Worker {
             core: self.core.stats(),
             allocations: self.core.allocation_count() as u64,
             tcp_rejected: self.tcp_rejected,
+            tcp_rejected_per_source: self.tcp_rejected_per_source,
             stream_timeouts: self.stream_timeouts,
         };
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = counters;
