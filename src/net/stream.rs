@@ -304,9 +304,8 @@ impl Drop for ConnectionSlot {
 }
 
 /// Serves one client connection until it closes, sends something that is not STUN/TURN, does
-/// not read what it is sent (see [`write_loop`]), or (while it has no allocation, or has sent
-/// part of a message) sends no complete message for `idle`: a slowloris client cannot hold a
-/// connection.
+/// not read what it is sent (see [`write_loop`]), or misses a deadline of [`read_loop`]: a
+/// slowloris client cannot hold a connection.
 async fn serve<S>(shared: Shared, stream: S, tuple: FiveTuple, idle: Duration)
 where
     S: AsyncRead + AsyncWrite + 'static,
@@ -331,8 +330,11 @@ where
 }
 
 /// Reads and handles the client's frames until the connection ends; `true` when it ended by
-/// the idle timeout: a client without an allocation, or with part of a message sent, must
-/// send a complete message every `idle`.
+/// the idle timeout.
+///
+/// Deadlines: a client without an allocation must send a complete message every `idle`; one
+/// with an allocation may stay silent, but a message it has started must be complete within
+/// `idle` of its first byte's arrival.
 async fn read_loop<R>(
     shared: &Shared,
     reader: &mut R,
@@ -348,6 +350,8 @@ where
     let mut start = 0;
     let mut filled = 0;
     let mut last_message = Instant::now();
+    // When the first byte of the message not yet complete arrived.
+    let mut partial_since: Option<Instant> = None;
     // When the buffer last held more than its initial size.
     let mut needed_large = Instant::now();
     loop {
@@ -355,6 +359,7 @@ where
         // while the client's output has room.
         let now = Instant::now();
         let mut paused = false;
+        let handled_from = start;
         {
             let mut worker = shared.borrow_mut();
             while start < filled {
@@ -387,6 +392,12 @@ where
             writer.wait_for_room().await;
             continue;
         }
+        if start == filled {
+            partial_since = None;
+        } else if start > handled_from {
+            // A message ended in what was just handled: the rest began after it.
+            partial_since = Some(now);
+        }
         buf.copy_within(start..filled, 0);
         filled -= start;
         start = 0;
@@ -404,12 +415,18 @@ where
         }
 
         let allocated = shared.borrow().core.allocation_of(&tuple).is_some();
-        let deadline = (!allocated || filled > 0).then(|| last_message + idle);
-        // Wake to shrink a buffer a burst grew.
+        let deadline = match (allocated, partial_since) {
+            (false, _) => Some(last_message + idle),
+            (true, Some(since)) => Some(since + idle),
+            (true, None) => None,
+        };
+        // Wake to shrink a buffer a burst grew, and, while the client may stay silent, to see
+        // whether its allocation has ended (after which it may not).
         let wake_at = [
             deadline,
             (buf.len() > INITIAL_READ && filled < INITIAL_READ)
                 .then(|| needed_large + SHRINK_AFTER),
+            (deadline.is_none()).then(|| now + idle),
         ]
         .into_iter()
         .flatten()
@@ -429,6 +446,9 @@ where
             }
             Some(Ok(0) | Err(_)) => return false,
             Some(Ok(n)) => {
+                if filled == 0 {
+                    partial_since = Some(Instant::now());
+                }
                 filled += n;
                 if filled > INITIAL_READ {
                     needed_large = Instant::now();
