@@ -51,7 +51,8 @@ const SHRINK_AFTER: Duration = Duration::from_secs(1);
 /// Largest frame: a STUN header and a 16-bit length, or ChannelData padded.
 const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
 
-/// What became of a frame given to [`StreamWriter::push`].
+/// What became of a frame given to [`StreamWriter::push_answer`] or
+/// [`StreamWriter::push_relayed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pushed {
     Queued,
