@@ -192,6 +192,9 @@ pub struct Limits {
     pub channels_per_allocation: u32,
     /// TCP and TLS client connections on this node.
     pub max_tcp_connections: u32,
+    /// TCP and TLS client connections from one IPv4 address or IPv6 /64 on this node; 0 = no
+    /// cap. A value above `max_tcp_connections` is allowed and means that one.
+    pub max_tcp_connections_per_source: u32,
     /// How long a TCP/TLS client without an allocation may go without a complete message
     /// (also bounds the TLS handshake).
     pub stream_idle_timeout: Duration,
@@ -210,6 +213,7 @@ impl Default for Limits {
             permissions_per_allocation: 64,
             channels_per_allocation: 64,
             max_tcp_connections: 10_000,
+            max_tcp_connections_per_source: 256,
             stream_idle_timeout: Duration::from_secs(10),
             unauthenticated_rate: 20,
         }
@@ -849,6 +853,7 @@ struct RawLimits {
     permissions_per_allocation: Option<u32>,
     channels_per_allocation: Option<u32>,
     max_tcp_connections: Option<u32>,
+    max_tcp_connections_per_source: Option<u32>,
     stream_idle_timeout: Option<Text<Duration>>,
     unauthenticated_rate: Option<u32>,
 }
@@ -886,6 +891,9 @@ impl RawLimits {
             max_tcp_connections: self
                 .max_tcp_connections
                 .unwrap_or(defaults.max_tcp_connections),
+            max_tcp_connections_per_source: self
+                .max_tcp_connections_per_source
+                .unwrap_or(defaults.max_tcp_connections_per_source),
             stream_idle_timeout,
             unauthenticated_rate: self
                 .unauthenticated_rate
@@ -1453,6 +1461,61 @@ mod tests {
         assert_refused(
             "[limits]\nuser-allocation = 3",
             "limits.user-allocation",
+            "unknown field",
+        );
+    }
+
+    #[test]
+    fn max_tcp_connections_per_source() {
+        let limits = |text: &str| Config::from_toml(text).unwrap().limits;
+        assert_eq!(Config::default().limits.max_tcp_connections_per_source, 256);
+        assert_eq!(
+            limits("[limits]\nmax-tcp-connections-per-source = 20").max_tcp_connections_per_source,
+            20
+        );
+        // 0 turns the cap off.
+        assert_eq!(
+            limits("[limits]\nmax-tcp-connections-per-source = 0").max_tcp_connections_per_source,
+            0
+        );
+        // Above max-tcp-connections is allowed (the node-wide cap is reached first): a node
+        // configured for fewer connections than the default per-source cap stays valid.
+        let small = limits("[limits]\nmax-tcp-connections = 100");
+        assert_eq!(
+            (
+                small.max_tcp_connections,
+                small.max_tcp_connections_per_source
+            ),
+            (100, 256)
+        );
+        let key = "limits.max-tcp-connections-per-source";
+        for (value, needle) in [
+            ("-1", "invalid value: integer `-1`, expected u32"),
+            (
+                "4294967296",
+                "invalid value: integer `4294967296`, expected u32",
+            ),
+            ("2.5", "invalid type: floating point `2.5`, expected u32"),
+            ("\"20\"", "invalid type: string \"20\", expected u32"),
+            ("true", "invalid type: boolean `true`, expected u32"),
+            ("[20]", "invalid type: sequence, expected u32"),
+        ] {
+            assert_refused(
+                &format!("[limits]\nmax-tcp-connections-per-source = {value}"),
+                key,
+                needle,
+            );
+        }
+        assert!(
+            error(
+                "[limits]\nmax-tcp-connections-per-source = 5\nmax-tcp-connections-per-source = 6"
+            )
+            .to_string()
+            .contains("duplicate key"),
+        );
+        assert_refused(
+            "[limits]\nmax-tcp-connection-per-source = 5",
+            "limits.max-tcp-connection-per-source",
             "unknown field",
         );
     }

@@ -462,12 +462,16 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         dropped_no_permission = core.dropped_no_permission,
         dropped_policy = core.dropped_policy,
         dropped_bandwidth = core.dropped_bandwidth,
+        dropped_stream_full = counters.workers.dropped_stream_full,
+        dropped_send_failed = counters.workers.dropped_send_failed,
         rate_limited = core.rate_limited,
         quota_rejected = core.quota_rejected,
         capacity_rejected = core.capacity_rejected,
         tcp_connections = counters.tcp_connections,
         tcp_rejected = counters.workers.tcp_rejected,
+        tcp_rejected_per_source = counters.workers.tcp_rejected_per_source,
         stream_timeouts = counters.workers.stream_timeouts,
+        stream_write_timeouts = counters.workers.stream_write_timeouts,
         "stats"
     );
 }

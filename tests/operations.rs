@@ -209,13 +209,31 @@ fn status_and_allocations_describe_a_known_scenario() {
         "malformed",
         "no_permission",
         "no_allocation",
+        "stream_full",
+        "send_failed",
     ] {
         assert!(status["drops"][reason].is_u64(), "drops.{reason}: {status}");
     }
-    for reason in ["quota", "capacity", "bandwidth", "policy", "no_permission"] {
+    for reason in [
+        "quota",
+        "capacity",
+        "bandwidth",
+        "policy",
+        "no_permission",
+        "stream_full",
+        "send_failed",
+    ] {
         assert_eq!(status["drops"][reason], 0, "drops.{reason}: {status}");
     }
     assert_eq!(status["tcp"]["connections"], 1, "{status}");
+    for count in [
+        "rejected",
+        "rejected_per_source",
+        "timeouts",
+        "write_timeouts",
+    ] {
+        assert_eq!(status["tcp"][count], 0, "tcp.{count}: {status}");
+    }
     assert_eq!(
         status["redis"],
         json!({"configured": false, "state": "none"}),
@@ -741,6 +759,8 @@ fn metrics_parse_and_match_the_traffic() {
         "bandwidth",
         "rate_limit",
         "malformed",
+        "stream_full",
+        "send_failed",
     ] {
         assert_eq!(metrics.type_of("turnpike_drops_total"), "counter");
         let value = metrics.value("turnpike_drops_total", &[("reason", reason)]);
@@ -761,6 +781,14 @@ fn metrics_parse_and_match_the_traffic() {
     assert!(metrics.value("turnpike_auth_failures_total", &[]) >= 0.0);
     assert_eq!(metrics.type_of("turnpike_auth_failures_total"), "counter");
     expect("turnpike_tcp_connections", &[], "gauge", 1.0);
+    for name in [
+        "turnpike_tcp_rejected_total",
+        "turnpike_tcp_rejected_per_source_total",
+        "turnpike_stream_timeouts_total",
+        "turnpike_stream_write_timeouts_total",
+    ] {
+        expect(name, &[], "counter", 0.0);
+    }
     expect("turnpike_redis_up", &[], "gauge", 0.0);
     expect("turnpike_draining", &[], "gauge", 0.0);
     let build: Vec<&Sample> = metrics

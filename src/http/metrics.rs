@@ -146,6 +146,8 @@ impl prometheus_client::collector::Collector for Scrape {
                 ("malformed", core.malformed),
                 ("quota", core.quota_rejected),
                 ("capacity", core.capacity_rejected),
+                ("stream_full", counters_now.workers.dropped_stream_full),
+                ("send_failed", counters_now.workers.dropped_send_failed),
             ],
         )?;
         {
@@ -197,6 +199,12 @@ impl prometheus_client::collector::Collector for Scrape {
         )?;
         counter(
             &mut encoder,
+            "turnpike_tcp_rejected_per_source",
+            "TCP/TLS connections refused at max-tcp-connections-per-source",
+            counters_now.workers.tcp_rejected_per_source,
+        )?;
+        counter(
+            &mut encoder,
             "turnpike_stream_timeouts",
             "TCP/TLS clients closed by stream-idle-timeout",
             counters_now.workers.stream_timeouts,
@@ -225,6 +233,12 @@ impl prometheus_client::collector::Collector for Scrape {
             "turnpike_http_timeouts",
             "HTTP connections closed for a slow request head or body, or an untrusted one open too long",
             http.timeouts.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_stream_write_timeouts",
+            "TCP/TLS clients closed because their output made no progress for stream-idle-timeout",
+            counters_now.workers.stream_write_timeouts,
         )?;
         let redis_up = api.redis.as_ref().map_or(0, |r| {
             i64::from(r.store.health(unix_now()) == Health::Connected)

@@ -162,11 +162,15 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             "malformed": core.malformed,
             "no_permission": core.dropped_no_permission,
             "no_allocation": core.dropped_no_allocation,
+            "stream_full": counters.workers.dropped_stream_full,
+            "send_failed": counters.workers.dropped_send_failed,
         },
         "tcp": {
             "connections": counters.tcp_connections,
             "rejected": counters.workers.tcp_rejected,
+            "rejected_per_source": counters.workers.tcp_rejected_per_source,
             "timeouts": counters.workers.stream_timeouts,
+            "write_timeouts": counters.workers.stream_write_timeouts,
         },
         "redis": {
             "configured": api.redis.is_some(),

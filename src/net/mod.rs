@@ -8,7 +8,7 @@ pub mod status;
 mod stream;
 mod worker;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -64,8 +64,32 @@ pub struct WorkerCounters {
     pub allocations: u64,
     /// TCP/TLS connections refused because `max-tcp-connections` was reached.
     pub tcp_rejected: u64,
-    /// TCP/TLS clients closed by `stream-idle-timeout`.
+    /// TCP/TLS connections refused because their source had `max-tcp-connections-per-source`.
+    pub tcp_rejected_per_source: u64,
+    /// TCP/TLS clients closed by `stream-idle-timeout`: no complete message, or a handshake
+    /// not finished, in time.
     pub stream_timeouts: u64,
+    /// TCP/TLS clients closed because their queued output made no progress for
+    /// `stream-idle-timeout` (a client that does not read).
+    pub stream_write_timeouts: u64,
+    /// Relayed frames dropped because the TCP/TLS client's output queue was full.
+    pub dropped_stream_full: u64,
+    /// Datagrams the kernel refused to send (UDP socket buffer full), to clients or peers.
+    pub dropped_send_failed: u64,
+}
+
+impl WorkerCounters {
+    /// Adds `other`'s counts to these (summing workers).
+    fn add(&mut self, other: &WorkerCounters) {
+        self.core.add(&other.core);
+        self.allocations += other.allocations;
+        self.tcp_rejected += other.tcp_rejected;
+        self.tcp_rejected_per_source += other.tcp_rejected_per_source;
+        self.stream_timeouts += other.stream_timeouts;
+        self.stream_write_timeouts += other.stream_write_timeouts;
+        self.dropped_stream_full += other.dropped_stream_full;
+        self.dropped_send_failed += other.dropped_send_failed;
+    }
 }
 
 /// Counters of the whole node: the workers' summed.
@@ -79,11 +103,42 @@ pub struct NodeCounters {
 /// Limits the I/O layer enforces on stream clients, shared by the workers (reloadable).
 pub(crate) struct StreamLimits {
     pub max_connections: AtomicU32,
+    /// 0: no cap per source.
+    pub max_per_source: AtomicU32,
     pub idle_timeout_ms: std::sync::atomic::AtomicU64,
     pub live: AtomicU32,
+    /// Live connections by source (see [`source_of`]), counted whatever the cap, so that a
+    /// reload that sets one finds the counts right. Touched at accept and close only; an entry
+    /// lives while its count is above zero, so there are at most `live` of them. Keyed
+    /// (SipHash): the keys are chosen by remote hosts.
+    pub sources: Mutex<std::collections::HashMap<IpAddr, u32>>,
 }
 
 impl StreamLimits {
+    fn new(limits: &crate::config::Limits) -> StreamLimits {
+        StreamLimits {
+            max_connections: AtomicU32::new(limits.max_tcp_connections),
+            max_per_source: AtomicU32::new(limits.max_tcp_connections_per_source),
+            idle_timeout_ms: std::sync::atomic::AtomicU64::new(
+                limits.stream_idle_timeout.as_millis() as u64,
+            ),
+            live: AtomicU32::new(0),
+            sources: Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    /// Takes the reloadable values of `limits`; connections already open stay.
+    fn set(&self, limits: &crate::config::Limits) {
+        self.max_connections
+            .store(limits.max_tcp_connections, Ordering::Relaxed);
+        self.max_per_source
+            .store(limits.max_tcp_connections_per_source, Ordering::Relaxed);
+        self.idle_timeout_ms.store(
+            limits.stream_idle_timeout.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+    }
+
     pub fn idle_timeout(&self) -> std::time::Duration {
         std::time::Duration::from_millis(self.idle_timeout_ms.load(Ordering::Relaxed))
     }
@@ -92,6 +147,18 @@ impl StreamLimits {
 /// How often the addresses of this host's interfaces are enumerated again (they also are on
 /// every reload): a wildcard listener is reachable on each, so each is an own socket's address.
 pub const HOST_ADDRESS_REFRESH: Duration = Duration::from_secs(5);
+
+/// The source a client's connections are counted under for `max-tcp-connections-per-source`:
+/// its IPv4 address, or the /64 of its IPv6 address (a host is usually given a whole /64).
+pub(crate) fn source_of(client: IpAddr) -> IpAddr {
+    match client {
+        IpAddr::V4(_) => client,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
+        },
+    }
+}
 
 /// What a reload needs to rebuild the workers' settings.
 struct ReloadContext {
@@ -280,10 +347,7 @@ impl NodeHandle {
         };
         for published in &self.counters {
             let worker = *published.lock().unwrap_or_else(|e| e.into_inner());
-            total.workers.core.add(&worker.core);
-            total.workers.allocations += worker.allocations;
-            total.workers.tcp_rejected += worker.tcp_rejected;
-            total.workers.stream_timeouts += worker.stream_timeouts;
+            total.workers.add(&worker);
         }
         total
     }
@@ -474,13 +538,7 @@ impl NodeHandle {
         });
         self.commander.send(Command::Reconfigure(reconfiguration));
         drop(host);
-        self.streams
-            .max_connections
-            .store(config.limits.max_tcp_connections, Ordering::Relaxed);
-        self.streams.idle_timeout_ms.store(
-            config.limits.stream_idle_timeout.as_millis() as u64,
-            Ordering::Relaxed,
-        );
+        self.streams.set(&config.limits);
         if let Some(tls) = tls {
             context.tls.store(Some(Arc::new(tls)));
         }
@@ -587,13 +645,7 @@ impl Node {
         });
         let (lease_tx, lease_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster_link = config.redis.as_ref().map(|_| lease_tx.clone());
-        let streams = Arc::new(StreamLimits {
-            max_connections: AtomicU32::new(limits.max_tcp_connections),
-            idle_timeout_ms: std::sync::atomic::AtomicU64::new(
-                limits.stream_idle_timeout.as_millis() as u64,
-            ),
-            live: AtomicU32::new(0),
-        });
+        let streams = Arc::new(StreamLimits::new(limits));
         let tls = Arc::new(arc_swap::ArcSwapOption::from(tls.map(Arc::new)));
 
         let (shutdown, stop) = watch::channel(false);
@@ -954,6 +1006,27 @@ fn interface_addresses() -> Option<Vec<(String, IpAddr)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
+        let ip = |text: &str| text.parse::<IpAddr>().unwrap();
+        assert_eq!(source_of(ip("192.0.2.7")), ip("192.0.2.7"));
+        assert_ne!(source_of(ip("192.0.2.7")), source_of(ip("192.0.2.8")));
+        assert_eq!(
+            source_of(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:2:ffff::9"))
+        );
+        assert_ne!(
+            source_of(ip("2001:db8:1:2::1")),
+            source_of(ip("2001:db8:1:3::1"))
+        );
+        assert_eq!(source_of(ip("::ffff:192.0.2.7")), ip("192.0.2.7"));
+        assert_eq!(source_of(ip("::1")), ip("::"));
+    }
 
     #[test]
     fn loopback_interface_has_an_ipv4_address() {

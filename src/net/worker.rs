@@ -2,7 +2,7 @@
 //! sockets (SO_REUSEPORT siblings of the other workers'), its stream connections and the relay
 //! sockets of its allocations. Nothing here is shared with other workers.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
@@ -21,7 +21,7 @@ use crate::turn::{
 
 use super::normalize;
 use super::relay::{self, Reservations};
-use super::stream::StreamWriter;
+use super::stream::{Pushed, StreamWriter};
 
 /// Datagrams handled per wake-up of a socket before yielding to other tasks.
 const WORK_LIMIT: usize = 64;
@@ -111,7 +111,14 @@ pub(super) struct Worker {
     redactor: super::audit::Redactor,
     cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
     pub tcp_rejected: u64,
+    pub tcp_rejected_per_source: u64,
     pub stream_timeouts: u64,
+    pub stream_write_timeouts: u64,
+    /// Relayed frames dropped at a full stream queue (cells: counted where the worker is only
+    /// borrowed).
+    dropped_stream_full: Cell<u64>,
+    /// Datagrams the kernel refused to send.
+    dropped_send_failed: Cell<u64>,
     /// UDP listeners by index (the receive loops hold their index); `None` once removed.
     udp: Vec<Option<UdpListener>>,
     /// TCP/TLS accept loops.
@@ -151,7 +158,11 @@ impl Worker {
                 redactor: context.redactor,
                 cluster: context.cluster,
                 tcp_rejected: 0,
+                tcp_rejected_per_source: 0,
                 stream_timeouts: 0,
+                stream_write_timeouts: 0,
+                dropped_stream_full: Cell::new(0),
+                dropped_send_failed: Cell::new(0),
                 udp: udp.into_iter().map(Some).collect(),
                 tcp: Vec::new(),
                 tls,
@@ -346,7 +357,9 @@ impl Worker {
                     // relay socket just opened. A full socket buffer drops the datagram, as the
                     // network would.
                     let socket = socket2::SockRef::from(&*relay.socket);
-                    let _ = socket.send_to(&data[payload], &peer.into());
+                    if socket.send_to(&data[payload], &peer.into()).is_err() {
+                        increment(&self.dropped_send_failed);
+                    }
                 }
             }
         }
@@ -475,8 +488,18 @@ impl Worker {
         Ok(local)
     }
 
-    /// Sends a reply or a relayed frame to a client; drops it if the socket or stream is full.
+    /// Sends an answer to a client; drops it (counted) if the socket is full.
     fn send_to_client(&self, tuple: &FiveTuple, frame: &[u8]) {
+        self.transmit(tuple, frame, false);
+    }
+
+    /// Sends a relayed frame to a client; drops it (counted) if the socket or the stream's
+    /// queue is full.
+    fn relay_to_client(&self, tuple: &FiveTuple, frame: &[u8]) {
+        self.transmit(tuple, frame, true);
+    }
+
+    fn transmit(&self, tuple: &FiveTuple, frame: &[u8], relayed: bool) {
         match tuple.transport {
             Transport::Udp => {
                 let Some(listener) = self
@@ -501,13 +524,23 @@ impl Worker {
                 };
                 // Straight to the non-blocking socket, not through tokio's readiness (see
                 // `handle_client`); a full buffer drops the datagram.
-                let _ = listener
+                let sent = listener
                     .state
                     .try_send(quinn_udp::UdpSockRef::from(&*listener.socket), &transmit);
+                if sent.is_err() {
+                    increment(&self.dropped_send_failed);
+                }
             }
             Transport::Tcp | Transport::Tls => {
                 if let Some(writer) = self.streams.get(tuple) {
-                    writer.push(frame);
+                    let pushed = if relayed {
+                        writer.push_relayed(frame)
+                    } else {
+                        writer.push_answer(frame)
+                    };
+                    if pushed == Pushed::Full {
+                        increment(&self.dropped_stream_full);
+                    }
                 }
             }
         }
@@ -556,7 +589,11 @@ impl Worker {
             core: self.core.stats(),
             allocations: self.core.allocation_count() as u64,
             tcp_rejected: self.tcp_rejected,
+            tcp_rejected_per_source: self.tcp_rejected_per_source,
             stream_timeouts: self.stream_timeouts,
+            stream_write_timeouts: self.stream_write_timeouts,
+            dropped_stream_full: self.dropped_stream_full.get(),
+            dropped_send_failed: self.dropped_send_failed.get(),
         };
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = counters;
     }
@@ -584,7 +621,7 @@ impl Worker {
                 start..start + len,
             );
             if let PeerAction::Forward { to, frame } = action {
-                self.send_to_client(&to, &self.peer_buf[frame]);
+                self.relay_to_client(&to, &self.peer_buf[frame]);
             }
         }
     }
@@ -598,6 +635,10 @@ fn log_refused_peers_ended(ended: usize) {
             "permissions and channels ended: the peer policy now refuses their peer"
         );
     }
+}
+
+fn increment(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
 }
 
 /// Does a listener bound to `local` serve packets addressed to `server`?

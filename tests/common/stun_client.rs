@@ -3,7 +3,7 @@
 //! a real client, ChannelData and Send indications. The behaviour under test is the server's.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -67,6 +67,8 @@ pub struct StunClient {
     sequence: u64,
     /// The server closed the TCP connection.
     closed: bool,
+    /// The bytes of the last request sent.
+    last_request: Vec<u8>,
 }
 
 impl StunClient {
@@ -99,6 +101,50 @@ impl StunClient {
         Self::new(link, REALM, username, password)
     }
 
+    /// A client on a fresh TCP connection from `local` (e.g. 127.0.0.2), bound before connecting.
+    pub fn tcp_from(server: SocketAddr, local: IpAddr, username: &str, password: &str) -> Self {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(server),
+            socket2::Type::STREAM,
+            None,
+        )
+        .expect("a TCP socket");
+        socket
+            .bind(&SocketAddr::new(local, 0).into())
+            .unwrap_or_else(|e| panic!("bind {local}: {e}"));
+        socket
+            .connect_timeout(&server.into(), ANSWER_TIMEOUT)
+            .unwrap_or_else(|e| panic!("connect to {server} from {local}: {e}"));
+        let stream = TcpStream::from(socket);
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        let link = Link::Tcp {
+            stream,
+            unread: Vec::new(),
+        };
+        Self::new(link, REALM, username, password)
+    }
+
+    /// The UDP socket (UDP clients only), e.g. to shrink its receive buffer.
+    pub fn udp_socket(&self) -> &UdpSocket {
+        match &self.link {
+            Link::Udp { socket, .. } => socket,
+            _ => panic!("not a UDP client"),
+        }
+    }
+
+    /// The TCP connection (TCP clients only), e.g. to write to it without blocking.
+    pub fn tcp_stream(&self) -> &TcpStream {
+        match &self.link {
+            Link::Tcp { stream, .. } => stream,
+            _ => panic!("not a TCP client"),
+        }
+    }
+
+    /// The bytes of the last request sent: sent again as they are, they are a retransmission.
+    pub fn last_request(&self) -> &[u8] {
+        &self.last_request
+    }
+
     /// A client on a fresh TLS connection (handshake done; any certificate accepted).
     pub fn tls(server: SocketAddr, username: &str, password: &str) -> Self {
         let link = Link::Tls {
@@ -126,6 +172,7 @@ impl StunClient {
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
             sequence: 0,
             closed: false,
+            last_request: Vec::new(),
         }
     }
 
@@ -166,6 +213,7 @@ impl StunClient {
             }
             w.fingerprint().expect("FINGERPRINT fits");
             let n = w.finish();
+            self.last_request = buf[..n].to_vec();
             let answer = self.transact(&buf[..n], tid);
             if matches!(answer.code, Some(401 | 438)) {
                 let msg = Message::parse(&answer.bytes).expect("the answer parsed before");
@@ -186,7 +234,11 @@ impl StunClient {
         let mut rto = FIRST_RTO;
         loop {
             self.send_frame(request);
-            let retransmit_at = (Instant::now() + rto).min(deadline);
+            // A stream delivers the request once: wait for its answer until the deadline.
+            let retransmit_at = match self.link {
+                Link::Udp { .. } => (Instant::now() + rto).min(deadline),
+                Link::Tcp { .. } | Link::Tls { .. } => deadline,
+            };
             while let Some(frame) = self.recv_frame(retransmit_at) {
                 let Ok(msg) = Message::parse(&frame) else {
                     continue; // ChannelData, or a stray datagram.
@@ -206,7 +258,13 @@ impl StunClient {
             }
             assert!(
                 Instant::now() < deadline && matches!(self.link, Link::Udp { .. }),
-                "no answer to transaction {tid:?} within {ANSWER_TIMEOUT:?}"
+                "no answer to transaction {tid:?} within {:?}{}",
+                ANSWER_TIMEOUT - deadline.saturating_duration_since(Instant::now()),
+                if self.closed {
+                    " (the server closed the connection)"
+                } else {
+                    ""
+                }
             );
             rto = (rto * 2).min(MAX_RTO);
         }

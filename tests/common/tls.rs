@@ -61,9 +61,8 @@ impl rustls::client::danger::ServerCertVerifier for AcceptAny {
     }
 }
 
-/// Connects to `addr` and completes the TLS handshake (SNI `localhost`) within
-/// [`HANDSHAKE_TIMEOUT`]; fails the test otherwise.
-pub fn connect(addr: SocketAddr) -> TlsStream {
+/// A TLS client (SNI `localhost`) that accepts any certificate.
+fn client() -> rustls::ClientConnection {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -72,7 +71,24 @@ pub fn connect(addr: SocketAddr) -> TlsStream {
         .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
         .with_no_client_auth();
     let name = ServerName::try_from("localhost").expect("a valid server name");
-    let conn = rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client");
+    rustls::ClientConnection::new(Arc::new(config), name).expect("a TLS client")
+}
+
+/// The first flight of a rustls client: the TLS records of its ClientHello.
+pub fn client_hello() -> Vec<u8> {
+    let mut conn = client();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).expect("write into a Vec");
+    }
+    assert!(hello.len() > 100, "a ClientHello of {} bytes", hello.len());
+    hello
+}
+
+/// Connects to `addr` and completes the TLS handshake (SNI `localhost`) within
+/// [`HANDSHAKE_TIMEOUT`]; fails the test otherwise.
+pub fn connect(addr: SocketAddr) -> TlsStream {
+    let conn = client();
     let tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     tcp.set_nodelay(true).expect("set TCP_NODELAY");
