@@ -8,6 +8,8 @@ mod message;
 mod writer;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_vectors;
 
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
