@@ -28,10 +28,10 @@ pub const HEADER_LEN: usize = 20;
 /// No RFC caps the number of attributes, so a receiver may refuse what it cannot afford. A
 /// legitimate message carries each type it needs once (an Allocate with every option has
 /// about 15); only XOR-PEER-ADDRESS is meant to repeat, in a CreatePermission (RFC 8656
-/// §10.1), and 128 leaves room for over 100 peers in one request,
-/// well above the default `permissions-per-allocation` of 64 and what ICE agents send (one
-/// peer per request). Reading at most 128 attribute headers bounds the work any message can
-/// cause, whatever its size: a 64 KB datagram could otherwise hold 16,379 empty attributes.
+/// §10.1), and 128 leaves room for over 100 peers in one request, above the default
+/// `permissions-per-allocation` of 64 (more new peers than that get 508 anyway). Reading at
+/// most 128 attribute headers bounds the work any message can cause, whatever its size: a
+/// 64 KB datagram could otherwise hold 16,379 empty attributes.
 pub const MAX_ATTRIBUTES: usize = 128;
 
 /// The most types [`Message::unknown_required`] reports: a 420 answer lists at most this many

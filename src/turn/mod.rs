@@ -54,10 +54,11 @@ pub const PEER_TAILROOM: usize = 4;
 /// RFC 8489 §6.1 asks that a STUN message over UDP fit the path MTU, and when that is unknown
 /// the smaller of 576 bytes and the first-hop MTU for IPv4, 1280 bytes for IPv6; §6.2 gives
 /// TCP and TLS no more reason to be large. The largest legitimate request carries USERNAME
-/// (≤ 513 bytes), REALM, NONCE and SOFTWARE (≤ 763 each), MESSAGE-INTEGRITY, FINGERPRINT
-/// and a few small attributes: under 3 KB, so 4096 is generous. It also keeps the cost of an
-/// unauthenticated request small and fixed, which the per-source rate limit assumes (it
-/// charges answers, not work).
+/// (≤ 513 bytes), SOFTWARE (≤ 763), this server's own REALM and NONCE, MESSAGE-INTEGRITY,
+/// FINGERPRINT and a few small attributes, or in a CreatePermission up to 64 IPv6 peers of
+/// 24 bytes (more new ones than the default `permissions-per-allocation` get 508 anyway):
+/// under 3 KB, so 4096 leaves room. It also keeps the cost of an unauthenticated request
+/// small and fixed, which the per-source rate limit assumes (it charges answers, not work).
 pub const MAX_REQUEST_LEN: usize = 4096;
 
 /// The transport-level identity of a client: transport, client address, server address.
