@@ -1,4 +1,6 @@
-//! Micro-benchmarks of the STUN codec: parse, integrity check, reply writing, ChannelData.
+//! Micro-benchmarks of the STUN codec: parse, integrity check, reply writing, ChannelData, and
+//! the hostile shapes of the hardening issue's finding 1 (many empty attributes, the unknown
+//! required ones repeated), whose cost is bounded by the attribute cap.
 
 use std::hint::black_box;
 use std::net::SocketAddr;
@@ -24,6 +26,22 @@ fn allocate_request(buf: &mut [u8], key: &[u8]) -> usize {
     w.message_integrity(key).unwrap();
     w.fingerprint().unwrap();
     w.finish()
+}
+
+/// A Binding request of `optional` empty optional attributes then `required` copies of the
+/// unknown comprehension-required type 0x7ABC, built by hand (the writer stops at 128).
+fn hostile(optional: usize, required: usize) -> Vec<u8> {
+    let mut buf = vec![0x00, 0x01, 0, 0, 0x21, 0x12, 0xa4, 0x42];
+    buf.extend_from_slice(&TID.0);
+    for _ in 0..optional {
+        buf.extend_from_slice(&[0x8F, 0x01, 0, 0]);
+    }
+    for _ in 0..required {
+        buf.extend_from_slice(&[0x7A, 0xBC, 0, 0]);
+    }
+    let len = u16::try_from(buf.len() - 20).unwrap();
+    buf[2..4].copy_from_slice(&len.to_be_bytes());
+    buf
 }
 
 fn codec(c: &mut Criterion) {
@@ -57,6 +75,18 @@ fn codec(c: &mut Criterion) {
             w.fingerprint().unwrap();
             w.finish()
         })
+    });
+
+    // The outside probe's 65,504-byte datagram: refused after 128 attribute headers.
+    let probe = hostile(8185, 8186);
+    c.bench_function("parse_hostile_64k", |b| {
+        b.iter(|| Message::parse(black_box(&probe)).unwrap_err())
+    });
+    // The worst a parsed message can be: 128 attributes, half of them the unknown type.
+    let at_cap = hostile(64, 64);
+    let msg = Message::parse(&at_cap).unwrap();
+    c.bench_function("unknown_required_128", |b| {
+        b.iter(|| black_box(&msg).unknown_required(|_| false).count())
     });
 
     let mut frame = [0x17u8; 164];

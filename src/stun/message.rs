@@ -6,8 +6,8 @@ use subtle::ConstantTimeEq;
 use super::attr::{self, is_comprehension_required};
 use super::integrity::{fingerprint, hmac_sha1};
 use super::{
-    Class, HEADER_LEN, MAGIC_COOKIE, Method, StunError, TransactionId, padded_len, read_u16,
-    read_u32,
+    Class, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES, MAX_UNKNOWN_REPORTED, Method, StunError,
+    TransactionId, padded_len, read_u16, read_u32, visits,
 };
 
 /// Size of a MESSAGE-INTEGRITY attribute (header and HMAC-SHA1 value).
@@ -54,9 +54,21 @@ pub fn message_len(buf: &[u8]) -> Option<usize> {
     read_u16(buf, 2).map(|len| HEADER_LEN + usize::from(len))
 }
 
+/// The class named by the message type of a buffer that starts like a STUN message, read
+/// without parsing anything else (so that a caller can refuse an oversized request before any
+/// work); `None` if fewer than 2 bytes are available or the top two bits are set.
+pub fn message_class(buf: &[u8]) -> Option<Class> {
+    read_u16(buf, 0)
+        .filter(|t| t & 0xC000 == 0)
+        .map(|t| split_type(t).1)
+}
+
 impl<'a> Message<'a> {
     /// Parses `buf`, which must hold exactly one STUN message, and validates every attribute's
-    /// framing, MESSAGE-INTEGRITY's length, FINGERPRINT's position and value.
+    /// framing, MESSAGE-INTEGRITY's length, FINGERPRINT's position and value. More than
+    /// [`MAX_ATTRIBUTES`] attributes (those after MESSAGE-INTEGRITY included) is
+    /// [`StunError::TooManyAttributes`]: the walk stops where the one too many starts, so
+    /// parsing reads at most [`MAX_ATTRIBUTES`] attribute headers, then the CRC of FINGERPRINT.
     pub fn parse(buf: &'a [u8]) -> Result<Message<'a>, StunError> {
         let header = buf.first_chunk::<HEADER_LEN>().ok_or(StunError::TooShort)?;
         let [t0, t1, l0, l1, c0, c1, c2, c3, tid @ ..] = *header;
@@ -73,10 +85,16 @@ impl<'a> Message<'a> {
         let mut fingerprint_at = None;
         let mut counted_end = buf.len();
         let mut pos = HEADER_LEN;
+        let mut count = 0;
         while pos < buf.len() {
             if fingerprint_at.is_some() {
                 return Err(StunError::BadFingerprint);
             }
+            count += 1;
+            if count > MAX_ATTRIBUTES {
+                return Err(StunError::TooManyAttributes);
+            }
+            visits::record();
             let (typ, value_len) =
                 attribute_header(buf, pos).ok_or(StunError::BadAttributeLength)?;
             let next = pos + 4 + padded_len(value_len);
@@ -150,7 +168,8 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The value of the first attribute of type `typ` among those that count.
+    /// The value of the first attribute of type `typ` among those that count: one walk over
+    /// them, at most [`MAX_ATTRIBUTES`] long.
     pub fn get(&self, typ: u16) -> Option<&'a [u8]> {
         self.attributes().find(|a| a.typ == typ).map(|a| a.value)
     }
@@ -194,29 +213,26 @@ impl<'a> Message<'a> {
     }
 
     /// Comprehension-required attribute types (< 0x8000) for which `known` is false, each type
-    /// once, in wire order: what goes into UNKNOWN-ATTRIBUTES of a 420 response.
+    /// once, in wire order, at most [`MAX_UNKNOWN_REPORTED`] of them: what goes into
+    /// UNKNOWN-ATTRIBUTES of a 420 response.
+    ///
+    /// One walk over the attributes; the types reported so far are kept in a fixed array of
+    /// [`MAX_UNKNOWN_REPORTED`], which also ends the walk once full. So each attribute costs at
+    /// most that many comparisons and one call of `known`, and nothing is allocated.
     pub fn unknown_required(&self, known: impl Fn(u16) -> bool) -> impl Iterator<Item = u16> {
-        let all = self.attributes();
-        let mut rest = all.clone();
+        let mut rest = self.attributes();
+        let mut reported = [0u16; MAX_UNKNOWN_REPORTED];
+        let mut count = 0;
         std::iter::from_fn(move || {
-            loop {
-                let here = rest.pos;
-                let a = rest.next()?;
-                if !is_comprehension_required(a.typ) || known(a.typ) {
-                    continue;
-                }
-                // Report a type only at its first occurrence; linear, but attribute lists are
-                // short and this keeps the iterator allocation-free.
-                let mut earlier = Attributes {
-                    end: here,
-                    fingerprint: None,
-                    ..all.clone()
-                };
-                let seen_before = earlier.any(|b| b.typ == a.typ);
-                if !seen_before {
-                    return Some(a.typ);
-                }
+            if count == MAX_UNKNOWN_REPORTED {
+                return None;
             }
+            let typ = rest.by_ref().map(|a| a.typ).find(|&t| {
+                is_comprehension_required(t) && !reported[..count].contains(&t) && !known(t)
+            })?;
+            reported[count] = typ;
+            count += 1;
+            Some(typ)
         })
     }
 }
@@ -226,6 +242,7 @@ impl<'a> Iterator for Attributes<'a> {
 
     fn next(&mut self) -> Option<RawAttribute<'a>> {
         if self.pos < self.end {
+            visits::record();
             let (typ, len) = attribute_header(self.buf, self.pos)?;
             let value = self.buf.get(self.pos + 4..self.pos + 4 + len)?;
             self.pos += 4 + padded_len(len);
@@ -598,6 +615,149 @@ mod tests {
         let unknown: Vec<u16> = msg.unknown_required(|t| t == USERNAME).collect();
         assert_eq!(unknown, [0x0031, 0x0032]);
         assert_eq!(msg.check_integrity(b"k"), Err(StunError::BadIntegrity));
+    }
+
+    /// A message of `attributes` (type, value), padded with zeros, with a correct length field.
+    fn raw_message(attributes: &[(u16, &[u8])]) -> Vec<u8> {
+        let mut buf = header(0);
+        for (typ, value) in attributes {
+            buf.extend_from_slice(&typ.to_be_bytes());
+            buf.extend_from_slice(&(value.len() as u16).to_be_bytes());
+            buf.extend_from_slice(value);
+            buf.resize(buf.len().next_multiple_of(4), 0);
+        }
+        let len = (buf.len() - HEADER_LEN) as u16;
+        buf[2..4].copy_from_slice(&len.to_be_bytes());
+        buf
+    }
+
+    /// The outside probe's shape: `optional` zero-length optional attributes, then `required`
+    /// copies of one unknown comprehension-required type.
+    fn hostile(optional: usize, required: usize) -> Vec<u8> {
+        let mut attributes = vec![(0x8F01, &[][..]); optional];
+        attributes.extend(std::iter::repeat_n((0x7ABC, &[][..]), required));
+        raw_message(&attributes)
+    }
+
+    #[test]
+    fn attribute_count_is_capped() {
+        let at_cap = hostile(64, MAX_ATTRIBUTES - 64);
+        assert_eq!(Message::parse(&at_cap).unwrap().attributes().count(), 128);
+        let over = hostile(64, MAX_ATTRIBUTES - 63);
+        assert_eq!(
+            Message::parse(&over).map(|_| ()),
+            Err(StunError::TooManyAttributes)
+        );
+        // Attributes after MESSAGE-INTEGRITY are ignored but still count.
+        let mut attributes = vec![(SOFTWARE, &b"x"[..]); 100];
+        attributes.push((MESSAGE_INTEGRITY, &[0; 20]));
+        attributes.extend(std::iter::repeat_n((USERNAME, &b"u"[..]), 27));
+        let buf = raw_message(&attributes);
+        let msg = Message::parse(&buf).unwrap();
+        assert_eq!(msg.attributes().count(), 101);
+        attributes.push((USERNAME, b"u"));
+        assert_eq!(
+            Message::parse(&raw_message(&attributes)).map(|_| ()),
+            Err(StunError::TooManyAttributes)
+        );
+        // So does FINGERPRINT: 128 attributes, the last of them FINGERPRINT, parse.
+        let mut buf = hostile(100, 27);
+        let len = u16::from_be_bytes([buf[2], buf[3]]) + 8;
+        buf[2..4].copy_from_slice(&len.to_be_bytes());
+        let crc = fingerprint(&buf).to_be_bytes();
+        buf.extend_from_slice(&[0x80, 0x28, 0x00, 0x04]);
+        buf.extend_from_slice(&crc);
+        assert!(Message::parse(&buf).unwrap().has_fingerprint());
+    }
+
+    /// The probe's 64 KB datagram (8,185 optional and 8,186 unknown required attributes) is
+    /// refused after reading 128 attribute headers, not 16,371.
+    #[test]
+    fn the_probes_datagram_is_refused_after_the_cap() {
+        let buf = hostile(8185, 8186);
+        assert_eq!(buf.len(), 65_504);
+        visits::take();
+        assert_eq!(
+            Message::parse(&buf).map(|_| ()),
+            Err(StunError::TooManyAttributes)
+        );
+        assert_eq!(visits::take(), MAX_ATTRIBUTES as u64);
+    }
+
+    /// `unknown_required` walks the attributes once however they are arranged: counted in
+    /// attribute headers read, not in time. The old version re-walked every earlier attribute for
+    /// each unknown one: 64 optional then 64 unknown attributes cost it 64 * (64 + 65) / 2 +
+    /// 64 * 64 = 8,224 reads; now 128.
+    #[test]
+    fn unknown_required_is_linear() {
+        for (optional, required) in [(0, 128), (64, 64), (127, 1), (1, 127), (128, 0)] {
+            let buf = hostile(optional, required);
+            let msg = Message::parse(&buf).unwrap();
+            visits::take();
+            let calls = std::cell::Cell::new(0);
+            let unknown: Vec<u16> = msg
+                .unknown_required(|_| {
+                    calls.set(calls.get() + 1);
+                    false
+                })
+                .collect();
+            let expected: &[u16] = if required > 0 { &[0x7ABC] } else { &[] };
+            assert_eq!(unknown, expected, "{optional}/{required}");
+            let reads = visits::take();
+            assert!(reads <= 128, "{optional}/{required}: {reads} reads");
+            assert!(
+                calls.get() <= 1,
+                "{optional}/{required}: {} calls",
+                calls.get()
+            );
+        }
+        // Interleaved, with USERNAME known: `known` is asked about each attribute at most once.
+        let mut attributes = Vec::new();
+        for i in 0..42u16 {
+            attributes.extend([(0x8F01, &[][..]), (USERNAME, b"u"), (0x7A00 + i % 3, &[])]);
+        }
+        let buf = raw_message(&attributes);
+        let msg = Message::parse(&buf).unwrap();
+        visits::take();
+        let calls = std::cell::Cell::new(0);
+        let unknown: Vec<u16> = msg
+            .unknown_required(|t| {
+                calls.set(calls.get() + 1);
+                t == USERNAME
+            })
+            .collect();
+        assert_eq!(unknown, [0x7A00, 0x7A01, 0x7A02]);
+        assert!(visits::take() <= 126);
+        assert!(calls.get() <= 84, "{} calls", calls.get());
+    }
+
+    /// At most MAX_UNKNOWN_REPORTED types are reported, the first ones in wire order, and the
+    /// walk ends at the last of them.
+    #[test]
+    fn unknown_required_stops_after_sixteen_types() {
+        let types: Vec<u16> = (0..100).map(|i| 0x7000 + i).collect();
+        let attributes: Vec<(u16, &[u8])> = types.iter().map(|&t| (t, &[][..])).collect();
+        let buf = raw_message(&attributes);
+        let msg = Message::parse(&buf).unwrap();
+        visits::take();
+        let unknown: Vec<u16> = msg.unknown_required(|_| false).collect();
+        assert_eq!(unknown, types[..MAX_UNKNOWN_REPORTED]);
+        assert_eq!(visits::take(), MAX_UNKNOWN_REPORTED as u64);
+    }
+
+    #[test]
+    fn message_class_reads_only_the_type() {
+        assert_eq!(message_class(&[]), None);
+        assert_eq!(message_class(&[0x00]), None);
+        assert_eq!(message_class(&[0x00, 0x01]), Some(Class::Request));
+        assert_eq!(message_class(&[0x00, 0x16]), Some(Class::Indication));
+        assert_eq!(message_class(&[0x01, 0x01]), Some(Class::Success));
+        assert_eq!(message_class(&[0x01, 0x13]), Some(Class::Error));
+        assert_eq!(message_class(&[0x40, 0x01]), None);
+        for vector in [REQUEST, RESPONSE_IPV4, REQUEST_LONG_TERM] {
+            let msg = Message::parse(vector).unwrap();
+            assert_eq!(message_class(vector), Some(msg.class()));
+        }
     }
 
     #[test]

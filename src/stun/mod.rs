@@ -8,17 +8,36 @@ mod message;
 mod writer;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_vectors;
 
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
 pub use integrity::{hmac_sha1, long_term_key};
-pub use message::{Attributes, Message, RawAttribute, message_len};
+pub use message::{Attributes, Message, RawAttribute, message_class, message_len};
 pub use writer::MessageWriter;
 
 /// The fixed value in bytes 4..8 of every STUN message header.
 pub const MAGIC_COOKIE: u32 = 0x2112_A442;
 /// Size of the STUN message header.
 pub const HEADER_LEN: usize = 20;
+
+/// The most attributes a message may carry; [`Message::parse`] refuses more with
+/// [`StunError::TooManyAttributes`], and [`MessageWriter`] never writes more.
+///
+/// No RFC caps the number of attributes, so a receiver may refuse what it cannot afford. A
+/// legitimate message carries each type it needs once (an Allocate with every option has
+/// about 15); only XOR-PEER-ADDRESS is meant to repeat, in a CreatePermission (RFC 8656
+/// §10.1), and 128 leaves room for over 100 peers in one request, above the default
+/// `permissions-per-allocation` of 64 (more new peers than that get 508 anyway). Reading at
+/// most 128 attribute headers bounds the work any message can cause, whatever its size: a
+/// 64 KB datagram could otherwise hold 16,379 empty attributes.
+pub const MAX_ATTRIBUTES: usize = 128;
+
+/// The most types [`Message::unknown_required`] reports: a 420 answer lists at most this many
+/// in UNKNOWN-ATTRIBUTES (RFC 8489 §14.9 sets no number; a client needs only some to know
+/// what it got wrong, and the answer stays small).
+pub const MAX_UNKNOWN_REPORTED: usize = 16;
 
 /// Why a buffer could not be parsed or a message could not be written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -41,6 +60,8 @@ pub enum StunError {
     BufferTooSmall,
     #[error("channel number outside 0x4000..=0x7FFF")]
     BadChannelNumber,
+    #[error("message carries more than MAX_ATTRIBUTES (128) attributes")]
+    TooManyAttributes,
 }
 
 /// A STUN method (12 bits on the wire).
@@ -83,4 +104,27 @@ fn read_u32(buf: &[u8], at: usize) -> Option<u32> {
 /// Rounds an attribute value length up to the next multiple of 4.
 const fn padded_len(len: usize) -> usize {
     (len + 3) & !3
+}
+
+/// Counts attribute headers read, so that tests can assert that the work done on a message is
+/// linear in its attribute count (a count, unlike a time, does not flake). Compiled only into
+/// the crate's own tests; elsewhere [`visits::record`] is an empty inline function.
+pub(crate) mod visits {
+    #[cfg(test)]
+    thread_local! {
+        static VISITS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+    }
+
+    /// One attribute header was read.
+    #[inline(always)]
+    pub(crate) fn record() {
+        #[cfg(test)]
+        VISITS.with(|v| v.set(v.get() + 1));
+    }
+
+    /// Attribute headers read on this thread since the last call.
+    #[cfg(test)]
+    pub(crate) fn take() -> u64 {
+        VISITS.with(|v| v.replace(0))
+    }
 }

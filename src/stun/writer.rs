@@ -5,7 +5,9 @@ use std::net::SocketAddr;
 use super::attr::{self, encode_address};
 use super::integrity::{fingerprint, hmac_sha1};
 use super::message::message_type;
-use super::{Class, HEADER_LEN, MAGIC_COOKIE, Method, StunError, TransactionId, padded_len};
+use super::{
+    Class, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES, Method, StunError, TransactionId, padded_len,
+};
 
 /// Largest value of the header length field that keeps attributes 4-byte aligned.
 const MAX_BODY_LEN: usize = 0xFFFC;
@@ -14,12 +16,16 @@ const MAX_BODY_LEN: usize = 0xFFFC;
 ///
 /// The header length field always covers the attributes written so far, so the bytes are a
 /// complete message after every call. Add MESSAGE-INTEGRITY after the attributes it protects and
-/// FINGERPRINT last. On error nothing is written and the message stays as it was.
+/// FINGERPRINT last. On error nothing is written and the message stays as it was. It writes at
+/// most [`MAX_ATTRIBUTES`] attributes, so that whatever it writes [`Message::parse`] accepts.
+///
+/// [`Message::parse`]: super::Message::parse
 #[derive(Debug)]
 pub struct MessageWriter<'b> {
     buf: &'b mut [u8],
     len: usize,
     tid: TransactionId,
+    attributes: usize,
 }
 
 impl<'b> MessageWriter<'b> {
@@ -43,6 +49,7 @@ impl<'b> MessageWriter<'b> {
             buf,
             len: HEADER_LEN,
             tid,
+            attributes: 0,
         })
     }
 
@@ -160,6 +167,9 @@ impl<'b> MessageWriter<'b> {
     /// Appends an attribute header for a `value_len`-byte value, fills the padding with `pad`,
     /// updates the header length, and returns the value bytes to fill in.
     fn reserve(&mut self, typ: u16, value_len: usize, pad: u8) -> Result<&mut [u8], StunError> {
+        if self.attributes == MAX_ATTRIBUTES {
+            return Err(StunError::TooManyAttributes);
+        }
         let wire_len = u16::try_from(value_len).map_err(|_| StunError::BadAttributeLength)?;
         let start = self.len;
         let end = start + 4 + padded_len(value_len);
@@ -186,6 +196,7 @@ impl<'b> MessageWriter<'b> {
             .ok_or(StunError::BufferTooSmall)?;
         padding.fill(pad);
         self.len = end;
+        self.attributes += 1;
         Ok(value)
     }
 }
@@ -331,6 +342,29 @@ mod tests {
         let raw = msg.as_bytes();
         let at = raw.windows(2).position(|w| w == [0x00, 0x0A]).unwrap();
         assert_eq!(&raw[at + 10..at + 12], &[0, 0]);
+    }
+
+    /// The writer stops at MAX_ATTRIBUTES, FINGERPRINT and MESSAGE-INTEGRITY included, so
+    /// what it writes always parses.
+    #[test]
+    fn attribute_count_is_capped() {
+        let mut buf = vec![0u8; 2048];
+        let tid = TransactionId([3; 12]);
+        let mut w = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, tid).unwrap();
+        for _ in 0..MAX_ATTRIBUTES - 2 {
+            w.flag(0x8F01).unwrap();
+        }
+        w.message_integrity(b"k").unwrap();
+        w.fingerprint().unwrap();
+        let len = w.len();
+        assert_eq!(w.flag(0x8F01), Err(StunError::TooManyAttributes));
+        assert_eq!(w.message_integrity(b"k"), Err(StunError::TooManyAttributes));
+        assert_eq!(w.len(), len);
+        let n = w.finish();
+        let msg = Message::parse(&buf[..n]).unwrap();
+        assert_eq!(msg.check_integrity(b"k"), Ok(()));
+        assert!(msg.has_fingerprint());
+        assert_eq!(msg.attributes().count(), MAX_ATTRIBUTES);
     }
 
     #[test]

@@ -47,6 +47,20 @@ pub const PEER_HEADROOM: usize = 64;
 /// Bytes the I/O layer leaves free after a peer datagram, for padding to a multiple of 4.
 pub const PEER_TAILROOM: usize = 4;
 
+/// The largest STUN request (any method, known or not) the core looks at; a larger one is
+/// counted as malformed and dropped unanswered before it is even parsed. Send indications,
+/// which carry relayed data, keep the full 64 KB.
+///
+/// RFC 8489 §6.1 asks that a STUN message over UDP fit the path MTU, and when that is unknown
+/// the smaller of 576 bytes and the first-hop MTU for IPv4, 1280 bytes for IPv6; §6.2 gives
+/// TCP and TLS no more reason to be large. The largest legitimate request carries USERNAME
+/// (≤ 513 bytes), SOFTWARE (≤ 763), this server's own REALM and NONCE, MESSAGE-INTEGRITY,
+/// FINGERPRINT and a few small attributes, or in a CreatePermission up to 64 IPv6 peers of
+/// 24 bytes (more new ones than the default `permissions-per-allocation` get 508 anyway):
+/// under 3 KB, so 4096 leaves room. It also keeps the cost of an unauthenticated request
+/// small and fixed, which the per-source rate limit assumes (it charges answers, not work).
+pub const MAX_REQUEST_LEN: usize = 4096;
+
 /// The transport-level identity of a client: transport, client address, server address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FiveTuple {
@@ -542,7 +556,9 @@ impl Server {
 
     /// Handles one message from a client: a STUN message or a ChannelData frame (on stream
     /// transports, exactly one frame as delimited by [`stun::frame_len`]). Replies are written to
-    /// `out`, which must hold at least 1500 bytes.
+    /// `out`, which must hold at least 1500 bytes. A request over [`MAX_REQUEST_LEN`] bytes and
+    /// a message that does not parse (more than [`stun::MAX_ATTRIBUTES`] attributes, say) are
+    /// counted as malformed and dropped; whatever the input, the work is linear in its size.
     pub fn handle_client(
         &mut self,
         now: Instant,
@@ -552,6 +568,13 @@ impl Server {
     ) -> ClientAction {
         match data.first() {
             Some(0x40..=0x7f) => self.handle_channel_data(now, &tuple, data),
+            Some(0x00..=0x3f)
+                if data.len() > MAX_REQUEST_LEN
+                    && stun::message_class(data) == Some(Class::Request) =>
+            {
+                self.stats.malformed += 1;
+                ClientAction::None
+            }
             Some(0x00..=0x3f) => match Message::parse(data) {
                 Ok(msg) => self.handle_message(now, &tuple, &msg, data, out),
                 Err(_) => {
@@ -1685,7 +1708,7 @@ impl Server {
     ) -> ClientAction {
         self.stats.error_responses += 1;
         self.count_response(msg.method(), 420);
-        let mut unknown = [0u16; 16];
+        let mut unknown = [0u16; stun::MAX_UNKNOWN_REPORTED];
         let mut count = 0;
         for (slot, typ) in unknown
             .iter_mut()

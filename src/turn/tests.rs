@@ -238,7 +238,7 @@ impl Client {
         tid: TransactionId,
         attrs: impl FnOnce(&mut MessageWriter<'_>),
     ) -> Vec<u8> {
-        let mut buf = vec![0u8; 1500];
+        let mut buf = vec![0u8; 8192];
         let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).unwrap();
         attrs(&mut w);
         // Like real clients, the first request goes without credentials to learn the nonce.
@@ -1041,6 +1041,251 @@ fn malformed_input_is_dropped_and_counted() {
         );
     }
     assert!(h.server.stats().malformed >= 5);
+}
+
+/// A Binding request of exactly `len` bytes (a SOFTWARE attribute fills it), for the size cap.
+fn binding_of_len(len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    let mut w = MessageWriter::new(
+        &mut buf,
+        Method::BINDING,
+        Class::Request,
+        TransactionId([4; 12]),
+    )
+    .unwrap();
+    w.attribute(attr::SOFTWARE, &vec![b's'; len - 24]).unwrap();
+    assert_eq!(w.finish(), len);
+    buf
+}
+
+#[test]
+fn requests_over_4096_bytes_are_dropped_before_any_work() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    c.permit(&mut h, PEER.parse().unwrap());
+    let mut out = vec![0u8; 1500];
+    let tuple = udp(CLIENT);
+
+    let largest = binding_of_len(MAX_REQUEST_LEN);
+    let response = h.send(tuple, &largest).unwrap();
+    assert_eq!(response.class, Class::Success);
+
+    let before = h.server.stats();
+    let oversized = binding_of_len(MAX_REQUEST_LEN + 4);
+    assert_eq!(
+        h.server.handle_client(h.now, tuple, &oversized, &mut out),
+        ClientAction::None
+    );
+    // Signed and otherwise valid, of every request method, known or not.
+    for method in [
+        Method::ALLOCATE,
+        Method::REFRESH,
+        Method::CREATE_PERMISSION,
+        Method::CHANNEL_BIND,
+        Method(0x00a),
+    ] {
+        let tid = c.tid();
+        let request = c.request(method, tid, |w| {
+            w.attribute(attr::SOFTWARE, &[b's'; 4100]).unwrap()
+        });
+        assert!(request.len() > MAX_REQUEST_LEN);
+        assert_eq!(
+            h.server.handle_client(h.now, tuple, &request, &mut out),
+            ClientAction::None,
+            "{method:?}"
+        );
+    }
+    let after = h.server.stats();
+    assert_eq!(after.malformed, before.malformed + 6);
+    // Dropped before anything else looked at them: nothing else moved.
+    assert_eq!(
+        Stats {
+            malformed: before.malformed,
+            ..after
+        },
+        before
+    );
+
+    // A response of that size is not for a server: ignored, as any response.
+    let mut big = vec![0u8; 5000];
+    let mut w = MessageWriter::new(&mut big, Method::BINDING, Class::Success, c.tid()).unwrap();
+    w.attribute(attr::SOFTWARE, &[b's'; 4900]).unwrap();
+    let n = w.finish();
+    assert_eq!(
+        h.server.handle_client(h.now, tuple, &big[..n], &mut out),
+        ClientAction::None
+    );
+    assert_eq!(h.server.stats(), after);
+
+    // Send indications keep the full 64 KB.
+    let payload = vec![0x5a; 65_000];
+    let mut buf = vec![0u8; 65_535];
+    let mut w = MessageWriter::new(&mut buf, Method::SEND, Class::Indication, c.tid()).unwrap();
+    w.xor_address(attr::XOR_PEER_ADDRESS, PEER.parse().unwrap())
+        .unwrap();
+    w.attribute(attr::DATA, &payload).unwrap();
+    let n = w.finish();
+    match h.server.handle_client(h.now, tuple, &buf[..n], &mut out) {
+        ClientAction::Relay { payload: range, .. } => assert_eq!(buf[range], payload[..]),
+        other => panic!("a 64 KB Send indication was not relayed: {other:?}"),
+    }
+}
+
+#[test]
+fn more_than_128_attributes_is_malformed() {
+    let mut h = Harness::new();
+    let with = |count: usize| {
+        let mut buf = vec![0u8; 1024];
+        let mut w = MessageWriter::new(
+            &mut buf,
+            Method::BINDING,
+            Class::Request,
+            TransactionId([5; 12]),
+        )
+        .unwrap();
+        for _ in 0..count.min(stun::MAX_ATTRIBUTES) {
+            w.flag(0x8F01).unwrap();
+        }
+        let mut n = w.finish();
+        // The writer stops at the cap; the 129th goes in by hand.
+        if count > stun::MAX_ATTRIBUTES {
+            buf[n..n + 4].copy_from_slice(&[0x8F, 0x01, 0, 0]);
+            n += 4;
+            buf[2..4].copy_from_slice(&((n - 20) as u16).to_be_bytes());
+        }
+        buf.truncate(n);
+        buf
+    };
+    let at_cap = h.send(udp(CLIENT), &with(128)).unwrap();
+    assert_eq!(at_cap.class, Class::Success);
+    let before = h.server.stats();
+    assert!(h.send(udp(CLIENT), &with(129)).is_none());
+    let after = h.server.stats();
+    assert_eq!(after.malformed, before.malformed + 1);
+    assert_eq!(after.binding_requests, before.binding_requests);
+}
+
+/// Nothing in the core walks a request's attributes more than a fixed number of times: with
+/// 128 attributes (the cap) arranged to hurt (optional filler, then one unknown required type
+/// over and over, as the outside probe sent), every request method reads fewer than 16 headers
+/// per attribute. Re-walking the earlier attributes for each one, as `unknown_required` once
+/// did, costs about 64 per attribute at this size.
+#[test]
+fn attribute_walks_per_request_are_linear() {
+    let mut h = Harness::with(|c| c.permissions_per_allocation = 200);
+    let (mut c, _) = alice(&mut h);
+    let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
+    // Learns the nonce (bound to bob's IP) from a 401, then gets 437: no allocation yet.
+    assert_eq!(bob.call(&mut h, Method::REFRESH, |_| {}).code, Some(437));
+    let mut stranger = Client::new(udp("198.51.100.30:2"), "nobody", "x");
+    stranger.nonce = bob.nonce.clone();
+    let mut out = vec![0u8; 1500];
+    let filler = |w: &mut MessageWriter<'_>, count: usize, unknown: bool| {
+        for i in 0..count {
+            let typ = if unknown && i >= count / 2 {
+                0x7ABC
+            } else {
+                0x8F01
+            };
+            w.flag(typ).unwrap();
+        }
+    };
+    let peers: Vec<SocketAddr> = (1..=100)
+        .map(|i| SocketAddr::new(IpAddr::from([203, 0, 113, i]), 7000))
+        .collect();
+    // (what, client, method, attributes besides USERNAME, REALM, NONCE, MI and FINGERPRINT)
+    type Build<'a> = Box<dyn Fn(&mut MessageWriter<'_>) + 'a>;
+    let cases: Vec<(&str, bool, Method, Build<'_>)> = vec![
+        (
+            "binding, 420",
+            false,
+            Method::BINDING,
+            Box::new(|w| filler(w, 123, true)),
+        ),
+        (
+            "unknown method",
+            false,
+            Method(0x00a),
+            Box::new(|w| filler(w, 122, true)),
+        ),
+        (
+            "allocate, 420",
+            true,
+            Method::ALLOCATE,
+            Box::new(|w| {
+                w.requested_transport(17).unwrap();
+                filler(w, 122, true)
+            }),
+        ),
+        (
+            "allocate, granted",
+            true,
+            Method::ALLOCATE,
+            Box::new(|w| {
+                w.requested_transport(17).unwrap();
+                filler(w, 122, false);
+            }),
+        ),
+        (
+            "refresh",
+            false,
+            Method::REFRESH,
+            Box::new(|w| {
+                filler(w, 122, false);
+                w.u32(attr::LIFETIME, 600).unwrap();
+            }),
+        ),
+        (
+            "create permission, 100 peers",
+            false,
+            Method::CREATE_PERMISSION,
+            Box::new(|w| {
+                filler(w, 23, false);
+                for &peer in &peers {
+                    w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+                }
+            }),
+        ),
+        (
+            "channel bind",
+            false,
+            Method::CHANNEL_BIND,
+            Box::new(|w| {
+                filler(w, 121, false);
+                w.channel_number(0x4001).unwrap();
+                w.xor_address(attr::XOR_PEER_ADDRESS, PEER.parse().unwrap())
+                    .unwrap();
+            }),
+        ),
+    ];
+    for (what, as_bob, method, build) in &cases {
+        let client = if *as_bob { &mut bob } else { &mut c };
+        let tid = client.tid();
+        let request = client.request(*method, tid, |w| build(w));
+        let count = Message::parse(&request).unwrap().attributes().count();
+        assert!(count >= 120, "{what}: only {count} attributes");
+        crate::stun::visits::take();
+        let action = h
+            .server
+            .handle_client(h.now, client.tuple, &request, &mut out);
+        let reads = crate::stun::visits::take();
+        while h.server.poll_event().is_some() {}
+        eprintln!("{what}: {count} attributes, {reads} attribute headers read, {action:?}");
+        assert!(
+            reads < 16 * count as u64,
+            "{what}: {reads} reads for {count} attributes"
+        );
+    }
+    // Signed by an unknown user: refused with 401 after the same few walks.
+    let tid = stranger.tid();
+    let request = stranger.request(Method::ALLOCATE, tid, |w| filler(w, 123, true));
+    crate::stun::visits::take();
+    let action = h
+        .server
+        .handle_client(h.now, stranger.tuple, &request, &mut out);
+    let reads = crate::stun::visits::take();
+    eprintln!("unknown user: 128 attributes, {reads} attribute headers read, {action:?}");
+    assert!(reads < 16 * 128, "unknown user: {reads} reads");
 }
 
 #[test]
