@@ -621,10 +621,7 @@ impl Node {
         let host = host_addresses().unwrap_or_default();
         tracing::debug!(addresses = ?host, "this host's addresses");
         let policy = peer_policy(config, &listeners, &own, relay_v4, host.clone());
-        let epoch = Instant::now();
-        let unix_at_epoch = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let (epoch, unix_at_epoch) = wall_clock_epoch();
         let mut nonce_key = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce_key);
         let nonces = Nonces::new(nonce_key, epoch, config.auth.nonce_lifetime);
@@ -881,6 +878,23 @@ fn run_worker(
     });
 }
 
+/// The core's epoch and the wall-clock second it falls on. The epoch is put back to the start
+/// of that second, so that `unix_at_epoch` plus whole seconds elapsed is the wall clock
+/// truncated, not up to a second behind it (REST expiries are compared in whole seconds).
+fn wall_clock_epoch() -> (Instant, u64) {
+    let now = Instant::now();
+    let since_unix = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let into_second = Duration::from_nanos(u64::from(since_unix.subsec_nanos()));
+    // Only fails within a second of the monotonic clock's origin (boot): then the reading is
+    // at most that second behind, as before.
+    match now.checked_sub(into_second) {
+        Some(epoch) => (epoch, since_unix.as_secs()),
+        None => (now, since_unix.as_secs()),
+    }
+}
+
 /// This machine's host name, for the default node id.
 fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -1006,6 +1020,21 @@ fn interface_addresses() -> Option<Vec<(String, IpAddr)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_epoch_falls_on_a_wall_clock_second() {
+        let (epoch, unix_at_epoch) = wall_clock_epoch();
+        let elapsed = epoch.elapsed();
+        let wall = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .expect("the clock is after 1970");
+        // Unaligned, the prediction would be up to a second behind the wall clock.
+        let predicted = Duration::from_secs(unix_at_epoch) + elapsed;
+        assert!(
+            predicted.abs_diff(wall) < Duration::from_millis(200),
+            "predicted {predicted:?}, wall clock {wall:?}"
+        );
+    }
 
     #[test]
     fn sources_are_ipv4_addresses_and_ipv6_slash_64s() {
