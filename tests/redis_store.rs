@@ -68,7 +68,13 @@ fn probe_in(server: &Server, realm: &str, username: &str, password: &str) -> Res
     let mut client = StunClient::udp_in_realm(server.addr("udp"), local, realm, username, password);
     let result = client.allocate().map(|_| ());
     if result.is_ok() {
-        assert_eq!(client.refresh(0), None, "deleting {username:?}'s probe");
+        // A retransmitted delete may reach the server after the deletion and get 437, which a
+        // client takes for success (RFC 8656 §7.3): it happens when the machine is loaded.
+        let deleted = client.refresh(0);
+        assert!(
+            matches!(deleted, None | Some(437)),
+            "deleting {username:?}'s probe: {deleted:?}"
+        );
     }
     result
 }
