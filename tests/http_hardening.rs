@@ -756,8 +756,8 @@ fn cpu_time(pid: u32) -> Duration {
     Duration::from_secs_f64((utime + stime) / ticks)
 }
 
-/// Out of descriptors, the HTTP accept loop waits and retries instead of spinning, and serves
-/// again once descriptors are free.
+/// Out of descriptors, the HTTP and TURN TCP accept loops wait and retry instead of spinning
+/// or logging every retry, and the API serves again once descriptors are free.
 #[test]
 fn accept_errors_back_off() {
     let server = server();
@@ -777,6 +777,7 @@ fn accept_errors_back_off() {
     thread::sleep(window);
     let cpu = cpu_time(server.pid()) - cpu_before;
     let warnings = server.log_messages("HTTP accept failed").len();
+    let turn_warnings = server.log_messages("TURN TCP/TLS accept failed").len();
     drop((turn, waiting));
     let recovered = Instant::now();
     let mut status = operator_status(api);
@@ -786,7 +787,8 @@ fn accept_errors_back_off() {
     }
     eprintln!(
         "out of descriptors (limit {limit}): server CPU {cpu:?} in {window:?}, {warnings} \
-         accept warnings; status {status:?} {:?} after descriptors were freed",
+         HTTP and {turn_warnings} TURN accept warnings; status {status:?} {:?} after \
+         descriptors were freed",
         recovered.elapsed()
     );
     assert!(
@@ -794,6 +796,12 @@ fn accept_errors_back_off() {
         "no accept failure logged: the test did not exhaust descriptors"
     );
     assert!(warnings <= 3, "{warnings} warnings: logged on every retry");
+    // The TURN listeners (one per worker) back off the same way: one warning per episode,
+    // not one every 50 ms (64 lines in this window before).
+    assert!(
+        (1..=6).contains(&turn_warnings),
+        "{turn_warnings} TURN accept warnings"
+    );
     assert!(cpu < window / 2, "{cpu:?} of CPU in {window:?}: spinning");
     assert_eq!(status, Ok(200));
 }

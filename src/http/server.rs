@@ -28,6 +28,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
+use crate::net::AcceptBackoff;
+
 use super::{Api, authorized, error};
 
 /// How long a client has to send a complete request head, counted from the connection's
@@ -218,23 +220,17 @@ pub(super) async fn serve(listener: TcpListener, api: Arc<Api>, router: Router) 
         .keep_alive(true);
     let builder = Arc::new(builder);
     let table = Arc::new(Mutex::new(Table::default()));
-    let mut backoff = Duration::ZERO;
+    let mut backoff = AcceptBackoff::new("HTTP", MAX_ACCEPT_BACKOFF);
     let mut warned: Option<Instant> = None;
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(accepted) => {
-                backoff = Duration::ZERO;
+                backoff.accepted();
                 accepted
             }
-            Err(error) if is_connection_error(&error) => continue,
             Err(error) => {
-                // Out of descriptors (EMFILE, ENFILE) or memory: what frees them is time, so
-                // wait instead of spinning on the same error.
-                if backoff.is_zero() {
-                    tracing::warn!(%error, "HTTP accept failed; retrying with backoff");
-                }
-                backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
-                tokio::time::sleep(backoff).await;
+                // Out of descriptors (EMFILE, ENFILE) or memory: what frees them is time.
+                backoff.failed(&error).await;
                 continue;
             }
         };
@@ -285,17 +281,6 @@ pub(super) async fn serve(listener: TcpListener, api: Arc<Api>, router: Router) 
             router.clone(),
         ));
     }
-}
-
-/// Errors of one pending connection (it went away before we took it), not of the listener.
-fn is_connection_error(error: &std::io::Error) -> bool {
-    matches!(
-        error.kind(),
-        std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::Interrupted
-    )
 }
 
 async fn serve_connection(

@@ -1,6 +1,7 @@
 //! The tokio I/O shell: binds the listeners, runs one single-threaded worker per core, and
 //! carries datagrams between sockets and the protocol cores. It makes no protocol decision.
 
+mod accept;
 mod audit;
 pub mod cluster;
 mod relay;
@@ -24,6 +25,7 @@ use crate::turn::{
     SourceLimiter, Stats,
 };
 
+pub use accept::AcceptBackoff;
 pub use relay::Reservations;
 pub use stream::tls_acceptor;
 

@@ -17,6 +17,7 @@ use crate::config::Transport;
 use crate::stun::{self, Frame};
 use crate::turn::FiveTuple;
 
+use super::accept::AcceptBackoff;
 use super::worker::Shared;
 use super::{StreamLimits, normalize, source_of};
 
@@ -48,6 +49,9 @@ const TLS_UNSENT: usize = 16 * 1024;
 const INITIAL_READ: usize = 4096;
 const INITIAL_WRITE: usize = 4096;
 const SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait between accept attempts while out of descriptors: short, since a TURN client
+/// waits for it.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
 /// Largest frame: a STUN header and a 16-bit length, or ChannelData padded.
 const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
 
@@ -164,13 +168,15 @@ pub(super) async fn accept_loop(
         Transport::Tcp
     };
     let limits = shared.borrow().streams_limits.clone();
+    let mut backoff = AcceptBackoff::new("TURN TCP/TLS", MAX_ACCEPT_BACKOFF);
     loop {
         let (stream, client) = match listener.accept().await {
-            Ok(accepted) => accepted,
+            Ok(accepted) => {
+                backoff.accepted();
+                accepted
+            }
             Err(error) => {
-                // Out of descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(%error, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                backoff.failed(&error).await;
                 continue;
             }
         };
