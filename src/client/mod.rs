@@ -79,8 +79,8 @@ impl std::fmt::Display for Transport {
     }
 }
 
-/// Who the client is.
-#[derive(Clone, Debug)]
+/// Who the client is. `Debug` leaves the password and the secret out.
+#[derive(Clone)]
 pub enum Credentials {
     /// A long-term user: name and password.
     LongTerm { username: String, password: String },
@@ -91,6 +91,24 @@ pub enum Credentials {
         user: String,
         ttl: Duration,
     },
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credentials::LongTerm { username, .. } => f
+                .debug_struct("LongTerm")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Rest { user, ttl, .. } => f
+                .debug_struct("Rest")
+                .field("secret", &"<redacted>")
+                .field("user", user)
+                .field("ttl", ttl)
+                .finish(),
+        }
+    }
 }
 
 impl Credentials {
@@ -849,4 +867,89 @@ fn lifetime_seconds(lifetime: Duration) -> u32 {
 /// A random transaction ID (RFC 8489 §6: uniformly random, 96 bits).
 fn random_tid() -> TransactionId {
     TransactionId(rand::random())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_output_keeps_passwords_and_secrets_out() {
+        let long_term = format!("{:?}", Credentials::long_term("alice", "wonderland"));
+        assert_eq!(
+            long_term,
+            r#"LongTerm { username: "alice", password: "<redacted>" }"#
+        );
+        let rest = Credentials::rest("s3cret-value", "bob", Duration::from_secs(60));
+        let config = ClientConfig::new("127.0.0.1:3478".parse().unwrap(), Transport::Udp, rest);
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cret-value"), "{text}");
+        assert!(text.contains(r#"user: "bob""#), "{text}");
+    }
+
+    #[test]
+    fn rest_credentials_follow_the_turn_rest_api() {
+        let (username, password) =
+            Credentials::rest("s3cret", "carol", Duration::from_secs(3600)).resolve();
+        let (expiry, user) = username.split_once(':').unwrap();
+        assert_eq!(user, "carol");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let expiry: u64 = expiry.parse().unwrap();
+        assert!(
+            (now + 3590..=now + 3610).contains(&expiry),
+            "{expiry} vs {now}"
+        );
+        assert_eq!(password, rest_password(b"s3cret", &username));
+    }
+
+    #[test]
+    fn transports_parse_and_print() {
+        for name in ["udp", "tcp", "tls"] {
+            assert_eq!(name.parse::<Transport>().unwrap().to_string(), name);
+        }
+        assert!("sctp".parse::<Transport>().is_err());
+    }
+
+    #[test]
+    fn data_frames_are_classified_without_copying() {
+        let mut frame = [0u8; 64];
+        stun::write_channel_data_header(&mut frame, 0x4001, 3).unwrap();
+        frame[4..7].copy_from_slice(b"abc");
+        let data = classify(&frame[..7]).unwrap().borrow(&frame[..7]);
+        assert_eq!(
+            data,
+            Received::ChannelData {
+                number: 0x4001,
+                payload: b"abc"
+            }
+        );
+        // A Data indication with its peer; one without DATA is not data.
+        let peer: SocketAddr = "192.0.2.7:4000".parse().unwrap();
+        let tid = TransactionId([3; 12]);
+        let mut buf = [0u8; 128];
+        let mut w = MessageWriter::new(&mut buf, Method::DATA, Class::Indication, tid).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        w.attribute(attr::DATA, b"hello").unwrap();
+        let n = w.finish();
+        let data = classify(&buf[..n]).unwrap().borrow(&buf[..n]);
+        assert_eq!(
+            data,
+            Received::Data {
+                peer,
+                payload: b"hello"
+            }
+        );
+        let mut w = MessageWriter::new(&mut buf, Method::DATA, Class::Indication, tid).unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        let n = w.finish();
+        assert!(classify(&buf[..n]).is_none());
+        // Truncated and garbage frames are not data either.
+        for len in 0..7 {
+            assert!(classify(&frame[..len]).is_none(), "{len}");
+        }
+        assert!(classify(&[0xFF; 32]).is_none());
+    }
 }
