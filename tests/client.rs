@@ -93,6 +93,16 @@ fn alice() -> Credentials {
     Credentials::long_term("alice", "wonderland")
 }
 
+/// The echo peer's count once it reaches `n` (it counts a datagram after sending it back, so
+/// the client can see an echo first), or as it is after [`ECHO_TIMEOUT`].
+async fn echoed_at_least(echo: &common::EchoPeer, n: usize) -> usize {
+    let deadline = Instant::now() + ECHO_TIMEOUT;
+    while echo.echoed() < n && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    echo.echoed()
+}
+
 /// The next relayed payload, or a failed test after [`ECHO_TIMEOUT`].
 async fn recv(client: &mut Client) -> (Option<u16>, Option<SocketAddr>, Vec<u8>) {
     let received = tokio::time::timeout(ECHO_TIMEOUT, client.recv())
@@ -164,7 +174,7 @@ async fn allocates_and_relays_over_udp_tcp_and_tls_with_long_term_credentials() 
         let mut client = connect(&server, transport, alice()).await;
         allocate_and_relay(&mut client, peer, 20).await;
     }
-    assert_eq!(echo.echoed(), 3 * 40);
+    assert_eq!(echoed_at_least(&echo, 3 * 40).await, 3 * 40);
     let stats = server.stats();
     assert_eq!(stats.get("allocations_created"), 3);
     assert_eq!(stats.get("allocations_deleted"), 3);
@@ -184,7 +194,7 @@ async fn allocates_and_relays_over_udp_tcp_and_tls_with_rest_credentials() {
         assert!(expiry.parse::<u64>().is_ok(), "{expiry}");
         allocate_and_relay(&mut client, peer, 5).await;
     }
-    assert_eq!(echo.echoed(), 3 * 10);
+    assert_eq!(echoed_at_least(&echo, 3 * 10).await, 3 * 10);
 }
 
 #[tokio::test]
@@ -303,6 +313,7 @@ async fn refresh_zero_deletes_the_allocation() {
             Duration::from_secs(1200)
         );
         client.channel_bind(0x4010, peer).await.unwrap();
+        let echoed_before = echo.echoed();
         client.send_channel_data(0x4010, b"before").await.unwrap();
         assert_eq!(recv(&mut client).await.2, b"before");
 
@@ -310,7 +321,8 @@ async fn refresh_zero_deletes_the_allocation() {
             client.refresh(Duration::ZERO).await.unwrap(),
             Duration::ZERO
         );
-        let echoed = echo.echoed();
+        let echoed = echoed_at_least(&echo, echoed_before + 1).await;
+        assert_eq!(echoed, echoed_before + 1);
         client.send_channel_data(0x4010, b"after").await.unwrap();
         let late = tokio::time::timeout(Duration::from_millis(500), client.recv()).await;
         assert!(late.is_err(), "data relayed after Refresh 0");
@@ -351,19 +363,23 @@ async fn a_stale_nonce_is_retried_with_the_fresh_one() {
 #[tokio::test]
 async fn data_arriving_during_a_request_is_kept() {
     let server = Server::with(&TestConfig::default());
-    let (peer, _echo) = udp_echo_peer();
+    let (peer, echo) = udp_echo_peer();
     for transport in TRANSPORTS {
         let mut client = connect(&server, transport, alice()).await;
         client.allocate(None).await.unwrap();
         client.channel_bind(0x4020, peer).await.unwrap();
         const COUNT: u32 = 50;
+        let echoed = echo.echoed();
         for i in 0..COUNT {
             client
                 .send_channel_data(0x4020, &i.to_be_bytes())
                 .await
                 .unwrap();
         }
-        // The echoes come back while these requests wait for their answers.
+        // Once the peer has echoed them all and the server has had time to relay them back,
+        // the echoes wait in the client's socket ahead of the answers to these requests.
+        echoed_at_least(&echo, echoed + COUNT as usize).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
         for _ in 0..3 {
             client.create_permission(&[peer]).await.unwrap();
         }
@@ -484,7 +500,7 @@ async fn udp_requests_are_retransmitted_on_the_rfc_schedule_then_time_out() {
     let arrivals = thread::spawn(move || {
         let mut seen = Vec::new();
         let mut buf = [0u8; 2048];
-        let until = Instant::now() + Duration::from_secs(4);
+        let until = Instant::now() + Duration::from_secs(6);
         while Instant::now() < until {
             if let Ok(n) = silent.recv(&mut buf) {
                 seen.push((Instant::now(), buf[..n].to_vec()));
@@ -513,15 +529,17 @@ async fn udp_requests_are_retransmitted_on_the_rfc_schedule_then_time_out() {
         seen.iter().all(|(_, bytes)| *bytes == seen[0].1),
         "same request each time"
     );
-    // 100, 200, 400 ms apart (doubling), then 4 × 100 ms more: 1.1 s in all. Generous upper
-    // bounds: the machine is shared.
+    // 100, 200, 400 ms apart (doubling), then 4 × 100 ms more: 1.1 s in all. The gaps are
+    // seen by a thread that may wake late for one datagram and not the next, so the lower
+    // bounds allow a quarter less (still telling doubling from a fixed interval); the upper
+    // bounds are generous, as the machine is shared.
     for (gap, nominal) in gaps.iter().zip([100, 200, 400]) {
         let nominal = Duration::from_millis(nominal);
-        assert!(*gap >= nominal * 9 / 10, "{gap:?} < {nominal:?}");
-        assert!(*gap < nominal + Duration::from_millis(400), "{gap:?}");
+        assert!(*gap >= nominal * 3 / 4, "{gap:?} < {nominal:?}");
+        assert!(*gap < nominal + Duration::from_secs(1), "{gap:?}");
     }
     assert!(elapsed >= Duration::from_millis(1100), "{elapsed:?}");
-    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
     assert_eq!(client.stats().retransmissions, 3);
 }
 
@@ -617,7 +635,7 @@ fn answer_with_tid(
     class: Class,
     attrs: impl Fn(&mut MessageWriter<'_>),
 ) -> Vec<u8> {
-    let mut buf = vec![0u8; 1500];
+    let mut buf = vec![0u8; 4096];
     let mut w = MessageWriter::new(&mut buf, method, class, tid).unwrap();
     attrs(&mut w);
     let n = w.finish();
@@ -798,4 +816,87 @@ async fn hostile_streams_give_framing_closed_and_timeout_errors() {
         .err()
         .expect("connection refused");
     assert!(matches!(error, ClientError::Io(_)), "{error}");
+}
+
+#[tokio::test]
+async fn oversized_challenges_are_not_retried() {
+    // A 401 whose NONCE is longer than RFC 8489 allows (763 bytes), then one whose REALM is:
+    // neither is used, the 401 is returned as it is.
+    // A retry with either would be answered 437.
+    let server = hostile_udp(|request, n| {
+        let (realm, nonce) = if n == 1 {
+            (b"hostile".to_vec(), vec![b'n'; 2000])
+        } else {
+            (vec![b'r'; 800], b"n0nce".to_vec())
+        };
+        let retried = Message::parse(request).unwrap().has_integrity();
+        vec![answer_to(request, Class::Error, |w| {
+            if retried {
+                w.error_code(437, "Retried with an oversized challenge")
+                    .unwrap();
+                return;
+            }
+            w.error_code(401, "Unauthorized").unwrap();
+            w.attribute(attr::REALM, &realm).unwrap();
+            w.attribute(attr::NONCE, &nonce).unwrap();
+        })]
+    });
+    let mut client = udp_client(server).await;
+    for case in ["long nonce", "long realm"] {
+        let error = client.allocate(None).await.expect_err(case);
+        assert_eq!(error.code(), Some(401), "{case}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn data_kept_during_a_request_is_bounded() {
+    // A TCP "server" that answers a Binding only after 100 ChannelData frames of 65,535 bytes
+    // (6.5 MB): the client keeps at most PENDING_BYTES of them and counts the rest as dropped.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    thread::spawn(move || {
+        let Ok((mut stream, _)) = listener.accept() else {
+            return;
+        };
+        let mut request = [0u8; 20];
+        if stream.read_exact(&mut request).is_err() {
+            return;
+        }
+        let length = u16::from_be_bytes([request[2], request[3]]);
+        let mut rest = vec![0u8; usize::from(length)];
+        let _ = stream.read_exact(&mut rest);
+        let mut whole = request.to_vec();
+        whole.extend_from_slice(&rest);
+        let mut frame = vec![0u8; 4 + 0xFFFF + 1];
+        frame[..4].copy_from_slice(&[0x40, 0x00, 0xFF, 0xFF]);
+        for _ in 0..100 {
+            if stream.write_all(&frame).is_err() {
+                return;
+            }
+        }
+        let answer = answer_to(&whole, Class::Success, |w| {
+            w.xor_address(attr::XOR_MAPPED_ADDRESS, "127.0.0.1:1".parse().unwrap())
+                .unwrap();
+        });
+        let _ = stream.write_all(&answer);
+        thread::sleep(Duration::from_secs(2));
+    });
+    let mut config = ClientConfig::new(addr, Transport::Tcp, alice());
+    config.timing = fast_timing();
+    config.timing.stream_timeout = Duration::from_secs(10);
+    let mut client = Client::connect(config).await.unwrap();
+    let mapped = client.binding().await.expect("the answer after the frames");
+    let stats = client.stats();
+    eprintln!("{mapped}; {stats:?}");
+    assert_eq!(mapped, "127.0.0.1:1".parse().unwrap());
+    let kept = usize::try_from(stats.pending_kept).unwrap();
+    assert_eq!(kept, turnpike::client::PENDING_BYTES / (4 + 0xFFFF));
+    assert_eq!(stats.pending_kept + stats.pending_dropped, 100);
+    for _ in 0..kept {
+        let data = tokio::time::timeout(ECHO_TIMEOUT, client.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(data.payload().len(), 0xFFFF);
+    }
 }

@@ -4,7 +4,8 @@
 //!
 //! One [`Client`] is one client transport address with one allocation at most. Requests are
 //! sent one at a time (`&mut self`); data frames that arrive while a request waits for its
-//! answer are kept (up to [`PENDING_FRAMES`]) and handed out by the next [`Client::recv`].
+//! answer are kept (up to [`PENDING_FRAMES`] and [`PENDING_BYTES`]) and handed out by the next
+//! [`Client::recv`].
 //! Sending and receiving data allocate nothing: both use buffers allocated at connect time.
 //! [`Client::recv`] is cancel-safe, so a load generator can `select!` it against a send timer.
 
@@ -33,6 +34,11 @@ use link::{Link, StreamLink};
 /// Data frames kept while a request waits for its answer; more are dropped and counted in
 /// [`ClientStats::pending_dropped`].
 pub const PENDING_FRAMES: usize = 1024;
+/// Bytes of data frames kept while a request waits, at most.
+pub const PENDING_BYTES: usize = 1 << 20;
+/// Buffers of kept frames up to this capacity are reused; larger ones (a hostile server's
+/// 64 KiB frames) are freed, so the pool stays small.
+const SPARE_CAPACITY: usize = 2048;
 
 /// Largest ChannelData payload.
 pub const MAX_CHANNEL_PAYLOAD: usize = 0xFFFF;
@@ -239,7 +245,8 @@ pub struct ClientStats {
     pub ignored: u64,
     /// Data frames that arrived while a request waited, kept for [`Client::recv`].
     pub pending_kept: u64,
-    /// Data frames dropped because [`PENDING_FRAMES`] were already kept during a request.
+    /// Data frames dropped because [`PENDING_FRAMES`] or [`PENDING_BYTES`] were already kept
+    /// during a request.
     pub pending_dropped: u64,
 }
 
@@ -267,6 +274,8 @@ pub struct Client {
     send_buf: Box<[u8]>,
     /// Data frames that arrived while a request waited.
     pending: VecDeque<Vec<u8>>,
+    /// Bytes in `pending`.
+    pending_bytes: usize,
     /// The pending frame [`Client::recv`] returned last; recycled on the next call.
     delivered: Option<Vec<u8>>,
     /// Buffers of delivered pending frames, for reuse.
@@ -332,6 +341,7 @@ impl Client {
             answer: Vec::with_capacity(REQUEST_BUF_LEN),
             send_buf: vec![0; SEND_BUF_LEN].into_boxed_slice(),
             pending: VecDeque::new(),
+            pending_bytes: 0,
             delivered: None,
             spare: Vec::new(),
             last_request_retransmitted: false,
@@ -515,14 +525,15 @@ impl Client {
     /// a request comes first. Cancel-safe; allocates nothing.
     pub async fn recv(&mut self) -> Result<Received<'_>, ClientError> {
         if let Some(done) = self.delivered.take() {
-            self.spare.push(done);
+            self.recycle(done);
         }
         while let Some(frame) = self.pending.pop_front() {
+            self.pending_bytes -= frame.len();
             if let Some(data) = classify(&frame) {
                 let frame = self.delivered.insert(frame);
                 return Ok(data.borrow(frame));
             }
-            self.spare.push(frame);
+            self.recycle(frame);
         }
         let (range, data) = loop {
             let range = self.link.recv_frame().await?;
@@ -532,6 +543,13 @@ impl Client {
             }
         };
         Ok(data.borrow(self.link.bytes(range)))
+    }
+
+    /// Keeps the buffer of a delivered frame for the next one, unless it is large.
+    fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() <= SPARE_CAPACITY {
+            self.spare.push(buf);
+        }
     }
 
     /// Sends a request that needs credentials: first as the session allows (unauthenticated
@@ -545,21 +563,23 @@ impl Client {
         let mut retries = 0;
         loop {
             let authenticated = self.session.nonce.is_some();
-            match self.transact_once(method, authenticated, &attrs).await {
-                Err(ClientError::Response { code, .. })
-                    if retries < AUTH_RETRIES
-                        && (code == 438 || (code == 401 && !authenticated))
-                        && self.learn_challenge() =>
-                {
-                    retries += 1;
-                }
-                other => return other,
+            let result = self.transact_once(method, authenticated, &attrs).await;
+            let challenged = match &result {
+                Err(ClientError::Response { code: 438, .. }) => true,
+                Err(ClientError::Response { code: 401, .. }) => !authenticated,
+                _ => false,
+            };
+            if challenged && retries < AUTH_RETRIES && self.learn_challenge() {
+                retries += 1;
+                continue;
             }
+            return result;
         }
     }
 
     /// Takes REALM and NONCE from the 401 or 438 in `self.answer`: whether a retry can use
-    /// them (a 438 must bring a new nonce, or retrying would loop).
+    /// them (both present, UTF-8, at most 763 bytes as RFC 8489 says; a 438 must bring a new
+    /// nonce, or retrying would loop).
     fn learn_challenge(&mut self) -> bool {
         let Ok(msg) = Message::parse(&self.answer) else {
             return false;
@@ -568,17 +588,17 @@ impl Client {
             msg.get(typ)
                 .and_then(|v| attr::decode_text(v, attr::MAX_TEXT_LEN).ok())
         };
-        let (Some(realm), Some(nonce)) = (text(attr::REALM), msg.get(attr::NONCE)) else {
+        let (Some(realm), Some(nonce)) = (text(attr::REALM), text(attr::NONCE)) else {
             return false;
         };
-        if self.session.nonce.as_deref() == Some(nonce) {
+        if self.session.nonce.as_deref() == Some(nonce.as_bytes()) {
             return false;
         }
         if self.session.realm.as_deref() != Some(realm) {
             self.session.key = long_term_key(&self.session.username, realm, &self.session.password);
             self.session.realm = Some(realm.to_owned());
         }
-        self.session.nonce = Some(nonce.to_vec());
+        self.session.nonce = Some(nonce.as_bytes().to_vec());
         true
     }
 
@@ -696,10 +716,13 @@ impl Client {
             };
             let frame = self.link.bytes(range);
             if classify(frame).is_some() {
-                if self.pending.len() < PENDING_FRAMES {
+                if self.pending.len() < PENDING_FRAMES
+                    && self.pending_bytes + frame.len() <= PENDING_BYTES
+                {
                     let mut copy = self.spare.pop().unwrap_or_default();
                     copy.clear();
                     copy.extend_from_slice(frame);
+                    self.pending_bytes += copy.len();
                     self.pending.push_back(copy);
                     self.stats.pending_kept += 1;
                 } else {
