@@ -75,7 +75,8 @@ struct Args {
     /// Attach: a long-term user (with --password).
     #[arg(long, requires_all = ["server", "password"])]
     user: Option<String>,
-    #[arg(long, requires = "user")]
+    /// Attach: the long-term user's password.
+    #[arg(long, requires = "user", env = "TURNPIKE_SOAK_PASSWORD")]
     password: Option<String>,
     /// Attach: a TURN REST secret of the server.
     #[arg(long, requires = "server", env = "TURNPIKE_SOAK_SECRET")]
@@ -86,28 +87,29 @@ struct Args {
     /// Attach: the server's `limits.stream-idle-timeout`, in seconds.
     #[arg(long, default_value_t = 10)]
     stream_idle_timeout: u64,
-    /// Packets per second each long-lived allocation sends (6 of them).
-    #[arg(long, default_value_t = 50)]
+    /// Packets per second each long-lived allocation sends (6 of them; at most 1000).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rate: u32,
-    /// Churn allocations started per second.
-    #[arg(long, default_value_t = 4)]
+    /// Churn allocations started per second (at most 50).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=50))]
     churn: u32,
-    /// Idle allocations refreshed together in each refresh storm.
-    #[arg(long, default_value_t = 40)]
-    storm_size: usize,
-    /// Seconds between refresh storms.
-    #[arg(long, default_value_t = 20)]
+    /// Idle allocations refreshed together in each refresh storm (at most 500).
+    #[arg(long, default_value_t = 40, value_parser = clap::value_parser!(u16).range(1..=500))]
+    storm_size: u16,
+    /// Seconds between refresh storms (5 to 600).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(5..=600))]
     storm_every: u64,
-    /// Unauthenticated Allocates per second in the flood from 127.0.0.99.
-    #[arg(long, default_value_t = 100)]
+    /// Unauthenticated Allocates per second in the flood from 127.0.0.99 (at most 1000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1000))]
     flood: u32,
-    /// Seconds between reports.
-    #[arg(long, default_value_t = 60)]
+    /// Seconds between reports (1 to 3600).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     report_every: u64,
     /// Fail when the RSS after the load grew by more than this from the first report (MiB).
     #[arg(long, default_value_t = 8.0)]
     max_rss_growth_mib: f64,
-    /// Fail when the server holds more descriptors after the load than before it.
+    /// Fail when the server holds more than this many descriptors more after the load than
+    /// before it.
     #[arg(long, default_value_t = 2)]
     max_fd_growth: u64,
 }
@@ -666,6 +668,8 @@ async fn soak(args: &Args, target: &Target) -> Result<bool, String> {
         .collect();
 
     check_target(&load).await?;
+    // Let the server close the connections of the check before counting its descriptors.
+    tokio::time::sleep(Duration::from_secs(1)).await;
 
     let sampler = Sampler {
         pid: target.pid,
@@ -704,7 +708,7 @@ async fn soak(args: &Args, target: &Target) -> Result<bool, String> {
     let storm = tokio::spawn(storms(
         load.clone(),
         stop.clone(),
-        args.storm_size,
+        usize::from(args.storm_size),
         Duration::from_secs(args.storm_every),
     ));
     tasks.push(tokio::spawn(malformed(load.clone(), stop.clone())));
