@@ -171,7 +171,24 @@ fn run(args: Args) -> Result<bool, String> {
         .build()
         .map_err(|e| format!("tokio runtime: {e}"))?;
     let mut target = target;
-    let passed = runtime.block_on(soak(&args, &target))?;
+    let outcome = runtime.block_on(soak(&args, &target));
+    if let Err(e) = &outcome {
+        // A server that died under the load is the soak's finding, not a failure to run.
+        let exited = match target.own.as_mut() {
+            Some(own) => own.child.try_wait().ok().flatten().map(|s| s.to_string()),
+            None => {
+                (!Path::new(&format!("/proc/{}", target.pid)).exists()).then(|| "gone".to_string())
+            }
+        };
+        if let Some(status) = exited {
+            println!("FAIL the server exited during the soak ({status}): {e}");
+            if let Some(own) = &target.own {
+                own.dump_log();
+            }
+            return Ok(false);
+        }
+    }
+    let passed = outcome?;
     let stopped = match target.own.take() {
         Some(own) => own.stop(),
         None => true,
@@ -491,7 +508,7 @@ fn read_log(
                 _ => {}
             }
             let mut last = log.last.lock().unwrap_or_else(|e| e.into_inner());
-            if last.len() == 200 {
+            if last.len() == 50 {
                 last.pop_front();
             }
             last.push_back(line);
