@@ -900,3 +900,50 @@ async fn data_kept_during_a_request_is_bounded() {
         assert_eq!(data.payload().len(), 0xFFFF);
     }
 }
+
+/// A scripted server: a 401 challenge, then for request `n` (from 2 on) what `answer` says.
+fn scripted_udp(answer: fn(usize) -> Option<u16>) -> SocketAddr {
+    hostile_udp(move |request, n| {
+        let code = if n == 1 { Some(401) } else { answer(n) };
+        code.map(|code| {
+            answer_to(request, Class::Error, |w| {
+                w.error_code(code, "").unwrap();
+                if code == 401 {
+                    w.attribute(attr::REALM, b"scripted").unwrap();
+                    w.attribute(attr::NONCE, b"n0nce").unwrap();
+                }
+            })
+        })
+        .into_iter()
+        .collect()
+    })
+}
+
+#[tokio::test]
+async fn refresh_zero_counts_a_437_after_a_retransmission_as_done() {
+    // The first authenticated transmission "deleted the allocation" and its answer was lost:
+    // the retransmission meets 437, and the deletion is done.
+    let server = scripted_udp(|n| (n >= 3).then_some(437));
+    let mut client = udp_client(server).await;
+    assert_eq!(
+        client.refresh(Duration::ZERO).await.unwrap(),
+        Duration::ZERO
+    );
+    assert_eq!(client.stats().retransmissions, 1);
+
+    // A 437 to the first transmission is an error, as it is for any other lifetime.
+    let server = scripted_udp(|_| Some(437));
+    let mut client = udp_client(server).await;
+    let error = client
+        .refresh(Duration::ZERO)
+        .await
+        .expect_err("no allocation");
+    assert_eq!(error.code(), Some(437), "{error}");
+    let server = scripted_udp(|n| (n >= 3).then_some(437));
+    let mut client = udp_client(server).await;
+    let error = client
+        .refresh(Duration::from_secs(60))
+        .await
+        .expect_err("no allocation");
+    assert_eq!(error.code(), Some(437), "{error}");
+}

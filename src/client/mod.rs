@@ -6,7 +6,8 @@
 //! sent one at a time (`&mut self`); data frames that arrive while a request waits for its
 //! answer are kept (up to [`PENDING_FRAMES`] and [`PENDING_BYTES`]) and handed out by the next
 //! [`Client::recv`].
-//! Sending and receiving data allocate nothing: both use buffers allocated at connect time.
+//! Sending and receiving data allocate nothing: both use buffers allocated at connect time
+//! (over TLS, rustls itself allocates a buffer per record).
 //! [`Client::recv`] is cancel-safe, so a load generator can `select!` it against a send timer.
 
 mod error;
@@ -425,6 +426,8 @@ impl Client {
             .request(method, |w| w.u32(attr::LIFETIME, seconds))
             .await;
         match result {
+            // A deletion needs no LIFETIME in its answer to be understood.
+            Ok(()) if seconds == 0 => Ok(self.answer_lifetime(method).unwrap_or_default()),
             Ok(()) => self.answer_lifetime(method),
             Err(ClientError::Response { code: 437, .. })
                 if seconds == 0 && self.last_request_retransmitted =>
