@@ -159,8 +159,12 @@ struct Target {
 }
 
 fn run(args: Args) -> Result<bool, String> {
-    if !(args.minutes > 0.0 && args.minutes <= 24.0 * 60.0) {
-        return Err(format!("--minutes {}: give 0 < N <= 1440", args.minutes));
+    if !(args.minutes > 0.0 && args.minutes <= MAX_MINUTES) {
+        return Err(format!(
+            "--minutes {}: give 0 < N <= {MAX_MINUTES} (REST credentials must outlive the run \
+             and stay within the default max-rest-ttl of a day)",
+            args.minutes
+        ));
     }
     let target = match args.server {
         Some(_) => attach(&args)?,
@@ -196,6 +200,17 @@ fn run(args: Args) -> Result<bool, String> {
     Ok(passed && stopped)
 }
 
+/// The longest run: 23 hours.
+const MAX_MINUTES: f64 = 23.0 * 60.0;
+
+/// How long the REST usernames minted at the start stay valid: the run and half an hour for
+/// the cleanup, at most 23.5 hours, within the `max-rest-ttl` of a day servers have by default
+/// (a username whose expiry lies further ahead gets 401, and an expired one gets 401 on its
+/// Refresh).
+fn rest_ttl(args: &Args) -> Duration {
+    Duration::from_secs_f64(args.minutes * 60.0) + Duration::from_secs(30 * 60)
+}
+
 /// The target given on the command line, after checking it is on loopback.
 fn attach(args: &Args) -> Result<Target, String> {
     let server = args.server.ok_or("--server missing")?;
@@ -213,11 +228,7 @@ fn attach(args: &Args) -> Result<Target, String> {
         credentials.push(Credentials::long_term(user, password));
     }
     if let Some(secret) = &args.secret {
-        credentials.push(Credentials::rest(
-            secret,
-            "soak",
-            Duration::from_secs(86_400),
-        ));
+        credentials.push(Credentials::rest(secret, "soak", rest_ttl(args)));
     }
     if credentials.is_empty() {
         return Err("attach needs credentials: --user and --password, or --secret".into());
@@ -383,7 +394,7 @@ token = "{token}"
             token,
             credentials: vec![
                 Credentials::long_term("soak", "soak"),
-                Credentials::rest(&secret, "soak", Duration::from_secs(86_400)),
+                Credentials::rest(&secret, "soak", rest_ttl(args)),
             ],
             unauthenticated_rate: OWN_UNAUTHENTICATED_RATE,
             stream_idle_timeout: OWN_STREAM_IDLE_TIMEOUT,
@@ -821,10 +832,16 @@ async fn check_target(load: &Load) -> Result<(), String> {
             .connect(Transport::Udp, PROBE_IP, which)
             .await
             .map_err(|e| format!("UDP client: {e}"))?;
-        client
-            .allocate(None)
-            .await
-            .map_err(|e| format!("allocate as {credentials:?}: {e}"))?;
+        client.allocate(None).await.map_err(|e| {
+            let hint = match credentials {
+                Credentials::Rest { .. } if e.code() == Some(401) => {
+                    " (is --secret right, and the server's auth.max-rest-ttl at least the run \
+                         and 30 minutes?)"
+                }
+                _ => "",
+            };
+            format!("allocate as {credentials:?}: {e}{hint}")
+        })?;
         let elsewhere = SocketAddr::from(([127, 0, 1, 1], 9));
         match client.create_permission(&[load.peers[0], elsewhere]).await {
             Err(e) if e.code() == Some(403) => {
