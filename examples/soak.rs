@@ -32,7 +32,7 @@ use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -130,9 +130,13 @@ const ECHO_WAIT: Duration = Duration::from_secs(3);
 /// Lifetime the long-lived and storm allocations ask for; they refresh well before.
 const HELD_LIFETIME: Duration = Duration::from_secs(120);
 
+/// Set when Ctrl-C cut the run short: it still reports, then exits 130.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
 fn main() -> ExitCode {
     let args = Args::parse();
     match run(args) {
+        Ok(_) if INTERRUPTED.load(Ordering::Relaxed) => ExitCode::from(130),
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {
@@ -760,6 +764,7 @@ async fn soak(args: &Args, target: &Target) -> Result<bool, String> {
             _ = tokio::signal::ctrl_c() => {
                 println!("soak: interrupted; stopping the load and reporting");
                 interrupted = true;
+                INTERRUPTED.store(true, Ordering::Relaxed);
                 break;
             }
         }
