@@ -793,12 +793,11 @@ async fn soak(args: &Args, target: &Target) -> Result<bool, String> {
     // Stop: the long-lived streams wait for their last echoes and delete their allocations;
     // the storm pool deletes its allocations; abandoned UDP allocations are left to expire.
     let _ = stop_tx.send(true);
-    for task in held {
-        let _ = task.await;
-    }
-    let _ = storm.await;
-    for task in tasks {
-        let _ = task.await;
+    // A load task that panicked is the soak's own bug; it must not pass for a quiet server.
+    for task in held.into_iter().chain([storm]).chain(tasks) {
+        if let Err(e) = task.await {
+            load.tally.fail(format!("a load task failed: {e}"));
+        }
     }
     let expiry = Duration::from_millis(Tally::get(&load.tally.abandoned_until_ms))
         .saturating_sub(load.began.elapsed())
