@@ -1818,6 +1818,26 @@ async fn flood(load: Arc<Load>, mut stop: watch::Receiver<bool>, per_second: u32
 // ---------------------------------------------------------------------------------------------
 // The verdict.
 
+/// The least-squares slope of the RSS over `samples` in MiB per hour, and the time they span;
+/// `None` for fewer than 3.
+fn rss_trend(samples: &[Sample]) -> Option<(f64, Duration)> {
+    if samples.len() < 3 {
+        return None;
+    }
+    let points: Vec<(f64, f64)> = samples
+        .iter()
+        .map(|s| (s.at.as_secs_f64() / 3600.0, mib(s.rss_kib)))
+        .collect();
+    let n = points.len() as f64;
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let (sxy, sxx) = points.iter().fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
+        (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
+    });
+    let span = samples.last()?.at.saturating_sub(samples.first()?.at);
+    (sxx > 0.0).then(|| (sxy / sxx, span))
+}
+
 /// Prints each check and whether it passed; true if all did.
 #[allow(clippy::too_many_arguments)]
 fn verdict(
@@ -1873,28 +1893,17 @@ fn verdict(
         end.to_peer_packets + end.to_client_packets
     );
     println!();
-    // The RSS trend from the first report on, by least squares, in MiB per hour.
-    let trend: Vec<(f64, f64)> = samples
-        .iter()
-        .map(|s| (s.at.as_secs_f64() / 3600.0, mib(s.rss_kib)))
-        .collect();
-    if trend.len() >= 3 {
-        let n = trend.len() as f64;
-        let (mx, my) = (
-            trend.iter().map(|p| p.0).sum::<f64>() / n,
-            trend.iter().map(|p| p.1).sum::<f64>() / n,
-        );
-        let (sxy, sxx) = trend.iter().fold((0.0, 0.0), |(sxy, sxx), (x, y)| {
-            (sxy + (x - mx) * (y - my), sxx + (x - mx) * (x - mx))
-        });
-        if sxx > 0.0 {
-            let span = trend.last().map_or(0.0, |p| p.0) - trend.first().map_or(0.0, |p| p.0);
+    // The RSS trend under load, over all the reports and over the second half of the run
+    // (once the tables of channels and permissions have filled, 15 minutes in, a rise there is
+    // the sign of a leak).
+    let half = samples.len() / 2;
+    for (what, reports) in [("all reports", samples), ("second half", &samples[half..])] {
+        if let Some((slope, span)) = rss_trend(reports) {
             println!(
-                "RSS trend under load: {:+.2} MiB/hour (least squares over {} reports spanning \
-                 {:.0} min)",
-                sxy / sxx,
-                trend.len(),
-                span * 60.0
+                "RSS trend under load ({what}): {slope:+.2} MiB/hour over {} reports spanning \
+                 {:.1} min",
+                reports.len(),
+                span.as_secs_f64() / 60.0
             );
         }
     }
