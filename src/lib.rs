@@ -16,11 +16,17 @@
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd.
+//! - [`client`]: a TURN client over UDP, TCP and TLS (tokio, rustls) built on [`stun`] and the
+//!   REST password helper of [`auth`] alone: long-term and REST credentials, Allocate, Refresh,
+//!   permissions, channels, ChannelData and Send/Data indications, UDP retransmission, typed
+//!   errors. It sends and receives data without allocating (over TLS, rustls allocates per
+//!   record). The soak run (`examples/soak.rs`) drives the server with it.
 //!
 //! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
 //! `credentials`, and `secret`/`user`/`revoke` for the Redis store.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod http;
 pub mod net;
