@@ -58,7 +58,7 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
-/// Counters of one worker as last published (every [`worker::PUBLISH_INTERVAL`]).
+/// Counters of one worker as last published (every 100 ms).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WorkerCounters {
     pub core: Stats,
