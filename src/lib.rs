@@ -16,12 +16,16 @@
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd.
+//! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
+//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
 //!
 //! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
 //! `credentials`, and `secret`/`user`/`revoke` for the Redis store.
 
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod net;
 pub mod notify;
