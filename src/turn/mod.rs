@@ -439,7 +439,6 @@ impl Server {
         if self.allocation(id).is_none() {
             return false;
         }
-        self.stats.allocations_deleted += 1;
         self.remove_allocation(id, EndReason::ClosedByOperator);
         true
     }
@@ -480,7 +479,6 @@ impl Server {
                 continue;
             }
             if allocation.expires <= now {
-                self.stats.allocations_expired += 1;
                 self.remove_allocation(id, EndReason::Expired);
                 continue;
             }
@@ -655,7 +653,6 @@ impl Server {
             .map(|a| a.id)
             .collect();
         for &id in &doomed {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::Revoked);
         }
         doomed.len()
@@ -700,7 +697,6 @@ impl Server {
     /// A client's stream connection closed: its allocation (if any) ends now.
     pub fn handle_connection_closed(&mut self, tuple: &FiveTuple) {
         if let Some(&id) = self.by_tuple.get(tuple) {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::ConnectionClosed);
         }
     }
@@ -1178,7 +1174,6 @@ impl Server {
             }
         }
         if lifetime.is_zero() {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::Deleted);
         } else if let Some(alloc) = self.allocation_mut(id) {
             alloc.expires = now + lifetime;
@@ -1492,6 +1487,13 @@ impl Server {
         }
         self.free_slots.push(id.index);
         if let Some(relayed) = allocation.relayed {
+            // Only an allocation that was granted (and counted as created) counts as ended: one
+            // still waiting for its lease or relay socket was never created.
+            match reason {
+                EndReason::Expired => self.stats.allocations_expired += 1,
+                EndReason::Failed => {}
+                _ => self.stats.allocations_deleted += 1,
+            }
             self.events.push_back(Event::Ended(Box::new(Ended {
                 allocation: id,
                 username: allocation.username,

@@ -1,0 +1,120 @@
+//! What the fuzzers found (`fuzz/`, see TESTING.md), reproduced over the wire against the real
+//! binary: each test fails on the release before its fix (`TURNPIKE_TEST_BIN`).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::redis::RedisServer;
+use common::stun_client::{REALM, StunClient};
+use common::{Server, TestConfig};
+use turnpike::stun::{
+    Class, Message, MessageWriter, Method, TransactionId, attr, frame_len, long_term_key,
+};
+
+/// The cluster answers a lease request within this (its Redis command timeout is 2 s) plus a
+/// margin for a busy machine.
+const LEASE_SETTLED: Duration = Duration::from_secs(4);
+
+/// Reads one STUN message from a TCP stream, within 10 s.
+fn read_message(stream: &mut TcpStream) -> Vec<u8> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("set a timeout");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 2048];
+    loop {
+        if let Ok(Some(frame)) = frame_len(&buf) {
+            return buf[..frame.stream_len()].to_vec();
+        }
+        let n = stream.read(&mut chunk).expect("an answer from the server");
+        assert!(n > 0, "the server closed the connection");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// An Allocate for alice, signed with `nonce` when given.
+fn allocate_request(tid: u8, nonce: Option<&[u8]>) -> Vec<u8> {
+    let mut buf = [0u8; 512];
+    let tid = TransactionId([tid; 12]);
+    let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).expect("room");
+    w.requested_transport(17).expect("room");
+    if let Some(nonce) = nonce {
+        w.attribute(attr::USERNAME, b"alice").expect("room");
+        w.attribute(attr::REALM, REALM.as_bytes()).expect("room");
+        w.attribute(attr::NONCE, nonce).expect("room");
+        w.message_integrity(&long_term_key("alice", REALM, "wonderland"))
+            .expect("room");
+    }
+    w.fingerprint().expect("room");
+    let n = w.finish();
+    buf[..n].to_vec()
+}
+
+/// Found by `core_authenticated` (invariant: allocations created − expired − deleted = live
+/// allocations). An Allocate still waiting for its cluster lease was counted as deleted (or
+/// expired) when it ended, although it had never been counted as created, so
+/// `turnpike_allocations_deleted_total` ran ahead of `_created_total`. Here the lease waits on
+/// a paused Redis while the client's TCP connection closes.
+#[test]
+fn an_allocation_that_never_got_its_lease_is_not_counted_as_deleted() {
+    let mut redis = RedisServer::start();
+    let server = Server::with(&TestConfig {
+        transports: vec!["tcp", "udp"],
+        extra: format!("[redis]\nurl = \"{}\"\n", redis.url()),
+        ..TestConfig::default()
+    });
+
+    let mut stream = TcpStream::connect(server.addr("tcp")).expect("connect");
+    stream
+        .write_all(&allocate_request(1, None))
+        .expect("send an unsigned Allocate");
+    let challenge = read_message(&mut stream);
+    let challenge = Message::parse(&challenge).expect("a STUN answer");
+    let nonce = challenge
+        .get(attr::NONCE)
+        .expect("a 401 with NONCE")
+        .to_vec();
+
+    redis.pause();
+    let paused_at = Instant::now();
+    stream
+        .write_all(&allocate_request(2, Some(&nonce)))
+        .expect("send the signed Allocate");
+    // Let the worker take the Allocate (and ask for the lease) before the connection closes.
+    std::thread::sleep(Duration::from_millis(300));
+    drop(stream);
+    // The lease request times out (Redis is paused) and comes back for an allocation that is
+    // gone; only then can the counters be read in their final state.
+    std::thread::sleep(LEASE_SETTLED.saturating_sub(paused_at.elapsed()));
+    redis.resume();
+
+    let stats = server.stats();
+    let (created, deleted, expired) = (
+        stats.get("allocations_created"),
+        stats.get("allocations_deleted"),
+        stats.get("allocations_expired"),
+    );
+    eprintln!(
+        "after the abandoned Allocate: created {created}, deleted {deleted}, expired {expired}"
+    );
+    assert_eq!(
+        (created, deleted, expired),
+        (0, 0, 0),
+        "an allocation that was never created was counted as ended"
+    );
+
+    // With Redis back, a granted allocation is counted once each way.
+    let mut client = StunClient::udp(server.addr("udp"), "127.0.0.1:0", "alice", "wonderland");
+    let relayed: SocketAddr = client.allocate().expect("an allocation once Redis is back");
+    assert_eq!(client.refresh(0), None, "delete {relayed}");
+    let stats = server.stats();
+    let (created, deleted) = (
+        stats.get("allocations_created"),
+        stats.get("allocations_deleted"),
+    );
+    eprintln!("after one allocation and its deletion: created {created}, deleted {deleted}");
+    assert_eq!((created, deleted), (1, 1));
+}
