@@ -35,12 +35,17 @@ fn read_message(stream: &mut TcpStream) -> Vec<u8> {
     }
 }
 
-/// An Allocate for alice, signed with `nonce` when given.
-fn allocate_request(tid: u8, nonce: Option<&[u8]>) -> Vec<u8> {
+/// A request from alice: `attributes`, then credentials when there is a `nonce`.
+fn request(
+    method: Method,
+    tid: u8,
+    nonce: Option<&[u8]>,
+    attributes: &dyn Fn(&mut MessageWriter<'_>),
+) -> Vec<u8> {
     let mut buf = [0u8; 512];
     let tid = TransactionId([tid; 12]);
-    let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, tid).expect("room");
-    w.requested_transport(17).expect("room");
+    let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).expect("room");
+    attributes(&mut w);
     if let Some(nonce) = nonce {
         w.attribute(attr::USERNAME, b"alice").expect("room");
         w.attribute(attr::REALM, REALM.as_bytes()).expect("room");
@@ -53,20 +58,21 @@ fn allocate_request(tid: u8, nonce: Option<&[u8]>) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// Found by `core_authenticated` (invariant: allocations created − expired − deleted = live
-/// allocations). An Allocate still waiting for its cluster lease was counted as deleted (or
-/// expired) when it ended, although it had never been counted as created, so
-/// `turnpike_allocations_deleted_total` ran ahead of `_created_total`. Here the lease waits on
-/// a paused Redis while the client's TCP connection closes.
-#[test]
-fn an_allocation_that_never_got_its_lease_is_not_counted_as_deleted() {
-    let mut redis = RedisServer::start();
+/// An Allocate for a UDP relay from alice, signed with `nonce` when given.
+fn allocate_request(tid: u8, nonce: Option<&[u8]>) -> Vec<u8> {
+    request(Method::ALLOCATE, tid, nonce, &|w| {
+        w.requested_transport(17).expect("room");
+    })
+}
+
+/// A server with `[redis]` (so each Allocate waits for a cluster lease) on TCP and UDP, and a
+/// TCP connection to it holding a nonce.
+fn server_with_leases(redis: &RedisServer) -> (Server, TcpStream, Vec<u8>) {
     let server = Server::with(&TestConfig {
         transports: vec!["tcp", "udp"],
         extra: format!("[redis]\nurl = \"{}\"\n", redis.url()),
         ..TestConfig::default()
     });
-
     let mut stream = TcpStream::connect(server.addr("tcp")).expect("connect");
     stream
         .write_all(&allocate_request(1, None))
@@ -77,6 +83,18 @@ fn an_allocation_that_never_got_its_lease_is_not_counted_as_deleted() {
         .get(attr::NONCE)
         .expect("a 401 with NONCE")
         .to_vec();
+    (server, stream, nonce)
+}
+
+/// Found by `core_authenticated` (invariant: allocations created − expired − deleted = live
+/// allocations). An Allocate still waiting for its cluster lease was counted as deleted (or
+/// expired) when it ended, although it had never been counted as created, so
+/// `turnpike_allocations_deleted_total` ran ahead of `_created_total`. Here the lease waits on
+/// a paused Redis while the client's TCP connection closes.
+#[test]
+fn an_allocation_that_never_got_its_lease_is_not_counted_as_deleted() {
+    let redis = RedisServer::start();
+    let (server, mut stream, nonce) = server_with_leases(&redis);
 
     redis.pause();
     let paused_at = Instant::now();
@@ -117,4 +135,42 @@ fn an_allocation_that_never_got_its_lease_is_not_counted_as_deleted() {
     );
     eprintln!("after one allocation and its deletion: created {created}, deleted {deleted}");
     assert_eq!((created, deleted), (1, 1));
+}
+
+/// Found by `core_authenticated` (invariant: a reply carries its request's transaction id).
+/// While an Allocate waited for its cluster lease, another request on the same 5-tuple (here a
+/// Refresh) took the Allocate's place in the retransmission cache, so the Allocate's answer went
+/// out under the Refresh's transaction id: the client could not match it, and a retransmitted
+/// Allocate would get 437.
+#[test]
+fn an_allocate_waiting_for_its_lease_is_answered_with_its_own_transaction_id() {
+    let redis = RedisServer::start();
+    let (_server, mut stream, nonce) = server_with_leases(&redis);
+
+    redis.pause();
+    let refresh = request(Method::REFRESH, 3, Some(&nonce), &|w| {
+        w.u32(attr::LIFETIME, 600).expect("room");
+    });
+    stream
+        .write_all(&allocate_request(2, Some(&nonce)))
+        .expect("send the Allocate");
+    std::thread::sleep(Duration::from_millis(300));
+    stream.write_all(&refresh).expect("send the Refresh");
+    // Both are answered once the lease request has timed out (and the node counts locally).
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let answer = read_message(&mut stream);
+        let msg = Message::parse(&answer).expect("a STUN answer");
+        answers.push((msg.method(), msg.class(), msg.transaction_id().0[0]));
+    }
+    redis.resume();
+    eprintln!("answers (method, class, first byte of the transaction id): {answers:?}");
+    assert!(
+        answers.contains(&(Method::ALLOCATE, Class::Success, 2)),
+        "no Allocate success with the Allocate's transaction id: {answers:?}"
+    );
+    assert!(
+        !answers.contains(&(Method::ALLOCATE, Class::Success, 3)),
+        "an Allocate success with the Refresh's transaction id: {answers:?}"
+    );
 }

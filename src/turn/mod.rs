@@ -771,9 +771,12 @@ impl Server {
             (Class::Request, Method::BINDING) => self.handle_binding(now, tuple, msg, out),
             (Class::Request, method) => {
                 let reply = self.handle_turn_request(now, tuple, msg, out);
+                // An allocation still waiting for its lease or relay socket keeps its
+                // Allocate's transaction id in the cache: its answer goes out under that id.
                 if let Some(id) = self.by_tuple.get(tuple).copied()
                     && method != Method::ALLOCATE
                     && let Some(alloc) = self.allocation_mut(id)
+                    && alloc.relayed.is_some()
                     && let ClientAction::Reply(n) = reply
                 {
                     alloc
