@@ -118,7 +118,8 @@ deny = ["127.0.0.66/32"]
             "user-bandwidth = \"100 kbps\"\npermissions-per-allocation = 2\n",
             "channels-per-allocation = 2\n",
         ),
-        _ => "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\n",
+        // No per-source table (512 KiB to set up for every input) but in flavor 2.
+        _ => "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\nunauthenticated-rate = 0\n",
     };
     let bob = stun::long_term_key("bob", REALM, "builder");
     toml.replace("KEY_OF_BOB", &crate::auth::key_hex(&bob))
@@ -362,13 +363,27 @@ fn run(mode: Mode, data: &[u8]) {
     let flavors = flavors();
     let flavor = usize::from(input.u8().unwrap_or(0)) % flavors.len();
     let mut harness = Harness::new(mode, flavors, flavor);
+    let trace = tracing_ops();
     for _ in 0..MAX_OPS {
         let Some(op) = Op::decode(&mut input) else {
             break;
         };
+        if trace {
+            eprintln!("{op:?}");
+        }
         harness.apply(&op);
     }
     harness.finish();
+    if trace {
+        eprintln!("flavor {flavor}, {:?}", harness.server.stats());
+    }
+}
+
+/// `TURNPIKE_FUZZ_TRACE=1` prints each operation of a core input and the core's counters at
+/// the end (to see what a corpus file or a finding does).
+fn tracing_ops() -> bool {
+    static TRACE: OnceLock<bool> = OnceLock::new();
+    *TRACE.get_or_init(|| std::env::var_os("TURNPIKE_FUZZ_TRACE").is_some_and(|v| v == "1"))
 }
 
 /// Where a relay socket the core asked for is "bound", and what is held.

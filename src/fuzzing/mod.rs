@@ -28,8 +28,11 @@ pub use codec::{stream_framing, stun_message};
 pub use config_text::config;
 pub use core::{core_authenticated, core_unauthenticated};
 
+/// A fuzz target: takes any bytes, panics when an invariant breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its `fuzz/fuzz_targets/<name>.rs` and corpus directory.
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("stun_message", stun_message),
     ("stream_framing", stream_framing),
     ("config", config),
