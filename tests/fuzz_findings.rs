@@ -5,6 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
@@ -172,5 +173,131 @@ fn an_allocate_waiting_for_its_lease_is_answered_with_its_own_transaction_id() {
     assert!(
         !answers.contains(&(Method::ALLOCATE, Class::Success, 3)),
         "an Allocate success with the Refresh's transaction id: {answers:?}"
+    );
+}
+
+/// A duration past every clock: `Instant + Duration` overflows.
+const TOO_LONG: &str = "300000000000y";
+
+/// A configuration with `top` before the tables and `tables` after them (TOML tables may be
+/// given once, so each case brings its own).
+fn config_text(top: &str, relay: &str, tables: &str) -> String {
+    format!(
+        "realm = \"turnpike.test\"\nworkers = 1\n{top}\n\
+         [[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:0\"\n\n\
+         [relay]\naddress = \"127.0.0.1\"\nports = \"45100-45199\"\n{relay}\n\
+         [[auth.users]]\nname = \"alice\"\npassword = \"wonderland\"\n\n\
+         [peers]\nallow = [\"127.0.0.1/32\"]\n\n{tables}\n"
+    )
+}
+
+/// Runs the binary under test with `args` and the configuration `toml`; exit status (`None`
+/// if it still ran after 20 s, then killed) and what it printed.
+fn run_with_config(args: &[&str], toml: &str) -> (Option<std::process::ExitStatus>, String) {
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let config = dir.path().join("turnpike.toml");
+    std::fs::write(&config, toml).expect("write the configuration");
+    let log = dir.path().join("output.log");
+    let (stdout, stderr) = common::output_file(&log);
+    let mut child = Command::new(common::turnpike_binary())
+        .args(args)
+        .arg("-c")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn turnpike");
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    (status, std::fs::read_to_string(&log).unwrap_or_default())
+}
+
+/// Found by `config` (invariant: a configuration that validates runs the core). Durations had
+/// no upper bound: with `relay.default-lifetime` (and `max-lifetime`) of 300,000,000,000
+/// years, `check-config` said ok and `serve` started, and the first Allocate overflowed
+/// `Instant + Duration`, killing the worker thread: every client the kernel hashes to its
+/// socket went unanswered from then on. Now every duration key is refused above 365 days,
+/// naming the key.
+#[test]
+fn a_duration_the_clock_cannot_hold_is_refused() {
+    let lifetimes = format!("default-lifetime = \"{TOO_LONG}\"\nmax-lifetime = \"{TOO_LONG}\"");
+    let (status, printed) = run_with_config(&["serve"], &config_text("", &lifetimes, ""));
+    eprintln!("serve with relay lifetimes of {TOO_LONG}: {status:?}; printed: {printed}");
+    let status = status.expect("turnpike kept running with that configuration");
+    assert!(!status.success(), "exit {status}");
+    assert!(
+        printed.contains("relay.default-lifetime") && printed.contains("longer than"),
+        "the error should name the key and the problem: {printed}"
+    );
+
+    let redis = "[redis]\nurl = \"redis://127.0.0.1:1/0\"";
+    let cases = [
+        (
+            "relay.max-lifetime",
+            config_text("", &format!("max-lifetime = \"{TOO_LONG}\""), ""),
+        ),
+        (
+            "drain-timeout",
+            config_text(&format!("drain-timeout = \"{TOO_LONG}\""), "", ""),
+        ),
+        (
+            "auth.nonce-lifetime",
+            config_text("", "", &format!("[auth]\nnonce-lifetime = \"{TOO_LONG}\"")),
+        ),
+        (
+            "limits.stream-idle-timeout",
+            config_text(
+                "",
+                "",
+                &format!("[limits]\nstream-idle-timeout = \"{TOO_LONG}\""),
+            ),
+        ),
+        (
+            "redis.stale-for",
+            config_text("", "", &format!("{redis}\nstale-for = \"{TOO_LONG}\"")),
+        ),
+        (
+            "redis.lease-time",
+            config_text("", "", &format!("{redis}\nlease-time = \"{TOO_LONG}\"")),
+        ),
+        (
+            "relay.max-lifetime",
+            config_text("", "max-lifetime = \"366d\"", ""),
+        ),
+    ];
+    for (key, toml) in cases {
+        let (status, printed) = run_with_config(&["check-config"], &toml);
+        eprintln!(
+            "check-config, {key}: {status:?}; printed: {}",
+            printed.trim()
+        );
+        let status = status.expect("check-config returns");
+        assert!(
+            !status.success(),
+            "{key}: exit {status}; printed: {printed}"
+        );
+        assert!(
+            printed.contains(key) && printed.contains("longer than"),
+            "{key}: the error should name the key and the problem: {printed}"
+        );
+    }
+
+    let longest = "365d";
+    let toml = config_text(
+        &format!("drain-timeout = \"{longest}\""),
+        &format!("default-lifetime = \"{longest}\"\nmax-lifetime = \"{longest}\""),
+        &format!(
+            "[auth]\nnonce-lifetime = \"{longest}\"\n\n[limits]\nstream-idle-timeout = \"{longest}\"\n\n\
+             {redis}\nstale-for = \"{longest}\"\nlease-time = \"{longest}\""
+        ),
+    );
+    let (status, printed) = run_with_config(&["check-config"], &toml);
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "every duration at {longest}: {status:?}; printed: {printed}"
     );
 }
