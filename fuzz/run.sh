@@ -26,6 +26,10 @@ fi
 timeout_s="${FUZZ_TIMEOUT:-1}"
 rss_mb="${FUZZ_RSS_MB:-512}"
 
+# AddressSanitizer keeps up to 256 MB of freed memory in quarantine by default, which would
+# count against -rss_limit_mb; 32 MB keeps the peak RSS about the target's own memory.
+export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
+
 cd "$here"
 cargo +nightly fuzz build || exit 1
 
