@@ -33,13 +33,13 @@ export ASAN_OPTIONS="${ASAN_OPTIONS:-quarantine_size_mb=32}"
 cd "$here"
 cargo +nightly fuzz build || exit 1
 
-# Longest input per target: a whole STUN message or TCP stream window, a configuration file,
-# a sequence of operations.
+# Longest input per target: a whole STUN message, a TCP stream window, a configuration file,
+# operations (room for one datagram of the largest size and a few more).
 max_len() {
     case "$1" in
         stun_message) echo 65556 ;;
-        stream_framing) echo 70000 ;;
-        *) echo 16384 ;;
+        config) echo 16384 ;;
+        *) echo 70000 ;;
     esac
 }
 
