@@ -426,6 +426,9 @@ pub(crate) struct Harness {
     /// The last reply per tuple and transaction id, to recognise a retransmitted answer.
     last_replies: HashMap<(usize, [u8; 12]), Vec<u8>>,
     stats: Stats,
+    /// When the I/O layer's timer would wake: re-read when `take_new_deadline` says so and
+    /// after `handle_timeout`.
+    timer: Option<Instant>,
     counter: u32,
 }
 
@@ -495,6 +498,7 @@ impl Harness {
             users,
             last_replies: HashMap::new(),
             stats: Stats::default(),
+            timer: None,
             counter: 0,
             config,
         }
@@ -970,6 +974,7 @@ impl Harness {
         }
         self.server.handle_timeout(self.now);
         self.drain_events();
+        self.timer = self.server.poll_timeout();
         let now = self.now;
         for a in self.server.allocations() {
             assert!(a.expires > now, "allocation {} outlived its lifetime", a.id);
@@ -1245,6 +1250,17 @@ impl Harness {
             .max()
             .unwrap_or(0) as usize;
         let deadline = self.server.poll_timeout();
+        if self.server.take_new_deadline() {
+            self.timer = deadline;
+        }
+        if let Some(deadline) = deadline {
+            assert!(
+                self.timer.is_some_and(|timer| timer <= deadline),
+                "the core must wake at {:?}, but the I/O layer was last told {:?}",
+                deadline - epoch(),
+                self.timer.map(|t| t - epoch())
+            );
+        }
         let mut relayed = 0;
         for a in self.server.allocations() {
             assert_eq!(
