@@ -77,6 +77,13 @@ pids+=($!)
 turnutils_peer -L 127.0.0.1 -p $((base + 3)) > "$work/peer.log" 2>&1 &
 pids+=($!)
 sleep 2
+for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+        echo "seeds.sh: a helper exited (port $base..$((base + 3)) taken?); run again" >&2
+        cat "$work"/*.log >&2
+        exit 1
+    fi
+done
 
 uclient() {
     # 5 messages of 120 bytes from one client; a failed run is not fatal: only the traffic
