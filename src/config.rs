@@ -21,6 +21,10 @@ const MAX_TEXT_ATTRIBUTE_BYTES: usize = 763;
 const MAX_USER_NAME_BYTES: usize = 508;
 const MAX_WORKERS: usize = 1024;
 const MIN_DURATION: Duration = Duration::from_secs(1);
+/// Longest accepted duration, for every key: far past any sensible setting, and short enough
+/// that adding it to the clock cannot overflow (a lifetime of 300,000,000,000 years did, and
+/// killed a worker thread on the first Allocate).
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 const DEFAULT_REALM: &str = "turnpike.local";
 const DEFAULT_SOFTWARE: &str = "turnpike";
@@ -816,6 +820,7 @@ impl RawRedis {
         let stale_for = self.stale_for.map_or(Duration::from_secs(300), |d| d.0);
         check_duration("redis.stale-for", stale_for)?;
         let lease_time = self.lease_time.map_or(Duration::from_secs(30), |d| d.0);
+        check_duration("redis.lease-time", lease_time)?;
         if lease_time < Duration::from_secs(3) {
             return Err(ConfigError::invalid(
                 "redis.lease-time",
@@ -1269,6 +1274,15 @@ fn check_duration(key: &str, duration: Duration) -> Result<(), ConfigError> {
             key,
             format!(
                 "{} is shorter than the minimum of 1s",
+                humantime::format_duration(duration)
+            ),
+        ));
+    }
+    if duration > MAX_DURATION {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{} is longer than the maximum of 365 days",
                 humantime::format_duration(duration)
             ),
         ));
@@ -1993,6 +2007,45 @@ mod tests {
             )
             .is_ok()
         );
+    }
+
+    /// Every duration key has a ceiling the clock can hold (found by the config fuzz target:
+    /// a lifetime of 300,000,000,000 years validated, then overflowed `Instant + Duration`).
+    #[test]
+    fn durations_have_a_ceiling() {
+        let redis = "[redis]\nurl = \"redis://127.0.0.1:6379/0\"\n";
+        for (text, key) in [
+            ("drain-timeout = \"366d\"".to_owned(), "drain-timeout"),
+            (
+                "[relay]\ndefault-lifetime = \"300000000000y\"\nmax-lifetime = \"300000000000y\""
+                    .to_owned(),
+                "relay.default-lifetime",
+            ),
+            (
+                "[relay]\nmax-lifetime = \"2y\"".to_owned(),
+                "relay.max-lifetime",
+            ),
+            (
+                "[auth]\nnonce-lifetime = \"366d\"".to_owned(),
+                "auth.nonce-lifetime",
+            ),
+            (
+                "[limits]\nstream-idle-timeout = \"366d\"".to_owned(),
+                "limits.stream-idle-timeout",
+            ),
+            (format!("{redis}stale-for = \"366d\""), "redis.stale-for"),
+            (format!("{redis}lease-time = \"366d\""), "redis.lease-time"),
+        ] {
+            assert_refused(&text, key, "longer than the maximum of 365 days");
+        }
+        let config = Config::from_toml(&format!(
+            "drain-timeout = \"365d\"\n[relay]\ndefault-lifetime = \"365d\"\n\
+             max-lifetime = \"365d\"\n[auth]\nnonce-lifetime = \"365d\"\n\
+             [limits]\nstream-idle-timeout = \"365d\"\n{redis}stale-for = \"365d\"\n\
+             lease-time = \"365d\""
+        ))
+        .expect("365 days is accepted everywhere");
+        assert_eq!(config.relay.max_lifetime, MAX_DURATION);
     }
 
     #[test]

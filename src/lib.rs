@@ -21,6 +21,8 @@
 //!   permissions, channels, ChannelData and Send/Data indications, UDP retransmission, typed
 //!   errors. It sends and receives data without allocating (over TLS, rustls allocates per
 //!   record). The soak run (`examples/soak.rs`) drives the server with it.
+//! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
+//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
 //!
 //! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
 //! `credentials`, and `secret`/`user`/`revoke` for the Redis store.
@@ -28,6 +30,8 @@
 pub mod auth;
 pub mod client;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod net;
 pub mod notify;

@@ -198,8 +198,8 @@ impl std::fmt::Debug for Reconfiguration {
     }
 }
 
-/// The core's settings from the configuration.
-fn core_config(
+/// The core's settings from the configuration (also how [`crate::fuzzing`] builds its core).
+pub(crate) fn core_config(
     config: &Config,
     relay_v4: Option<Ipv4Addr>,
     epoch: Instant,
@@ -228,7 +228,7 @@ fn core_config(
 }
 
 /// The peer policy: `[peers]`, plus this server's own sockets, which are never peers.
-fn peer_policy(
+pub(crate) fn peer_policy(
     config: &Config,
     listeners: &[BoundListener],
     own: &[SocketAddr],

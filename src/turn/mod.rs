@@ -503,7 +503,6 @@ impl Server {
         if self.allocation(id).is_none() {
             return false;
         }
-        self.stats.allocations_deleted += 1;
         self.remove_allocation(id, EndReason::ClosedByOperator);
         true
     }
@@ -544,7 +543,6 @@ impl Server {
                 continue;
             }
             if allocation.expires <= now {
-                self.stats.allocations_expired += 1;
                 self.remove_allocation(id, EndReason::Expired);
                 continue;
             }
@@ -724,7 +722,6 @@ impl Server {
             .map(|a| a.id)
             .collect();
         for &id in &doomed {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::Revoked);
         }
         doomed.len()
@@ -769,7 +766,6 @@ impl Server {
     /// A client's stream connection closed: its allocation (if any) ends now.
     pub fn handle_connection_closed(&mut self, tuple: &FiveTuple) {
         if let Some(&id) = self.by_tuple.get(tuple) {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::ConnectionClosed);
         }
     }
@@ -844,9 +840,12 @@ impl Server {
             (Class::Request, Method::BINDING) => self.handle_binding(now, tuple, msg, out),
             (Class::Request, method) => {
                 let reply = self.handle_turn_request(now, tuple, msg, out);
+                // An allocation still waiting for its lease or relay socket keeps its
+                // Allocate's transaction id in the cache: its answer goes out under that id.
                 if let Some(id) = self.by_tuple.get(tuple).copied()
                     && method != Method::ALLOCATE
                     && let Some(alloc) = self.allocation_mut(id)
+                    && alloc.relayed.is_some()
                     && let ClientAction::Reply(n) = reply
                 {
                     alloc
@@ -1262,7 +1261,6 @@ impl Server {
             }
         }
         if lifetime.is_zero() {
-            self.stats.allocations_deleted += 1;
             self.remove_allocation(id, EndReason::Deleted);
         } else if let Some(alloc) = self.allocation_mut(id) {
             alloc.expires = now + lifetime;
@@ -1575,6 +1573,13 @@ impl Server {
         }
         self.free_slots.push(id.index);
         if let Some(relayed) = allocation.relayed {
+            // Only an allocation that was granted (and counted as created) counts as ended: one
+            // still waiting for its lease or relay socket was never created.
+            match reason {
+                EndReason::Expired => self.stats.allocations_expired += 1,
+                EndReason::Failed => {}
+                _ => self.stats.allocations_deleted += 1,
+            }
             self.events.push_back(Event::Ended(Box::new(Ended {
                 allocation: id,
                 username: allocation.username,

@@ -106,6 +106,31 @@ impl RedisServer {
         }
     }
 
+    /// Stops Redis in its tracks (SIGSTOP): connections stay open and commands go unanswered,
+    /// as with a Redis that hangs, until [`RedisServer::resume`].
+    pub fn pause(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Lets a paused Redis go on (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let child = self.child.as_ref().expect("Redis is running");
+        let pid = libc::pid_t::try_from(child.id()).expect("a pid fits pid_t");
+        // SAFETY: kill(2) with a valid signal has no memory-safety preconditions; the child is
+        // not reaped before `kill` or drop, so the pid is still ours.
+        let sent = unsafe { libc::kill(pid, signal) };
+        assert_eq!(
+            sent,
+            0,
+            "kill({pid}, {signal}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
     /// Starts Redis again on the same port, empty (nothing is persisted). Retries for a few
     /// seconds should the port be briefly unavailable.
     pub fn restart(&mut self) {
