@@ -165,7 +165,7 @@ pub enum Op<'a> {
         flags: u8,
         attributes: &'a [u8],
     },
-    /// A datagram from a peer (chosen by `peer`, see [`Harness::peer_address`]) to the relay
+    /// A datagram from a peer (chosen by `peer`, see `Harness::peer_address`) to the relay
     /// socket of one of the allocations.
     Peer {
         allocation: u8,
@@ -345,7 +345,7 @@ pub(crate) enum Mode {
     Authenticated,
 }
 
-/// Input: a flavor byte (configuration [`flavor_toml`]), then [`Op`]s. Messages carry no
+/// Input: a flavor byte (configuration `flavor_toml`), then [`Op`]s. Messages carry no
 /// credentials the fuzzer did not write itself.
 pub fn core_unauthenticated(data: &[u8]) {
     run(Mode::Unauthenticated, data);
