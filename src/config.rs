@@ -1308,9 +1308,9 @@ impl RawAuth {
             return Err(ConfigError::invalid(
                 "auth.max-rest-ttl",
                 format!(
-                    "{} is longer than the maximum of {}",
+                    "{} is longer than the maximum of {} days",
                     humantime::format_duration(max_rest_ttl),
-                    humantime::format_duration(MAX_MAX_REST_TTL)
+                    MAX_MAX_REST_TTL.as_secs() / 86_400
                 ),
             ));
         }
@@ -2067,8 +2067,9 @@ mod tests {
         );
         for (value, needle) in [
             ("0s", "minimum of 1s"),
-            ("100y", "longer than the maximum of 30days"),
-            ("31d", "longer than the maximum of 30days"),
+            ("100y", "longer than the maximum of 365 days"),
+            ("364d", "longer than the maximum of 30 days"),
+            ("31d", "longer than the maximum of 30 days"),
             ("forever", "invalid duration"),
             ("", "invalid duration"),
         ] {
