@@ -18,8 +18,8 @@ use crate::stun::{
 use crate::turn::{
     AllocationId, AllocationLedger, Alternate, CHANNEL_COOLDOWN, ClientAction, Event, Family,
     FiveTuple, HostAddresses, NodeLimits, Nonces, PEER_HEADROOM, PEER_TAILROOM, PeerAction,
-    PeerPolicy, PortRequest, RelayOpenError, ReservationToken, Server, SourceLimiter, Stats,
-    policy::canonical_ip,
+    PeerPolicy, PortRequest, ReflectionBudget, RelayOpenError, ReservationToken, Server,
+    SourceLimiter, Stats, policy::canonical_ip,
 };
 
 use super::{Input, push_chunk};
@@ -450,7 +450,7 @@ impl Harness {
         let nonces = Nonces::new(NONCE_KEY, epoch, config.auth.nonce_lifetime);
         let node = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
-            sources: SourceLimiter::new(config.limits.unauthenticated_rate),
+            sources: SourceLimiter::new(ReflectionBudget::from_limits(&config.limits)),
             cluster: Default::default(),
             draining: Default::default(),
         });
@@ -1467,6 +1467,7 @@ fn counters(stats: &Stats) -> Vec<u64> {
         stats.dropped_policy,
         stats.dropped_bandwidth,
         stats.rate_limited,
+        stats.rate_limited_node,
         stats.quota_rejected,
         stats.capacity_rejected,
     ];
