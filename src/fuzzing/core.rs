@@ -113,13 +113,17 @@ deny = ["127.0.0.66/32"]
     toml += match flavor {
         1 => "\n[redis]\nurl = \"redis://127.0.0.1:1/0\"\n",
         2 => concat!(
-            "\n[limits]\nunauthenticated-rate = 5\nuser-allocations = 1\n",
+            "\n[limits]\nunauthenticated-rate = 5\nunauthenticated-burst = 6\n",
+            "unauthenticated-node-rate = 8\nuser-allocations = 1\n",
             "total-allocations = 3\nallocation-bandwidth = \"64 kbps\"\n",
             "user-bandwidth = \"100 kbps\"\npermissions-per-allocation = 2\n",
             "channels-per-allocation = 2\n",
         ),
-        // No per-source table (512 KiB to set up for every input) but in flavor 2.
-        _ => "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\nunauthenticated-rate = 0\n",
+        // No reflection budget, so no table of sources (768 KiB to set up on first use).
+        _ => concat!(
+            "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\n",
+            "unauthenticated-rate = 0\nunauthenticated-node-rate = 0\n",
+        ),
     };
     let bob = stun::long_term_key("bob", REALM, "builder");
     toml.replace("KEY_OF_BOB", &crate::auth::key_hex(&bob))

@@ -155,18 +155,46 @@ pub enum Verdict {
 ///
 /// Cells are a fixed table indexed by a keyed hash of the source, so memory is bounded
 /// whatever the number of sources, and an attacker cannot aim at a victim's cell without
-/// knowing the per-process key. The parameters are atomics: a reload changes them in place.
+/// knowing the per-process key. The table is made the first time a limit needs it (never
+/// while both rates are 0). The parameters are atomics: a reload changes them in place.
 pub struct SourceLimiter {
-    /// Theoretical arrival time (ns since the epoch) of the next answer, per cell.
-    cells: Box<[AtomicU64]>,
-    /// Until when (seconds since the epoch, exclusive) each cell's source is proven; 0 = never.
-    proven: Box<[AtomicU32]>,
+    table: std::sync::OnceLock<SourceTable>,
     hasher: foldhash::fast::SeedableRandomState,
     /// The node-wide bucket for unproven sources.
     node: AtomicU64,
     /// `source_rate` in the high half, `source_burst` in the low half: read together.
     source: AtomicU64,
     node_rate: AtomicU32,
+}
+
+/// The cells of [`SourceLimiter`].
+struct SourceTable {
+    /// Theoretical arrival time (ns since the epoch) of the next answer, per cell.
+    cells: Box<[AtomicU64]>,
+    /// Until when (seconds since the epoch, exclusive) each cell's source is proven; 0 = never.
+    proven: Box<[AtomicU32]>,
+}
+
+impl SourceTable {
+    fn new() -> Self {
+        SourceTable {
+            cells: (0..SOURCE_CELLS).map(|_| AtomicU64::new(0)).collect(),
+            proven: (0..SOURCE_CELLS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+
+    fn is_proven(&self, cell: usize, now_ns: u64) -> bool {
+        seconds(now_ns) < self.proven[cell].load(Ordering::Relaxed)
+    }
+
+    fn give_back(&self, cell: usize, budget: ReflectionBudget, now_ns: u64) {
+        if budget.source_rate > 0 {
+            let interval = interval(budget.source_rate);
+            let _ = self.cells[cell].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                give_back(tat, now_ns, interval)
+            });
+        }
+    }
 }
 
 /// Nanoseconds between answers at `rate` per second (not 0); at least 1, so rates beyond
@@ -203,8 +231,7 @@ impl SourceLimiter {
 
     fn with_hasher(budget: ReflectionBudget, hasher: foldhash::fast::SeedableRandomState) -> Self {
         let limiter = SourceLimiter {
-            cells: (0..SOURCE_CELLS).map(|_| AtomicU64::new(0)).collect(),
-            proven: (0..SOURCE_CELLS).map(|_| AtomicU32::new(0)).collect(),
+            table: std::sync::OnceLock::new(),
             hasher,
             node: AtomicU64::new(0),
             source: AtomicU64::new(0),
@@ -235,22 +262,31 @@ impl SourceLimiter {
         (self.hasher.hash_one(reflection_source(source)) as usize) % SOURCE_CELLS
     }
 
+    /// The table, made now if this is its first use.
+    fn table(&self) -> &SourceTable {
+        self.table.get_or_init(SourceTable::new)
+    }
+
     /// May a request without valid credentials from `source` be answered at `now_ns`
     /// (nanoseconds since the epoch the workers share)? Charges the answer when it may.
     pub fn allow(&self, source: IpAddr, now_ns: u64) -> Verdict {
         let budget = self.budget();
+        if budget.source_rate == 0 && budget.node_rate == 0 {
+            return Verdict::Answer;
+        }
+        let table = self.table();
         let cell = self.cell(source);
         if budget.source_rate > 0 {
             let interval = interval(budget.source_rate);
             let charged =
-                self.cells[cell].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
+                table.cells[cell].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                     charge(tat, now_ns, interval, budget.source_burst)
                 });
             if charged.is_err() {
                 return Verdict::SourceOverBudget;
             }
         }
-        if budget.node_rate > 0 && !self.is_proven(cell, now_ns) {
+        if budget.node_rate > 0 && !table.is_proven(cell, now_ns) {
             let burst = budget.node_rate.max(budget.source_burst);
             let interval = interval(budget.node_rate);
             let charged = self
@@ -259,8 +295,8 @@ impl SourceLimiter {
                     charge(tat, now_ns, interval, burst)
                 });
             if charged.is_err() {
-                // Not answered: the source keeps what it was charged for.
-                self.give_back(cell, budget, now_ns);
+                // Not answered: the source gets back what it was charged.
+                table.give_back(cell, budget, now_ns);
                 return Verdict::NodeOverBudget;
             }
         }
@@ -268,34 +304,27 @@ impl SourceLimiter {
     }
 
     /// A request from `source` authenticated at `now_ns`: gives one answer back to its bucket
-    /// and counts it as proven for [`PROVEN_FOR_SECS`].
+    /// and counts it as proven for [`PROVEN_FOR_SECS`]. Nothing to do while both rates are 0.
     pub fn prove(&self, source: IpAddr, now_ns: u64) {
         let budget = self.budget();
+        if budget.source_rate == 0 && budget.node_rate == 0 {
+            return;
+        }
+        let table = self.table();
         let cell = self.cell(source);
-        self.give_back(cell, budget, now_ns);
+        table.give_back(cell, budget, now_ns);
         let until = seconds(now_ns).saturating_add(PROVEN_FOR_SECS);
         // Most proofs come from sources proven a moment ago: only a later deadline is written.
-        if self.proven[cell].load(Ordering::Relaxed) < until {
-            self.proven[cell].fetch_max(until, Ordering::Relaxed);
+        if table.proven[cell].load(Ordering::Relaxed) < until {
+            table.proven[cell].fetch_max(until, Ordering::Relaxed);
         }
     }
 
     /// Whether `source` has proven itself recently (see [`SourceLimiter::prove`]).
     pub fn is_proven_source(&self, source: IpAddr, now_ns: u64) -> bool {
-        self.is_proven(self.cell(source), now_ns)
-    }
-
-    fn is_proven(&self, cell: usize, now_ns: u64) -> bool {
-        seconds(now_ns) < self.proven[cell].load(Ordering::Relaxed)
-    }
-
-    fn give_back(&self, cell: usize, budget: ReflectionBudget, now_ns: u64) {
-        if budget.source_rate > 0 {
-            let interval = interval(budget.source_rate);
-            let _ = self.cells[cell].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
-                give_back(tat, now_ns, interval)
-            });
-        }
+        self.table
+            .get()
+            .is_some_and(|table| table.is_proven(self.cell(source), now_ns))
     }
 }
 
