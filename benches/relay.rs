@@ -13,7 +13,8 @@ use turnpike::config::{Config, Transport, User, UserCredential};
 use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key};
 use turnpike::turn::{
     AllocationId, AllocationLedger, ClientAction, CoreConfig, Event, FiveTuple, NodeLimits, Nonces,
-    PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Quota, Server, SourceLimiter,
+    PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Quota, ReflectionBudget, Server,
+    SourceLimiter,
 };
 
 const REALM: &str = "bench";
@@ -47,7 +48,7 @@ fn core(now: Instant) -> Server {
     let nonces = Nonces::new([1; 32], now, Duration::from_secs(600));
     let node = Arc::new(NodeLimits {
         ledger: AllocationLedger::new(),
-        sources: SourceLimiter::new(0),
+        sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
         cluster: Default::default(),
         draining: Default::default(),
     });

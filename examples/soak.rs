@@ -19,7 +19,8 @@
 //!   permissions and channels each time (permission and channel churn);
 //! - hostile traffic: malformed and oversized datagrams, garbage on TCP and TLS, half-open
 //!   TCP connections and stalled TLS handshakes, and a flood of unauthenticated Allocates from
-//!   one address (the server must answer no more than its `unauthenticated-rate` allows).
+//!   one address (the server must answer no more than its `unauthenticated-burst` and
+//!   `unauthenticated-rate` allow).
 //!
 //! At the end it stops the load, deletes what it holds, waits for the abandoned allocations to
 //! expire, and exits non-zero if the server's RSS or descriptors grew beyond the thresholds,
@@ -81,9 +82,12 @@ struct Args {
     /// Attach: a TURN REST secret of the server.
     #[arg(long, requires = "server", env = "TURNPIKE_SOAK_SECRET")]
     secret: Option<String>,
-    /// Attach: the server's `limits.unauthenticated-rate` (answers per second per IP).
+    /// Attach: the server's `limits.unauthenticated-rate` (answers per second per source).
     #[arg(long, default_value_t = 20)]
     unauthenticated_rate: u32,
+    /// Attach: the server's `limits.unauthenticated-burst` (answers a source may get at once).
+    #[arg(long, default_value_t = 2000)]
+    unauthenticated_burst: u32,
     /// Attach: the server's `limits.stream-idle-timeout`, in seconds.
     #[arg(long, default_value_t = 10)]
     stream_idle_timeout: u64,
@@ -157,6 +161,7 @@ struct Target {
     token: String,
     credentials: Vec<Credentials>,
     unauthenticated_rate: u32,
+    unauthenticated_burst: u32,
     stream_idle_timeout: Duration,
     /// The server this run started, stopped at the end.
     own: Option<OwnServer>,
@@ -251,6 +256,7 @@ fn attach(args: &Args) -> Result<Target, String> {
         token: args.token.clone().ok_or("--token missing")?,
         credentials,
         unauthenticated_rate: args.unauthenticated_rate,
+        unauthenticated_burst: args.unauthenticated_burst,
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout),
         own: None,
     })
@@ -272,6 +278,7 @@ struct ServerLog {
 }
 
 const OWN_UNAUTHENTICATED_RATE: u32 = 20;
+const OWN_UNAUTHENTICATED_BURST: u32 = 2000;
 const OWN_STREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 const OWN_DEFAULT_LIFETIME: &str = "30s";
 
@@ -339,6 +346,7 @@ allow = ["127.0.0.0/8"]
 [limits]
 user-allocations = 1000
 unauthenticated-rate = {OWN_UNAUTHENTICATED_RATE}
+unauthenticated-burst = {OWN_UNAUTHENTICATED_BURST}
 stream-idle-timeout = "{idle}s"
 
 [http]
@@ -401,6 +409,7 @@ token = "{token}"
                 Credentials::rest(&secret, "soak", rest_ttl(args)),
             ],
             unauthenticated_rate: OWN_UNAUTHENTICATED_RATE,
+            unauthenticated_burst: OWN_UNAUTHENTICATED_BURST,
             stream_idle_timeout: OWN_STREAM_IDLE_TIMEOUT,
             own: Some(own),
         })
@@ -1772,7 +1781,8 @@ async fn half_open(load: Arc<Load>, stop: watch::Receiver<bool>, slot: usize) {
 }
 
 /// Unauthenticated Allocates from 127.0.0.99 at `per_second`, answers counted: the server may
-/// answer at most its `unauthenticated-rate` a second after a burst of twice that.
+/// answer at most its `unauthenticated-burst`, then its `unauthenticated-rate` a second (the
+/// flood never authenticates, so nothing is paid back).
 async fn flood(load: Arc<Load>, mut stop: watch::Receiver<bool>, per_second: u32) {
     let socket = match UdpSocket::bind(SocketAddr::from((FLOOD_IP, 0))).await {
         Ok(socket) => socket,
@@ -2001,16 +2011,15 @@ fn verdict(
             ),
         );
     } else {
-        // The limit is a GCRA: a burst of twice the rate, then the rate; one second of slack.
-        let allowance = 2.0 * rate + rate * (flood_seconds + 1.0);
+        // The limit is a GCRA: the burst, then the rate; one second of slack.
+        let allowance = f64::from(target.unauthenticated_burst) + rate * (flood_seconds + 1.0);
         check(
             (answered as f64) <= allowance && answered > 0,
             format!(
                 "unauthenticated flood: {answered} of {flood_sent} requests answered in \
                  {flood_seconds:.0} s (allowed at most {allowance:.0} at {} a second with a \
                  burst of {})",
-                target.unauthenticated_rate,
-                2 * target.unauthenticated_rate
+                target.unauthenticated_rate, target.unauthenticated_burst
             ),
         );
     }

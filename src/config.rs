@@ -202,9 +202,16 @@ pub struct Limits {
     /// How long a TCP/TLS client without an allocation may go without a complete message
     /// (also bounds the TLS handshake).
     pub stream_idle_timeout: Duration,
-    /// Answers per second per source IP to requests without valid credentials (burst twice
-    /// that); 0 = unlimited.
+    /// Answers per second per source (IPv4 address, IPv6 /64) to requests without valid
+    /// credentials over UDP, once its burst is used; 0 = no per-source limit.
     pub unauthenticated_rate: u32,
+    /// Answers a source may get at once (its bucket); each request from it that authenticates
+    /// gives one back. At least 1.
+    pub unauthenticated_burst: u32,
+    /// Answers per second over the whole node to sources none of whose requests has
+    /// authenticated in the last 10 minutes (burst: one second, or `unauthenticated_burst`
+    /// if larger); 0 = no node-wide limit.
+    pub unauthenticated_node_rate: u32,
 }
 
 impl Default for Limits {
@@ -220,6 +227,8 @@ impl Default for Limits {
             max_tcp_connections_per_source: 256,
             stream_idle_timeout: Duration::from_secs(10),
             unauthenticated_rate: 20,
+            unauthenticated_burst: 2000,
+            unauthenticated_node_rate: 10_000,
         }
     }
 }
@@ -861,6 +870,8 @@ struct RawLimits {
     max_tcp_connections_per_source: Option<u32>,
     stream_idle_timeout: Option<Text<Duration>>,
     unauthenticated_rate: Option<u32>,
+    unauthenticated_burst: Option<u32>,
+    unauthenticated_node_rate: Option<u32>,
 }
 
 impl RawLimits {
@@ -903,6 +914,20 @@ impl RawLimits {
             unauthenticated_rate: self
                 .unauthenticated_rate
                 .unwrap_or(defaults.unauthenticated_rate),
+            unauthenticated_burst: match self.unauthenticated_burst {
+                Some(0) => {
+                    return Err(ConfigError::invalid(
+                        "limits.unauthenticated-burst",
+                        "must be at least 1 (a source could never be answered; \
+                         unauthenticated-rate = 0 lifts the limit)",
+                    ));
+                }
+                Some(n) => n,
+                None => defaults.unauthenticated_burst,
+            },
+            unauthenticated_node_rate: self
+                .unauthenticated_node_rate
+                .unwrap_or(defaults.unauthenticated_node_rate),
         })
     }
 }
@@ -1535,6 +1560,77 @@ mod tests {
     }
 
     #[test]
+    fn the_reflection_budget() {
+        let limits = |text: &str| Config::from_toml(text).unwrap().limits;
+        let defaults = Config::default().limits;
+        assert_eq!(
+            (
+                defaults.unauthenticated_rate,
+                defaults.unauthenticated_burst,
+                defaults.unauthenticated_node_rate
+            ),
+            (20, 2000, 10_000)
+        );
+        let set = limits(
+            "[limits]\nunauthenticated-rate = 5\nunauthenticated-burst = 1\n\
+             unauthenticated-node-rate = 0",
+        );
+        assert_eq!(
+            (
+                set.unauthenticated_rate,
+                set.unauthenticated_burst,
+                set.unauthenticated_node_rate
+            ),
+            (5, 1, 0)
+        );
+        // The largest values are taken (and mean: as good as unlimited).
+        let huge = limits(
+            "[limits]\nunauthenticated-rate = 4294967295\nunauthenticated-burst = 4294967295\n\
+             unauthenticated-node-rate = 4294967295",
+        );
+        assert_eq!(huge.unauthenticated_burst, u32::MAX);
+        assert_refused(
+            "[limits]\nunauthenticated-burst = 0",
+            "limits.unauthenticated-burst",
+            "at least 1",
+        );
+        for key in [
+            "unauthenticated-rate",
+            "unauthenticated-burst",
+            "unauthenticated-node-rate",
+        ] {
+            for (value, needle) in [
+                ("-1", "invalid value: integer `-1`, expected u32"),
+                (
+                    "4294967296",
+                    "invalid value: integer `4294967296`, expected u32",
+                ),
+                ("2.5", "invalid type: floating point `2.5`, expected u32"),
+                ("\"20\"", "invalid type: string \"20\", expected u32"),
+                ("true", "invalid type: boolean `true`, expected u32"),
+                ("[20]", "invalid type: sequence, expected u32"),
+                ("{}", "invalid type: map, expected u32"),
+            ] {
+                assert_refused(
+                    &format!("[limits]\n{key} = {value}"),
+                    &format!("limits.{key}"),
+                    needle,
+                );
+            }
+            assert!(
+                error(&format!("[limits]\n{key} = 5\n{key} = 6"))
+                    .to_string()
+                    .contains("duplicate key"),
+            );
+        }
+        assert_refused(
+            "[limits]\nunauthenticated-bursts = 5",
+            "limits.unauthenticated-bursts",
+            "unknown field",
+        );
+    }
+
+    #[test]
     fn redis_section() {
         let config = Config::from_toml(
             "[redis]\nurl = \"redis://:hunter2@127.0.0.1:6379/0\"\nschema = \"coturn\"\nstale-for = \"30s\"",
@@ -1818,6 +1914,8 @@ mod tests {
         assert!(config.auth.secrets.is_empty());
         assert!(config.peers.allow.is_empty());
         assert!(config.peers.deny.is_empty());
+        // The file's [limits] are the defaults it says they are.
+        assert_eq!(config.limits, Limits::default());
     }
 
     #[test]

@@ -465,6 +465,7 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         dropped_stream_full = counters.workers.dropped_stream_full,
         dropped_send_failed = counters.workers.dropped_send_failed,
         rate_limited = core.rate_limited,
+        rate_limited_node = core.rate_limited_node,
         quota_rejected = core.quota_rejected,
         capacity_rejected = core.capacity_rejected,
         tcp_connections = counters.tcp_connections,

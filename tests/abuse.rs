@@ -1,8 +1,10 @@
-//! Abuse resistance of the real binary: a flood of unauthenticated requests from one source is
-//! answered at `unauthenticated-rate` and costs no memory while a real client relays through
-//! it; idle and half-sent TCP connections (slowloris) are closed after `stream-idle-timeout`
-//! while real clients are served; and the bytes a spoofed request can make the server send
-//! (amplification) are measured.
+//! Abuse resistance of the real binary: a flood of unauthenticated requests from one source
+//! gets no more than its reflection budget (`unauthenticated-burst`, then
+//! `unauthenticated-rate`) and costs no memory while a real client relays through it; a flood
+//! spread over a thousand sources gets no more than `unauthenticated-node-rate` while a real
+//! client relays and allocates; idle and half-sent TCP connections (slowloris) are closed after
+//! `stream-idle-timeout` while real clients are served; and the bytes a spoofed request can
+//! make the server send (amplification) are measured.
 
 mod common;
 
@@ -20,9 +22,12 @@ use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr}
 /// Requests in the flood, and the most time it may take.
 const FLOOD_PACKETS: u64 = 1_000_000;
 const FLOOD_MAX: Duration = Duration::from_secs(60);
-/// The configured rate and its burst (twice the rate).
+/// The shipped reflection budget of one source: a burst of 2,000 answers, then 20 a second.
 const RATE: f64 = 20.0;
-const BURST: f64 = 40.0;
+const BURST: f64 = 2000.0;
+/// The largest answer to a request without credentials: a 401 in the realm `turnpike.test`
+/// (a Binding success is 40 bytes).
+const LARGEST_ANSWER: f64 = 76.0;
 
 fn limited_server(transports: Vec<&'static str>, limits: &str) -> Server {
     Server::with(&TestConfig {
@@ -78,8 +83,8 @@ fn kernel_drops(port: u16) -> u64 {
 }
 
 #[test]
-fn unauthenticated_flood_is_answered_at_the_configured_rate() {
-    let server = limited_server(vec!["udp"], "unauthenticated-rate = 20\n");
+fn unauthenticated_flood_gets_the_burst_then_the_rate_with_the_shipped_defaults() {
+    let server = limited_server(vec!["udp"], "");
     let udp = server.addr("udp");
     let (peer, echo_peer) = common::udp_echo_peer();
     let stats_before = server.stats();
@@ -93,14 +98,17 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
         .expect("set a timeout");
     let counting = Arc::new(AtomicBool::new(true));
     let answers = Arc::new(AtomicU64::new(0));
+    let answer_bytes = Arc::new(AtomicU64::new(0));
     let counter = {
-        let (counting, answers) = (counting.clone(), answers.clone());
+        let (counting, answers, answer_bytes) =
+            (counting.clone(), answers.clone(), answer_bytes.clone());
         thread::spawn(move || {
             let give_up = Instant::now() + FLOOD_MAX + Duration::from_secs(30);
             let mut buf = [0u8; 1500];
             while counting.load(Ordering::SeqCst) && Instant::now() < give_up {
-                if listener.recv_from(&mut buf).is_ok() {
+                if let Ok((n, _)) = listener.recv_from(&mut buf) {
                     answers.fetch_add(1, Ordering::SeqCst);
+                    answer_bytes.fetch_add(n as u64, Ordering::SeqCst);
                 }
             }
         })
@@ -108,9 +116,10 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
 
     let flooding = Arc::new(AtomicBool::new(true));
     let sent = Arc::new(AtomicU64::new(0));
+    let sent_bytes = Arc::new(AtomicU64::new(0));
     let flood_start = Instant::now();
     let flood = {
-        let (flooding, sent) = (flooding.clone(), sent.clone());
+        let (flooding, sent, sent_bytes) = (flooding.clone(), sent.clone(), sent_bytes.clone());
         thread::spawn(move || {
             // Binding and credential-less Allocate requests in turn, each with its own
             // transaction id.
@@ -130,6 +139,7 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
                 request[12..20].copy_from_slice(&i.to_be_bytes());
                 if flooder.send_to(request, udp).is_ok() {
                     sent.fetch_add(1, Ordering::Relaxed);
+                    sent_bytes.fetch_add(request.len() as u64, Ordering::Relaxed);
                 }
             }
             flooding.store(false, Ordering::SeqCst);
@@ -181,7 +191,9 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
     counter.join().expect("the counter thread");
     let window = flood_start.elapsed().as_secs_f64();
     let sent = sent.load(Ordering::SeqCst);
+    let sent_bytes = sent_bytes.load(Ordering::SeqCst);
     let answers = answers.load(Ordering::SeqCst);
+    let answer_bytes = answer_bytes.load(Ordering::SeqCst);
     let flood_secs = (flood_end - flood_start).as_secs_f64();
     let kernel_drops = kernel_drops(udp.port()) - drops_before;
     let stats_after = server.stats();
@@ -196,6 +208,12 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
         "flood: {answers} answers in a {window:.2} s window (allowance {:.0}); \
          rate_limited {rate_limited}; kernel drops {kernel_drops}",
         BURST + RATE * window
+    );
+    eprintln!(
+        "flood: {sent_bytes} bytes sent, {answer_bytes} bytes of answers ({:.4} of the flood's \
+         bytes; allowance {:.0} bytes)",
+        answer_bytes as f64 / sent_bytes.max(1) as f64,
+        (BURST + RATE * window) * LARGEST_ANSWER
     );
     eprintln!(
         "server RSS: {rss_before} KiB before, {rss_after} KiB after ({:+} KiB)",
@@ -216,6 +234,10 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
         "{answers} answers in {window:.2} s: more than {BURST} + {RATE}/s"
     );
     assert!(answers > 0, "the flooder was never answered at all");
+    assert!(
+        answer_bytes as f64 <= (BURST + RATE * window) * 1.05 * LARGEST_ANSWER,
+        "{answer_bytes} bytes of answers in {window:.2} s"
+    );
     let growth = rss_after.saturating_sub(rss_before);
     assert!(growth < 10 * 1024, "the server's RSS grew by {growth} KiB");
     // Every request that reached the server and was not answered was rate limited.
@@ -237,10 +259,10 @@ fn unauthenticated_flood_is_answered_at_the_configured_rate() {
 }
 
 #[test]
-fn the_unauthenticated_rate_is_per_source_ip_across_ports_and_workers() {
+fn the_reflection_budget_is_per_source_ip_across_ports_and_workers() {
     const SOCKETS: usize = 8;
     const REQUESTS: u64 = 200_000;
-    let server = limited_server(vec!["udp"], "unauthenticated-rate = 20\n");
+    let server = limited_server(vec!["udp"], "");
     let udp = server.addr("udp");
     // Eight ports of one IP: the kernel spreads their 4-tuples over both workers' sockets.
     let sockets: Vec<UdpSocket> = (0..SOCKETS)
@@ -291,31 +313,157 @@ fn the_unauthenticated_rate_is_per_source_ip_across_ports_and_workers() {
     );
 }
 
-/// Raises this process's open-file limit (inherited by the server it starts) to `wanted`.
-fn raise_open_files(wanted: u64) {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+#[test]
+fn a_flood_spread_over_a_thousand_sources_is_bounded_node_wide() {
+    const SOURCES: u32 = 1000;
+    // A request from each source per round, for 5 s (at most 2,000,000 requests).
+    const ROUNDS: u64 = 2000;
+    const FLOOD_FOR: Duration = Duration::from_secs(5);
+    const NODE_RATE: f64 = 500.0;
+    // The node's burst: one second of its rate, or a source's burst (2,000) if larger.
+    const NODE_BURST: f64 = 2000.0;
+    common::raise_open_files(8192);
+    let server = limited_server(vec!["udp"], "unauthenticated-node-rate = 500\n");
+    let udp = server.addr("udp");
+    let (peer, echo_peer) = common::udp_echo_peer();
+    // A client allocates before the flood: its address is proven from then on.
+    let mut client = StunClient::udp(udp, "127.0.0.2:0", "alice", "wonderland");
+    client.allocate().expect("allocate before the flood");
+    assert_eq!(client.bind(0x4000, peer), None, "ChannelBind");
+    let stats_before = server.stats();
+    let drops_before = kernel_drops(udp.port());
+
+    // 1,000 sources, 127.77.0.1 to 127.77.3.250, each well within its own budget (about 100
+    // requests a second against a burst of 2,000): only the node-wide budget can hold them.
+    let sockets: Vec<UdpSocket> = (0..SOURCES)
+        .map(|n| {
+            let socket =
+                UdpSocket::bind(format!("127.77.{}.{}:0", n / 250, n % 250 + 1)).expect("bind UDP");
+            socket.set_nonblocking(true).expect("set non-blocking");
+            socket
+        })
+        .collect();
+    let flooding = Arc::new(AtomicBool::new(true));
+    let flood_start = Instant::now();
+    let flood = {
+        let flooding = flooding.clone();
+        thread::spawn(move || {
+            let mut templates = [
+                unauthenticated(Method::BINDING, TransactionId([0; 12]), &|_| {}, false),
+                unauthenticated(
+                    Method::ALLOCATE,
+                    TransactionId([0; 12]),
+                    &requested_udp,
+                    false,
+                ),
+            ];
+            let mut buf = [0u8; 1500];
+            let (mut sent, mut answers, mut answer_bytes) = (0u64, 0u64, 0u64);
+            let mut drain = |answers: &mut u64, answer_bytes: &mut u64| {
+                for socket in &sockets {
+                    while let Ok((n, _)) = socket.recv_from(&mut buf) {
+                        *answers += 1;
+                        *answer_bytes += n as u64;
+                    }
+                }
+            };
+            for round in 0..ROUNDS {
+                if flood_start.elapsed() > FLOOD_FOR {
+                    break;
+                }
+                for (i, socket) in sockets.iter().enumerate() {
+                    let request = &mut templates[i % 2];
+                    request[12..20].copy_from_slice(&(round << 16 | i as u64).to_be_bytes());
+                    if socket.send_to(request, udp).is_ok() {
+                        sent += 1;
+                    }
+                }
+                drain(&mut answers, &mut answer_bytes);
+            }
+            flooding.store(false, Ordering::SeqCst);
+            // Answers still on their way.
+            let settle = Instant::now() + Duration::from_secs(1);
+            while Instant::now() < settle {
+                drain(&mut answers, &mut answer_bytes);
+                thread::sleep(Duration::from_millis(20));
+            }
+            (sent, answers, answer_bytes)
+        })
     };
-    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
-    unsafe {
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        if limit.rlim_cur >= wanted {
-            return;
+
+    // Meanwhile the client relays every 100 ms, refreshes, and a second client from its
+    // (proven) address allocates.
+    let mut rounds = 0u32;
+    let mut echoed = 0u32;
+    let mut second_allocated = None;
+    let mut refreshed = None;
+    let relay_until = Instant::now() + FLOOD_MAX;
+    while flooding.load(Ordering::SeqCst) && Instant::now() < relay_until {
+        rounds += 1;
+        client.send_channel_data(0x4000, &rounds.to_be_bytes());
+        let next = Instant::now() + Duration::from_millis(100);
+        while let Some(data) = client.recv_data(next) {
+            if data.len() == 4 {
+                echoed += 1;
+            }
         }
-        assert!(
-            limit.rlim_max >= wanted,
-            "RLIMIT_NOFILE hard limit {} is below the {wanted} this test needs",
-            limit.rlim_max
-        );
-        limit.rlim_cur = wanted;
-        assert_eq!(
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
-            0,
-            "setrlimit: {}",
-            std::io::Error::last_os_error()
-        );
+        if rounds == 3 {
+            let mut second = StunClient::udp(udp, "127.0.0.2:0", "alice", "wonderland");
+            second_allocated = Some((second.allocate(), flooding.load(Ordering::SeqCst)));
+            refreshed = Some((client.refresh(600), flooding.load(Ordering::SeqCst)));
+        }
     }
+    let settle = Instant::now() + Duration::from_secs(1);
+    while echoed < rounds {
+        match client.recv_data(settle) {
+            Some(data) if data.len() == 4 => echoed += 1,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    let (sent, answers, answer_bytes) = flood.join().expect("the flood thread");
+    let window = flood_start.elapsed().as_secs_f64();
+    let kernel_drops = kernel_drops(udp.port()) - drops_before;
+    let stats = server.stats();
+    let moved = |name: &str| stats.get(name) - stats_before.get(name);
+    let allowance = NODE_BURST + NODE_RATE * window;
+    eprintln!(
+        "flood from {SOURCES} sources: {sent} requests, {answers} answers ({answer_bytes} bytes) \
+         in {window:.2} s (allowance {allowance:.0}); rate_limited_node {}, rate_limited {}, \
+         kernel drops {kernel_drops}",
+        moved("rate_limited_node"),
+        moved("rate_limited"),
+    );
+    eprintln!(
+        "real client: {echoed}/{rounds} echoed (peer echoed {}); second allocation from its \
+         address: {second_allocated:?}; refresh: {refreshed:?} (result, during the flood)",
+        echo_peer.echoed()
+    );
+
+    assert!(answers > 0, "the flood was never answered");
+    assert!(
+        answers as f64 <= allowance * 1.05,
+        "{answers} answers in {window:.2} s to {SOURCES} sources: more than {NODE_BURST} + \
+         {NODE_RATE}/s"
+    );
+    assert!(answer_bytes as f64 <= allowance * 1.05 * LARGEST_ANSWER);
+    assert_eq!(moved("rate_limited"), 0, "no source used its own budget");
+    let reached = sent - answers - kernel_drops.min(sent - answers);
+    assert!(
+        moved("rate_limited_node") as f64 >= reached as f64 * 0.9,
+        "rate_limited_node moved by {}; {sent} sent, {answers} answered, {kernel_drops} \
+         dropped by the kernel",
+        moved("rate_limited_node")
+    );
+    let (second, during) = second_allocated.expect("the flood outlasted three relay rounds");
+    assert!(during, "the flood ended before the second client allocated");
+    second.expect("a client of a proven address allocates during the flood");
+    assert_eq!(refreshed, Some((None, true)), "Refresh during the flood");
+    assert!(rounds >= 10, "only {rounds} relay rounds during the flood");
+    assert!(
+        echoed * 10 >= rounds * 9,
+        "only {echoed} of {rounds} datagrams came back through the relay during the flood"
+    );
 }
 
 /// Whether the server has closed `stream` (set non-blocking): EOF or reset. Fails the test
@@ -338,7 +486,7 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[test]
 fn slowloris_connections_are_closed_after_the_stream_idle_timeout() {
-    raise_open_files(8192);
+    common::raise_open_files(8192);
     // All from 127.0.0.1: without lifting the per-source cap most would be refused at
     // accept (tests/streams.rs tests that cap); this test is about the idle timeout.
     let server = limited_server(

@@ -18,8 +18,8 @@ use crate::stun::{
 use crate::turn::{
     AllocationId, AllocationLedger, Alternate, CHANNEL_COOLDOWN, ClientAction, Event, Family,
     FiveTuple, HostAddresses, NodeLimits, Nonces, PEER_HEADROOM, PEER_TAILROOM, PeerAction,
-    PeerPolicy, PortRequest, RelayOpenError, ReservationToken, Server, SourceLimiter, Stats,
-    policy::canonical_ip,
+    PeerPolicy, PortRequest, ReflectionBudget, RelayOpenError, ReservationToken, Server,
+    SourceLimiter, Stats, policy::canonical_ip,
 };
 
 use super::{Input, push_chunk};
@@ -113,13 +113,17 @@ deny = ["127.0.0.66/32"]
     toml += match flavor {
         1 => "\n[redis]\nurl = \"redis://127.0.0.1:1/0\"\n",
         2 => concat!(
-            "\n[limits]\nunauthenticated-rate = 5\nuser-allocations = 1\n",
+            "\n[limits]\nunauthenticated-rate = 5\nunauthenticated-burst = 6\n",
+            "unauthenticated-node-rate = 8\nuser-allocations = 1\n",
             "total-allocations = 3\nallocation-bandwidth = \"64 kbps\"\n",
             "user-bandwidth = \"100 kbps\"\npermissions-per-allocation = 2\n",
             "channels-per-allocation = 2\n",
         ),
-        // No per-source table (512 KiB to set up for every input) but in flavor 2.
-        _ => "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\nunauthenticated-rate = 0\n",
+        // No reflection budget, so no table of sources (768 KiB to set up on first use).
+        _ => concat!(
+            "\n[limits]\nuser-allocations = 3\ntotal-allocations = 6\n",
+            "unauthenticated-rate = 0\nunauthenticated-node-rate = 0\n",
+        ),
     };
     let bob = stun::long_term_key("bob", REALM, "builder");
     toml.replace("KEY_OF_BOB", &crate::auth::key_hex(&bob))
@@ -450,7 +454,7 @@ impl Harness {
         let nonces = Nonces::new(NONCE_KEY, epoch, config.auth.nonce_lifetime);
         let node = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
-            sources: SourceLimiter::new(config.limits.unauthenticated_rate),
+            sources: SourceLimiter::new(ReflectionBudget::from_limits(&config.limits)),
             cluster: Default::default(),
             draining: Default::default(),
         });
@@ -1467,6 +1471,7 @@ fn counters(stats: &Stats) -> Vec<u64> {
         stats.dropped_policy,
         stats.dropped_bandwidth,
         stats.rate_limited,
+        stats.rate_limited_node,
         stats.quota_rejected,
         stats.capacity_rejected,
     ];

@@ -143,6 +143,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 ("policy", core.dropped_policy),
                 ("bandwidth", core.dropped_bandwidth),
                 ("rate_limit", core.rate_limited),
+                ("rate_limit_node", core.rate_limited_node),
                 ("malformed", core.malformed),
                 ("quota", core.quota_rejected),
                 ("capacity", core.capacity_rejected),

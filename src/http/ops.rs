@@ -159,6 +159,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             "bandwidth": core.dropped_bandwidth,
             "policy": core.dropped_policy,
             "rate_limit": core.rate_limited,
+            "rate_limit_node": core.rate_limited_node,
             "malformed": core.malformed,
             "no_permission": core.dropped_no_permission,
             "no_allocation": core.dropped_no_allocation,

@@ -21,8 +21,8 @@ use tokio::sync::watch;
 use crate::auth::{Credentials, StaticCredentials};
 use crate::config::{Config, Transport};
 use crate::turn::{
-    AllocationLedger, CoreConfig, HostAddresses, NodeLimits, Nonces, PeerPolicy, Quota, Server,
-    SourceLimiter, Stats,
+    AllocationLedger, CoreConfig, HostAddresses, NodeLimits, Nonces, PeerPolicy, Quota,
+    ReflectionBudget, Server, SourceLimiter, Stats,
 };
 
 pub use accept::AcceptBackoff;
@@ -172,8 +172,6 @@ struct ReloadContext {
     unix_at_epoch: u64,
     nonce_key: [u8; 32],
     workers: usize,
-    /// The per-source table is sized for this rate at start.
-    unauthenticated_rate: u32,
     /// The host addresses the workers were last given. Held while a new set is enumerated and
     /// sent, so the workers always get the sets in the order they were enumerated.
     host: Mutex<HostAddresses>,
@@ -500,9 +498,6 @@ impl NodeHandle {
         if workers != context.workers {
             restart.push("workers".to_owned());
         }
-        if config.limits.unauthenticated_rate != context.unauthenticated_rate {
-            restart.push("limits.unauthenticated-rate".to_owned());
-        }
         if config
             .relay
             .address
@@ -541,6 +536,9 @@ impl NodeHandle {
         self.commander.send(Command::Reconfigure(reconfiguration));
         drop(host);
         self.streams.set(&config.limits);
+        self.limits
+            .sources
+            .set(ReflectionBudget::from_limits(&config.limits));
         if let Some(tls) = tls {
             context.tls.store(Some(Arc::new(tls)));
         }
@@ -638,7 +636,7 @@ impl Node {
         let limits = &config.limits;
         let node_limits = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
-            sources: SourceLimiter::new(limits.unauthenticated_rate),
+            sources: SourceLimiter::new(ReflectionBudget::from_limits(limits)),
             cluster: Default::default(),
             draining: Default::default(),
         });
@@ -742,7 +740,6 @@ impl Node {
                 unix_at_epoch,
                 nonce_key,
                 workers,
-                unauthenticated_rate: config.limits.unauthenticated_rate,
                 host: Mutex::new(host),
             }),
         };

@@ -33,8 +33,8 @@ pub use allocation::{
 };
 pub use error::RequestError;
 pub use limits::{
-    AllocationLedger, Alternate, ByteRate, ClusterView, Quota, QuotaError, SharedByteRate,
-    SourceLimiter,
+    AllocationLedger, Alternate, ByteRate, ClusterView, Quota, QuotaError, ReflectionBudget,
+    SharedByteRate, SourceLimiter,
 };
 pub use nonce::Nonces;
 pub use policy::{HostAddresses, PeerPolicy};
@@ -253,8 +253,12 @@ pub struct Stats {
     pub dropped_no_permission: u64,
     pub dropped_policy: u64,
     pub dropped_bandwidth: u64,
-    /// Unauthenticated requests dropped by the per-source rate limit.
+    /// Requests without valid credentials over UDP left unanswered: their source had used its
+    /// reflection budget (`unauthenticated-rate`, `unauthenticated-burst`).
     pub rate_limited: u64,
+    /// The same, because the node had answered as many unproven sources as
+    /// `unauthenticated-node-rate` allows.
+    pub rate_limited_node: u64,
     /// 486 answers.
     pub quota_rejected: u64,
     /// 508 answers.
@@ -318,6 +322,7 @@ impl Stats {
         self.dropped_policy += other.dropped_policy;
         self.dropped_bandwidth += other.dropped_bandwidth;
         self.rate_limited += other.rate_limited;
+        self.rate_limited_node += other.rate_limited_node;
         self.quota_rejected += other.quota_rejected;
         self.capacity_rejected += other.capacity_rejected;
     }
@@ -1011,6 +1016,7 @@ impl Server {
             let expired =
                 alloc.rest_expiry.is_some_and(|expiry| expiry < now_unix) && !is_delete(msg);
             if !withdrawn && !expired && msg.check_integrity(&alloc.key).is_ok() {
+                self.source_proven(now, tuple);
                 return Ok(Authenticated {
                     key: alloc.key,
                     kind,
@@ -1060,6 +1066,7 @@ impl Server {
                 RequestError::Unauthorized,
             ));
         };
+        self.source_proven(now, tuple);
         if existing.is_some() {
             // Valid credentials, but not the ones this allocation was made with.
             return Err(self.reply_error(
@@ -1660,14 +1667,32 @@ impl Server {
         }
     }
 
-    /// May a request without valid credentials from `tuple` be answered now? Each answer is
-    /// charged to the source IP; beyond the rate the request is dropped and counted.
+    /// May a request without valid credentials from `tuple` be answered now? Over UDP, where
+    /// the source may be spoofed and the answer a reflection, each answer is charged to the
+    /// source's reflection budget ([`SourceLimiter`]); beyond it the request is dropped and
+    /// counted. A TCP or TLS client's address is proven by the handshake: it is always
+    /// answered (its connections are capped by `max-tcp-connections-per-source`).
     fn may_answer_unauthenticated(&mut self, now: Instant, tuple: &FiveTuple) -> bool {
-        let allowed = self.node.sources.allow(tuple.client.ip(), self.nanos(now));
-        if !allowed {
-            self.stats.rate_limited += 1;
+        if tuple.transport != Transport::Udp {
+            return true;
         }
-        allowed
+        match self.node.sources.allow(tuple.client.ip(), self.nanos(now)) {
+            limits::Verdict::Answer => true,
+            limits::Verdict::SourceOverBudget => {
+                self.stats.rate_limited += 1;
+                false
+            }
+            limits::Verdict::NodeOverBudget => {
+                self.stats.rate_limited_node += 1;
+                false
+            }
+        }
+    }
+
+    /// A request from `tuple` authenticated: its source received the nonce it carries, so the
+    /// answer that gave it was no reflection ([`SourceLimiter::prove`]).
+    fn source_proven(&self, now: Instant, tuple: &FiveTuple) {
+        self.node.sources.prove(tuple.client.ip(), self.nanos(now));
     }
 
     /// Nanoseconds since the epoch all workers share, for rate limits.

@@ -86,7 +86,7 @@ impl Harness {
     fn with(tweak: impl FnOnce(&mut CoreConfig)) -> Self {
         let node = NodeLimits {
             ledger: AllocationLedger::new(),
-            sources: SourceLimiter::new(0),
+            sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
             cluster: ClusterView::default(),
             draining: Default::default(),
         };
@@ -1414,33 +1414,179 @@ fn user_bandwidth_is_shared_by_the_users_allocations() {
     assert!(peer_data(&mut h, ids[1], peer, &[1; 400]).is_some());
 }
 
-#[test]
-fn unauthenticated_answers_are_rate_limited_per_source() {
+fn with_budget(source_rate: u32, source_burst: u32, node_rate: u32) -> Harness {
+    // Cells from a fixed key: which sources share one is the same on every run.
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
-        sources: SourceLimiter::new(20),
+        sources: SourceLimiter::with_fixed_key(ReflectionBudget {
+            source_rate,
+            source_burst,
+            node_rate,
+        }),
         cluster: ClusterView::default(),
         draining: Default::default(),
     };
-    let mut h = Harness::with_node(|_| {}, node);
+    Harness::with_node(|_| {}, node)
+}
+
+fn over(transport: Transport, client: &str) -> FiveTuple {
+    FiveTuple {
+        transport,
+        ..udp(client)
+    }
+}
+
+#[test]
+fn unauthenticated_answers_over_udp_are_limited_per_source() {
+    let mut h = with_budget(20, 40, 0);
     let binding = binding_request(|_| {});
     let answered = (0..100)
         .filter(|_| h.send(udp(CLIENT), &binding).is_some())
         .count();
     assert_eq!(answered, 40);
-    // 401s come out of the same budget; another source is answered.
-    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    // 401s come out of the same budget, whatever the port; another source is answered.
+    let mut c = Client::new(udp("198.51.100.20:5001"), "alice", "wonderland");
     let tid = c.tid();
     let first = c.request(Method::ALLOCATE, tid, |w| {
         w.requested_transport(17).unwrap()
     });
-    assert!(h.send(udp(CLIENT), &first).is_none());
+    assert!(h.send(c.tuple, &first).is_none());
     assert!(h.send(udp("198.51.100.99:1"), &binding).is_some());
     assert_eq!(h.server.stats().rate_limited, 61);
+    assert_eq!(h.server.stats().rate_limited_node, 0);
     // One more answer every 50 ms.
     h.advance(Duration::from_millis(50));
     assert!(h.send(udp(CLIENT), &binding).is_some());
     assert!(h.send(udp(CLIENT), &binding).is_none());
+    // TCP and TLS clients proved their address with the handshake: always answered.
+    for transport in [Transport::Tcp, Transport::Tls] {
+        let answered = (0..100)
+            .filter(|_| h.send(over(transport, CLIENT), &binding).is_some())
+            .count();
+        assert_eq!(answered, 100, "{transport}");
+        let mut c = Client::new(over(transport, CLIENT), "alice", "wonderland");
+        assert_eq!(c.allocate(&mut h).class, Class::Success, "{transport}");
+    }
+    assert_eq!(h.server.stats().rate_limited, 62);
+}
+
+#[test]
+fn an_authenticated_request_pays_back_the_challenge_of_its_source() {
+    // A burst of 2 and a rate of 1/s: without the payback, the third answer would need a
+    // second of waiting.
+    let mut h = with_budget(1, 2, 0);
+    let binding = binding_request(|_| {});
+    // 5,000 clients behind one address allocate one after the other, no time passing: each
+    // 401 is paid back by the authenticated Allocate that follows it.
+    for port in 0..5000u16 {
+        let mut c = Client::new(
+            udp(&format!("198.51.100.20:{}", 10_000 + port)),
+            "alice",
+            "wonderland",
+        );
+        let tid = c.tid();
+        let first = c.request(Method::ALLOCATE, tid, |w| {
+            w.requested_transport(17).unwrap()
+        });
+        let challenge = h.send(c.tuple, &first).expect("a 401");
+        assert_eq!(challenge.code, Some(401), "client {port}");
+        c.nonce = challenge.attr(attr::NONCE);
+        let tid = c.tid();
+        let second = c.request(Method::ALLOCATE, tid, |w| {
+            w.requested_transport(17).unwrap()
+        });
+        // The user's quota answers 486 after 3: authenticated all the same.
+        let answer = h.send(c.tuple, &second).expect("an answer");
+        assert!(
+            matches!(answer.code, None | Some(486)),
+            "client {port}: {answer:?}"
+        );
+    }
+    assert_eq!(h.server.stats().rate_limited, 0);
+    // The bucket is full again, not fuller: two answers.
+    let answered = (0..10)
+        .filter(|_| h.send(udp(CLIENT), &binding).is_some())
+        .count();
+    assert_eq!(answered, 2);
+    // A wrong password is no proof: its 401 is not paid back.
+    h.advance(Duration::from_secs(2));
+    let mut wrong = Client::new(udp(CLIENT), "alice", "not-the-password");
+    let tid = wrong.tid();
+    let first = wrong.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    wrong.nonce = h.send(wrong.tuple, &first).unwrap().attr(attr::NONCE);
+    let tid = wrong.tid();
+    let second = wrong.request(Method::ALLOCATE, tid, |w| {
+        w.requested_transport(17).unwrap()
+    });
+    assert_eq!(h.send(wrong.tuple, &second).unwrap().code, Some(401));
+    assert!(h.send(udp(CLIENT), &binding).is_none());
+    assert_eq!(h.server.stats().rate_limited, 9);
+}
+
+#[test]
+fn unproven_sources_share_the_node_budget() {
+    // Node-wide 3 answers at once (one second of 3/s, more than a source's burst of 2).
+    let mut h = with_budget(20, 2, 3);
+    let binding = binding_request(|_| {});
+    // A client allocates: one 401 from the node's budget, then its source is proven.
+    let mut proven = Client::new(udp("192.0.2.200:4000"), "alice", "wonderland");
+    assert_eq!(proven.allocate(&mut h).class, Class::Success);
+    // Two strangers use the rest; the next ones are refused, whatever their own budget.
+    for client in ["198.51.100.1:1", "198.51.100.2:1"] {
+        assert!(h.send(udp(client), &binding).is_some(), "{client}");
+    }
+    for client in ["198.51.100.3:1", "198.51.100.4:1", "198.51.100.3:2"] {
+        assert!(h.send(udp(client), &binding).is_none(), "{client}");
+    }
+    assert_eq!(h.server.stats().rate_limited_node, 3);
+    // The proven source is held to its own bucket only: its burst of 2, then nothing.
+    let other_port = udp("192.0.2.200:4001");
+    assert!(h.send(other_port, &binding).is_some());
+    assert!(h.send(other_port, &binding).is_some());
+    assert!(h.send(other_port, &binding).is_none());
+    assert_eq!(h.server.stats().rate_limited, 1);
+    // Its clients go on allocating with fresh 401s, paid back as they authenticate.
+    h.advance(Duration::from_millis(50));
+    for port in 4002..4012 {
+        let mut c = Client::new(udp(&format!("192.0.2.200:{port}")), "bob", "builder");
+        let answer = c.allocate(&mut h);
+        assert!(matches!(answer.code, None | Some(486)), "{answer:?}");
+    }
+    // The node refills at 3/s: a stranger is answered a third of a second later.
+    h.advance(Duration::from_millis(334));
+    assert!(h.send(udp("198.51.100.3:1"), &binding).is_some());
+    assert!(h.send(udp("198.51.100.4:1"), &binding).is_none());
+    assert_eq!(h.server.stats().rate_limited_node, 4);
+}
+
+#[test]
+fn a_proof_expires_after_ten_minutes() {
+    // One answer a second to unproven sources, none in advance.
+    let mut h = with_budget(20, 1, 1);
+    let binding = binding_request(|_| {});
+    let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
+    assert_eq!(c.allocate(&mut h).class, Class::Success);
+    // The node's answer of this second went to the 401; proven, the source is answered.
+    assert!(h.send(udp("198.51.100.1:1"), &binding).is_none());
+    assert!(h.send(udp(CLIENT), &binding).is_some());
+    h.advance(Duration::from_secs(599));
+    let refresh = c.call(&mut h, Method::REFRESH, |w| {
+        w.u32(attr::LIFETIME, 600).unwrap()
+    });
+    assert_eq!(refresh.class, Class::Success);
+    // The Refresh at 599 s proved it again, until 1,199 s.
+    h.advance(Duration::from_secs(599));
+    assert!(h.send(udp(CLIENT), &binding).is_some(), "proven at 1,198 s");
+    h.advance(Duration::from_secs(1));
+    assert!(h.send(udp("198.51.100.1:1"), &binding).is_some());
+    assert!(
+        h.send(udp(CLIENT), &binding).is_none(),
+        "unproven at 1,199 s, and the node's answer of this second is gone"
+    );
+    assert_eq!(h.server.stats().rate_limited_node, 2);
+    assert_eq!(h.server.stats().rate_limited, 0);
 }
 
 /// Credentials backed by a Redis snapshot (no Redis involved: the snapshot is installed here).
@@ -1459,7 +1605,7 @@ fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected:
     ));
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
-        sources: SourceLimiter::new(0),
+        sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
         cluster: ClusterView::default(),
         draining: Default::default(),
     };
@@ -1539,7 +1685,7 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
     ));
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
-        sources: SourceLimiter::new(0),
+        sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
         cluster: ClusterView::default(),
         draining: Default::default(),
     };

@@ -554,6 +554,33 @@ fn forward_lines(
     rx
 }
 
+/// Raises this process's open-file limit (inherited by the server it starts) to `wanted`.
+pub fn raise_open_files(wanted: u64) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed by reference.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        if limit.rlim_cur >= wanted {
+            return;
+        }
+        assert!(
+            limit.rlim_max >= wanted,
+            "RLIMIT_NOFILE hard limit {} is below the {wanted} this test needs",
+            limit.rlim_max
+        );
+        limit.rlim_cur = wanted;
+        assert_eq!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit),
+            0,
+            "setrlimit: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// A UDP port on 127.0.0.1 that was free a moment ago (the TCP port of the same number too).
 /// Racy by nature: callers retry when the port is taken by the time they bind it.
 pub fn free_port() -> u16 {
