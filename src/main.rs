@@ -279,7 +279,7 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
                     tracing::info!("SIGINT: draining");
                     break;
                 }
-                _ = usr1.recv() => log_counters(&handle.counters(), redis_health(store.as_deref())),
+                _ = usr1.recv() => log_counters(&counters_now(&handle).await, redis_health(store.as_deref())),
                 _ = hup.recv() => {
                     notifier.reloading();
                     reload(path, &mut config, &handle, api.as_deref(), level.as_ref());
@@ -289,18 +289,29 @@ fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()> {
         }
         notifier.stopping();
         drain(&handle, config.drain_timeout, term, int).await;
+        // The final counters: everything the workers have done.
+        log_counters(&counters_now(&handle).await, redis_health(store.as_deref()));
         Ok::<_, std::io::Error>(())
     })?;
-    // The final counters, once the workers have published what happened last.
-    std::thread::sleep(PUBLISH_SETTLE);
-    log_counters(&handle.counters(), redis_health(store.as_deref()));
     node.shutdown();
     Ok(())
 }
 
-/// Longer than the workers' publish interval (100 ms): after this, published counters
-/// include everything that happened before.
-const PUBLISH_SETTLE: Duration = Duration::from_millis(250);
+/// The node's counters as the workers answer now (each counts everything it had done when
+/// asked); a worker that does not answer within `ANSWER_TIMEOUT` is named in a warning and
+/// counted as it last published.
+async fn counters_now(handle: &NodeHandle) -> NodeCounters {
+    match handle.counters_now().await {
+        Ok(counters) => counters,
+        Err((unanswered, counters)) => {
+            tracing::warn!(
+                workers = ?unanswered.workers,
+                "{unanswered}: their counters are as last published (at most 100 ms before)"
+            );
+            counters
+        }
+    }
+}
 
 /// Stops granting allocations and waits until the existing ones have ended, `timeout` has
 /// passed, or a second signal comes.
@@ -311,28 +322,45 @@ async fn drain(
     int: &mut tokio::signal::unix::Signal,
 ) {
     handle.set_draining(true);
-    let deadline = tokio::time::Instant::now() + timeout;
-    // Counters are published every 100 ms: an allocation made just before the signal is
-    // counted only after the next publication, so do not trust a zero before then.
-    tokio::time::sleep(PUBLISH_SETTLE).await;
+    let deadline = tokio::time::sleep_until(tokio::time::Instant::now() + timeout);
+    tokio::pin!(deadline);
     let mut poll = tokio::time::interval(Duration::from_millis(200));
     let mut reported = None;
+    let mut remaining = None;
     loop {
-        let remaining = handle.counters().workers.allocations;
-        if reported != Some(remaining) {
-            tracing::info!(
-                allocations = remaining,
-                "draining: no new allocations; waiting for these to end"
-            );
-            reported = Some(remaining);
-        }
-        if remaining == 0 {
-            tracing::info!("drained: no allocation left");
-            return;
-        }
         tokio::select! {
-            _ = poll.tick() => {}
-            _ = tokio::time::sleep_until(deadline) => {
+            // Asked, not read from what the workers last published: each worker answers once
+            // it has handled everything that came before, and an Allocate it handles after
+            // the question sees `draining` (set above) and is refused. So a zero is the truth.
+            answer = async {
+                poll.tick().await;
+                handle.counters_now().await
+            } => {
+                let (count, unanswered) = match answer {
+                    Ok(counters) => (counters.workers.allocations, None),
+                    Err((unanswered, counters)) => (counters.workers.allocations, Some(unanswered)),
+                };
+                remaining = Some(count);
+                if reported != Some((count, unanswered.is_some())) {
+                    match &unanswered {
+                        None => tracing::info!(
+                            allocations = count,
+                            "draining: no new allocations; waiting for these to end"
+                        ),
+                        Some(unanswered) => tracing::warn!(
+                            allocations = count,
+                            workers = ?unanswered.workers,
+                            "draining: {unanswered}; waiting for them and for these allocations to end"
+                        ),
+                    }
+                    reported = Some((count, unanswered.is_some()));
+                }
+                if count == 0 && unanswered.is_none() {
+                    tracing::info!("drained: no allocation left");
+                    return;
+                }
+            }
+            _ = &mut deadline => {
                 tracing::warn!(allocations = remaining, "drain-timeout reached: stopping with allocations left");
                 return;
             }

@@ -15,12 +15,13 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::auth::redis::{Health, unix_now};
+use crate::net::status::TRANSPORTS;
 use crate::turn::{RESPONSE_CODES, RESPONSE_METHODS};
 
 use super::{Api, authorized, unauthorized};
 
-/// The collector handed to the registry for one scrape.
-struct Scrape(Arc<Api>);
+/// The collector handed to the registry for one scrape: the API, and what the workers answered.
+struct Scrape(Arc<Api>, Arc<crate::net::NodeSummary>);
 
 impl std::fmt::Debug for Scrape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -68,30 +69,19 @@ fn counters(
 impl prometheus_client::collector::Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let api = &self.0;
-        let counters_now = api.node.counters();
+        let summary = &self.1;
+        let counters_now = summary.counters;
         let core = counters_now.workers.core;
-        let allocations = api.node.allocations();
-        let count = |transport| {
-            allocations
-                .iter()
-                .filter(|a| a.client.transport == transport)
-                .count() as i64
-        };
         {
-            use crate::config::Transport;
             let mut family = encoder.encode_descriptor(
                 "turnpike_allocations",
                 "Live allocations, by client transport",
                 None,
                 MetricType::Gauge,
             )?;
-            for (name, transport) in [
-                ("udp", Transport::Udp),
-                ("tcp", Transport::Tcp),
-                ("tls", Transport::Tls),
-            ] {
-                let labels = [("transport", name)];
-                ConstGauge::new(count(transport)).encode(family.encode_family(&labels)?)?;
+            for (transport, count) in TRANSPORTS.into_iter().zip(summary.by_transport) {
+                let labels = [("transport", super::ops::transport_name(transport))];
+                ConstGauge::new(count as i64).encode(family.encode_family(&labels)?)?;
             }
         }
         counter(
@@ -282,8 +272,12 @@ pub(super) async fn metrics(State(api): State<Arc<Api>>, headers: HeaderMap) -> 
     if !api.settings.load().public_metrics && !authorized(&api, &headers) {
         return unauthorized();
     }
+    let summary = match api.node.summary(false).await {
+        Ok(summary) => summary,
+        Err(unanswered) => return super::ops::unanswered_error(&unanswered),
+    };
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(Scrape(api)));
+    registry.register_collector(Box::new(Scrape(api, summary)));
     let mut text = String::new();
     if prometheus_client::encoding::text::encode(&mut text, &registry).is_err() {
         return (StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n").into_response();

@@ -1,6 +1,6 @@
 //! Operators' endpoints: health probes, status, allocations, the dashboard page.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,8 @@ use serde_json::json;
 
 use crate::auth::redis::{Health, unix_now};
 use crate::config::Transport;
+use crate::net::Unanswered;
+use crate::net::status::TRANSPORTS;
 
 use super::{Api, authorized, error, unauthorized};
 
@@ -85,7 +87,7 @@ pub(super) fn health_name(health: Option<Health>) -> &'static str {
     }
 }
 
-fn transport_name(transport: Transport) -> &'static str {
+pub(super) fn transport_name(transport: Transport) -> &'static str {
     match transport {
         Transport::Udp => "udp",
         Transport::Tcp => "tcp",
@@ -97,24 +99,21 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
     if !authorized(&api, &headers) {
         return unauthorized();
     }
-    let counters = api.node.counters();
+    let summary = match api.node.summary(true).await {
+        Ok(summary) => summary,
+        Err(unanswered) => return unanswered_error(&unanswered),
+    };
+    let counters = summary.counters;
     let core = counters.workers.core;
-    let allocations = api.node.allocations();
-    let mut by_transport: BTreeMap<&str, u64> =
-        [("udp", 0), ("tcp", 0), ("tls", 0)].into_iter().collect();
-    let mut by_family: BTreeMap<&str, u64> = [("ipv4", 0), ("ipv6", 0)].into_iter().collect();
-    let mut users = HashSet::new();
-    for allocation in &allocations {
-        *by_transport
-            .entry(transport_name(allocation.client.transport))
-            .or_default() += 1;
-        let family = match allocation.relay {
-            Some(relay) if relay.is_ipv6() => "ipv6",
-            _ => "ipv4",
-        };
-        *by_family.entry(family).or_default() += 1;
-        users.insert(allocation.user.as_str());
-    }
+    let by_transport: BTreeMap<&str, u64> = TRANSPORTS
+        .iter()
+        .map(|t| transport_name(*t))
+        .zip(summary.by_transport)
+        .collect();
+    let by_family: BTreeMap<&str, u64> = ["ipv4", "ipv6"]
+        .into_iter()
+        .zip(summary.by_family)
+        .collect();
     let rates = *api.rates.lock().unwrap_or_else(|e| e.into_inner());
     let listeners: Vec<_> = api
         .node
@@ -138,11 +137,11 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
         "node": api.node_id,
         "listeners": listeners,
         "allocations": {
-            "total": allocations.len(),
+            "total": summary.allocations(),
             "by_transport": by_transport,
             "by_family": by_family,
         },
-        "users": users.len(),
+        "users": summary.users.unwrap_or_default(),
         "relayed": {
             "to_peer": {"packets": core.to_peer_packets, "bytes": core.to_peer_bytes},
             "to_client": {"packets": core.to_client_packets, "bytes": core.to_client_bytes},
@@ -183,12 +182,25 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
     .into_response()
 }
 
+/// 503 naming the workers that did not answer: the API does not make up what they hold.
+pub(super) fn unanswered_error(unanswered: &Unanswered) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        axum::Json(json!({
+            "error": format!("{unanswered}; try again"),
+            "unanswered_workers": unanswered.workers,
+        })),
+    )
+        .into_response()
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AllocationQuery {
     user: Option<String>,
     limit: Option<usize>,
-    /// The id after which the page starts (ids sort as strings).
+    /// The id after which the page starts (the previous page's `next_cursor`): ids are in
+    /// order of worker, then slot index and generation.
     cursor: Option<String>,
 }
 
@@ -207,18 +219,26 @@ pub(super) async fn allocations(
         );
     };
     let limit = query.limit.unwrap_or(100).clamp(1, MAX_PAGE);
-    let mut all = api.node.allocations();
-    all.retain(|a| query.user.as_ref().is_none_or(|user| &a.user == user));
-    all.sort_by(|a, b| a.id.cmp(&b.id));
-    let start = match &query.cursor {
-        Some(cursor) => all.partition_point(|a| a.id.as_str() <= cursor.as_str()),
-        None => 0,
+    let after = match &query.cursor {
+        Some(cursor) => match crate::net::status::parse_id(cursor) {
+            Some(after) => Some(after),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid cursor: pass the next_cursor of the previous page",
+                );
+            }
+        },
+        None => None,
     };
-    let page: Vec<_> = all.iter().skip(start).take(limit).collect();
-    let next_cursor = (start + page.len() < all.len())
-        .then(|| page.last().map(|a| a.id.clone()))
-        .flatten();
-    axum::Json(json!({ "allocations": page, "next_cursor": next_cursor })).into_response()
+    match api.node.allocations(query.user, after, limit).await {
+        Ok(page) => axum::Json(json!({
+            "allocations": page.allocations,
+            "next_cursor": page.next_cursor,
+        }))
+        .into_response(),
+        Err(unanswered) => unanswered_error(&unanswered),
+    }
 }
 
 pub(super) async fn close_allocation(
@@ -229,13 +249,11 @@ pub(super) async fn close_allocation(
     if !authorized(&api, &headers) {
         return unauthorized();
     }
-    if !api.node.allocations().iter().any(|a| a.id == id) {
-        return error(StatusCode::NOT_FOUND, "no such allocation");
+    match api.node.close(&id).await {
+        Ok(true) => axum::Json(json!({ "deleted": id })).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "no such allocation"),
+        Err(unanswered) => unanswered_error(&unanswered),
     }
-    if !api.node.close(&id) {
-        return error(StatusCode::NOT_FOUND, "no such allocation");
-    }
-    axum::Json(json!({ "deleted": id })).into_response()
 }
 
 /// The dashboard: a static page (no data in it) that asks for the token and then reads the

@@ -16,7 +16,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use rand::RngCore;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 
 use crate::auth::{Credentials, StaticCredentials};
 use crate::config::{Config, Transport};
@@ -253,13 +253,19 @@ pub(crate) fn peer_policy(
         .with_host_addresses(host)
 }
 
-/// Something every worker must do, sent from outside the packet path.
-#[derive(Debug, Clone)]
+/// Something a worker must do, sent from outside the packet path. A command that needs an
+/// answer carries its reply channel; the worker answers once it has done everything it was
+/// given before.
+#[derive(Debug)]
 pub enum Command {
     /// Close the allocations made with these usernames (revoked credentials).
     Revoke(Arc<[String]>),
-    /// Close this allocation now (an operator's request).
-    Close(crate::turn::AllocationId),
+    /// Close this allocation now (an operator's request); the reply says whether it was live
+    /// with a relay (an allocation the list shows).
+    Close {
+        allocation: crate::turn::AllocationId,
+        reply: oneshot::Sender<bool>,
+    },
     /// Take a reloaded configuration.
     Reconfigure(Arc<Reconfiguration>),
     /// The addresses of this host's interfaces changed: here is the new set.
@@ -273,6 +279,81 @@ pub enum Command {
         allocation: crate::turn::AllocationId,
         granted: bool,
     },
+    /// Reply with the worker's counters as they are now.
+    Counters(oneshot::Sender<WorkerCounters>),
+    /// Reply with the counters and a count of the allocations (user ids too when `users`).
+    Summary {
+        users: bool,
+        reply: oneshot::Sender<status::WorkerSummary>,
+    },
+    /// Reply with a page of the allocations.
+    Allocations {
+        request: Arc<status::PageRequest>,
+        reply: oneshot::Sender<status::WorkerPage>,
+    },
+}
+
+impl Command {
+    /// Whether this asks for an answer about the worker's state (and changes nothing).
+    fn is_question(&self) -> bool {
+        matches!(
+            self,
+            Command::Counters(_) | Command::Summary { .. } | Command::Allocations { .. }
+        )
+    }
+}
+
+/// How long the rest of the process waits for a worker's answer before giving up on it.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Workers that did not answer a request in time (stuck, or stopped).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("worker{} {} did not answer within {} s", if .workers.len() == 1 { "" } else { "s" }, list(.workers), ANSWER_TIMEOUT.as_secs())]
+pub struct Unanswered {
+    /// Their indices.
+    pub workers: Vec<usize>,
+}
+
+fn list(workers: &[usize]) -> String {
+    let names: Vec<String> = workers.iter().map(usize::to_string).collect();
+    names.join(", ")
+}
+
+/// The node's allocations counted for `/api/v1/status` and `/metrics`, and its counters, as
+/// the workers answered a request.
+#[derive(Debug, Clone, Default)]
+pub struct NodeSummary {
+    pub counters: NodeCounters,
+    /// Allocations with a relay socket, by client transport in [`status::TRANSPORTS`] order.
+    pub by_transport: [u64; 3],
+    /// The same by relay family: IPv4, IPv6.
+    pub by_family: [u64; 2],
+    /// Distinct user ids among them (when asked for).
+    pub users: Option<usize>,
+}
+
+impl NodeSummary {
+    /// Allocations with a relay socket.
+    pub fn allocations(&self) -> u64 {
+        self.by_transport.iter().sum()
+    }
+}
+
+/// One page of `/api/v1/allocations`.
+#[derive(Debug, Clone, Default)]
+pub struct AllocationPage {
+    pub allocations: Vec<status::AllocationInfo>,
+    /// The id to pass as the next page's cursor, when more allocations match.
+    pub next_cursor: Option<String>,
+}
+
+/// Requests that make workers walk their allocations (status, metrics, the allocation list)
+/// go to the workers one at a time, and a status request that waited while another was
+/// answered takes that answer when it was asked for after the request came.
+struct Snapshots {
+    turn: tokio::sync::Semaphore,
+    /// The last summary: when it was asked for, and what it said.
+    last: Mutex<Option<(tokio::time::Instant, Arc<NodeSummary>)>>,
 }
 
 /// Sends commands to every worker of a node; cheap to clone.
@@ -282,10 +363,10 @@ pub struct Commander {
 }
 
 impl Commander {
-    /// Tells every worker; a worker that has stopped is skipped.
-    pub fn send(&self, command: Command) {
+    /// Tells every worker, each its own `command()`; a worker that has stopped is skipped.
+    pub fn broadcast(&self, command: impl Fn() -> Command) {
         for worker in &self.workers {
-            let _ = worker.send(command.clone());
+            let _ = worker.send(command());
         }
     }
 
@@ -298,8 +379,57 @@ impl Commander {
 
     /// Closes the allocations of revoked usernames on every worker.
     pub fn revoke(&self, usernames: Vec<String>) {
-        self.send(Command::Revoke(usernames.into()));
+        let usernames: Arc<[String]> = usernames.into();
+        self.broadcast(|| Command::Revoke(usernames.clone()));
     }
+
+    /// Asks each of `workers` with the command `ask` builds around a reply channel, and waits
+    /// for their answers until `deadline`: each answer, or `None` for a worker that did not
+    /// answer in time or has stopped.
+    async fn ask<T>(
+        &self,
+        workers: impl Iterator<Item = usize>,
+        ask: impl Fn(oneshot::Sender<T>) -> Command,
+        deadline: tokio::time::Instant,
+    ) -> Vec<(usize, Option<T>)> {
+        let mut waiting = Vec::new();
+        for worker in workers {
+            let (reply, answer) = oneshot::channel();
+            let sent = self
+                .workers
+                .get(worker)
+                .is_some_and(|sender| sender.send(ask(reply)).is_ok());
+            waiting.push((worker, sent.then_some(answer)));
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for (worker, answer) in waiting {
+            let answer = match answer {
+                Some(answer) => tokio::time::timeout_at(deadline, answer)
+                    .await
+                    .ok()
+                    .and_then(Result::ok),
+                None => None,
+            };
+            answers.push((worker, answer));
+        }
+        answers
+    }
+}
+
+/// The answers of every worker asked, or which did not answer.
+fn all_answered<T>(answers: Vec<(usize, Option<T>)>) -> Result<Vec<T>, Unanswered> {
+    let workers: Vec<usize> = answers
+        .iter()
+        .filter(|(_, answer)| answer.is_none())
+        .map(|(worker, _)| *worker)
+        .collect();
+    if !workers.is_empty() {
+        return Err(Unanswered { workers });
+    }
+    Ok(answers
+        .into_iter()
+        .filter_map(|(_, answer)| answer)
+        .collect())
 }
 
 /// A running server: its listeners and worker threads.
@@ -317,14 +447,15 @@ pub struct Node {
 }
 
 /// What the rest of the process (HTTP API, signal handling) may see and ask of a running
-/// node; cheap to clone. Reads only what workers publish.
+/// node; cheap to clone. Reads the counters workers publish, and asks the workers for
+/// anything else.
 #[derive(Clone)]
 pub struct NodeHandle {
     commander: Commander,
     /// Changed by reloads that add or remove listeners.
     listeners: Arc<Mutex<Vec<BoundListener>>>,
     counters: Vec<Arc<Mutex<WorkerCounters>>>,
-    snapshots: Vec<Arc<Mutex<Arc<Vec<status::AllocationInfo>>>>>,
+    snapshots: Arc<Snapshots>,
     streams: Arc<StreamLimits>,
     limits: Arc<NodeLimits>,
     reload: Arc<ReloadContext>,
@@ -339,12 +470,11 @@ impl NodeHandle {
             .clone()
     }
 
-    /// The node's counters, as the workers last published them (at most 100 ms old).
+    /// The node's counters, as the workers last published them (at most 100 ms old): for
+    /// what samples them periodically (rates, the cluster registry). What must include
+    /// everything the workers have done asks them: [`NodeHandle::counters_now`].
     pub fn counters(&self) -> NodeCounters {
-        let mut total = NodeCounters {
-            tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
-            ..NodeCounters::default()
-        };
+        let mut total = self.node_counters();
         for published in &self.counters {
             let worker = *published.lock().unwrap_or_else(|e| e.into_inner());
             total.workers.add(&worker);
@@ -352,25 +482,184 @@ impl NodeHandle {
         total
     }
 
-    /// Every allocation, as the workers last published them (at most a second old).
-    pub fn allocations(&self) -> Vec<status::AllocationInfo> {
-        let mut all = Vec::new();
-        for published in &self.snapshots {
-            let snapshot = published.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            all.extend(snapshot.iter().cloned());
+    /// The node-wide counters, without the workers' yet.
+    fn node_counters(&self) -> NodeCounters {
+        NodeCounters {
+            tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
+            ..NodeCounters::default()
         }
-        all
     }
 
-    /// Asks the owning worker to close allocation `id` (as the status API names it).
-    pub fn close(&self, id: &str) -> bool {
-        match status::parse_id(id) {
-            Some((worker, allocation)) if worker < self.counters.len() => {
-                self.commander.send_to(worker, Command::Close(allocation));
-                true
-            }
-            _ => false,
+    /// The node's counters as the workers answer now: everything each worker had done when
+    /// it got the request is counted. Waits at most [`ANSWER_TIMEOUT`]; a worker that did not
+    /// answer by then is named in the error, which also carries the counters with that
+    /// worker's as last published.
+    pub async fn counters_now(&self) -> Result<NodeCounters, (Unanswered, NodeCounters)> {
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let answers = self
+            .commander
+            .ask(0..self.counters.len(), Command::Counters, deadline)
+            .await;
+        let mut total = self.node_counters();
+        let mut unanswered = Vec::new();
+        for (worker, answer) in answers {
+            let counters = answer.unwrap_or_else(|| {
+                unanswered.push(worker);
+                *self.counters[worker]
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+            });
+            total.workers.add(&counters);
         }
+        if unanswered.is_empty() {
+            Ok(total)
+        } else {
+            Err((
+                Unanswered {
+                    workers: unanswered,
+                },
+                total,
+            ))
+        }
+    }
+
+    /// The allocations counted and the counters, as the workers answer now (for status and
+    /// metrics); with the number of distinct users when `users`. Requests that walk the
+    /// allocations go to the workers one at a time; one that waited for another takes that
+    /// other's answer when it was asked for after this one came. Waits at most
+    /// [`ANSWER_TIMEOUT`] in all.
+    pub async fn summary(&self, users: bool) -> Result<Arc<NodeSummary>, Unanswered> {
+        let came = tokio::time::Instant::now();
+        let deadline = came + ANSWER_TIMEOUT;
+        let workers = || Unanswered {
+            workers: (0..self.counters.len()).collect(),
+        };
+        let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, self.snapshots.turn.acquire()).await
+        else {
+            return Err(workers());
+        };
+        if let Some((asked, summary)) = &*self
+            .snapshots
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            && *asked >= came
+            && (summary.users.is_some() || !users)
+        {
+            return Ok(summary.clone());
+        }
+        let asked = tokio::time::Instant::now();
+        let answers = self
+            .commander
+            .ask(
+                0..self.counters.len(),
+                |reply| Command::Summary { users, reply },
+                deadline,
+            )
+            .await;
+        let mut summary = NodeSummary {
+            counters: self.node_counters(),
+            ..NodeSummary::default()
+        };
+        let mut all_users: Vec<Box<str>> = Vec::new();
+        for worker in all_answered(answers)? {
+            summary.counters.workers.add(&worker.counters);
+            for (total, count) in summary.by_transport.iter_mut().zip(worker.by_transport) {
+                *total += count;
+            }
+            for (total, count) in summary.by_family.iter_mut().zip(worker.by_family) {
+                *total += count;
+            }
+            all_users.extend(worker.users.into_iter().flatten());
+        }
+        if users {
+            all_users.sort_unstable();
+            all_users.dedup();
+            summary.users = Some(all_users.len());
+        }
+        let summary = Arc::new(summary);
+        *self
+            .snapshots
+            .last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some((asked, summary.clone()));
+        Ok(summary)
+    }
+
+    /// A page of the allocations that have a relay socket, in id order (worker, then slot
+    /// index and generation): those of `user` only when given, after the allocation named by
+    /// `after` (a previous page's cursor), at most `limit`. The workers are asked in turn,
+    /// each for what the page still lacks, so at most `limit` allocations are copied out.
+    /// Waits at most [`ANSWER_TIMEOUT`] in all.
+    pub async fn allocations(
+        &self,
+        user: Option<String>,
+        after: Option<(usize, crate::turn::AllocationId)>,
+        limit: usize,
+    ) -> Result<AllocationPage, Unanswered> {
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let first = after.map_or(0, |(worker, _)| worker);
+        let workers = self.counters.len();
+        let Ok(Ok(_turn)) = tokio::time::timeout_at(deadline, self.snapshots.turn.acquire()).await
+        else {
+            return Err(Unanswered {
+                workers: (first..workers).collect(),
+            });
+        };
+        let mut page = AllocationPage::default();
+        let mut more = false;
+        for worker in first..workers {
+            // Once the page is full, a worker is only asked whether anything matches.
+            let request = Arc::new(status::PageRequest {
+                user: user.clone(),
+                after,
+                limit: limit - page.allocations.len(),
+            });
+            let answer = self
+                .commander
+                .ask(
+                    std::iter::once(worker),
+                    |reply| Command::Allocations {
+                        request: request.clone(),
+                        reply,
+                    },
+                    deadline,
+                )
+                .await;
+            let Some(answer) = all_answered(answer)?.pop() else {
+                continue;
+            };
+            page.allocations.extend(answer.allocations);
+            if answer.more {
+                more = true;
+                break;
+            }
+        }
+        if more {
+            page.next_cursor = page.allocations.last().map(|a| a.id.clone());
+        }
+        Ok(page)
+    }
+
+    /// Closes allocation `id` (as the status API names it) on its worker: `Ok(false)` when
+    /// there is no such allocation with a relay socket.
+    pub async fn close(&self, id: &str) -> Result<bool, Unanswered> {
+        let Some((worker, allocation)) = status::parse_id(id) else {
+            return Ok(false);
+        };
+        if worker >= self.counters.len() {
+            return Ok(false);
+        }
+        let deadline = tokio::time::Instant::now() + ANSWER_TIMEOUT;
+        let answer = self
+            .commander
+            .ask(
+                std::iter::once(worker),
+                |reply| Command::Close { allocation, reply },
+                deadline,
+            )
+            .await;
+        Ok(all_answered(answer)?.pop().unwrap_or(false))
     }
 
     /// Starts or ends draining: no new allocations, existing ones go on.
@@ -400,7 +689,8 @@ impl NodeHandle {
         }
         log_host_change(&host, &fresh, "refresh");
         *host = fresh.clone();
-        self.commander.send(Command::HostAddresses(fresh));
+        self.commander
+            .broadcast(|| Command::HostAddresses(fresh.clone()));
         true
     }
 
@@ -473,7 +763,7 @@ impl NodeHandle {
         }
         for bound in &removed {
             self.commander
-                .send(Command::RemoveListener(bound.transport, bound.address));
+                .broadcast(|| Command::RemoveListener(bound.transport, bound.address));
             tracing::info!(transport = %bound.transport, address = %bound.address, "stopped listening");
         }
         *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = kept.clone();
@@ -533,7 +823,8 @@ impl NodeHandle {
             ports: config.relay.ports,
             redact: config.log.redact,
         });
-        self.commander.send(Command::Reconfigure(reconfiguration));
+        self.commander
+            .broadcast(|| Command::Reconfigure(reconfiguration.clone()));
         drop(host);
         self.streams.set(&config.limits);
         self.limits
@@ -648,7 +939,6 @@ impl Node {
         let (shutdown, stop) = watch::channel(false);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
-        let mut snapshots = Vec::new();
         let mut commands = Vec::new();
         for (index, sockets) in sockets.into_iter().enumerate() {
             let mut secret = [0u8; 32];
@@ -666,8 +956,6 @@ impl Node {
             let stop = stop.clone();
             let published = Arc::new(Mutex::new(WorkerCounters::default()));
             counters.push(published.clone());
-            let snapshot = Arc::new(Mutex::new(Arc::new(Vec::new())));
-            snapshots.push(snapshot.clone());
             let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel();
             commands.push(command_tx);
             let context = worker::Context {
@@ -676,7 +964,6 @@ impl Node {
                 relay,
                 streams: streams.clone(),
                 published,
-                snapshot,
                 commands: command_rx,
                 cluster: cluster_link.clone(),
             };
@@ -728,7 +1015,10 @@ impl Node {
             commander,
             listeners: Arc::new(Mutex::new(listeners)),
             counters,
-            snapshots,
+            snapshots: Arc::new(Snapshots {
+                turn: tokio::sync::Semaphore::new(1),
+                last: Mutex::new(None),
+            }),
             streams,
             limits: node_limits,
             reload: Arc::new(ReloadContext {

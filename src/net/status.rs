@@ -1,5 +1,6 @@
-//! What workers publish for the status API: plain snapshots, copied out of the cores on the
-//! workers' own timer, so the HTTP side never touches a core.
+//! What the status API reads about allocations: plain snapshots a worker copies out of its
+//! core when asked (a command with a reply), so the HTTP side never touches a core and a
+//! worker does no work for the API that nobody asked for.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -7,6 +8,8 @@ use serde::Serialize;
 
 use crate::config::Transport;
 use crate::turn::{Allocation, AllocationId, Server};
+
+use super::WorkerCounters;
 
 /// One allocation as the status API shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -80,6 +83,109 @@ impl AllocationInfo {
                 bytes: traffic.to_client_bytes,
             },
         }
+    }
+}
+
+/// What one worker says about its allocations for `/api/v1/status` and `/metrics`: its
+/// counters and a count of its allocations, taken at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerSummary {
+    pub counters: WorkerCounters,
+    /// Allocations with a relay socket (those the allocation list shows), by client transport
+    /// in [`TRANSPORTS`] order.
+    pub by_transport: [u64; 3],
+    /// The same allocations by relay family: IPv4, IPv6.
+    pub by_family: [u64; 2],
+    /// The distinct user ids of those allocations, sorted (when asked for).
+    pub users: Option<Vec<Box<str>>>,
+}
+
+/// The client transports, in the order [`WorkerSummary::by_transport`] counts them.
+pub const TRANSPORTS: [Transport; 3] = [Transport::Udp, Transport::Tcp, Transport::Tls];
+
+fn transport_index(transport: Transport) -> usize {
+    match transport {
+        Transport::Udp => 0,
+        Transport::Tcp => 1,
+        Transport::Tls => 2,
+    }
+}
+
+impl WorkerSummary {
+    /// Counts the allocations of `core` that have a relay socket. Control path: one pass over
+    /// the allocations, allocating nothing but the sorted list of user ids when `users`.
+    pub fn of(core: &Server, counters: WorkerCounters, users: bool) -> Self {
+        let mut summary = WorkerSummary {
+            counters,
+            ..WorkerSummary::default()
+        };
+        let mut ids: Vec<&str> = Vec::new();
+        for allocation in core.allocations() {
+            let Some(relay) = allocation.relayed else {
+                continue;
+            };
+            summary.by_transport[transport_index(allocation.tuple.transport)] += 1;
+            summary.by_family[usize::from(relay.is_ipv6())] += 1;
+            if users {
+                ids.push(crate::auth::user_id(&allocation.username));
+            }
+        }
+        if users {
+            ids.sort_unstable();
+            ids.dedup();
+            summary.users = Some(ids.into_iter().map(Box::from).collect());
+        }
+        summary
+    }
+}
+
+/// Which allocations a page of `/api/v1/allocations` asks a worker for.
+#[derive(Debug, Clone, Default)]
+pub struct PageRequest {
+    /// Only this user id's.
+    pub user: Option<String>,
+    /// Only those after this id (the previous page's last), in id order.
+    pub after: Option<(usize, AllocationId)>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// A worker's part of a page: its first `limit` allocations that match, in id order.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerPage {
+    pub allocations: Vec<AllocationInfo>,
+    /// More allocations of this worker match after the last one given.
+    pub more: bool,
+}
+
+impl WorkerPage {
+    /// The allocations of worker `worker`'s `core` that `request` asks for. Control path: a
+    /// pass over the allocations, copying out at most `request.limit` of them.
+    pub fn of(worker: usize, core: &Server, request: &PageRequest) -> Self {
+        let mut page = WorkerPage::default();
+        let after = match request.after {
+            Some((w, _)) if w > worker => return page,
+            Some((w, id)) if w == worker => Some(id),
+            _ => None,
+        };
+        // The core lists its allocations by slot index, which is id order.
+        let matching = core.allocations().filter(|a| {
+            a.relayed.is_some()
+                && after.is_none_or(|after| a.id > after)
+                && request
+                    .user
+                    .as_deref()
+                    .is_none_or(|user| crate::auth::user_id(&a.username) == user)
+        });
+        for allocation in matching {
+            if page.allocations.len() == request.limit {
+                page.more = true;
+                break;
+            }
+            page.allocations
+                .push(AllocationInfo::new(worker, core, allocation));
+        }
+        page
     }
 }
 

@@ -80,8 +80,6 @@ pub struct Context {
     pub relay: RelaySettings,
     pub streams: Arc<super::StreamLimits>,
     pub published: Arc<std::sync::Mutex<super::WorkerCounters>>,
-    /// Where the allocation snapshot goes, every second.
-    pub snapshot: Arc<std::sync::Mutex<Arc<Vec<super::status::AllocationInfo>>>>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
     /// Where lease requests go (with `[redis]`).
     pub cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
@@ -102,9 +100,6 @@ pub(super) struct Worker {
     relay: RelaySettings,
     pub streams_limits: Arc<super::StreamLimits>,
     published: Arc<std::sync::Mutex<super::WorkerCounters>>,
-    snapshot: Arc<std::sync::Mutex<Arc<Vec<super::status::AllocationInfo>>>>,
-    /// Publish ticks since the last allocation snapshot.
-    ticks: u32,
     /// Taken by the command loop when the worker starts.
     commands: Option<tokio::sync::mpsc::UnboundedReceiver<super::Command>>,
     index: usize,
@@ -151,8 +146,6 @@ impl Worker {
                 relay: context.relay,
                 streams_limits: context.streams,
                 published: context.published,
-                snapshot: context.snapshot,
-                ticks: 0,
                 commands: Some(context.commands),
                 index: context.index,
                 redactor: context.redactor,
@@ -316,11 +309,45 @@ impl Worker {
             super::Command::RemoveListener(transport, address) => {
                 self.remove_listener(transport, address);
             }
-            super::Command::Close(allocation) => {
-                if self.core.close(allocation) {
+            super::Command::Close { allocation, reply } => {
+                // Only an allocation the list shows (one with a relay socket) is closed, and
+                // only while the operator still waits for the answer: one who got a 503
+                // (this worker answered too late) has been told it was not done.
+                let listed = !reply.is_closed()
+                    && self
+                        .core
+                        .allocation(allocation)
+                        .is_some_and(|a| a.relayed.is_some());
+                let closed = listed && self.core.close(allocation);
+                if closed {
                     tracing::info!(allocation = %allocation, "allocation closed by the operator");
                 }
-                self.ticks = 10;
+                // Answered once its end is carried out (logged, relay socket closing).
+                self.after_core_call(now);
+                self.closing.clear();
+                let _ = reply.send(closed);
+                return;
+            }
+            // Questions: answered from the state as it is, after everything sent before them.
+            // One whose asker has given up is not worked on.
+            super::Command::Counters(reply) => {
+                let _ = reply.send(self.counters());
+                return;
+            }
+            super::Command::Summary { users, reply } => {
+                if !reply.is_closed() {
+                    let summary =
+                        super::status::WorkerSummary::of(&self.core, self.counters(), users);
+                    let _ = reply.send(summary);
+                }
+                return;
+            }
+            super::Command::Allocations { request, reply } => {
+                if !reply.is_closed() {
+                    let page = super::status::WorkerPage::of(self.index, &self.core, &request);
+                    let _ = reply.send(page);
+                }
+                return;
             }
         }
         self.after_core_call(now);
@@ -571,21 +598,16 @@ impl Worker {
         self.event_out = out;
     }
 
-    /// Makes the counters visible to the rest of the process, and every tenth time (each
-    /// second) a snapshot of the allocations.
+    /// Makes the counters visible to the rest of the process (for what samples them: rates,
+    /// the cluster registry). Constant work, whatever the number of allocations: anything about
+    /// the allocations themselves is copied out only when asked for (see `command`).
     fn publish(&mut self) {
-        self.ticks += 1;
-        if self.ticks >= 10 {
-            self.ticks = 0;
-            let allocations: Vec<_> = self
-                .core
-                .allocations()
-                .filter(|a| a.relayed.is_some())
-                .map(|a| super::status::AllocationInfo::new(self.index, &self.core, a))
-                .collect();
-            *self.snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Arc::new(allocations);
-        }
-        let counters = super::WorkerCounters {
+        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = self.counters();
+    }
+
+    /// This worker's counters now.
+    fn counters(&self) -> super::WorkerCounters {
+        super::WorkerCounters {
             core: self.core.stats(),
             allocations: self.core.allocation_count() as u64,
             tcp_rejected: self.tcp_rejected,
@@ -594,8 +616,7 @@ impl Worker {
             stream_write_timeouts: self.stream_write_timeouts,
             dropped_stream_full: self.dropped_stream_full.get(),
             dropped_send_failed: self.dropped_send_failed.get(),
-        };
-        *self.published.lock().unwrap_or_else(|e| e.into_inner()) = counters;
+        }
     }
 
     /// Reads what is waiting on a relay socket (up to the work limit) and forwards it.
@@ -721,6 +742,13 @@ async fn command_loop(
     mut commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
 ) {
     while let Some(command) = commands.recv().await {
+        if command.is_question() {
+            // Let the sockets that are readable now have their turn first: a yielded task
+            // runs again only after the runtime has polled its I/O driver and run the tasks
+            // that woke. So what had reached the worker's sockets when the question came (up
+            // to one pass's work limit per socket) is counted in the answer.
+            tokio::task::yield_now().await;
+        }
         shared.borrow_mut().command(command);
     }
 }

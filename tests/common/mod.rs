@@ -161,10 +161,6 @@ pub fn rest_credentials_expiring(secret: &str, user: &str, expiry: u64) -> (Stri
 /// How long [`Server::stats`] waits for the `stats` line after the signal.
 const STATS_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Counters may lag the truth by up to ~200 ms (workers publish them periodically), so
-/// [`Server::stats`] waits this long before asking.
-const STATS_SETTLE: Duration = Duration::from_millis(300);
-
 /// A running server; killed and reaped on drop.
 pub struct Server {
     child: Child,
@@ -274,8 +270,10 @@ impl Server {
         self.child.try_wait().expect("poll the server").is_none()
     }
 
-    /// The server's counters: waits [`STATS_SETTLE`] for them to catch up with the traffic,
-    /// sends SIGUSR1 and returns the fields of the `stats` line the server logs in answer.
+    /// The server's counters: sends SIGUSR1 and returns the fields of the `stats` line the
+    /// server logs in answer. The server asks its workers for them, so they count everything
+    /// the server had handled when the signal came (an answer the test has received, for one),
+    /// with no wait; a datagram still queued in a socket is not handled yet.
     pub fn stats(&self) -> Stats {
         let lines = self
             .stats_lines
@@ -283,7 +281,6 @@ impl Server {
             .expect("the stats log line is turnpike's; the coturn backend has none")
             .lock()
             .expect("no test thread panics while holding the stats lines");
-        thread::sleep(STATS_SETTLE);
         while lines.try_recv().is_ok() {} // Older answers, e.g. of a timed-out earlier call.
         let pid = libc::pid_t::try_from(self.pid()).expect("a pid fits pid_t");
         // SAFETY: kill(2) with a valid signal number has no memory-safety preconditions; the
