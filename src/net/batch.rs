@@ -509,9 +509,11 @@ mod tests {
         let mut messages = Vec::new();
         for h in headers {
             let hdr = &h.msg_hdr;
+            // msg_iovlen is a size_t with glibc and an int with musl.
+            #[allow(clippy::unnecessary_cast)]
+            let count = hdr.msg_iovlen as usize;
             // SAFETY: the headers were built by `prepare` and point into live storage.
-            let iovecs =
-                unsafe { std::slice::from_raw_parts(hdr.msg_iov, hdr.msg_iovlen as usize) };
+            let iovecs = unsafe { std::slice::from_raw_parts(hdr.msg_iov, count) };
             let mut bytes = Vec::new();
             for iov in iovecs {
                 let part =
