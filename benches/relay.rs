@@ -1,21 +1,69 @@
-//! The relay hot path through the protocol core: a ChannelData frame from a client routed to its
-//! peer, and a peer datagram framed for the client, with 1,000 allocations in the table.
+//! The relay hot path through the protocol core: a ChannelData frame and a Send indication
+//! from a client routed to its peer, a peer datagram framed for the client (ChannelData and
+//! Data indication), with 1,000 allocations in the table; and the I/O layer's batch of
+//! datagrams (queue, group by socket, GSO, flush). A counting global allocator makes the
+//! bench fail if any of these allocates per packet.
 
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
 use turnpike::auth::StaticCredentials;
 use turnpike::config::{Config, Transport, User, UserCredential};
+use turnpike::net::batch::Datagrams;
 use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key};
 use turnpike::turn::{
     AllocationId, AllocationLedger, ClientAction, CoreConfig, Event, FiveTuple, NodeLimits, Nonces,
     PEER_HEADROOM, PEER_TAILROOM, PeerAction, PeerPolicy, Quota, ReflectionBudget, Server,
     SourceLimiter,
 };
+
+/// Counts every allocation and reallocation made by the process.
+struct Counting;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as ours.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Runs `packet` 10,000 times and fails the bench if any run allocated.
+fn assert_no_allocation(name: &str, mut packet: impl FnMut()) {
+    // One run first: lazily sized scratch may be set up once.
+    packet();
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..10_000 {
+        packet();
+    }
+    let allocated = ALLOCATIONS.load(Ordering::Relaxed) - before;
+    assert_eq!(
+        allocated, 0,
+        "{name}: {allocated} heap allocations in 10,000 packets; the hot path must allocate nothing"
+    );
+    eprintln!("{name}: 0 heap allocations in 10,000 packets");
+}
 
 const REALM: &str = "bench";
 const PEER: &str = "203.0.113.5:6000";
@@ -139,7 +187,59 @@ fn relay(c: &mut Criterion) {
     let payload = [0xabu8; 160];
     let mut frame = vec![0x40, 0x00, 0x00, 160];
     frame.extend_from_slice(&payload);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    let mut indication = [0u8; 512];
+    let indication_len = {
+        let mut w = MessageWriter::new(
+            &mut indication,
+            Method::SEND,
+            Class::Indication,
+            TransactionId([9; 12]),
+        )
+        .unwrap();
+        w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap();
+        w.attribute(attr::DATA, &payload).unwrap();
+        w.finish()
+    };
+    let indication = &indication[..indication_len];
     let mut out = vec![0u8; 2048];
+    let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
+    let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
+    let unbound: SocketAddr = "203.0.113.5:6001".parse().unwrap();
+
+    assert_no_allocation("channel_data_route", || {
+        let action = server.handle_client(now, tuple, &frame, &mut out);
+        assert!(matches!(action, ClientAction::Relay { .. }));
+    });
+    assert_no_allocation("send_indication_route", || {
+        let action = server.handle_client(now, tuple, indication, &mut out);
+        assert!(matches!(action, ClientAction::Relay { .. }));
+    });
+    assert_no_allocation("peer_to_channel_data", || {
+        buf[range.clone()].copy_from_slice(&payload);
+        let action = server.handle_peer(now, id, peer, &mut buf, range.clone());
+        assert!(matches!(action, PeerAction::Forward { .. }));
+    });
+    let mut big = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM + 64];
+    assert_no_allocation("peer_to_data_indication", || {
+        big[range.clone()].copy_from_slice(&payload);
+        let action = server.handle_peer(now, id, unbound, &mut big, range.clone());
+        assert!(matches!(action, PeerAction::Forward { .. }));
+    });
+    let destinations: Vec<SocketAddr> = (0..8)
+        .map(|i| SocketAddr::new("198.51.100.1".parse().unwrap(), 5000 + i))
+        .collect();
+    let mut batch = Datagrams::new(64);
+    let flush_batch = |batch: &mut Datagrams| {
+        for i in 0..32 {
+            let to = destinations[i % destinations.len()];
+            assert!(batch.push(3 + (i % 2) as i32, to, None, &frame));
+        }
+        let flushed = batch.flush_with(|_, headers| Ok(headers.len()));
+        assert_eq!(flushed.sent, 32);
+    };
+    assert_no_allocation("batch_32_queue_and_flush", || flush_batch(&mut batch));
+
     let mut group = c.benchmark_group("relay");
     group.throughput(Throughput::Elements(1));
     group.measurement_time(Duration::from_secs(3));
@@ -150,16 +250,26 @@ fn relay(c: &mut Criterion) {
             black_box(action)
         })
     });
-    let mut buf = vec![0u8; PEER_HEADROOM + payload.len() + PEER_TAILROOM];
-    buf[PEER_HEADROOM..PEER_HEADROOM + payload.len()].copy_from_slice(&payload);
-    let peer: SocketAddr = PEER.parse().unwrap();
+    group.bench_function("send_indication_route", |b| {
+        b.iter(|| {
+            let action = server.handle_client(now, tuple, black_box(indication), &mut out);
+            assert!(matches!(action, ClientAction::Relay { .. }));
+            black_box(action)
+        })
+    });
     group.bench_function("peer_to_channel_data", |b| {
         b.iter(|| {
-            let range = PEER_HEADROOM..PEER_HEADROOM + payload.len();
-            let action = server.handle_peer(now, id, black_box(peer), &mut buf, range);
+            let action = server.handle_peer(now, id, black_box(peer), &mut buf, range.clone());
             assert!(matches!(action, PeerAction::Forward { .. }));
             black_box(action)
         })
+    });
+    group.finish();
+    let mut group = c.benchmark_group("batch");
+    group.throughput(Throughput::Elements(32));
+    group.measurement_time(Duration::from_secs(3));
+    group.bench_function("queue_and_flush_32_datagrams", |b| {
+        b.iter(|| flush_batch(black_box(&mut batch)))
     });
     group.finish();
 }

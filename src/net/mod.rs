@@ -3,7 +3,9 @@
 
 mod accept;
 mod audit;
+pub mod batch;
 pub mod cluster;
+mod poller;
 mod relay;
 pub mod status;
 mod stream;
@@ -1158,7 +1160,13 @@ fn run_worker(
                 Err(error) => tracing::error!(%error, "UDP listener setup failed"),
             }
         }
-        let shared = worker::Worker::new(core, context, udp, tls);
+        let shared = match worker::Worker::new(core, context, udp, tls) {
+            Ok(shared) => shared,
+            Err(error) => {
+                tracing::error!(%error, "cannot start worker: no relay socket set");
+                return;
+            }
+        };
         worker::Worker::start(&shared);
         for (listener, is_tls) in sockets.tcp {
             worker::Worker::add_tcp(&shared, listener, is_tls);

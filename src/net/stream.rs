@@ -377,6 +377,7 @@ where
                     Ok(None) => break,
                     Err(_) => {
                         worker.core.record_malformed();
+                        worker.flush_to_peers();
                         return false;
                     }
                 };
@@ -391,6 +392,7 @@ where
                 start += advance;
                 last_message = now;
             }
+            worker.flush_to_peers();
         }
         if writer.closed.get() {
             return false;

@@ -5,26 +5,34 @@
 use std::cell::{Cell, RefCell};
 use std::io::IoSliceMut;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 
 use crate::config::{PortRange, Transport};
+use crate::stun::Class;
 use crate::turn::{
     AllocationId, ClientAction, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server,
 };
 
+use super::batch::{Datagrams, Inbox, RECV_BATCH};
 use super::normalize;
+use super::poller::{self, RelayPoller};
 use super::relay::{self, Reservations};
 use super::stream::{Pushed, StreamWriter};
 
-/// Datagrams handled per wake-up of a socket before yielding to other tasks.
+/// Datagrams handled per wake-up of a listener socket before yielding to other tasks.
 const WORK_LIMIT: usize = 64;
+/// Datagrams read from one relay socket per pass over the ready ones: a hot allocation
+/// yields to the others after this many, and is served again in the next pass.
+const RELAY_SOCKET_LIMIT: usize = 64;
+/// Datagrams read from all relay sockets per pass before yielding to the listeners.
+const RELAY_PASS_LIMIT: usize = 1024;
 /// Largest UDP payload.
 const MAX_DATAGRAM: usize = 65_535;
 /// Receive buffers per UDP listener, filled by one `recvmmsg`.
@@ -35,7 +43,9 @@ const REPLY_BUF: usize = 2048;
 /// A UDP listener socket of this worker.
 pub(super) struct UdpListener {
     pub local: SocketAddr,
-    pub socket: Rc<UdpSocket>,
+    /// Registered for input only: output goes straight to the non-blocking socket, and a
+    /// registration for output would wake the worker each time a sent datagram frees buffer.
+    pub socket: Rc<AsyncFd<std::net::UdpSocket>>,
     pub state: quinn_udp::UdpSocketState,
     /// The receive loop, stopped when the listener is removed by a reload.
     pub task: Option<tokio::task::AbortHandle>,
@@ -46,7 +56,11 @@ impl UdpListener {
     pub fn new(socket: std::net::UdpSocket) -> std::io::Result<UdpListener> {
         let local = socket.local_addr()?;
         let state = quinn_udp::UdpSocketState::new((&socket).into())?;
-        let socket = UdpSocket::from_std(socket)?;
+        socket.set_nonblocking(true)?;
+        // SAFETY: the socket is owned by the AsyncFd and never replaced: its descriptor stays
+        // open and the same for the AsyncFd's whole life.
+        let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
+            .map_err(std::io::Error::from)?;
         Ok(UdpListener {
             local,
             socket: Rc::new(socket),
@@ -63,9 +77,10 @@ pub enum NewListener {
     Tcp(std::net::TcpListener, bool),
 }
 
+/// A relay socket, in the worker's [`RelayPoller`] under its allocation's slot index.
 struct RelaySocket {
-    socket: Rc<UdpSocket>,
-    task: JoinHandle<()>,
+    allocation: AllocationId,
+    socket: std::net::UdpSocket,
 }
 
 /// How often a worker publishes its counters.
@@ -120,13 +135,24 @@ pub(super) struct Worker {
     tcp: Vec<(Transport, SocketAddr, tokio::task::AbortHandle)>,
     tls: super::stream::SharedAcceptor,
     relays: Vec<Option<RelaySocket>>,
+    /// The readiness set of the relay sockets, served by one task.
+    poller: Rc<RelayPoller>,
+    events: Vec<libc::epoll_event>,
+    /// Relay sockets that hit [`RELAY_SOCKET_LIMIT`] in a pass and still hold datagrams: the
+    /// set does not report them again until a new one arrives, so the next pass serves them
+    /// first. Two lists whose capacity is kept, swapped each pass.
+    backlog: Vec<AllocationId>,
+    backlog_next: Vec<AllocationId>,
+    /// Payloads for peers gathered from the datagrams of one wake-up.
+    to_peers: Datagrams,
+    /// Relayed frames for UDP clients gathered during one pass over the relay sockets.
+    to_clients: Datagrams,
+    /// Receive buffers of the relay sockets.
+    inbox: Inbox,
     pub streams: foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
-    peer_buf: Vec<u8>,
     out: Vec<u8>,
     /// Replies written while handling events (Allocate answers once the relay is open).
     event_out: Vec<u8>,
-    /// Relay tasks aborted by the current call, whose sockets are not closed yet.
-    closing: Vec<JoinHandle<()>>,
     timer: Rc<Notify>,
     this: std::rc::Weak<RefCell<Worker>>,
 }
@@ -134,13 +160,18 @@ pub(super) struct Worker {
 pub(super) type Shared = Rc<RefCell<Worker>>;
 
 impl Worker {
+    /// A worker; within the runtime that will run it (its relay poller registers there).
     pub fn new(
         core: Server,
         context: Context,
         udp: Vec<UdpListener>,
         tls: super::stream::SharedAcceptor,
-    ) -> Shared {
-        Rc::new_cyclic(|this| {
+    ) -> std::io::Result<Shared> {
+        let poller = Rc::new(RelayPoller::new()?);
+        // GSO is a property of the kernel (and of the path, which `Datagrams` learns from a
+        // refusal); ask it on a listener socket when there is one.
+        let gso = udp.first().map_or(1, |l| l.state.max_gso_segments());
+        Ok(Rc::new_cyclic(|this| {
             RefCell::new(Worker {
                 core,
                 relay: context.relay,
@@ -160,28 +191,35 @@ impl Worker {
                 tcp: Vec::new(),
                 tls,
                 relays: Vec::new(),
+                poller,
+                events: poller::event_buffer(),
+                backlog: Vec::new(),
+                backlog_next: Vec::new(),
+                to_peers: Datagrams::new(gso),
+                to_clients: Datagrams::new(gso),
+                inbox: Inbox::new(PEER_HEADROOM, MAX_DATAGRAM, PEER_TAILROOM),
                 streams: foldhash::HashMap::default(),
-                peer_buf: vec![0; PEER_HEADROOM + MAX_DATAGRAM + PEER_TAILROOM],
                 out: vec![0; REPLY_BUF],
                 event_out: vec![0; REPLY_BUF],
-                closing: Vec::new(),
                 timer: Rc::new(Notify::new()),
                 this: this.clone(),
             })
-        })
+        }))
     }
 
     /// Starts the worker's UDP receive loops and its timer; stream listeners are started by
     /// the caller.
     pub fn start(shared: &Shared) {
-        let (count, timer, commands) = {
+        let (count, timer, commands, poller) = {
             let mut worker = shared.borrow_mut();
             (
                 worker.udp.len(),
                 worker.timer.clone(),
                 worker.commands.take(),
+                worker.poller.clone(),
             )
         };
+        tokio::task::spawn_local(relay_loop(shared.clone(), poller));
         for index in 0..count {
             let task = tokio::task::spawn_local(udp_listener_loop(shared.clone(), index));
             if let Some(Some(listener)) = shared.borrow_mut().udp.get_mut(index) {
@@ -351,26 +389,27 @@ impl Worker {
             }
         }
         self.after_core_call(now);
-        self.closing.clear();
     }
 
-    /// Handles one message from a client and does what the core says.
+    /// Handles one message from a client and does what the core says. Payloads for peers are
+    /// queued: the caller ends its batch of messages with [`Worker::flush_to_peers`].
     pub fn handle_client(&mut self, now: Instant, tuple: FiveTuple, data: &[u8]) {
+        if !self.to_peers.is_empty() && !carries_relayed_data(data) {
+            // A request may end an allocation and close its relay socket: what was queued
+            // for it goes out first.
+            self.flush_to_peers();
+        }
         let action = self.core.handle_client(now, tuple, data, &mut self.out);
         match action {
             ClientAction::None => {}
             ClientAction::Reply(n) => {
                 // Events first: a Refresh that deletes must have released its relay port
                 // before the client hears so, or its next Allocate could find the port taken.
+                // (Relay sockets close synchronously, so it has once the events are done.)
                 self.after_core_call(now);
-                let closing = std::mem::take(&mut self.closing);
-                if closing.is_empty() {
-                    let out = std::mem::take(&mut self.out);
-                    self.send_to_client(&tuple, &out[..n]);
-                    self.out = out;
-                } else {
-                    self.reply_after_close(tuple, self.out[..n].to_vec(), closing);
-                }
+                let out = std::mem::take(&mut self.out);
+                self.send_to_client(&tuple, &out[..n]);
+                self.out = out;
                 return;
             }
             ClientAction::Relay {
@@ -379,34 +418,38 @@ impl Worker {
                 payload,
             } => {
                 if let Some(Some(relay)) = self.relays.get(allocation.index()) {
-                    // Straight to the non-blocking socket: tokio's try_send_to would refuse a
-                    // socket whose writability its driver has not observed yet, which is every
-                    // relay socket just opened. A full socket buffer drops the datagram, as the
-                    // network would.
-                    let socket = socket2::SockRef::from(&*relay.socket);
-                    if socket.send_to(&data[payload], &peer.into()).is_err() {
-                        increment(&self.dropped_send_failed);
+                    let socket = relay.socket.as_raw_fd();
+                    let payload = &data[payload];
+                    if !self.to_peers.push(socket, peer, None, payload) {
+                        self.flush_to_peers();
+                        if !self.to_peers.push(socket, peer, None, payload) {
+                            // Larger than the queue takes (it takes any UDP payload).
+                            increment(&self.dropped_send_failed);
+                        }
                     }
                 }
             }
         }
         self.after_core_call(now);
-        self.closing.clear();
     }
 
-    /// Sends `reply` once the relay tasks being aborted are gone, and with them the last handle
-    /// on their sockets: only then is the port free again. Control path only (Refresh 0).
-    fn reply_after_close(&self, tuple: FiveTuple, reply: Vec<u8>, closing: Vec<JoinHandle<()>>) {
-        let this = self.this.clone();
-        tokio::task::spawn_local(async move {
-            for task in closing {
-                // Err(cancelled) is the expected outcome: the task was aborted.
-                let _ = task.await;
-            }
-            if let Some(worker) = this.upgrade() {
-                worker.borrow().send_to_client(&tuple, &reply);
-            }
-        });
+    /// Sends the payloads queued for peers (one `sendmmsg` per relay socket); what the kernel
+    /// refuses is counted in `dropped_send_failed`.
+    pub fn flush_to_peers(&mut self) {
+        if self.to_peers.is_empty() {
+            return;
+        }
+        let flushed = self.to_peers.flush();
+        add(&self.dropped_send_failed, flushed.dropped);
+    }
+
+    /// Sends the frames queued for UDP clients (one `sendmmsg` per listener socket).
+    fn flush_to_clients(&mut self) {
+        if self.to_clients.is_empty() {
+            return;
+        }
+        let flushed = self.to_clients.flush();
+        add(&self.dropped_send_failed, flushed.dropped);
     }
 
     /// A stream connection ended.
@@ -414,7 +457,6 @@ impl Worker {
         self.streams.remove(tuple);
         self.core.handle_connection_closed(tuple);
         self.after_core_call(now);
-        self.closing.clear();
     }
 
     fn after_core_call(&mut self, now: Instant) {
@@ -473,13 +515,14 @@ impl Worker {
                 }
                 Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
+                    // Nothing queued may name a descriptor that is closed (and maybe reused).
+                    self.flush_to_peers();
                     if let Some(slot) = self.relays.get_mut(allocation.index())
                         && let Some(relay) = slot.take()
                     {
-                        // The socket closes when the aborted task is dropped, which the
-                        // runtime does on its next turn; `closing` lets a reply wait for it.
-                        relay.task.abort();
-                        self.closing.push(relay.task);
+                        // Out of the set, then closed (when `relay` drops): the port is free
+                        // again before anything else happens.
+                        self.poller.remove(relay.socket.as_raw_fd());
                     }
                 }
             }
@@ -499,19 +542,19 @@ impl Worker {
             crate::turn::RelayOpenError::NoPort
         };
         let local = socket.local_addr().map_err(failed)?;
-        let socket = Rc::new(UdpSocket::from_std(socket).map_err(failed)?);
-        let this = self
-            .this
-            .upgrade()
-            .ok_or(crate::turn::RelayOpenError::NoPort)?;
-        let task = tokio::task::spawn_local(relay_loop(this, allocation, socket.clone()));
+        socket.set_nonblocking(true).map_err(failed)?;
         let index = allocation.index();
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || None);
         }
-        if let Some(old) = self.relays[index].replace(RelaySocket { socket, task }) {
-            old.task.abort();
+        if let Some(old) = self.relays[index].take() {
+            self.flush_to_peers();
+            self.poller.remove(old.socket.as_raw_fd());
         }
+        self.poller
+            .add(socket.as_raw_fd(), index as u64)
+            .map_err(failed)?;
+        self.relays[index] = Some(RelaySocket { allocation, socket });
         Ok(local)
     }
 
@@ -520,21 +563,10 @@ impl Worker {
         self.transmit(tuple, frame, false);
     }
 
-    /// Sends a relayed frame to a client; drops it (counted) if the socket or the stream's
-    /// queue is full.
-    fn relay_to_client(&self, tuple: &FiveTuple, frame: &[u8]) {
-        self.transmit(tuple, frame, true);
-    }
-
     fn transmit(&self, tuple: &FiveTuple, frame: &[u8], relayed: bool) {
         match tuple.transport {
             Transport::Udp => {
-                let Some(listener) = self
-                    .udp
-                    .iter()
-                    .flatten()
-                    .find(|l| serves(l.local, tuple.server))
-                else {
+                let Some(listener) = listener_for(&self.udp, tuple) else {
                     return;
                 };
                 let transmit = quinn_udp::Transmit {
@@ -549,11 +581,12 @@ impl Worker {
                         .is_unspecified()
                         .then_some(tuple.server.ip()),
                 };
-                // Straight to the non-blocking socket, not through tokio's readiness (see
-                // `handle_client`); a full buffer drops the datagram.
-                let sent = listener
-                    .state
-                    .try_send(quinn_udp::UdpSockRef::from(&*listener.socket), &transmit);
+                // Straight to the non-blocking socket, not through tokio's readiness (the
+                // listener is registered for input only); a full buffer drops the datagram.
+                let sent = listener.state.try_send(
+                    quinn_udp::UdpSockRef::from(listener.socket.get_ref()),
+                    &transmit,
+                );
                 if sent.is_err() {
                     increment(&self.dropped_send_failed);
                 }
@@ -619,30 +652,157 @@ impl Worker {
         }
     }
 
-    /// Reads what is waiting on a relay socket (up to the work limit) and forwards it.
-    fn drain_relay(&mut self, allocation: AllocationId, socket: &UdpSocket) {
+    /// Serves the relay sockets that are readable: those left over from the last pass
+    /// first, then those the set reports; each up to [`RELAY_SOCKET_LIMIT`] datagrams, all up
+    /// to [`RELAY_PASS_LIMIT`]. The frames for UDP clients go out together at the end. Returns
+    /// whether work is left for another pass (the set may hold more, or a socket hit its
+    /// limit); `false` means every socket was read until it had no more.
+    fn relay_pass(&mut self) -> bool {
         let now = Instant::now();
-        for _ in 0..WORK_LIMIT {
-            let start = PEER_HEADROOM;
-            let end = self.peer_buf.len() - PEER_TAILROOM;
-            let (len, peer) = match socket.try_recv_from(&mut self.peer_buf[start..end]) {
-                Ok(received) => received,
-                // WouldBlock: drained. Another error is reported once (the kernel clears it)
-                // and leaves the socket marked readable, so the relay loop comes back to the
-                // datagrams behind it. ICMP errors (ECONNREFUSED from a dead peer port) never
-                // show here: Linux reports them only to connected or IP_RECVERR sockets, and
-                // relay sockets are neither (tests/faults.rs).
-                Err(_) => return,
+        let mut budget = RELAY_PASS_LIMIT;
+        std::mem::swap(&mut self.backlog, &mut self.backlog_next);
+        let mut i = 0;
+        while i < self.backlog_next.len() {
+            let allocation = self.backlog_next[i];
+            i += 1;
+            if budget == 0 {
+                self.backlog.push(allocation);
+                continue;
+            }
+            let (more, taken) = self.drain_relay(now, allocation, budget);
+            budget -= taken;
+            if more {
+                self.backlog.push(allocation);
+            }
+        }
+        self.backlog_next.clear();
+        let poller = self.poller.clone();
+        let ready = poller.ready(&mut self.events);
+        for i in 0..ready {
+            let index = self.events[i].u64 as usize;
+            let Some(Some(relay)) = self.relays.get(index) else {
+                continue;
             };
-            let action = self.core.handle_peer(
-                now,
-                allocation,
-                peer,
-                &mut self.peer_buf,
-                start..start + len,
-            );
-            if let PeerAction::Forward { to, frame } = action {
-                self.relay_to_client(&to, &self.peer_buf[frame]);
+            let allocation = relay.allocation;
+            if budget == 0 {
+                // Not read: the set will not report it again, the backlog remembers it.
+                self.backlog.push(allocation);
+                continue;
+            }
+            let (more, taken) = self.drain_relay(now, allocation, budget);
+            budget -= taken;
+            if more {
+                self.backlog.push(allocation);
+            }
+        }
+        self.flush_to_clients();
+        ready == poller::MAX_EVENTS || !self.backlog.is_empty()
+    }
+
+    /// Reads a relay socket, up to [`RELAY_SOCKET_LIMIT`] and `budget` datagrams, and forwards
+    /// what it read. Returns whether it may hold more, and how many datagrams it read.
+    fn drain_relay(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        budget: usize,
+    ) -> (bool, usize) {
+        let Some(Some(relay)) = self.relays.get(allocation.index()) else {
+            return (false, 0);
+        };
+        if relay.allocation != allocation {
+            return (false, 0);
+        }
+        let socket = relay.socket.as_raw_fd();
+        let limit = RELAY_SOCKET_LIMIT.min(budget);
+        let mut taken = 0;
+        while taken < limit {
+            let count = match self.inbox.recv(socket) {
+                Ok(count) => count,
+                // WouldBlock: drained. Another error is reported once (the kernel clears it);
+                // the datagrams behind it raise a new event. ICMP errors (ECONNREFUSED from a
+                // dead peer port) never show here: Linux reports them only to connected or
+                // IP_RECVERR sockets, and relay sockets are neither (tests/faults.rs).
+                Err(_) => return (false, taken),
+            };
+            for i in 0..count {
+                let (source, buf, payload) = self.inbox.datagram(i);
+                let Some(peer) = source else {
+                    continue;
+                };
+                let action = self.core.handle_peer(now, allocation, peer, buf, payload);
+                if let PeerAction::Forward { to, frame } = action {
+                    forward_to_client(
+                        &self.udp,
+                        &self.streams,
+                        &mut self.to_clients,
+                        (&self.dropped_send_failed, &self.dropped_stream_full),
+                        &to,
+                        &buf[frame],
+                    );
+                }
+            }
+            taken += count;
+            if count < RECV_BATCH {
+                // The socket had no more when the kernel stopped: a datagram arriving after
+                // that is a new edge, which the set reports.
+                return (false, taken);
+            }
+        }
+        (true, taken)
+    }
+}
+
+/// Whether a client's message is relayed data (ChannelData or a Send indication), which
+/// changes no state that datagrams queued for peers depend on.
+fn carries_relayed_data(data: &[u8]) -> bool {
+    match data.first() {
+        Some(0x40..=0x7f) => true,
+        Some(_) => crate::stun::message_class(data) == Some(Class::Indication),
+        None => true,
+    }
+}
+
+/// The UDP listener a client's 5-tuple arrived on.
+fn listener_for<'a>(udp: &'a [Option<UdpListener>], tuple: &FiveTuple) -> Option<&'a UdpListener> {
+    udp.iter().flatten().find(|l| serves(l.local, tuple.server))
+}
+
+/// Queues a relayed frame for a UDP client (sent when the pass ends) or pushes it to a stream
+/// client's queue; what cannot be sent is dropped and counted.
+fn forward_to_client(
+    udp: &[Option<UdpListener>],
+    streams: &foldhash::HashMap<FiveTuple, Rc<StreamWriter>>,
+    to_clients: &mut Datagrams,
+    (send_failed, stream_full): (&Cell<u64>, &Cell<u64>),
+    tuple: &FiveTuple,
+    frame: &[u8],
+) {
+    match tuple.transport {
+        Transport::Udp => {
+            let Some(listener) = listener_for(udp, tuple) else {
+                return;
+            };
+            let socket = listener.socket.get_ref().as_raw_fd();
+            // On a wildcard listener, send from the address the client talks to.
+            let src_ip = listener
+                .local
+                .ip()
+                .is_unspecified()
+                .then_some(tuple.server.ip());
+            if !to_clients.push(socket, tuple.client, src_ip, frame) {
+                let flushed = to_clients.flush();
+                add(send_failed, flushed.dropped);
+                if !to_clients.push(socket, tuple.client, src_ip, frame) {
+                    increment(send_failed);
+                }
+            }
+        }
+        Transport::Tcp | Transport::Tls => {
+            if let Some(writer) = streams.get(tuple)
+                && writer.push_relayed(frame) == Pushed::Full
+            {
+                increment(stream_full);
             }
         }
     }
@@ -660,6 +820,10 @@ fn log_refused_peers_ended(ended: usize) {
 
 fn increment(counter: &Cell<u64>) {
     counter.set(counter.get() + 1);
+}
+
+fn add(counter: &Cell<u64>, n: u64) {
+    counter.set(counter.get() + n);
 }
 
 /// Does a listener bound to `local` serve packets addressed to `server`?
@@ -680,60 +844,85 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
     let mut bufs: [Vec<u8>; BATCH] = std::array::from_fn(|_| vec![0u8; segment]);
     let mut metas = [quinn_udp::RecvMeta::default(); BATCH];
     loop {
-        if socket.readable().await.is_err() {
+        let Ok(mut guard) = socket.readable().await else {
             return;
-        }
-        for _ in 0..WORK_LIMIT.div_ceil(BATCH) {
+        };
+        let mut drained = false;
+        {
             let mut worker = shared.borrow_mut();
-            let received = {
-                let Some(Some(listener)) = worker.udp.get(index) else {
-                    return;
-                };
-                let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
-                socket.try_io(Interest::READABLE, || {
+            for _ in 0..WORK_LIMIT.div_ceil(BATCH) {
+                let received = {
+                    let Some(Some(listener)) = worker.udp.get(index) else {
+                        return;
+                    };
+                    let mut slices = bufs.each_mut().map(|b| IoSliceMut::new(b));
                     listener.state.recv(
-                        quinn_udp::UdpSockRef::from(&*socket),
+                        quinn_udp::UdpSockRef::from(socket.get_ref()),
                         &mut slices,
                         &mut metas,
                     )
-                })
-            };
-            let count = match received {
-                Ok(count) => count,
-                // As in `drain_relay`: quinn-udp does not set IP_RECVERR unless asked to, so a
-                // client's ICMP bounce never shows here; and if it did, with its error queue
-                // left unread it would use up the socket's receive buffer.
-                Err(_) => break,
-            };
-            let now = Instant::now();
-            let Some(Some(listener)) = worker.udp.get(index) else {
-                return;
-            };
-            let local = listener.local;
-            for (meta, buf) in metas.iter().zip(&bufs).take(count) {
-                let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
-                let tuple = FiveTuple {
-                    transport: Transport::Udp,
-                    client: normalize(meta.addr),
-                    server: normalize(server),
                 };
-                let stride = meta.stride.max(1);
-                for datagram in buf[..meta.len].chunks(stride) {
-                    worker.handle_client(now, tuple, datagram);
+                let count = match received {
+                    Ok(count) => count,
+                    Err(error) => {
+                        // WouldBlock: drained. As in `drain_relay`, quinn-udp does not set
+                        // IP_RECVERR unless asked to, so a client's ICMP bounce never shows
+                        // here; another error is reported once, and the datagrams behind it
+                        // are read on the next turn.
+                        drained = error.kind() == std::io::ErrorKind::WouldBlock;
+                        break;
+                    }
+                };
+                let now = Instant::now();
+                let Some(Some(listener)) = worker.udp.get(index) else {
+                    return;
+                };
+                let local = listener.local;
+                for (meta, buf) in metas.iter().zip(&bufs).take(count) {
+                    let server = SocketAddr::new(meta.dst_ip.unwrap_or(local.ip()), local.port());
+                    let tuple = FiveTuple {
+                        transport: Transport::Udp,
+                        client: normalize(meta.addr),
+                        server: normalize(server),
+                    };
+                    let stride = meta.stride.max(1);
+                    for datagram in buf[..meta.len].chunks(stride) {
+                        worker.handle_client(now, tuple, datagram);
+                    }
+                }
+                if count < BATCH {
+                    // The kernel had no more when it stopped; a datagram arriving since is
+                    // a new edge, so no extra read is needed to learn it would block.
+                    drained = true;
+                    break;
                 }
             }
+            worker.flush_to_peers();
         }
-        tokio::task::yield_now().await;
+        if drained {
+            guard.clear_ready();
+        } else {
+            drop(guard);
+            tokio::task::yield_now().await;
+        }
     }
 }
 
-async fn relay_loop(shared: Shared, allocation: AllocationId, socket: Rc<UdpSocket>) {
+/// Serves the worker's relay sockets: one wake-up per batch of readiness, whatever the
+/// number of sockets.
+async fn relay_loop(shared: Shared, poller: Rc<RelayPoller>) {
     loop {
-        if socket.readable().await.is_err() {
+        let Ok(mut guard) = poller.readable().await else {
             return;
+        };
+        let more = shared.borrow_mut().relay_pass();
+        if more {
+            drop(guard);
+            tokio::task::yield_now().await;
+        } else {
+            // Everything reported was read until empty; a later arrival is a new edge.
+            guard.clear_ready();
         }
-        shared.borrow_mut().drain_relay(allocation, &socket);
-        tokio::task::yield_now().await;
     }
 }
 
@@ -776,7 +965,6 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
         let mut worker = shared.borrow_mut();
         worker.core.handle_timeout(now);
         worker.after_core_call(now);
-        worker.closing.clear();
         worker.relay.reservations.expire(now);
     }
 }
