@@ -79,8 +79,8 @@ if [ "$quick" = 1 ]; then
   held_large=1000
 fi
 
-for tool in jq ss turnutils_stunclient; do
-  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed (apt-get install jq iproute2 coturn)" >&2; exit 2; }
+for tool in jq ss; do
+  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed (apt-get install jq iproute2)" >&2; exit 2; }
 done
 turnserver_bin="${TURNSERVER:-turnserver}"
 command -v "$turnserver_bin" >/dev/null || { echo "compare.sh: coturn's turnserver is needed (apt-get install coturn)" >&2; exit 2; }
@@ -189,6 +189,7 @@ EOF
 # file. Sets server_pid and port.
 start_coturn() {
   port=$(free_port)
+  rm -f "$work/turnserver.pid"
   "$turnserver_bin" -n --no-cli --no-tls --no-dtls --no-rfc5780 --allow-loopback-peers \
     --listening-ip 127.0.0.1 -p "$port" --relay-ip 127.0.0.1 --min-port 49152 --max-port 65535 \
     --realm compare --lt-cred-mech --user load:load-password \
@@ -196,7 +197,13 @@ start_coturn() {
     --pidfile "$work/turnserver.pid" --db "$work/turndb" >/dev/null 2>&1 &
   server_pid=$!
   for _ in $(seq 1 100); do
-    if turnutils_stunclient -p "$port" 127.0.0.1 >/dev/null 2>&1; then
+    # Ready when one client can allocate (and delete it again).
+    if "$load_bin" allocate --server "127.0.0.1:$port" --user load --password load-password \
+      --clients 1 --duration 1s >/dev/null 2>&1; then
+      # The process that serves (its pidfile), should the shell have forked in between.
+      if [ -s "$work/turnserver.pid" ] && kill -0 "$(cat "$work/turnserver.pid")" 2>/dev/null; then
+        server_pid=$(cat "$work/turnserver.pid")
+      fi
       return 0
     fi
     kill -0 "$server_pid" 2>/dev/null || break
@@ -384,14 +391,14 @@ table="$results/table.md"
         extra() { echo ", $(cell "$1" allocations_per_s 0) /s"; }
         unit=" µs"; decimals=1 ;;
       crowd)
-        key=allocations_per_s; host=host_cpu_us_per_allocation
+        key=allocations_per_s; host=none
         what="allocations/s"
         extra() { echo ", $(cell "$1" allocations 0) of 2000 allocated"; }
         unit=" /s"; decimals=0 ;;
       hold)
-        key=server_rss_bytes_per_allocation; host=host_cpu_us_per_packet
-        what="server RSS per allocation (bytes)"
-        extra() { echo ", $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %')"; }
+        key=server_rss_bytes_per_allocation; host=none
+        what="server RSS growth per allocation"
+        extra() { echo " ($(cell "$1" server_rss_kib_after 0 ' KiB') in all), $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %') of a core"; }
         unit=" B"; decimals=0 ;;
     esac
     tm=$(stat_of "$t" "$key" median); cm=$(stat_of "$c" "$key" median); fm=$(stat_of "$f" "$key" median)
@@ -399,9 +406,11 @@ table="$results/table.md"
     if [ "${forwarder[$row]}" = 1 ]; then
       fcell="$(cell "$f" "$key" "$decimals" "$unit")$(extra "$f")"
       fratio=$(ratio "$tm" "$fm")
-      fhost=$(cell "$f" "$host" 2)
+      [ "$host" != none ] && fhost=$(cell "$f" "$host" 2)
     fi
-    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $(cell "$c" "$host" 2) / $(cell "$t" "$host" 2) / $fhost |"
+    hosts="—"
+    [ "$host" != none ] && hosts="$(cell "$c" "$host" 2) / $(cell "$t" "$host" 2) / $fhost"
+    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $hosts |"
   done
   echo
   echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows)."

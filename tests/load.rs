@@ -692,11 +692,11 @@ fn targets_outside_loopback_are_refused() {
 #[test]
 fn hostile_command_lines_get_clear_errors() {
     let server = "127.0.0.1:3478";
-    let relay = |extra: &[&str]| {
-        let mut args = vec!["relay", "--server", server, "--password", "p"];
+    fn relay<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        let mut args = vec!["relay", "--server", "127.0.0.1:3478", "--password", "p"];
         args.extend_from_slice(extra);
         args
-    };
+    }
     // (arguments, words the error must contain)
     let cases: Vec<(Vec<&str>, Vec<&str>)> = vec![
         (relay(&["--clients", "0"]), vec!["--clients", "at least 1"]),

@@ -229,9 +229,10 @@ pub struct ForwardArgs {
     /// How long to run (SIGINT/SIGTERM end it earlier).
     #[arg(long, value_parser = parse_duration, allow_hyphen_values = true, default_value = "60s")]
     pub duration: Duration,
-    /// Most clients (each gets a relay socket); datagrams of more are dropped.
-    #[arg(long, value_parser = parse_clients, allow_hyphen_values = true, default_value = "20000")]
-    pub max_sources: u64,
+    /// Most clients (each gets a relay socket); datagrams of more are dropped. Default: as
+    /// many as the open-file limit allows.
+    #[arg(long, value_parser = parse_clients, allow_hyphen_values = true)]
+    pub max_sources: Option<u64>,
     /// Listen on, or forward to, an address that is not loopback.
     #[arg(long)]
     pub allow_remote: bool,
@@ -374,12 +375,18 @@ pub fn run(cli: Cli) -> Result<ExitCode, Refusal> {
         Mode::Forward(args) => {
             check_loopback("--listen", args.listen, args.allow_remote)?;
             check_loopback("--to", args.to, args.allow_remote)?;
-            check_clients(args.max_sources, limit)?;
+            let max_sources = match args.max_sources {
+                Some(max) => {
+                    check_clients(max, limit)?;
+                    max
+                }
+                None => limit.saturating_sub(64).max(1),
+            };
             let plan = ForwardPlan {
                 listen: args.listen,
                 target: args.to,
                 duration: args.duration,
-                max_sources: args.max_sources as usize,
+                max_sources: max_sources as usize,
             };
             let forwarder =
                 Forwarder::bind(&plan).map_err(|e| format!("--listen {}: {e}", args.listen))?;

@@ -93,7 +93,9 @@ fn echo_loop(socket: &UdpSocket, stop: &AtomicBool, counters: &EchoCounters, dea
         events: libc::POLLIN,
         revents: 0,
     };
-    while !stop.load(Ordering::Relaxed) && !sys::stop_requested() && Instant::now() < deadline {
+    // SIGINT/SIGTERM do not stop it by themselves: a run that ends early still drains the
+    // echoes in flight; its owner calls `stop`.
+    while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
         let n = match batch.recv(fd, 0..BATCH, true) {
             Ok(0) => {
                 // SAFETY: `poll` is one valid pollfd.

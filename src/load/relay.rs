@@ -107,7 +107,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
     let all_ready = ready == plan.clients;
 
     // The measured phase: sending, then the drain.
-    let echo_before = echo.as_ref().map(|e| counts(e));
+    let echo_before = echo.as_ref().map(counts);
     let start = Instant::now();
     let send_until = start + plan.duration;
     let drain_until = send_until + plan.drain;
@@ -173,7 +173,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
         (outcome.hist, outcome.totals, outcome.foreign)
     };
     let cpu_end = CpuSample::take(plan.server_pid);
-    let echo_after = echo.as_ref().map(|e| counts(e));
+    let echo_after = echo.as_ref().map(counts);
     if let Some(echo) = echo.as_mut() {
         echo.stop();
     }

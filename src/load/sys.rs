@@ -331,7 +331,7 @@ pub fn raise_open_file_limit() -> io::Result<u64> {
             return Err(io::Error::last_os_error());
         }
     }
-    Ok(limit.rlim_cur as u64)
+    Ok(limit.rlim_cur)
 }
 
 /// This process's CPU time (user + system), from getrusage.
