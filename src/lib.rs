@@ -21,11 +21,16 @@
 //!   permissions, channels, ChannelData and Send/Data indications, UDP retransmission, typed
 //!   errors. It sends and receives data without allocating (over TLS, rustls allocates per
 //!   record). The soak run (`examples/soak.rs`) drives the server with it.
+//! - [`load`]: the load generator `turnpike-load` (`src/bin/turnpike-load.rs`): relay,
+//!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
+//!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one
+//!   JSON line per run, with the server's CPU from /proc.
 //! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
 //!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
 //!
 //! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
-//! `credentials`, and `secret`/`user`/`revoke` for the Redis store.
+//! `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
+//! `turnpike-load` (`src/bin/turnpike-load.rs`), runs [`load`].
 
 pub mod auth;
 pub mod client;
@@ -33,6 +38,7 @@ pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod load;
 pub mod net;
 pub mod notify;
 pub mod stun;

@@ -91,6 +91,13 @@ impl Link {
         }
     }
 
+    pub(super) fn udp_socket(&self) -> Option<&UdpSocket> {
+        match self {
+            Link::Udp { socket, .. } => Some(socket),
+            _ => None,
+        }
+    }
+
     pub(super) fn is_stream(&self) -> bool {
         !matches!(self, Link::Udp { .. })
     }

@@ -372,6 +372,14 @@ impl Client {
         self.stats
     }
 
+    /// The connected UDP socket (`None` over TCP and TLS), for a caller that moves data itself,
+    /// e.g. in batches with `recvmmsg`/`sendmmsg` as the load generator does. While the caller
+    /// reads from it, no request may be made through the client: the caller would take its
+    /// answer.
+    pub fn udp_socket(&self) -> Option<&UdpSocket> {
+        self.link.udp_socket()
+    }
+
     /// A Binding request (no credentials): the client's address as the server sees it.
     pub async fn binding(&mut self) -> Result<SocketAddr, ClientError> {
         self.transact_once(Method::BINDING, false, |_| Ok(()))

@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# Side-by-side load comparison: turnpike (release build) against coturn's turnserver with
+# equivalent flags, and against turnpike-load's plain UDP forwarder (the same client → relay →
+# echo → relay → client path without TURN), all on loopback, driven by turnpike-load.
+#
+#   benches/compare.sh                  # every row, 3 rounds, about 10 minutes
+#   benches/compare.sh --rows r1,r6     # some rows (ids below)
+#   benches/compare.sh --rounds 5 --duration 5
+#   benches/compare.sh --quick          # 1 round, short rows: checks the script works
+#
+# Each run starts its server fresh (new process, new ports) and stops it after. Servers take
+# turns in A/B/B/A order (turnpike, coturn, forwarder; then the reverse; ...), and each cell is
+# the median of the rounds, with the lowest and highest in brackets to show the noise. The
+# server's CPU is utime + stime of /proc/PID/stat over the measured phase; host CPU is the
+# busy time of the whole machine from /proc/stat over the same phase (the load generator,
+# the kernel's softirq work and anything else running included). Every JSON line, the server
+# logs of each row's last run and the table are kept in the results directory printed at the
+# end.
+#
+# Environment: TURNPIKE, TURNPIKE_LOAD, TURNSERVER override the binaries (e.g. an older
+# turnpike build for a before/after table).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+duration=3
+quick=0
+only=""
+build=1
+results=""
+
+usage() {
+  sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+  cat <<'EOF'
+
+Options:
+  --rounds N        rounds per row (default 3; each server runs once per round)
+  --duration S      seconds of sending per relay row (default 3)
+  --rows LIST       comma-separated row ids: r1..r10 (default all)
+  --quick           1 round, 1 s relay rows, 500/1,000 held allocations
+  --no-build        use the binaries as they are
+  --results DIR     where to keep the JSON lines and logs (default target/compare/<time>)
+
+Rows:
+  r1  8 clients, max rate (window 16), 160 B ChannelData
+  r2  64 clients, max rate (window 16), 1000 B ChannelData
+  r3  64 clients x 50 pps x 1000 B ChannelData (paced)
+  r4  8 clients, max rate, 160 B Send indications
+  r5  TCP, 8 clients, max rate, 160 B ChannelData
+  r6  Allocate (401 round trip + Allocate) then Refresh 0, 2,000 clients, 64 at once
+  r7  the same 2,000 clients from one source address, for at most 5 s
+  r8  10,000 allocations held at 1 pps each: server RSS per allocation
+  r9  15,000 allocations held at 1 pps each: server RSS per allocation
+  r10 1 client, max rate, 160 B ChannelData (the cost per packet without concurrency)
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds="$2"; shift 2 ;;
+    --duration) duration="$2"; shift 2 ;;
+    --rows) only="$2"; shift 2 ;;
+    --quick) quick=1; shift ;;
+    --no-build) build=0; shift ;;
+    --results) results="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+case "$rounds" in ''|*[!0-9]*|0) echo "compare.sh: --rounds takes a whole number >= 1" >&2; exit 2 ;; esac
+case "$duration" in ''|*[!0-9]*|0) echo "compare.sh: --duration takes whole seconds >= 1" >&2; exit 2 ;; esac
+
+held_small=10000
+held_large=15000
+if [ "$quick" = 1 ]; then
+  rounds=1
+  duration=1
+  held_small=500
+  held_large=1000
+fi
+
+for tool in jq ss; do
+  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed (apt-get install jq iproute2)" >&2; exit 2; }
+done
+turnserver_bin="${TURNSERVER:-turnserver}"
+command -v "$turnserver_bin" >/dev/null || { echo "compare.sh: coturn's turnserver is needed (apt-get install coturn)" >&2; exit 2; }
+
+if [ "$build" = 1 ] && [ -z "${TURNPIKE:-}${TURNPIKE_LOAD:-}" ]; then
+  cargo build --release --bin turnpike --bin turnpike-load
+fi
+turnpike_bin="${TURNPIKE:-target/release/turnpike}"
+load_bin="${TURNPIKE_LOAD:-target/release/turnpike-load}"
+for bin in "$turnpike_bin" "$load_bin"; do
+  [ -x "$bin" ] || { echo "compare.sh: $bin not built (cargo build --release)" >&2; exit 2; }
+done
+
+# Each relay socket and each client is a descriptor: 15,000 held allocations need more than
+# the usual soft limit of 1,024. Servers and the generator inherit this.
+ulimit -n "$(ulimit -Hn)"
+nofile=$(ulimit -n)
+
+results="${results:-target/compare/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$results"
+results=$(cd "$results" && pwd)
+work=$(mktemp -d)
+server_pid=""
+forward_pid=""
+
+stop_pid() {
+  local pid="$1"
+  [ -n "$pid" ] || return 0
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 1 50); do
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    sleep 0.1
+  done
+  kill -KILL "$pid" 2>/dev/null || true
+  wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+  stop_pid "$server_pid"
+  stop_pid "$forward_pid"
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# A port free on 127.0.0.1 for UDP and TCP a moment ago, below the relay range.
+free_port() {
+  local port
+  for _ in $(seq 1 100); do
+    port=$((20000 + RANDOM % 12000))
+    if [ -z "$(ss -Hlnu "sport = :$port")" ] && [ -z "$(ss -Hlnt "sport = :$port")" ]; then
+      echo "$port"
+      return 0
+    fi
+  done
+  echo "compare.sh: no free port found" >&2
+  return 1
+}
+
+# turnpike with the shipped defaults, except: listeners and relay on 127.0.0.1, peers on
+# 127.0.0.1 allowed, no per-user allocation cap (coturn has none by default either), a short
+# drain. Sets server_pid and port.
+start_turnpike() {
+  port=$(free_port)
+  cat >"$work/turnpike.toml" <<EOF
+realm = "compare"
+workers = 0
+drain-timeout = "1s"
+
+[[listen]]
+transport = "udp"
+address = "127.0.0.1:$port"
+
+[[listen]]
+transport = "tcp"
+address = "127.0.0.1:$port"
+
+[relay]
+address = "127.0.0.1"
+ports = "49152-65535"
+
+[[auth.users]]
+name = "load"
+password = "load-password"
+
+[peers]
+allow = ["127.0.0.1/32"]
+
+[limits]
+user-allocations = 0
+EOF
+  "$turnpike_bin" serve -c "$work/turnpike.toml" --log-format json 2>"$work/server.log" &
+  server_pid=$!
+  for _ in $(seq 1 200); do
+    grep -q '"message":"ready"' "$work/server.log" 2>/dev/null && return 0
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "compare.sh: turnpike did not start; its log:" >&2
+  cat "$work/server.log" >&2
+  return 1
+}
+
+# coturn with the equivalent: UDP and TCP on 127.0.0.1, relay on 127.0.0.1 in the same port
+# range, one long-term user, loopback peers allowed, no TLS/DTLS, no CLI, no RFC 5780, log to a
+# file. Sets server_pid and port.
+start_coturn() {
+  port=$(free_port)
+  rm -f "$work/turnserver.pid"
+  "$turnserver_bin" -n --no-cli --no-tls --no-dtls --no-rfc5780 --allow-loopback-peers \
+    --listening-ip 127.0.0.1 -p "$port" --relay-ip 127.0.0.1 --min-port 49152 --max-port 65535 \
+    --realm compare --lt-cred-mech --user load:load-password \
+    --log-file "$work/server.log" --simple-log --no-stdout-log \
+    --pidfile "$work/turnserver.pid" --db "$work/turndb" >/dev/null 2>&1 &
+  server_pid=$!
+  for _ in $(seq 1 100); do
+    # Ready when one client can allocate (and delete it again).
+    if "$load_bin" allocate --server "127.0.0.1:$port" --user load --password load-password \
+      --clients 1 --duration 1s >/dev/null 2>&1; then
+      # The process that serves (its pidfile), should the shell have forked in between.
+      if [ -s "$work/turnserver.pid" ] && kill -0 "$(cat "$work/turnserver.pid")" 2>/dev/null; then
+        server_pid=$(cat "$work/turnserver.pid")
+      fi
+      return 0
+    fi
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "compare.sh: coturn did not start; its log:" >&2
+  cat "$work/server.log" >&2 2>/dev/null || true
+  return 1
+}
+
+# The plain forwarder towards an echo port the relay run will bind. Sets forward_pid, port and
+# echo_port.
+start_forwarder() {
+  port=$(free_port)
+  echo_port=$(free_port)
+  "$load_bin" forward --listen "127.0.0.1:$port" --to "127.0.0.1:$echo_port" --duration 1h \
+    >"$work/forward.json" 2>"$work/server.log" &
+  forward_pid=$!
+  for _ in $(seq 1 100); do
+    grep -q forwarding "$work/server.log" 2>/dev/null && return 0
+    kill -0 "$forward_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "compare.sh: the forwarder did not start:" >&2
+  cat "$work/server.log" >&2
+  return 1
+}
+
+# Row definitions: label, kind (relay | alloc | hold), turnpike-load arguments, whether the
+# forwarder runs it too.
+declare -A label kind args forwarder
+label[r1]="8 clients, max rate, 160 B ChannelData"
+kind[r1]=relay; forwarder[r1]=1
+args[r1]="relay --clients 8 --window 16 --size 160 --duration ${duration}s"
+label[r2]="64 clients, max rate, 1000 B ChannelData"
+kind[r2]=relay; forwarder[r2]=1
+args[r2]="relay --clients 64 --window 16 --size 1000 --duration ${duration}s"
+label[r3]="64 clients × 50 pps × 1000 B ChannelData (paced)"
+kind[r3]=relay; forwarder[r3]=1
+args[r3]="relay --clients 64 --rate 50 --size 1000 --duration $((duration + 1))s"
+label[r4]="8 clients, max rate, 160 B Send indications"
+kind[r4]=relay; forwarder[r4]=1
+args[r4]="relay --clients 8 --window 16 --size 160 --data send --duration ${duration}s"
+label[r5]="TCP, 8 clients, max rate, 160 B ChannelData"
+kind[r5]=relay; forwarder[r5]=0
+args[r5]="relay --transport tcp --clients 8 --window 16 --size 160 --duration ${duration}s"
+label[r6]="Allocate (401 round trip + Allocate) then Refresh 0, 2,000 clients"
+kind[r6]=alloc; forwarder[r6]=0
+args[r6]="allocate --clients 2000 --concurrency 64 --duration 60s"
+label[r7]="2,000 clients from one source address, shipped limits, 5 s at most"
+kind[r7]=crowd; forwarder[r7]=0
+args[r7]="allocate --clients 2000 --concurrency 64 --one-source --duration 5s"
+label[r8]="$(printf "%'d" "$held_small" 2>/dev/null || echo "$held_small") allocations held at 1 pps each"
+kind[r8]=hold; forwarder[r8]=0
+args[r8]="hold --clients $held_small --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
+label[r9]="$(printf "%'d" "$held_large" 2>/dev/null || echo "$held_large") allocations held at 1 pps each"
+kind[r9]=hold; forwarder[r9]=0
+args[r9]="hold --clients $held_large --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
+label[r10]="1 client, max rate, 160 B ChannelData"
+kind[r10]=relay; forwarder[r10]=1
+args[r10]="relay --clients 1 --window 16 --size 160 --duration ${duration}s"
+all_rows="r1 r2 r3 r4 r5 r6 r7 r8 r9 r10"
+rows="${only//,/ }"
+rows="${rows:-$all_rows}"
+for row in $rows; do
+  [ -n "${label[$row]:-}" ] || { echo "compare.sh: unknown row $row (see --help)" >&2; exit 2; }
+done
+
+# One run of row $1 against server $2 (turnpike | coturn | forwarder): appends its JSON line
+# to $results/$1.$2.jsonl.
+run_one() {
+  local row="$1" server="$2" out="$results/$1.$2.jsonl" target_args status=0
+  case "$server" in
+    turnpike) start_turnpike ;;
+    coturn) start_coturn ;;
+    forwarder) start_forwarder ;;
+  esac
+  local pid="${server_pid}"
+  if [ "$server" = forwarder ]; then
+    pid="$forward_pid"
+    target_args="--plain --server 127.0.0.1:$port --echo-bind 127.0.0.1:$echo_port"
+  else
+    target_args="--server 127.0.0.1:$port --user load --password load-password"
+  fi
+  # shellcheck disable=SC2086 # the argument strings are split on purpose
+  timeout 600 "$load_bin" ${args[$row]} $target_args --server-pid "$pid" \
+    >"$work/run.json" 2>"$work/run.err" || status=$?
+  if [ -s "$work/run.json" ]; then
+    cat "$work/run.json" >>"$out"
+  else
+    echo "compare.sh: $row against $server produced no report (exit $status):" >&2
+    cat "$work/run.err" >&2
+  fi
+  if [ "$server" = forwarder ]; then
+    stop_pid "$forward_pid"
+    forward_pid=""
+  else
+    stop_pid "$server_pid"
+    server_pid=""
+  fi
+  cp "$work/server.log" "$results/$row.$server.log" 2>/dev/null || true
+  printf '  %-4s %-9s exit %s  %s\n' "$row" "$server" "$status" \
+    "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
+}
+
+# The median of key $2 over the JSON lines of file $1, "lowest-highest" as $3 asks.
+stat_of() {
+  local file="$1" key="$2" what="$3"
+  [ -s "$file" ] || { echo null; return; }
+  jq -s --arg k "$key" --arg what "$what" '
+    [.[] | .[$k] | select(type == "number")] | sort
+    | if length == 0 then null
+      elif $what == "min" then .[0]
+      elif $what == "max" then .[-1]
+      elif length % 2 == 1 then .[length / 2 | floor]
+      else (.[length / 2 - 1] + .[length / 2]) / 2 end' "$file"
+}
+
+# "median (min–max)" with $3 decimals, or "n/a".
+cell() {
+  local file="$1" key="$2" decimals="$3" unit="${4:-}" median low high
+  median=$(stat_of "$file" "$key" median)
+  [ "$median" = null ] && { echo "n/a"; return; }
+  low=$(stat_of "$file" "$key" min)
+  high=$(stat_of "$file" "$key" max)
+  if [ "$low" = "$high" ]; then
+    printf "%.${decimals}f%s" "$median" "$unit"
+  else
+    printf "%.${decimals}f%s (%.${decimals}f–%.${decimals}f)" "$median" "$unit" "$low" "$high"
+  fi
+}
+
+ratio() {
+  local a="$1" b="$2"
+  if [ "$a" = null ] || [ "$b" = null ] || [ "$(jq -n "$b == 0")" = true ]; then
+    echo "—"
+  else
+    jq -n "$a / $b * 100 | round / 100"
+  fi
+}
+
+echo "turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+echo "$(nproc) cores, $(uname -r), open files $nofile, load average $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "rows: $rows; $rounds round(s); results in $results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+started=$(date +%s)
+
+for row in $rows; do
+  if [ "${kind[$row]}" = hold ]; then
+    held=$held_small
+    [ "$row" = r9 ] && held=$held_large
+    if [ "$nofile" -lt $((held + 200)) ]; then
+      echo "  $row skipped: the open-file limit ($nofile) is below $((held + 200))"
+      continue
+    fi
+  fi
+  servers="turnpike coturn"
+  [ "${forwarder[$row]}" = 1 ] && servers="turnpike coturn forwarder"
+  reversed=$(echo "$servers" | tr ' ' '\n' | tac | tr '\n' ' ')
+  for round in $(seq 1 "$rounds"); do
+    order="$servers"
+    [ $((round % 2)) = 0 ] && order="$reversed"
+    for server in $order; do
+      run_one "$row" "$server"
+    done
+  done
+done
+
+elapsed=$(( $(date +%s) - started ))
+table="$results/table.md"
+{
+  echo "| load (UDP unless noted) | coturn | turnpike | forwarder | turnpike/coturn | turnpike/forwarder | host CPU: coturn / turnpike / forwarder |"
+  echo "|---|---|---|---|---|---|---|"
+  for row in $rows; do
+    t="$results/$row.turnpike.jsonl"; c="$results/$row.coturn.jsonl"; f="$results/$row.forwarder.jsonl"
+    case "${kind[$row]}" in
+      relay)
+        key=server_cpu_us_per_packet; host=host_cpu_us_per_packet
+        what="server CPU per relayed packet"
+        extra() { echo ", $(cell "$1" loss_pct 1 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs')"; }
+        unit=" µs"; decimals=2 ;;
+      alloc)
+        key=server_cpu_us_per_allocation; host=host_cpu_us_per_allocation
+        what="server CPU per allocation"
+        extra() { echo ", $(cell "$1" allocations_per_s 0) /s"; }
+        unit=" µs"; decimals=1 ;;
+      crowd)
+        key=allocations_per_s; host=none
+        what="allocations/s"
+        extra() { echo ", $(cell "$1" allocations 0) of 2000 allocated"; }
+        unit=" /s"; decimals=0 ;;
+      hold)
+        key=server_rss_bytes_per_allocation; host=none
+        what="server RSS growth per allocation"
+        extra() { echo " ($(cell "$1" server_rss_kib_after 0 ' KiB') in all), $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %') of a core"; }
+        unit=" B"; decimals=0 ;;
+    esac
+    tm=$(stat_of "$t" "$key" median); cm=$(stat_of "$c" "$key" median); fm=$(stat_of "$f" "$key" median)
+    fcell="—"; fratio="—"; fhost="—"
+    if [ "${forwarder[$row]}" = 1 ]; then
+      fcell="$(cell "$f" "$key" "$decimals" "$unit")$(extra "$f")"
+      fratio=$(ratio "$tm" "$fm")
+      [ "$host" != none ] && fhost=$(cell "$f" "$host" 2)
+    fi
+    hosts="—"
+    [ "$host" != none ] && hosts="$(cell "$c" "$host" 2) / $(cell "$t" "$host" 2) / $fhost"
+    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $hosts |"
+  done
+  echo
+  echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows)."
+  echo "$(nproc) cores, $(uname -r); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); $elapsed s in all."
+} >"$table"
+echo
+cat "$table"
+echo
+echo "JSON lines and server logs: $results"
