@@ -360,9 +360,8 @@ impl Worker {
                 if closed {
                     tracing::info!(allocation = %allocation, "allocation closed by the operator");
                 }
-                // Answered once its end is carried out (logged, relay socket closing).
+                // Answered once its end is carried out (logged, relay socket closed).
                 self.after_core_call(now);
-                self.closing.clear();
                 let _ = reply.send(closed);
                 return;
             }
