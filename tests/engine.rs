@@ -57,7 +57,13 @@ fn every_datagram_of_many_allocations_is_relayed_both_ways_and_counted() {
         // Bursts of equal sizes (one GSO message each way when the kernel allows), broken by
         // odd sizes, sent back to back so that they share the server's wake-ups.
         let sizes: Vec<usize> = (0..BURST)
-            .map(|i| if i % 10 == 9 { 37 + i } else { 100 + 300 * (c % 3) })
+            .map(|i| {
+                if i % 10 == 9 {
+                    37 + i
+                } else {
+                    100 + 300 * (c % 3)
+                }
+            })
             .collect();
         for (seq, &len) in sizes.iter().enumerate() {
             client.send_channel_data(CHANNEL, &payload(c, seq, len));
@@ -82,7 +88,10 @@ fn every_datagram_of_many_allocations_is_relayed_both_ways_and_counted() {
             "client {c}: {} of {BURST} echoes came back whole",
             received.len()
         );
-        assert_eq!(received, expected, "client {c}: payloads changed on the way");
+        assert_eq!(
+            received, expected,
+            "client {c}: payloads changed on the way"
+        );
         if got
             .iter()
             .enumerate()
@@ -211,7 +220,11 @@ fn data_sent_right_before_a_deleting_refresh_reaches_the_peer() {
         while echo.echoed() < 8 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
         }
-        assert_eq!(echo.echoed(), 8, "round {round}: the peer got what preceded Refresh 0");
+        assert_eq!(
+            echo.echoed(),
+            8,
+            "round {round}: the peer got what preceded Refresh 0"
+        );
         // The port was freed before the answer: the deleted allocation's data is refused.
         client.send_channel_data(CHANNEL, &payload(round, 99, 120));
     }
@@ -283,7 +296,10 @@ fn hostile_peer_traffic_is_relayed_whole_or_dropped_and_counted() {
         let _ = stranger.send_to(&i.to_be_bytes(), relayed);
     }
     let mut received = 0;
-    while client.recv_data(Instant::now() + Duration::from_millis(500)).is_some() {
+    while client
+        .recv_data(Instant::now() + Duration::from_millis(500))
+        .is_some()
+    {
         received += 1;
     }
     // A source the allocation has no permission for: dropped and counted, never relayed.
