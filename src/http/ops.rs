@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::auth::redis::{Health, unix_now};
@@ -232,13 +232,22 @@ pub(super) async fn allocations(
         None => None,
     };
     match api.node.allocations(query.user, after, limit).await {
-        Ok(page) => axum::Json(json!({
-            "allocations": page.allocations,
-            "next_cursor": page.next_cursor,
-        }))
+        // Written straight from the structs: a page of 1000 through `json!` would first
+        // become a tree of maps, twice the work of writing it.
+        Ok(page) => axum::Json(PageBody {
+            allocations: &page.allocations,
+            next_cursor: page.next_cursor.as_deref(),
+        })
         .into_response(),
         Err(unanswered) => unanswered_error(&unanswered),
     }
+}
+
+/// The body of a page of `/api/v1/allocations`.
+#[derive(Serialize)]
+struct PageBody<'a> {
+    allocations: &'a [crate::net::status::AllocationInfo],
+    next_cursor: Option<&'a str>,
 }
 
 pub(super) async fn close_allocation(
