@@ -478,6 +478,47 @@ fn hold_mode_keeps_every_allocation_relaying_and_measures_memory() {
     assert_eq!(stats.get("allocations_deleted"), 30);
 }
 
+#[test]
+fn hold_mode_over_tcp_keeps_every_allocation_relaying() {
+    let server = server(vec!["tcp"]);
+    let args = strings(&[
+        "hold",
+        "--server",
+        &server.addr("tcp").to_string(),
+        "--transport",
+        "tcp",
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--clients",
+        "12",
+        "--rate",
+        "10",
+        "--duration",
+        "2s",
+        "--drain",
+        "2s",
+    ]);
+    let run = run_load(&args, Duration::from_secs(60));
+    let json = run.json();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(json["transport"], "tcp");
+    assert_eq!(u64_at(&json, "relaying"), 12, "{json}");
+    assert_eq!(u64_at(&json, "lost"), 0, "{json}");
+    // 12 allocations × 10/s for 2 s.
+    let sent = u64_at(&json, "sent");
+    assert!((216..=264).contains(&sent), "trickle: {sent} packets");
+    assert!(
+        json["server_rss_kib_before"].is_null(),
+        "no --server-pid, no RSS"
+    );
+    let stats = server.stats();
+    assert_eq!(stats.get("to_peer_packets"), sent);
+    assert_eq!(stats.get("to_client_packets"), u64_at(&json, "received"));
+    assert_eq!(stats.get("allocations_deleted"), 12);
+}
+
 /// The port a standalone `echo`/`forward` process said it listens on (its first stderr line).
 fn spawn_listening(args: &[String]) -> (Child, SocketAddr, JoinHandle<String>) {
     eprintln!("turnpike-load {}", args.join(" "));

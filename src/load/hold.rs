@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use super::echo::EchoPeer;
-use super::relay::CLEANUP_TIME;
+use super::relay::{cleanup_time, refresh_udp};
 use super::report::{CpuSample, Report, round};
 use super::setup::{self, CHANNEL, DataKind, TurnTarget};
 use super::stats::{Failures, Flow, Histogram};
-use super::{PayloadHeader, client_cause, procfs, record_echo, sys};
-use crate::client::Client;
+use super::stream::REFRESH_EVERY;
+use super::udp::{Framing, UdpEngine};
+use super::{Pace, PayloadHeader, client_cause, procfs, record_echo, sys};
+use crate::client::{Client, Transport};
 
 /// Channels (and their permissions) are refreshed this often; they last 10 and 5 minutes.
 const CHANNEL_REFRESH: Duration = Duration::from_secs(120);
@@ -54,7 +56,8 @@ struct Held {
 /// Runs it: the report, and whether every allocation was made and kept relaying.
 pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     let begun = Instant::now();
-    let end_of_all = begun + plan.setup_timeout + plan.duration + plan.drain + CLEANUP_TIME;
+    let end_of_all =
+        begun + plan.setup_timeout + plan.duration + plan.drain + cleanup_time(plan.clients);
     let mut echo = match plan.peer {
         Some(_) => None,
         None => Some(EchoPeer::start(plan.echo_bind, end_of_all)?),
@@ -102,27 +105,31 @@ pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     // An allocation relays if an echo came back in the last two intervals (at least 2 s).
     let recent = Duration::from_secs_f64((2.0 / plan.rate).max(2.0));
     let cpu_start = CpuSample::take(plan.server_pid);
-    let held = RefCell::new(Held::default());
-    runtime.block_on(async {
-        let count = clients.len().max(1);
-        let futures = clients
-            .iter_mut()
-            .enumerate()
-            .map(|(position, (index, client))| {
-                let phase = Duration::from_secs_f64(position as f64 / count as f64 / plan.rate);
-                hold_client(
-                    client, *index, phase, plan, peer, run_id, start, end, recent, &held,
-                )
-            });
-        futures_util::future::join_all(futures).await;
-    });
+    let held = if plan.target.transport == Transport::Udp {
+        hold_udp(&runtime, &mut clients, plan, peer, run_id, start, recent)?
+    } else {
+        let held = RefCell::new(Held::default());
+        runtime.block_on(async {
+            let count = clients.len().max(1);
+            let futures = clients
+                .iter_mut()
+                .enumerate()
+                .map(|(position, (index, client))| {
+                    let phase = Duration::from_secs_f64(position as f64 / count as f64 / plan.rate);
+                    hold_client(
+                        client, *index, phase, plan, peer, run_id, start, end, recent, &held,
+                    )
+                });
+            futures_util::future::join_all(futures).await;
+        });
+        held.into_inner()
+    };
     let cpu_end = CpuSample::take(plan.server_pid);
     report.server_rss_kib_after = rss();
     if let Some(echo) = echo.as_mut() {
         echo.stop();
     }
 
-    let held = held.into_inner();
     failures.merge(&held.failures);
     report.duration_s = round(cpu_end.at.duration_since(start).as_secs_f64(), 3);
     report.set_packets(held.sent, held.received, held.lost);
@@ -154,12 +161,82 @@ pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     failures.add_n("not_relaying", not_relaying);
 
     if !clients.is_empty() {
-        let deadline = tokio::time::Instant::now() + CLEANUP_TIME;
+        let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
         let mut only: Vec<Client> = clients.into_iter().map(|(_, c)| c).collect();
         failures.merge(&runtime.block_on(setup::close_all(&mut only, deadline)));
     }
     report.set_failures(&failures);
     Ok((report, allocated == plan.clients && failures.is_empty()))
+}
+
+/// Holds UDP allocations with the batched engine: one pass over a schedule in which each
+/// allocation's packets take turns, one epoll set for all the sockets.
+#[allow(clippy::too_many_arguments)]
+fn hold_udp(
+    runtime: &tokio::runtime::Runtime,
+    clients: &mut [(usize, Client)],
+    plan: &HoldPlan,
+    peer: SocketAddr,
+    run: u32,
+    start: Instant,
+    recent: Duration,
+) -> std::io::Result<Held> {
+    let fds: Vec<_> = clients
+        .iter()
+        .filter_map(|(_, client)| client.udp_socket())
+        .map(|socket| {
+            use std::os::fd::AsRawFd;
+            (socket.as_raw_fd(), Framing::Channel(CHANNEL))
+        })
+        .collect();
+    let mut engine = UdpEngine::new(
+        &fds,
+        Pace::Rate(plan.rate),
+        plan.size,
+        run,
+        plan.drain,
+        start,
+    )?;
+    let end = start + plan.duration;
+    let stop = || sys::stop_requested();
+    let mut failures = Failures::default();
+    let mut next_refresh = start + REFRESH_EVERY;
+    loop {
+        engine.run(end.min(next_refresh), true, &stop);
+        if Instant::now() >= end || stop() {
+            break;
+        }
+        // Channels, permissions and allocations would expire in a long hold.
+        let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
+        failures.merge(&runtime.block_on(refresh_udp(
+            clients,
+            DataKind::Channel,
+            peer,
+            &mut engine,
+            deadline,
+        )));
+        next_refresh += REFRESH_EVERY;
+    }
+    let stopped = Instant::now().min(end);
+    engine.run((end + plan.drain).min(stopped + plan.drain), false, &|| {
+        false
+    });
+    engine.finish();
+    failures.merge(&engine.failures);
+    let totals = engine.totals();
+    let since = engine
+        .ns_at(stopped)
+        .saturating_sub(recent.as_nanos() as u64);
+    Ok(Held {
+        hist: engine.hist.clone(),
+        failures,
+        sent: totals.sent,
+        received: totals.received,
+        lost: totals.lost,
+        stale: totals.stale,
+        foreign: engine.counters.foreign,
+        relaying: engine.echoing_since(since),
+    })
 }
 
 /// Keeps one allocation until `end`: a packet every 1/rate seconds (first at `phase`), its
@@ -247,26 +324,31 @@ async fn hold_client(
                 next_send = now + period;
             }
         }
-        let mut wake = (now + Duration::from_millis(100)).min(drain_end);
+        let mut wake = drain_end;
         if sending {
-            wake = wake.min(next_send).min(stopped_at);
+            wake = wake
+                .min(next_send)
+                .min(stopped_at)
+                .min(next_channel)
+                .min(next_refresh);
         }
         tokio::select! {
             received = client.recv() => match received {
                 Ok(data) => {
-                    let before = flow.received;
+                    let now = tokio::time::Instant::now();
+                    // An echo later than the drain time is lost, not received.
+                    flow.expire(ns(now), loss_ns);
                     let mut held = held.borrow_mut();
-                    record_echo(
+                    if record_echo(
                         &mut flow,
                         index,
                         data.payload(),
                         run,
-                        ns(tokio::time::Instant::now()),
+                        ns(now),
                         &mut held.hist,
                         &mut foreign,
-                    );
-                    if flow.received > before {
-                        last_echo = Some(tokio::time::Instant::now());
+                    ) {
+                        last_echo = Some(now);
                     }
                 }
                 Err(e) => {

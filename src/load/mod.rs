@@ -90,7 +90,8 @@ impl PayloadHeader {
 }
 
 /// An echoed `payload` for client `index` of run `run` arrived at `now_ns`: its round trip
-/// goes into `hist`, or it is counted in `foreign` (not ours, or never sent).
+/// goes into `hist` (`true`), or it is counted as stale or in `foreign` (not ours, or never
+/// sent).
 pub fn record_echo(
     flow: &mut Flow,
     index: usize,
@@ -99,17 +100,21 @@ pub fn record_echo(
     now_ns: u64,
     hist: &mut Histogram,
     foreign: &mut u64,
-) {
+) -> bool {
     match PayloadHeader::read(payload) {
         Some(header) if header.run == run && header.client == index as u32 => {
             match flow.on_echo(header.seq, now_ns) {
-                Ok(rtt) => hist.record((rtt + 500) / 1000),
+                Ok(rtt) => {
+                    hist.record((rtt + 500) / 1000);
+                    return true;
+                }
                 Err(NotInFlight::Stale) => {}
                 Err(NotInFlight::NeverSent) => *foreign += 1,
             }
         }
         _ => *foreign += 1,
     }
+    false
 }
 
 /// The failure cause of a client error: the STUN error code (`"401"`, `"486"`), or a short

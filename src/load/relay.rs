@@ -16,8 +16,11 @@ use super::udp::{Framing, UdpEngine};
 use super::{Pace, procfs, sys};
 use crate::client::{Client, Transport};
 
-/// Clean-up (Refresh 0 of every allocation) gives up after this.
-pub const CLEANUP_TIME: Duration = Duration::from_secs(2);
+/// How long clean-up (Refresh 0 of every allocation) may take for `clients` clients before
+/// it gives up: 2 s, and 0.5 ms more per client (a server deletes a few thousand a second).
+pub fn cleanup_time(clients: usize) -> Duration {
+    Duration::from_secs(2) + Duration::from_micros(500) * clients.min(1_000_000) as u32
+}
 
 /// A `relay` run, as the command line asked for it (already checked).
 #[derive(Clone, Debug)]
@@ -43,7 +46,8 @@ pub struct RelayPlan {
 /// Runs it: the report, and whether every client was set up and nothing failed.
 pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
     let begun = Instant::now();
-    let end_of_all = begun + plan.setup_timeout + plan.duration + plan.drain + CLEANUP_TIME;
+    let end_of_all =
+        begun + plan.setup_timeout + plan.duration + plan.drain + cleanup_time(plan.clients);
     let mut echo = match plan.peer {
         Some(_) => None,
         None => Some(EchoPeer::start(plan.echo_bind, end_of_all)?),
@@ -141,7 +145,14 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
             }
             // Long runs: the channels and permissions would expire. The clients refresh
             // them, keeping the echoes that arrive meanwhile, which go to the engine after.
-            let refreshed = runtime.block_on(refresh_udp(&mut clients, plan, peer, &mut engine));
+            let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
+            let refreshed = runtime.block_on(refresh_udp(
+                &mut clients,
+                plan.kind,
+                peer,
+                &mut engine,
+                deadline,
+            ));
             failures.merge(&refreshed);
             next_refresh += REFRESH_EVERY;
         }
@@ -201,7 +212,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
 
     // Clean-up, not measured: delete the allocations so the server is left as found.
     if !clients.is_empty() {
-        let deadline = tokio::time::Instant::now() + CLEANUP_TIME;
+        let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
         let mut only: Vec<Client> = clients.into_iter().map(|(_, c)| c).collect();
         failures.merge(&runtime.block_on(setup::close_all(&mut only, deadline)));
     }
@@ -229,28 +240,30 @@ fn plain_socket(target: &TurnTarget, index: usize) -> std::io::Result<UdpSocket>
     Ok(socket)
 }
 
-/// Refreshes every UDP client's channel or permission and allocation; the echoes the clients
-/// kept meanwhile are handed to the engine.
-async fn refresh_udp(
+/// Refreshes every UDP client's channel or permission and allocation (at most 256 at once,
+/// giving up at `deadline`); the echoes the clients kept meanwhile are handed to the engine.
+pub(super) async fn refresh_udp(
     clients: &mut [(usize, Client)],
-    plan: &RelayPlan,
+    kind: DataKind,
     peer: SocketAddr,
     engine: &mut UdpEngine,
+    deadline: tokio::time::Instant,
 ) -> Failures {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    use futures_util::StreamExt;
     let mut failures = Failures::default();
-    let results =
-        futures_util::future::join_all(clients.iter_mut().map(|(_, client)| async move {
-            tokio::time::timeout_at(deadline, async {
-                match plan.kind {
-                    DataKind::Channel => client.channel_bind(CHANNEL, peer).await?,
-                    DataKind::Send => client.create_permission(&[peer]).await?,
-                }
-                client.refresh(Duration::from_secs(600)).await.map(|_| ())
-            })
-            .await
-        }))
-        .await;
+    let results = futures_util::stream::iter(clients.iter_mut().map(|(_, client)| async move {
+        tokio::time::timeout_at(deadline, async {
+            match kind {
+                DataKind::Channel => client.channel_bind(CHANNEL, peer).await?,
+                DataKind::Send => client.create_permission(&[peer]).await?,
+            }
+            client.refresh(Duration::from_secs(600)).await.map(|_| ())
+        })
+        .await
+    }))
+    .buffer_unordered(256)
+    .collect::<Vec<_>>()
+    .await;
     for result in results {
         match result {
             Ok(Ok(())) => {}

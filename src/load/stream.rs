@@ -156,13 +156,16 @@ async fn run_client(
         tokio::select! {
             received = client.recv() => match received {
                 Ok(data) => {
+                    let now = ns(Instant::now());
+                    // An echo later than the loss timeout is lost, not received.
+                    flow.expire(now, loss_ns);
                     let mut outcome = shared.borrow_mut();
                     record_echo(
                         &mut flow,
                         index,
                         data.payload(),
                         plan.run,
-                        ns(Instant::now()),
+                        now,
                         &mut outcome.hist,
                         &mut foreign,
                     );

@@ -23,6 +23,9 @@ const BATCH: usize = 32;
 const FRAMING_ROOM: usize = 128;
 /// How often packets in flight are checked for loss (and, in window mode, replaced).
 const EXPIRE_EVERY: Duration = Duration::from_millis(10);
+/// Rate mode: packets sent in one pass at most, so that receiving is not starved when the
+/// engine has fallen behind.
+const MAX_PER_PASS: usize = 1024;
 
 /// How a client's payloads travel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,9 +43,8 @@ struct UdpClient {
     fd: RawFd,
     framing: Framing,
     flow: Flow,
-    /// Rate mode: when its first packet is due, in ns after the start (clients are spread
-    /// over one period so they do not all send at once).
-    phase_ns: u64,
+    /// When its last echo came back in time, in ns after the start (0: never).
+    last_echo_ns: u64,
 }
 
 /// Counters of the engine besides the flows'.
@@ -89,7 +91,11 @@ pub struct UdpEngine {
     /// Transaction IDs of Send indications: unique, need not be random.
     next_tid: u64,
     next_expire_ns: u64,
-    /// Rate mode: the earliest time any client has a packet due.
+    /// Rate mode: the next packet of the whole run. Packet k is client k mod N's, due
+    /// k / (N × rate) seconds after the start, so the clients take turns evenly spread over
+    /// each period and finding the next one costs nothing, however many clients there are.
+    next_packet: u64,
+    /// Rate mode: when `next_packet` is due.
     next_due_ns: u64,
     pub hist: Histogram,
     pub failures: Failures,
@@ -109,20 +115,15 @@ impl UdpEngine {
         start: Instant,
     ) -> io::Result<UdpEngine> {
         let epoll = Epoll::new()?;
-        let count = clients.len().max(1) as u64;
         let capacity = flow_capacity(pace, loss_timeout);
         let mut list = Vec::with_capacity(clients.len());
         for (index, &(fd, framing)) in clients.iter().enumerate() {
             epoll.add(fd, index as u64)?;
-            let phase_ns = match pace {
-                Pace::Rate(rate) => (1e9 / rate * index as f64 / count as f64) as u64,
-                Pace::Window(_) => 0,
-            };
             list.push(UdpClient {
                 fd,
                 framing,
                 flow: Flow::new(capacity),
-                phase_ns,
+                last_echo_ns: 0,
             });
         }
         Ok(UdpEngine {
@@ -139,6 +140,7 @@ impl UdpEngine {
             scratch: vec![0; size].into_boxed_slice(),
             next_tid: 0,
             next_expire_ns: 0,
+            next_packet: 0,
             next_due_ns: 0,
             hist: Histogram::default(),
             failures: Failures::default(),
@@ -228,7 +230,7 @@ impl UdpEngine {
     pub fn feed(&mut self, index: usize, payload: &[u8]) {
         let now = self.now_ns();
         if let Some(client) = self.clients.get_mut(index) {
-            record_echo(
+            if record_echo(
                 &mut client.flow,
                 index,
                 payload,
@@ -236,7 +238,9 @@ impl UdpEngine {
                 now,
                 &mut self.hist,
                 &mut self.counters.foreign,
-            );
+            ) {
+                client.last_echo_ns = now;
+            }
         }
     }
 
@@ -254,30 +258,48 @@ impl UdpEngine {
         }
     }
 
-    /// Rate mode: sends every client what is due by `now` (at most a batch each per pass),
-    /// and notes when the next packet is due.
+    /// Rate mode: sends the packets due by `now`, each client in turn (a single client gets
+    /// them in batches), at most [`MAX_PER_PASS`] per pass; notes when the next one is due.
     fn send_due(&mut self, now: u64) {
         let Pace::Rate(rate) = self.pace else {
             return;
         };
-        let period = 1e9 / rate;
-        let mut next_due = u64::MAX;
-        for index in 0..self.clients.len() {
-            let client = &self.clients[index];
-            let due = if now < client.phase_ns {
-                0
-            } else {
-                ((now - client.phase_ns) as f64 / period) as u64 + 1
-            };
-            let behind = due.saturating_sub(client.flow.sent) as usize;
-            if behind > 0 {
-                self.send(index, behind.min(BATCH), now);
-            }
-            let client = &self.clients[index];
-            let at = client.phase_ns + (client.flow.sent as f64 * period) as u64;
-            next_due = next_due.min(at);
+        let clients = self.clients.len() as u64;
+        if clients == 0 {
+            return;
         }
-        self.next_due_ns = next_due;
+        let total_rate = rate * clients as f64;
+        let due = (now as f64 * total_rate / 1e9) as u64 + 1;
+        let mut budget = MAX_PER_PASS;
+        while self.next_packet < due && budget > 0 {
+            let index = (self.next_packet % clients) as usize;
+            let count = if clients == 1 {
+                (due - self.next_packet).min(BATCH as u64) as usize
+            } else {
+                1
+            };
+            let sent = self.send(index, count, now);
+            if sent == 0 {
+                // The socket's buffer is full or it reported an error: try again next pass.
+                break;
+            }
+            self.next_packet += sent as u64;
+            budget = budget.saturating_sub(sent);
+        }
+        self.next_due_ns = (self.next_packet as f64 * 1e9 / total_rate) as u64;
+    }
+
+    /// How many clients had an echo back in time at or after `since` (ns after the start).
+    pub fn echoing_since(&self, since_ns: u64) -> u64 {
+        self.clients
+            .iter()
+            .filter(|c| c.last_echo_ns > 0 && c.last_echo_ns >= since_ns)
+            .count() as u64
+    }
+
+    /// Nanoseconds from the engine's start to `at`.
+    pub fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.start).as_nanos() as u64
     }
 
     /// Sends up to `count` (at most a batch) packets from client `index`: how many went out.
@@ -349,15 +371,19 @@ impl UdpEngine {
                     payload_of(client.framing, frame)
                 };
                 match payload {
-                    Some(payload) => record_echo(
-                        &mut client.flow,
-                        index,
-                        payload,
-                        self.run,
-                        now,
-                        &mut self.hist,
-                        &mut self.counters.foreign,
-                    ),
+                    Some(payload) => {
+                        if record_echo(
+                            &mut client.flow,
+                            index,
+                            payload,
+                            self.run,
+                            now,
+                            &mut self.hist,
+                            &mut self.counters.foreign,
+                        ) {
+                            client.last_echo_ns = now;
+                        }
+                    }
                     None => self.counters.foreign += 1,
                 }
             }
