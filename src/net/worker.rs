@@ -490,12 +490,10 @@ impl Worker {
                 Event::CloseRelay { allocation } => {
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
                     self.flush_to_peers();
-                    if let Some(slot) = self.relays.get_mut(allocation.index())
-                        && let Some(relay) = slot.take()
-                    {
-                        // Out of the set, then closed (when `relay` drops): the port is free
-                        // again before anything else happens.
-                        self.poller.remove(relay.socket.as_raw_fd());
+                    if let Some(slot) = self.relays.get_mut(allocation.index()) {
+                        // Closed here, which also takes it out of the set (nothing else holds
+                        // the descriptor): the port is free before anything else happens.
+                        drop(slot.take());
                     }
                 }
             }
@@ -514,15 +512,17 @@ impl Worker {
             tracing::warn!(%error, "relay socket setup failed");
             crate::turn::RelayOpenError::NoPort
         };
+        // Non-blocking already: `relay::open` binds it so.
         let local = socket.local_addr().map_err(failed)?;
-        socket.set_nonblocking(true).map_err(failed)?;
         let index = allocation.index();
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || None);
         }
-        if let Some(old) = self.relays[index].take() {
+        if self.relays[index].is_some() {
+            // Closing the old socket (which takes it out of the set) must not leave a queued
+            // datagram naming its descriptor.
             self.flush_to_peers();
-            self.poller.remove(old.socket.as_raw_fd());
+            self.relays[index] = None;
         }
         self.poller
             .add(socket.as_raw_fd(), index as u64)
