@@ -449,7 +449,7 @@ impl Worker {
                         .and_then(|ip| {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
-                        .and_then(|socket| self.install_relay(allocation, socket));
+                        .and_then(|bound| self.install_relay(allocation, bound));
                     let opened = result.is_ok();
                     let mut out = std::mem::take(&mut self.event_out);
                     if let Some((tuple, n)) = self
@@ -506,14 +506,14 @@ impl Worker {
     fn install_relay(
         &mut self,
         allocation: AllocationId,
-        socket: std::net::UdpSocket,
+        bound: relay::Bound,
     ) -> Result<SocketAddr, crate::turn::RelayOpenError> {
         let failed = |error: std::io::Error| {
             tracing::warn!(%error, "relay socket setup failed");
             crate::turn::RelayOpenError::NoPort
         };
-        // Non-blocking already: `relay::open` binds it so.
-        let local = socket.local_addr().map_err(failed)?;
+        // Non-blocking already, and its address known: `relay::open` binds it so.
+        let relay::Bound { socket, local } = bound;
         let index = allocation.index();
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || None);
