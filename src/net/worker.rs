@@ -81,6 +81,8 @@ pub enum NewListener {
 struct RelaySocket {
     allocation: AllocationId,
     socket: std::net::UdpSocket,
+    /// In the worker's backlog: it is put there once, however often it hits its limit.
+    backlogged: bool,
 }
 
 /// How often a worker publishes its counters.
@@ -527,7 +529,11 @@ impl Worker {
         self.poller
             .add(socket.as_raw_fd(), index as u64)
             .map_err(failed)?;
-        self.relays[index] = Some(RelaySocket { allocation, socket });
+        self.relays[index] = Some(RelaySocket {
+            allocation,
+            socket,
+            backlogged: false,
+        });
         Ok(local)
     }
 
@@ -635,7 +641,8 @@ impl Worker {
     /// first, then those the set reports; each up to [`RELAY_SOCKET_LIMIT`] datagrams, all up
     /// to [`RELAY_PASS_LIMIT`]. The frames for UDP clients go out together at the end. Returns
     /// whether work is left for another pass (the set may hold more, or a socket hit its
-    /// limit); `false` means every socket was read until it had no more.
+    /// limit); `false` means every socket was read until it had no more. A socket is in the
+    /// backlog at most once, so the backlog never holds more than the worker's relay sockets.
     fn relay_pass(&mut self) -> bool {
         let now = Instant::now();
         let mut budget = RELAY_PASS_LIMIT;
@@ -644,14 +651,19 @@ impl Worker {
         while i < self.backlog_next.len() {
             let allocation = self.backlog_next[i];
             i += 1;
+            match self.relays.get_mut(allocation.index()) {
+                Some(Some(relay)) if relay.allocation == allocation => relay.backlogged = false,
+                // Closed since: nothing to read.
+                _ => continue,
+            }
             if budget == 0 {
-                self.backlog.push(allocation);
+                self.defer(allocation);
                 continue;
             }
             let (more, taken) = self.drain_relay(now, allocation, budget);
             budget -= taken;
             if more {
-                self.backlog.push(allocation);
+                self.defer(allocation);
             }
         }
         self.backlog_next.clear();
@@ -665,17 +677,28 @@ impl Worker {
             let allocation = relay.allocation;
             if budget == 0 {
                 // Not read: the set will not report it again, the backlog remembers it.
-                self.backlog.push(allocation);
+                self.defer(allocation);
                 continue;
             }
             let (more, taken) = self.drain_relay(now, allocation, budget);
             budget -= taken;
             if more {
-                self.backlog.push(allocation);
+                self.defer(allocation);
             }
         }
         self.flush_to_clients();
         ready == poller::MAX_EVENTS || !self.backlog.is_empty()
+    }
+
+    /// Puts a relay socket in the backlog for the next pass, unless it is there already.
+    fn defer(&mut self, allocation: AllocationId) {
+        if let Some(Some(relay)) = self.relays.get_mut(allocation.index())
+            && relay.allocation == allocation
+            && !relay.backlogged
+        {
+            relay.backlogged = true;
+            self.backlog.push(allocation);
+        }
     }
 
     /// Reads a relay socket, up to [`RELAY_SOCKET_LIMIT`] and `budget` datagrams, and forwards
