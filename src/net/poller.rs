@@ -37,7 +37,10 @@ impl RelayPoller {
     }
 
     /// Adds a socket: readable, edge-triggered (a wake-up per arrival that finds it not
-    /// already reported; the socket need not be read until it would block).
+    /// already reported; the socket need not be read until it would block). Closing the
+    /// socket takes it out of the set, with any event pending for it, as long as no other
+    /// descriptor refers to it (relay sockets are never duplicated), so there is no `remove`:
+    /// it would cost a system call per allocation.
     pub fn add(&self, socket: RawFd, token: u64) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: (libc::EPOLLIN | libc::EPOLLET) as u32,
@@ -56,20 +59,6 @@ impl RelayPoller {
             return Err(io::Error::last_os_error());
         }
         Ok(())
-    }
-
-    /// Removes a socket (before it is closed, so no event for it is pending).
-    pub fn remove(&self, socket: RawFd) {
-        let mut event = libc::epoll_event { events: 0, u64: 0 };
-        // SAFETY: plain system call; a socket not in the set gives ENOENT, which is harmless.
-        unsafe {
-            libc::epoll_ctl(
-                self.epoll.as_raw_fd(),
-                libc::EPOLL_CTL_DEL,
-                socket,
-                &mut event,
-            );
-        }
     }
 
     /// Waits until some socket in the set may be readable.

@@ -24,17 +24,25 @@ const RANDOM_PROBES: usize = 32;
 /// on another worker); touched only by Allocate requests, never by relayed packets.
 #[derive(Default)]
 pub struct Reservations {
-    held: Mutex<HashMap<ReservationToken, (UdpSocket, Instant)>>,
+    held: Mutex<HashMap<ReservationToken, (Bound, Instant)>>,
+}
+
+/// A relay socket, non-blocking, with the address it is bound to (known from the bind, so no
+/// `getsockname` is needed).
+#[derive(Debug)]
+pub struct Bound {
+    pub socket: UdpSocket,
+    pub local: SocketAddr,
 }
 
 impl Reservations {
-    fn hold(&self, token: ReservationToken, socket: UdpSocket, now: Instant) {
+    fn hold(&self, token: ReservationToken, socket: Bound, now: Instant) {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         held.retain(|_, (_, at)| now.saturating_duration_since(*at) < RESERVATION_LIFETIME);
         held.insert(token, (socket, now));
     }
 
-    fn take(&self, token: ReservationToken, now: Instant) -> Option<UdpSocket> {
+    fn take(&self, token: ReservationToken, now: Instant) -> Option<Bound> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let (socket, at) = held.remove(&token)?;
         (now.saturating_duration_since(at) < RESERVATION_LIFETIME).then_some(socket)
@@ -64,7 +72,7 @@ pub fn open(
     request: PortRequest,
     reservations: &Reservations,
     now: Instant,
-) -> Result<UdpSocket, RelayOpenError> {
+) -> Result<Bound, RelayOpenError> {
     let socket = match request {
         PortRequest::Any => bind_in_range(range, |_| true, |port| bind(ip, port).ok()),
         PortRequest::Even => bind_in_range(range, |p| p % 2 == 0, |port| bind(ip, port).ok()),
@@ -113,16 +121,20 @@ fn bind_in_range<T>(
         .find_map(try_bind)
 }
 
-fn bind(ip: IpAddr, port: u16) -> io::Result<UdpSocket> {
+fn bind(ip: IpAddr, port: u16) -> io::Result<Bound> {
     let addr = SocketAddr::new(ip, port);
     let domain = socket2::Domain::for_address(addr);
-    let socket = socket2::Socket::new(domain, socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    // Non-blocking from the start (SOCK_NONBLOCK): no fcntl calls per allocation.
+    let kind = socket2::Type::from(libc::SOCK_DGRAM | libc::SOCK_NONBLOCK);
+    let socket = socket2::Socket::new(domain, kind, Some(socket2::Protocol::UDP))?;
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    Ok(socket.into())
+    Ok(Bound {
+        socket: socket.into(),
+        local: addr,
+    })
 }
 
 #[cfg(test)]
@@ -159,10 +171,13 @@ mod tests {
         let mut held: Vec<_> = (0..4)
             .map(|_| open(LOOPBACK, range, PortRequest::Any, &reservations, now).unwrap())
             .collect();
-        let mut ports: Vec<_> = held
-            .iter()
-            .map(|s| s.local_addr().unwrap().port())
-            .collect();
+        let mut ports: Vec<_> = held.iter().map(|b| b.local.port()).collect();
+        for bound in &held {
+            assert_eq!(bound.socket.local_addr().unwrap(), bound.local);
+            // Non-blocking: a read with nothing queued returns at once.
+            let read = bound.socket.recv(&mut [0u8; 16]);
+            assert_eq!(read.unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        }
         ports.sort();
         assert_eq!(ports, (range.first..=range.last).collect::<Vec<_>>());
         assert_eq!(
@@ -187,7 +202,7 @@ mod tests {
             now,
         )
         .unwrap();
-        let port = even.local_addr().unwrap().port();
+        let port = even.local.port();
         assert_eq!(port % 2, 0);
         assert_eq!(reservations.len(), 1);
         let odd = open(
@@ -198,7 +213,8 @@ mod tests {
             now,
         )
         .unwrap();
-        assert_eq!(odd.local_addr().unwrap().port(), port + 1);
+        assert_eq!(odd.local.port(), port + 1);
+        assert_eq!(odd.socket.local_addr().unwrap(), odd.local);
         assert_eq!(
             open(
                 LOOPBACK,

@@ -81,6 +81,8 @@ pub enum NewListener {
 struct RelaySocket {
     allocation: AllocationId,
     socket: std::net::UdpSocket,
+    /// In the worker's backlog: it is put there once, however often it hits its limit.
+    backlogged: bool,
 }
 
 /// How often a worker publishes its counters.
@@ -475,7 +477,7 @@ impl Worker {
                         .and_then(|ip| {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
-                        .and_then(|socket| self.install_relay(allocation, socket));
+                        .and_then(|bound| self.install_relay(allocation, bound));
                     let opened = result.is_ok();
                     let mut out = std::mem::take(&mut self.event_out);
                     if let Some((tuple, n)) = self
@@ -516,12 +518,10 @@ impl Worker {
                 Event::CloseRelay { allocation } => {
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
                     self.flush_to_peers();
-                    if let Some(slot) = self.relays.get_mut(allocation.index())
-                        && let Some(relay) = slot.take()
-                    {
-                        // Out of the set, then closed (when `relay` drops): the port is free
-                        // again before anything else happens.
-                        self.poller.remove(relay.socket.as_raw_fd());
+                    if let Some(slot) = self.relays.get_mut(allocation.index()) {
+                        // Closed here, which also takes it out of the set (nothing else holds
+                        // the descriptor): the port is free before anything else happens.
+                        drop(slot.take());
                     }
                 }
             }
@@ -534,26 +534,32 @@ impl Worker {
     fn install_relay(
         &mut self,
         allocation: AllocationId,
-        socket: std::net::UdpSocket,
+        bound: relay::Bound,
     ) -> Result<SocketAddr, crate::turn::RelayOpenError> {
         let failed = |error: std::io::Error| {
             tracing::warn!(%error, "relay socket setup failed");
             crate::turn::RelayOpenError::NoPort
         };
-        let local = socket.local_addr().map_err(failed)?;
-        socket.set_nonblocking(true).map_err(failed)?;
+        // Non-blocking already, and its address known: `relay::open` binds it so.
+        let relay::Bound { socket, local } = bound;
         let index = allocation.index();
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || None);
         }
-        if let Some(old) = self.relays[index].take() {
+        if self.relays[index].is_some() {
+            // Closing the old socket (which takes it out of the set) must not leave a queued
+            // datagram naming its descriptor.
             self.flush_to_peers();
-            self.poller.remove(old.socket.as_raw_fd());
+            self.relays[index] = None;
         }
         self.poller
             .add(socket.as_raw_fd(), index as u64)
             .map_err(failed)?;
-        self.relays[index] = Some(RelaySocket { allocation, socket });
+        self.relays[index] = Some(RelaySocket {
+            allocation,
+            socket,
+            backlogged: false,
+        });
         Ok(local)
     }
 
@@ -655,7 +661,8 @@ impl Worker {
     /// first, then those the set reports; each up to [`RELAY_SOCKET_LIMIT`] datagrams, all up
     /// to [`RELAY_PASS_LIMIT`]. The frames for UDP clients go out together at the end. Returns
     /// whether work is left for another pass (the set may hold more, or a socket hit its
-    /// limit); `false` means every socket was read until it had no more.
+    /// limit); `false` means every socket was read until it had no more. A socket is in the
+    /// backlog at most once, so the backlog never holds more than the worker's relay sockets.
     fn relay_pass(&mut self) -> bool {
         let now = Instant::now();
         let mut budget = RELAY_PASS_LIMIT;
@@ -664,14 +671,19 @@ impl Worker {
         while i < self.backlog_next.len() {
             let allocation = self.backlog_next[i];
             i += 1;
+            match self.relays.get_mut(allocation.index()) {
+                Some(Some(relay)) if relay.allocation == allocation => relay.backlogged = false,
+                // Closed since: nothing to read.
+                _ => continue,
+            }
             if budget == 0 {
-                self.backlog.push(allocation);
+                self.defer(allocation);
                 continue;
             }
             let (more, taken) = self.drain_relay(now, allocation, budget);
             budget -= taken;
             if more {
-                self.backlog.push(allocation);
+                self.defer(allocation);
             }
         }
         self.backlog_next.clear();
@@ -685,17 +697,28 @@ impl Worker {
             let allocation = relay.allocation;
             if budget == 0 {
                 // Not read: the set will not report it again, the backlog remembers it.
-                self.backlog.push(allocation);
+                self.defer(allocation);
                 continue;
             }
             let (more, taken) = self.drain_relay(now, allocation, budget);
             budget -= taken;
             if more {
-                self.backlog.push(allocation);
+                self.defer(allocation);
             }
         }
         self.flush_to_clients();
         ready == poller::MAX_EVENTS || !self.backlog.is_empty()
+    }
+
+    /// Puts a relay socket in the backlog for the next pass, unless it is there already.
+    fn defer(&mut self, allocation: AllocationId) {
+        if let Some(Some(relay)) = self.relays.get_mut(allocation.index())
+            && relay.allocation == allocation
+            && !relay.backlogged
+        {
+            relay.backlogged = true;
+            self.backlog.push(allocation);
+        }
     }
 
     /// Reads a relay socket, up to [`RELAY_SOCKET_LIMIT`] and `budget` datagrams, and forwards
