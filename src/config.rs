@@ -1440,6 +1440,31 @@ mod tests {
         assert!(!shown.contains('\n'), "{shown:?} is more than one line");
     }
 
+    /// Asserts that the `[limits]` key `key` (`limits.<name>`) refuses, naming itself, values
+    /// that are not a u32, and a second occurrence of itself.
+    fn assert_limits_u32_refuses_what_is_not_one(key: &str) {
+        let name = key.strip_prefix("limits.").expect("a [limits] key");
+        for (value, needle) in [
+            ("-1", "invalid value: integer `-1`, expected u32"),
+            (
+                "4294967296",
+                "invalid value: integer `4294967296`, expected u32",
+            ),
+            ("2.5", "invalid type: floating point `2.5`, expected u32"),
+            ("\"20\"", "invalid type: string \"20\", expected u32"),
+            ("true", "invalid type: boolean `true`, expected u32"),
+            ("[20]", "invalid type: sequence, expected u32"),
+            ("{}", "invalid type: map, expected u32"),
+        ] {
+            assert_refused(&format!("[limits]\n{name} = {value}"), key, needle);
+        }
+        assert!(
+            error(&format!("[limits]\n{name} = 5\n{name} = 6"))
+                .to_string()
+                .contains("duplicate key"),
+        );
+    }
+
     #[test]
     fn limits_parse_with_units_and_defaults() {
         let config = Config::from_toml(
@@ -1528,30 +1553,7 @@ mod tests {
             (100, 256)
         );
         let key = "limits.max-tcp-connections-per-source";
-        for (value, needle) in [
-            ("-1", "invalid value: integer `-1`, expected u32"),
-            (
-                "4294967296",
-                "invalid value: integer `4294967296`, expected u32",
-            ),
-            ("2.5", "invalid type: floating point `2.5`, expected u32"),
-            ("\"20\"", "invalid type: string \"20\", expected u32"),
-            ("true", "invalid type: boolean `true`, expected u32"),
-            ("[20]", "invalid type: sequence, expected u32"),
-        ] {
-            assert_refused(
-                &format!("[limits]\nmax-tcp-connections-per-source = {value}"),
-                key,
-                needle,
-            );
-        }
-        assert!(
-            error(
-                "[limits]\nmax-tcp-connections-per-source = 5\nmax-tcp-connections-per-source = 6"
-            )
-            .to_string()
-            .contains("duplicate key"),
-        );
+        assert_limits_u32_refuses_what_is_not_one(key);
         assert_refused(
             "[limits]\nmax-tcp-connection-per-source = 5",
             "limits.max-tcp-connection-per-source",
@@ -1599,29 +1601,7 @@ mod tests {
             "unauthenticated-burst",
             "unauthenticated-node-rate",
         ] {
-            for (value, needle) in [
-                ("-1", "invalid value: integer `-1`, expected u32"),
-                (
-                    "4294967296",
-                    "invalid value: integer `4294967296`, expected u32",
-                ),
-                ("2.5", "invalid type: floating point `2.5`, expected u32"),
-                ("\"20\"", "invalid type: string \"20\", expected u32"),
-                ("true", "invalid type: boolean `true`, expected u32"),
-                ("[20]", "invalid type: sequence, expected u32"),
-                ("{}", "invalid type: map, expected u32"),
-            ] {
-                assert_refused(
-                    &format!("[limits]\n{key} = {value}"),
-                    &format!("limits.{key}"),
-                    needle,
-                );
-            }
-            assert!(
-                error(&format!("[limits]\n{key} = 5\n{key} = 6"))
-                    .to_string()
-                    .contains("duplicate key"),
-            );
+            assert_limits_u32_refuses_what_is_not_one(&format!("limits.{key}"));
         }
         assert_refused(
             "[limits]\nunauthenticated-bursts = 5",

@@ -198,6 +198,22 @@ fn exact<const N: usize>(value: &[u8]) -> Result<[u8; N], StunError> {
     value.try_into().map_err(|_| StunError::BadAttributeLength)
 }
 
+/// Runs every decoder of this module on `value`, for tests that only care that none panics
+/// and how much of the message they read.
+#[cfg(test)]
+pub(crate) fn decode_every_way(value: &[u8], tid: &TransactionId) {
+    let _ = decode_xor_address(value, tid);
+    let _ = decode_address(value);
+    let _ = decode_u32(value);
+    let _ = decode_channel_number(value);
+    let _ = decode_requested_transport(value);
+    let _ = decode_address_family(value);
+    let _ = decode_even_port(value);
+    let _ = decode_reservation_token(value);
+    let _ = decode_text(value, MAX_TEXT_LEN);
+    let _ = decode_error_code(value);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

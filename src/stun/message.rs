@@ -790,17 +790,7 @@ mod tests {
             let _ = msg.check_integrity(b"key");
             let _ = msg.unknown_required(|_| false).count();
             for a in msg.attributes() {
-                let v = a.value;
-                let _ = decode_xor_address(v, &tid);
-                let _ = decode_address(v);
-                let _ = decode_u32(v);
-                let _ = decode_channel_number(v);
-                let _ = decode_requested_transport(v);
-                let _ = decode_address_family(v);
-                let _ = decode_even_port(v);
-                let _ = decode_reservation_token(v);
-                let _ = decode_text(v, MAX_TEXT_LEN);
-                let _ = decode_error_code(v);
+                decode_every_way(a.value, &tid);
             }
         }
     }
