@@ -51,13 +51,25 @@ fn a_user_quota_holds_across_the_cluster() {
     // Another user is not affected.
     let mut bob = StunClient::udp(nodes[2].addr("udp"), "127.0.0.1:0", "bob", "builder");
     assert!(bob.allocate().is_ok(), "bob has his own quota");
-    // Deleting an allocation gives its lease back at once.
+    // Deleting an allocation gives its lease back: the release is one Redis round trip made
+    // after the Refresh is answered, so a loaded machine may take a moment, never a lease time.
     assert_eq!(first.refresh(0), None);
+    let deleted = Instant::now();
     let mut third = alice(&nodes[2]);
-    assert!(
-        third.allocate().is_ok(),
-        "allocation after a delete, node c"
-    );
+    let freed = loop {
+        match third.allocate() {
+            Ok(_) => break deleted.elapsed(),
+            Err(486) if deleted.elapsed() < Duration::from_secs(2) => {
+                std::thread::sleep(Duration::from_millis(20));
+                third = alice(&nodes[2]);
+            }
+            other => panic!(
+                "allocation after a delete, node c: {other:?} after {:?}",
+                deleted.elapsed()
+            ),
+        }
+    };
+    eprintln!("lease given back {freed:?} after the delete was answered");
     let stats = nodes[2].stats();
     assert!(stats.get("quota_rejected") >= 1);
 }
