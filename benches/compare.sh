@@ -256,10 +256,11 @@ args[r6]="allocate --clients 2000 --concurrency 64 --duration 60s"
 label[r7]="2,000 clients from one source address, shipped limits, 5 s at most"
 kind[r7]=crowd; forwarder[r7]=0
 args[r7]="allocate --clients 2000 --concurrency 64 --one-source --duration 5s"
-label[r8]="$(printf "%'d" "$held_small" 2>/dev/null || echo "$held_small") allocations held at 1 pps each"
+thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta'; }
+label[r8]="$(thousands "$held_small") allocations held at 1 pps each"
 kind[r8]=hold; forwarder[r8]=0
 args[r8]="hold --clients $held_small --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
-label[r9]="$(printf "%'d" "$held_large" 2>/dev/null || echo "$held_large") allocations held at 1 pps each"
+label[r9]="$(thousands "$held_large") allocations held at 1 pps each"
 kind[r9]=hold; forwarder[r9]=0
 args[r9]="hold --clients $held_large --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
 label[r10]="1 client, max rate, 160 B ChannelData"
