@@ -112,6 +112,10 @@ pub struct TurnArgs {
     /// Handshakes at once during set-up.
     #[arg(long, value_parser = parse_concurrency, allow_hyphen_values = true, default_value = "64")]
     pub concurrency: u64,
+    /// How often channels, permissions and allocations are refreshed in long runs (for tests
+    /// of the refresh itself; servers' lifetimes are minutes).
+    #[arg(long, hide = true, value_parser = parse_duration, allow_hyphen_values = true, default_value = "120s")]
+    pub refresh_every: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -309,6 +313,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Refusal> {
                 peer: args.peer,
                 echo_bind: args.echo_bind,
                 server_pid: args.turn.server_pid,
+                refresh_every: args.turn.refresh_every,
             };
             finish(super::relay::run(&plan))
         }
@@ -344,6 +349,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Refusal> {
                 peer: args.peer,
                 echo_bind: args.echo_bind,
                 server_pid: args.turn.server_pid,
+                refresh_every: args.turn.refresh_every,
             };
             finish(super::hold::run(&plan))
         }
