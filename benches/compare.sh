@@ -55,6 +55,7 @@ Rows:
 EOF
 }
 
+command_line="benches/compare.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -346,7 +347,8 @@ ratio() {
   fi
 }
 
-echo "turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+versions="turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes') ($turnpike_bin), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+echo "$versions"
 echo "$(nproc) cores, $(uname -r), open files $nofile, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "rows: $rows; $rounds round(s); results in $results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -416,6 +418,7 @@ table="$results/table.md"
   echo
   echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows)."
   echo "$(nproc) cores, $(uname -r); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); $elapsed s in all."
+  echo "$versions; \`$command_line\`"
 } >"$table"
 echo
 cat "$table"
