@@ -596,6 +596,52 @@ fn long_runs_refresh_their_allocations_without_losing_packets() {
     }
 }
 
+#[test]
+fn hold_lingers_with_its_allocations_after_taking_its_figures() {
+    let server = server(vec!["udp"]);
+    let args = strings(&[
+        "hold",
+        "--server",
+        &server.addr("udp").to_string(),
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--clients",
+        "10",
+        "--duration",
+        "1s",
+        "--drain",
+        "500ms",
+        "--linger",
+        "4s",
+        "--server-pid",
+        &server.pid().to_string(),
+    ]);
+    let started = Instant::now();
+    let child = spawn_load(&args);
+    // Set-up, 1 s of hold and the drain are over by 2.5 s; the lingering lasts until about 5.5 s.
+    thread::sleep(Duration::from_millis(2500));
+    let during = server.stats();
+    let run = finish(child, started, Duration::from_secs(60));
+    let json = run.json();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("figures taken; holding 10 allocations for 4s"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(during.get("allocations"), 10, "held while lingering");
+    assert_eq!(
+        during.get("to_peer_packets"),
+        u64_at(&json, "peer_received"),
+        "no traffic while lingering"
+    );
+    assert!(run.took >= Duration::from_secs(5), "took {:?}", run.took);
+    assert_eq!(server.stats().get("allocations_deleted"), 10);
+}
+
 /// The port a standalone `echo`/`forward` process said it listens on (its first stderr line).
 fn spawn_listening(args: &[String]) -> (Child, SocketAddr, JoinHandle<String>) {
     eprintln!("turnpike-load {}", args.join(" "));
@@ -909,6 +955,30 @@ fn hostile_command_lines_get_clear_errors() {
                 "70000",
             ],
             vec!["--size", "at most 65000"],
+        ),
+        (
+            vec![
+                "hold",
+                "--server",
+                server,
+                "--password",
+                "p",
+                "--linger",
+                "-1s",
+            ],
+            vec!["--linger", "negative"],
+        ),
+        (
+            vec![
+                "hold",
+                "--server",
+                server,
+                "--password",
+                "p",
+                "--linger",
+                "2h",
+            ],
+            vec!["--linger", "at most 1h"],
         ),
         (
             vec![

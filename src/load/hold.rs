@@ -35,6 +35,8 @@ pub struct HoldPlan {
     pub server_pid: Option<u32>,
     /// How often channels and allocations are refreshed.
     pub refresh_every: Duration,
+    /// After the figures are taken, keep the allocations (without traffic) this long.
+    pub linger: Duration,
 }
 
 /// What the held clients did together.
@@ -54,8 +56,12 @@ struct Held {
 /// Runs it: the report, and whether every allocation was made and kept relaying.
 pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     let begun = Instant::now();
-    let end_of_all =
-        begun + plan.setup_timeout + plan.duration + plan.drain + cleanup_time(plan.clients);
+    let end_of_all = begun
+        + plan.setup_timeout
+        + plan.duration
+        + plan.drain
+        + plan.linger
+        + cleanup_time(plan.clients);
     let mut echo = match plan.peer {
         Some(_) => None,
         None => Some(EchoPeer::start(plan.echo_bind, end_of_all)?),
@@ -157,6 +163,19 @@ pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     }
     let not_relaying = allocated as u64 - held.relaying;
     failures.add_n("not_relaying", not_relaying);
+
+    // The figures are taken; keep the allocations a while for whoever wants to look at the
+    // server holding them (the compare script times the status API then).
+    if !plan.linger.is_zero() && !clients.is_empty() {
+        eprintln!(
+            "turnpike-load: figures taken; holding {allocated} allocations for {}",
+            humantime::format_duration(plan.linger)
+        );
+        let until = Instant::now() + plan.linger;
+        while Instant::now() < until && !sys::stop_requested() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 
     if !clients.is_empty() {
         let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
