@@ -55,6 +55,7 @@ Rows:
 EOF
 }
 
+command_line="benches/compare.sh $*"
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
@@ -79,8 +80,8 @@ if [ "$quick" = 1 ]; then
   held_large=1000
 fi
 
-for tool in jq ss; do
-  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed (apt-get install jq iproute2)" >&2; exit 2; }
+for tool in jq ss curl od; do
+  command -v "$tool" >/dev/null || { echo "compare.sh: $tool is needed (apt-get install jq iproute2 curl)" >&2; exit 2; }
 done
 turnserver_bin="${TURNSERVER:-turnserver}"
 command -v "$turnserver_bin" >/dev/null || { echo "compare.sh: coturn's turnserver is needed (apt-get install coturn)" >&2; exit 2; }
@@ -103,6 +104,7 @@ results="${results:-target/compare/$(date +%Y%m%d-%H%M%S)}"
 mkdir -p "$results"
 results=$(cd "$results" && pwd)
 work=$(mktemp -d)
+api_token="compare-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 server_pid=""
 forward_pid=""
 
@@ -142,9 +144,12 @@ free_port() {
 
 # turnpike with the shipped defaults, except: listeners and relay on 127.0.0.1, peers on
 # 127.0.0.1 allowed, no per-user allocation cap (coturn has none by default either), a short
-# drain. Sets server_pid and port.
+# drain, and the HTTP API (idle unless asked: its snapshots are made whether it runs or not),
+# for the status API's answer time while allocations are held. Sets server_pid, port and
+# http_port.
 start_turnpike() {
   port=$(free_port)
+  http_port=$(free_port)
   cat >"$work/turnpike.toml" <<EOF
 realm = "compare"
 workers = 0
@@ -171,6 +176,10 @@ allow = ["127.0.0.1/32"]
 
 [limits]
 user-allocations = 0
+
+[http]
+address = "127.0.0.1:$http_port"
+token = "$api_token"
 EOF
   "$turnpike_bin" serve -c "$work/turnpike.toml" --log-format json 2>"$work/server.log" &
   server_pid=$!
@@ -256,12 +265,13 @@ args[r6]="allocate --clients 2000 --concurrency 64 --duration 60s"
 label[r7]="2,000 clients from one source address, shipped limits, 5 s at most"
 kind[r7]=crowd; forwarder[r7]=0
 args[r7]="allocate --clients 2000 --concurrency 64 --one-source --duration 5s"
-label[r8]="$(printf "%'d" "$held_small" 2>/dev/null || echo "$held_small") allocations held at 1 pps each"
+thousands() { echo "$1" | sed -e ':a' -e 's/\([0-9]\)\([0-9]\{3\}\)\($\|,\)/\1,\2\3/' -e 'ta'; }
+label[r8]="$(thousands "$held_small") allocations held at 1 pps each"
 kind[r8]=hold; forwarder[r8]=0
-args[r8]="hold --clients $held_small --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
-label[r9]="$(printf "%'d" "$held_large" 2>/dev/null || echo "$held_large") allocations held at 1 pps each"
+args[r8]="hold --clients $held_small --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128 --linger 3s"
+label[r9]="$(thousands "$held_large") allocations held at 1 pps each"
 kind[r9]=hold; forwarder[r9]=0
-args[r9]="hold --clients $held_large --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128"
+args[r9]="hold --clients $held_large --rate 1 --size 100 --duration ${duration}s --setup-timeout 120s --concurrency 128 --linger 3s"
 label[r10]="1 client, max rate, 160 B ChannelData"
 kind[r10]=relay; forwarder[r10]=1
 args[r10]="relay --clients 1 --window 16 --size 160 --duration ${duration}s"
@@ -290,9 +300,14 @@ run_one() {
   fi
   # shellcheck disable=SC2086 # the argument strings are split on purpose
   timeout 600 "$load_bin" ${args[$row]} $target_args --server-pid "$pid" \
-    >"$work/run.json" 2>"$work/run.err" || status=$?
+    >"$work/run.json" 2>"$work/run.err" &
+  local load_pid=$! api='{}'
+  if [ "${kind[$row]}" = hold ] && [ "$server" = turnpike ]; then
+    api=$(time_status_api "$load_pid" "$(held_count "$row")")
+  fi
+  wait "$load_pid" || status=$?
   if [ -s "$work/run.json" ]; then
-    cat "$work/run.json" >>"$out"
+    jq -c --argjson api "$api" '. + $api' "$work/run.json" >>"$out"
   else
     echo "compare.sh: $row against $server produced no report (exit $status):" >&2
     cat "$work/run.err" >&2
@@ -307,6 +322,47 @@ run_one() {
   cp "$work/server.log" "$results/$row.$server.log" 2>/dev/null || true
   printf '  %-4s %-9s exit %s  %s\n' "$row" "$server" "$status" \
     "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
+}
+
+held_count() {
+  if [ "$1" = r9 ]; then echo "$held_large"; else echo "$held_small"; fi
+}
+
+# Once the hold run $1 has taken its figures (its RSS among them: the API's answers allocate)
+# and lingers with its allocations, times GET /api/v1/status and GET
+# /api/v1/allocations?limit=1000, three times each: a JSON object with the slowest of each in
+# milliseconds (null if the API did not answer 200 within 10 s) and the allocations the status
+# counted, which should be all $2 of them.
+time_status_api() {
+  local load_pid="$1" want="$2" total=null slowest_status=null slowest_list=null
+  local auth="Authorization: Bearer $api_token" base="http://127.0.0.1:$http_port/api/v1"
+  while kill -0 "$load_pid" 2>/dev/null; do
+    if grep -q 'figures taken' "$work/run.err" 2>/dev/null; then
+      # Worker snapshots lag by up to a second.
+      for _ in 1 2 3 4; do
+        total=$(curl -s -m 10 -H "$auth" "$base/status" | jq '.allocations.total' 2>/dev/null || echo null)
+        [ "$total" = "$want" ] && break
+        sleep 0.5
+      done
+      slowest_status=$(slowest_get "$auth" "$base/status")
+      slowest_list=$(slowest_get "$auth" "$base/allocations?limit=1000")
+      break
+    fi
+    sleep 0.2
+  done
+  echo "{\"status_api_ms\": $slowest_status, \"allocations_api_ms\": $slowest_list, \"status_api_allocations\": ${total:-null}}"
+}
+
+# The slowest of three GETs of $2 in milliseconds, or null if one was not a 200.
+slowest_get() {
+  local slowest=0 result code seconds
+  for _ in 1 2 3; do
+    result=$(curl -s -o /dev/null -m 10 -w '%{http_code} %{time_total}' -H "$1" "$2") || { echo null; return; }
+    code=${result% *}; seconds=${result#* }
+    [ "$code" = 200 ] || { echo null; return; }
+    slowest=$(jq -n "[$slowest, $seconds * 1000] | max | . * 10 | round / 10")
+  done
+  echo "$slowest"
 }
 
 # The median of key $2 over the JSON lines of file $1, "lowest-highest" as $3 asks.
@@ -345,7 +401,8 @@ ratio() {
   fi
 }
 
-echo "turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes'), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+versions="turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes') ($turnpike_bin), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+echo "$versions"
 echo "$(nproc) cores, $(uname -r), open files $nofile, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "rows: $rows; $rounds round(s); results in $results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
@@ -398,7 +455,12 @@ table="$results/table.md"
       hold)
         key=server_rss_bytes_per_allocation; host=none
         what="server RSS growth per allocation"
-        extra() { echo " ($(cell "$1" server_rss_kib_after 0 ' KiB') in all), $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %') of a core"; }
+        extra() {
+          local api=""
+          [ "$(stat_of "$1" status_api_ms median)" != null ] &&
+            api=", status API $(cell "$1" status_api_ms 0 ' ms') counting $(cell "$1" status_api_allocations 0), allocations page $(cell "$1" allocations_api_ms 0 ' ms')"
+          echo " ($(cell "$1" server_rss_kib_after 0 ' KiB') in all), $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %') of a core$api"
+        }
         unit=" B"; decimals=0 ;;
     esac
     tm=$(stat_of "$t" "$key" median); cm=$(stat_of "$c" "$key" median); fm=$(stat_of "$f" "$key" median)
@@ -415,6 +477,7 @@ table="$results/table.md"
   echo
   echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows)."
   echo "$(nproc) cores, $(uname -r); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); $elapsed s in all."
+  echo "$versions; \`$command_line\`"
 } >"$table"
 echo
 cat "$table"

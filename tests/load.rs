@@ -519,6 +519,129 @@ fn hold_mode_over_tcp_keeps_every_allocation_relaying() {
     assert_eq!(stats.get("allocations_deleted"), 12);
 }
 
+/// Allocations granted for 2 s (`default-lifetime`) last a 4-second run only if the run
+/// refreshes them: over UDP the batched path pauses for the refreshes and hands the echoes
+/// that arrived meanwhile back to its count, over TCP each client refreshes in turn. Nothing
+/// is lost and nothing is dropped for want of an allocation.
+#[test]
+fn long_runs_refresh_their_allocations_without_losing_packets() {
+    for (mode, transport) in [
+        ("relay", "udp"),
+        ("relay", "tcp"),
+        ("hold", "udp"),
+        ("hold", "tcp"),
+    ] {
+        let server = Server::with(&TestConfig {
+            transports: vec![transport],
+            extra: "[limits]\nuser-allocations = 0\n".into(),
+            ..TestConfig::default()
+        });
+        let toml = std::fs::read_to_string(server.config_path()).expect("read the configuration");
+        drop(server);
+        let toml = toml.replace("[relay]\n", "[relay]\ndefault-lifetime = \"2s\"\n");
+        let server = Server::start(&toml);
+        let mut args = strings(&[
+            mode,
+            "--server",
+            &server.addr(transport).to_string(),
+            "--transport",
+            transport,
+            "--user",
+            "alice",
+            "--password",
+            "wonderland",
+            "--clients",
+            "3",
+            "--rate",
+            "50",
+            "--duration",
+            "4s",
+            "--drain",
+            "2s",
+            "--refresh-every",
+            "1s",
+        ]);
+        if mode == "relay" {
+            args.extend(strings(&["--size", "200"]));
+        }
+        let run = run_load(&args, Duration::from_secs(60));
+        let json = run.json();
+        assert_eq!(run.code, Some(0), "{mode} over {transport}: {}", run.stderr);
+        let sent = u64_at(&json, "sent");
+        assert!(
+            sent >= 500,
+            "{mode} over {transport}: 3 × 50/s for 4 s: {json}"
+        );
+        assert_eq!(
+            u64_at(&json, "received"),
+            sent,
+            "{mode} over {transport}: {json}"
+        );
+        let stats = server.stats();
+        assert_eq!(
+            stats.get("dropped_no_allocation"),
+            0,
+            "{mode} over {transport}"
+        );
+        assert_eq!(
+            stats.get("allocations_expired"),
+            0,
+            "{mode} over {transport}"
+        );
+        assert_eq!(
+            stats.get("allocations_deleted"),
+            3,
+            "{mode} over {transport}"
+        );
+    }
+}
+
+#[test]
+fn hold_lingers_with_its_allocations_after_taking_its_figures() {
+    let server = server(vec!["udp"]);
+    let args = strings(&[
+        "hold",
+        "--server",
+        &server.addr("udp").to_string(),
+        "--user",
+        "alice",
+        "--password",
+        "wonderland",
+        "--clients",
+        "10",
+        "--duration",
+        "1s",
+        "--drain",
+        "500ms",
+        "--linger",
+        "4s",
+        "--server-pid",
+        &server.pid().to_string(),
+    ]);
+    let started = Instant::now();
+    let child = spawn_load(&args);
+    // Set-up, 1 s of hold and the drain are over by 2.5 s; the lingering lasts until about 5.5 s.
+    thread::sleep(Duration::from_millis(2500));
+    let during = server.stats();
+    let run = finish(child, started, Duration::from_secs(60));
+    let json = run.json();
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("figures taken; holding 10 allocations for 4s"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(during.get("allocations"), 10, "held while lingering");
+    assert_eq!(
+        during.get("to_peer_packets"),
+        u64_at(&json, "peer_received"),
+        "no traffic while lingering"
+    );
+    assert!(run.took >= Duration::from_secs(5), "took {:?}", run.took);
+    assert_eq!(server.stats().get("allocations_deleted"), 10);
+}
+
 /// The port a standalone `echo`/`forward` process said it listens on (its first stderr line).
 fn spawn_listening(args: &[String]) -> (Child, SocketAddr, JoinHandle<String>) {
     eprintln!("turnpike-load {}", args.join(" "));
@@ -832,6 +955,30 @@ fn hostile_command_lines_get_clear_errors() {
                 "70000",
             ],
             vec!["--size", "at most 65000"],
+        ),
+        (
+            vec![
+                "hold",
+                "--server",
+                server,
+                "--password",
+                "p",
+                "--linger",
+                "-1s",
+            ],
+            vec!["--linger", "negative"],
+        ),
+        (
+            vec![
+                "hold",
+                "--server",
+                server,
+                "--password",
+                "p",
+                "--linger",
+                "2h",
+            ],
+            vec!["--linger", "at most 1h"],
         ),
         (
             vec![

@@ -112,6 +112,10 @@ pub struct TurnArgs {
     /// Handshakes at once during set-up.
     #[arg(long, value_parser = parse_concurrency, allow_hyphen_values = true, default_value = "64")]
     pub concurrency: u64,
+    /// How often channels, permissions and allocations are refreshed in long runs (for tests
+    /// of the refresh itself; servers' lifetimes are minutes).
+    #[arg(long, hide = true, value_parser = parse_duration, allow_hyphen_values = true, default_value = "120s")]
+    pub refresh_every: Duration,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -203,6 +207,10 @@ pub struct HoldArgs {
     /// Where the built-in echo peer listens.
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:0")]
     pub echo_bind: SocketAddr,
+    /// After the figures are taken, keep the allocations (without traffic) this long before
+    /// deleting them, e.g. to query the server meanwhile; a line on stderr says when it starts.
+    #[arg(long, value_parser = parse_linger, allow_hyphen_values = true, default_value = "0s")]
+    pub linger: Duration,
 }
 
 #[derive(Args, Debug)]
@@ -309,6 +317,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, Refusal> {
                 peer: args.peer,
                 echo_bind: args.echo_bind,
                 server_pid: args.turn.server_pid,
+                refresh_every: args.turn.refresh_every,
             };
             finish(super::relay::run(&plan))
         }
@@ -344,6 +353,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, Refusal> {
                 peer: args.peer,
                 echo_bind: args.echo_bind,
                 server_pid: args.turn.server_pid,
+                refresh_every: args.turn.refresh_every,
+                linger: args.linger,
             };
             finish(super::hold::run(&plan))
         }
@@ -513,6 +524,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("at most 24h".into());
     }
     Ok(duration)
+}
+
+/// `0s` (no lingering) or a duration of at most an hour.
+fn parse_linger(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s") {
+        return Ok(Duration::ZERO);
+    }
+    let linger = parse_duration(text)?;
+    if linger > Duration::from_secs(3600) {
+        return Err("at most 1h".into());
+    }
+    Ok(linger)
 }
 
 fn parse_drain(text: &str) -> Result<Duration, String> {

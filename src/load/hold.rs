@@ -11,15 +11,11 @@ use super::relay::{cleanup_time, refresh_udp};
 use super::report::{CpuSample, Report, round};
 use super::setup::{self, CHANNEL, DataKind, TurnTarget};
 use super::stats::{Failures, Flow, Histogram};
-use super::stream::REFRESH_EVERY;
 use super::udp::{Framing, UdpEngine};
 use super::{Pace, PayloadHeader, client_cause, procfs, record_echo, sys};
 use crate::client::{Client, Transport};
 
-/// Channels (and their permissions) are refreshed this often; they last 10 and 5 minutes.
-const CHANNEL_REFRESH: Duration = Duration::from_secs(120);
-/// The allocation is refreshed this often, asking for [`LIFETIME`].
-const ALLOCATION_REFRESH: Duration = Duration::from_secs(240);
+/// The lifetime a refresh asks for.
 const LIFETIME: Duration = Duration::from_secs(600);
 
 /// A `hold` run, as the command line asked for it (already checked).
@@ -37,6 +33,10 @@ pub struct HoldPlan {
     pub peer: Option<SocketAddr>,
     pub echo_bind: SocketAddr,
     pub server_pid: Option<u32>,
+    /// How often channels and allocations are refreshed.
+    pub refresh_every: Duration,
+    /// After the figures are taken, keep the allocations (without traffic) this long.
+    pub linger: Duration,
 }
 
 /// What the held clients did together.
@@ -56,8 +56,12 @@ struct Held {
 /// Runs it: the report, and whether every allocation was made and kept relaying.
 pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     let begun = Instant::now();
-    let end_of_all =
-        begun + plan.setup_timeout + plan.duration + plan.drain + cleanup_time(plan.clients);
+    let end_of_all = begun
+        + plan.setup_timeout
+        + plan.duration
+        + plan.drain
+        + plan.linger
+        + cleanup_time(plan.clients);
     let mut echo = match plan.peer {
         Some(_) => None,
         None => Some(EchoPeer::start(plan.echo_bind, end_of_all)?),
@@ -160,6 +164,19 @@ pub fn run(plan: &HoldPlan) -> std::io::Result<(Report, bool)> {
     let not_relaying = allocated as u64 - held.relaying;
     failures.add_n("not_relaying", not_relaying);
 
+    // The figures are taken; keep the allocations a while for whoever wants to look at the
+    // server holding them (the compare script times the status API then).
+    if !plan.linger.is_zero() && !clients.is_empty() {
+        eprintln!(
+            "turnpike-load: figures taken; holding {allocated} allocations for {}",
+            humantime::format_duration(plan.linger)
+        );
+        let until = Instant::now() + plan.linger;
+        while Instant::now() < until && !sys::stop_requested() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     if !clients.is_empty() {
         let deadline = tokio::time::Instant::now() + cleanup_time(clients.len());
         let mut only: Vec<Client> = clients.into_iter().map(|(_, c)| c).collect();
@@ -200,7 +217,7 @@ fn hold_udp(
     let end = start + plan.duration;
     let stop = || sys::stop_requested();
     let mut failures = Failures::default();
-    let mut next_refresh = start + REFRESH_EVERY;
+    let mut next_refresh = start + plan.refresh_every;
     loop {
         engine.run(end.min(next_refresh), true, &stop);
         if Instant::now() >= end || stop() {
@@ -215,7 +232,7 @@ fn hold_udp(
             &mut engine,
             deadline,
         )));
-        next_refresh += REFRESH_EVERY;
+        next_refresh += plan.refresh_every;
     }
     let stopped = Instant::now().min(end);
     engine.run((end + plan.drain).min(stopped + plan.drain), false, &|| {
@@ -263,8 +280,7 @@ async fn hold_client(
     let mut flow = Flow::new(16);
     let mut payload = vec![0u8; plan.size];
     let mut next_send = start + phase;
-    let mut next_channel = start + CHANNEL_REFRESH;
-    let mut next_refresh = start + ALLOCATION_REFRESH;
+    let mut next_refresh = start + plan.refresh_every;
     let mut last_echo: Option<tokio::time::Instant> = None;
     // When sending ended: `end`, or earlier on SIGINT/SIGTERM.
     let mut stopped_at = end;
@@ -285,21 +301,16 @@ async fn hold_client(
         if !sending && flow.in_flight() == 0 {
             break;
         }
-        if sending && now >= next_channel {
-            let bound = tokio::time::timeout_at(drain_end, client.channel_bind(CHANNEL, peer));
-            if let Err(cause) = outcome(bound.await) {
-                failure = Some(format!("refresh_{cause}"));
-                break;
-            }
-            next_channel += CHANNEL_REFRESH;
-        }
         if sending && now >= next_refresh {
-            let refreshed = tokio::time::timeout_at(drain_end, client.refresh(LIFETIME));
-            if let Err(cause) = outcome(refreshed.await.map(|r| r.map(|_| ()))) {
+            let refreshed = tokio::time::timeout_at(drain_end, async {
+                client.channel_bind(CHANNEL, peer).await?;
+                client.refresh(LIFETIME).await.map(|_| ())
+            });
+            if let Err(cause) = outcome(refreshed.await) {
                 failure = Some(format!("refresh_{cause}"));
                 break;
             }
-            next_refresh += ALLOCATION_REFRESH;
+            next_refresh += plan.refresh_every;
         }
         if sending && now >= next_send {
             let header = PayloadHeader {
@@ -326,11 +337,7 @@ async fn hold_client(
         }
         let mut wake = drain_end;
         if sending {
-            wake = wake
-                .min(next_send)
-                .min(stopped_at)
-                .min(next_channel)
-                .min(next_refresh);
+            wake = wake.min(next_send).min(stopped_at).min(next_refresh);
         }
         tokio::select! {
             received = client.recv() => match received {

@@ -26,7 +26,8 @@ impl ProcessCpu {
     }
 }
 
-/// CPU time of the whole host: busy (user, nice, system, irq, softirq, steal) and all.
+/// CPU time of the whole host: busy (user, nice, system, irq, softirq) and all (with idle,
+/// iowait and steal: time a hypervisor gave to other machines is no work done here).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HostCpu {
     pub busy: Duration,
@@ -94,7 +95,7 @@ pub fn host_cpu() -> io::Result<HostCpu> {
 }
 
 /// `cpu  user nice system idle iowait irq softirq steal guest guest_nice`: guest time is
-/// already counted in user, so it is left out; idle and iowait are not busy.
+/// already counted in user, so it is left out; idle, iowait and steal are not busy.
 fn parse_host_stat(text: &str) -> Option<HostCpu> {
     let line = text.lines().find(|line| line.starts_with("cpu "))?;
     let values: Vec<u64> = line
@@ -107,8 +108,8 @@ fn parse_host_stat(text: &str) -> Option<HostCpu> {
         return None;
     }
     let field = |i: usize| values.get(i).copied().unwrap_or(0);
-    let idle = field(3) + field(4);
-    let busy = field(0) + field(1) + field(2) + field(5) + field(6) + field(7);
+    let idle = field(3) + field(4) + field(7);
+    let busy = field(0) + field(1) + field(2) + field(5) + field(6);
     Some(HostCpu {
         busy: ticks(busy),
         total: ticks(busy + idle),
@@ -162,16 +163,21 @@ mod tests {
     fn host_stat_counts_busy_and_idle() {
         let per_second = ticks_per_second();
         let text = format!(
-            "cpu  {u} 0 {s} {i} {w} 0 {q} 0 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n",
+            "cpu  {u} 0 {s} {i} {w} 0 {q} {t} 0 0\ncpu0 1 2 3 4 5 6 7 8 9 10\n",
             u = 2 * per_second,
             s = per_second,
             i = 5 * per_second,
             w = per_second,
             q = per_second,
+            t = per_second,
         );
         let cpu = parse_host_stat(&text).unwrap();
-        assert_eq!(cpu.busy, Duration::from_secs(4));
-        assert_eq!(cpu.total, Duration::from_secs(10));
+        assert_eq!(cpu.busy, Duration::from_secs(4), "user, system and softirq");
+        assert_eq!(
+            cpu.total,
+            Duration::from_secs(11),
+            "and idle, iowait and steal"
+        );
         assert_eq!(parse_host_stat("intr 1 2 3\n"), None);
     }
 

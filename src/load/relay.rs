@@ -11,7 +11,7 @@ use super::echo::EchoPeer;
 use super::report::{CpuSample, Report, round};
 use super::setup::{self, CHANNEL, DataKind, TurnTarget};
 use super::stats::Failures;
-use super::stream::{self, REFRESH_EVERY, StreamPlan};
+use super::stream::{self, StreamPlan};
 use super::udp::{Framing, UdpEngine};
 use super::{Pace, procfs, sys};
 use crate::client::{Client, Transport};
@@ -41,6 +41,8 @@ pub struct RelayPlan {
     pub peer: Option<SocketAddr>,
     pub echo_bind: SocketAddr,
     pub server_pid: Option<u32>,
+    /// How often channels (or permissions) and allocations are refreshed.
+    pub refresh_every: Duration,
 }
 
 /// Runs it: the report, and whether every client was set up and nothing failed.
@@ -137,7 +139,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
         }
         let mut engine = UdpEngine::new(&fds, plan.pace, plan.size, run_id, plan.drain, start)?;
         let stop = || sys::stop_requested();
-        let mut next_refresh = start + REFRESH_EVERY;
+        let mut next_refresh = start + plan.refresh_every;
         loop {
             engine.run(send_until.min(next_refresh), true, &stop);
             if Instant::now() >= send_until || stop() {
@@ -154,7 +156,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
                 deadline,
             ));
             failures.merge(&refreshed);
-            next_refresh += REFRESH_EVERY;
+            next_refresh += plan.refresh_every;
         }
         // The drain waits for the echoes in flight even after SIGINT/SIGTERM, for at most
         // the drain time from when sending stopped.
@@ -178,6 +180,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
             start: tokio::time::Instant::from_std(start),
             send_until: tokio::time::Instant::from_std(send_until),
             drain_until: tokio::time::Instant::from_std(drain_until),
+            refresh_every: plan.refresh_every,
         };
         let outcome = runtime.block_on(stream::run_streams(&mut clients, &stream_plan));
         failures.merge(&outcome.failures);

@@ -17,7 +17,8 @@ use crate::client::Client;
 const EXPIRE_EVERY: Duration = Duration::from_millis(10);
 /// Packets a rate-paced client sends at once when it is behind.
 const MAX_BURST: u64 = 32;
-/// How often channels and permissions are refreshed in a long run (they last 10 and 5 min).
+/// How often channels, permissions and allocations are refreshed in a long run (turnpike's
+/// last 10 min, 5 min and 10 min by default).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(120);
 
 /// What every client of the run shares.
@@ -33,6 +34,8 @@ pub struct StreamPlan {
     pub send_until: Instant,
     /// When everything stops, echoes in flight or not.
     pub drain_until: Instant,
+    /// How often channels (or permissions) and allocations are refreshed.
+    pub refresh_every: Duration,
 }
 
 /// What the clients did together.
@@ -73,7 +76,7 @@ async fn run_client(
     let mut payload = vec![0u8; plan.size];
     let loss_ns = plan.loss_timeout.as_nanos() as u64;
     let ns = |at: Instant| at.saturating_duration_since(plan.start).as_nanos() as u64;
-    let mut next_refresh = plan.start + REFRESH_EVERY;
+    let mut next_refresh = plan.start + plan.refresh_every;
     let mut foreign = 0;
     let mut failure = None;
     // SIGINT/SIGTERM end the sending early; the drain still waits for the echoes in flight.
@@ -99,7 +102,7 @@ async fn run_client(
                     failure = Some(cause);
                     break;
                 }
-                next_refresh += REFRESH_EVERY;
+                next_refresh += plan.refresh_every;
             }
             let want = match plan.pace {
                 Pace::Window(window) => u64::from(window).saturating_sub(flow.in_flight()),
