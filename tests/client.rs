@@ -623,6 +623,28 @@ fn hostile_udp(answer: impl Fn(&[u8], usize) -> Vec<Vec<u8>> + Send + 'static) -
     addr
 }
 
+/// `answer` numbered by transaction rather than by datagram: a retransmission (a slow machine
+/// makes them) gets the answer its first copy got.
+fn by_transaction(
+    answer: impl Fn(&[u8], usize) -> Vec<Vec<u8>> + Send + 'static,
+) -> impl Fn(&[u8], usize) -> Vec<Vec<u8>> + Send + 'static {
+    let seen = std::sync::Mutex::new(Vec::<[u8; 12]>::new());
+    move |request, _| {
+        let tid: [u8; 12] = request[8..20].try_into().expect("a STUN header");
+        let n = {
+            let mut seen = seen.lock().unwrap();
+            match seen.iter().position(|t| *t == tid) {
+                Some(i) => i + 1,
+                None => {
+                    seen.push(tid);
+                    seen.len()
+                }
+            }
+        };
+        answer(request, n)
+    }
+}
+
 /// A STUN answer to `request` of `class`, with `attrs`.
 fn answer_to(request: &[u8], class: Class, attrs: impl Fn(&mut MessageWriter<'_>)) -> Vec<u8> {
     let msg = Message::parse(request).expect("the client sends STUN");
@@ -703,7 +725,7 @@ async fn garbage_from_a_udp_server_is_ignored_until_the_timeout() {
 async fn malformed_answers_give_bad_response_errors() {
     // A Binding success without XOR-MAPPED-ADDRESS, then with a malformed one; an error
     // without ERROR-CODE; an Allocate success without XOR-RELAYED-ADDRESS.
-    let server = hostile_udp(|request, n| {
+    let server = hostile_udp(by_transaction(|request, n| {
         vec![answer_to(
             request,
             if n >= 3 { Class::Error } else { Class::Success },
@@ -715,7 +737,7 @@ async fn malformed_answers_give_bad_response_errors() {
                 _ => {}
             },
         )]
-    });
+    }));
     let mut client = udp_client(server).await;
     for what in ["no XOR-MAPPED-ADDRESS", "malformed address attribute"] {
         match client.binding().await {
