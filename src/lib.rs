@@ -39,6 +39,7 @@ pub mod config;
 pub mod fuzzing;
 pub mod http;
 pub mod load;
+pub mod logbuf;
 pub mod net;
 pub mod notify;
 pub mod stun;

@@ -141,11 +141,11 @@ fn init_logging(log: &LogArgs, configured: &str) -> Option<LevelHandle> {
     };
     let (filter, handle) = tracing_subscriber::reload::Layer::new(filter);
     let text = matches!(log.log_format, LogFormat::Text)
-        .then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+        .then(|| tracing_subscriber::fmt::layer().with_writer(turnpike::logbuf::Stderr));
     let json = matches!(log.log_format, LogFormat::Json).then(|| {
         tracing_subscriber::fmt::layer()
             .json()
-            .with_writer(std::io::stderr)
+            .with_writer(turnpike::logbuf::Stderr)
     });
     tracing_subscriber::registry()
         .with(filter)

@@ -882,6 +882,65 @@ fn allocations_are_logged_when_created_and_ended_and_redacted_on_request() {
     }
 }
 
+/// Write system calls the process has made (`syscw` of `/proc/PID/io`).
+fn write_calls(pid: u32) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).expect("/proc/PID/io");
+    io.lines()
+        .find_map(|line| line.strip_prefix("syscw: "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("syscw in /proc/PID/io")
+}
+
+#[test]
+fn the_audit_lines_of_a_burst_are_written_together_and_whole() {
+    // One worker, so that one listener socket queues the whole burst.
+    const CLIENTS: usize = 16;
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        workers: 1,
+        extra: "[limits]\nuser-allocations = 20\n".to_string(),
+        ..TestConfig::default()
+    });
+    let mut clients: Vec<StunClient> = (0..CLIENTS)
+        .map(|_| StunClient::udp(server.addr("udp"), "127.0.0.1:0", "alice", "wonderland"))
+        .collect();
+    for client in &mut clients {
+        client.allocate().expect("an allocation");
+    }
+    server.wait_for_log("allocation created", CLIENTS, Duration::from_secs(5));
+    // The worker stopped, every Refresh 0 waits in the listener's queue; it then reads them
+    // in one batch and logs 16 "allocation ended" lines.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = write_calls(server.pid());
+    server.signal(libc::SIGSTOP);
+    let refreshed = std::thread::scope(|scope| {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .map(|client| scope.spawn(move || client.refresh(0)))
+            .collect();
+        std::thread::sleep(Duration::from_millis(300));
+        server.signal(libc::SIGCONT);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    assert!(refreshed.iter().all(Option::is_none), "{refreshed:?}");
+    let ended = server.wait_for_log("allocation ended", CLIENTS, Duration::from_secs(5));
+    assert_eq!(ended.len(), CLIENTS);
+    let writes = write_calls(server.pid()) - before;
+    eprintln!("{CLIENTS} allocation-ended lines in {writes} write calls");
+    // Each line is whole JSON (held lines are never cut or interleaved).
+    for line in &ended {
+        let event: Value = serde_json::from_str(line).expect("a whole JSON line");
+        assert_eq!(event["fields"]["reason"], "deleted", "{line}");
+    }
+    assert!(
+        writes < CLIENTS as u64 / 2,
+        "{writes} write calls for {CLIENTS} lines: not written together"
+    );
+}
+
 #[test]
 fn readyz_says_not_ready_while_redis_is_unreachable() {
     // Nothing listens on this port: Redis never answers.

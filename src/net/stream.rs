@@ -368,6 +368,7 @@ where
         let mut paused = false;
         let handled_from = start;
         {
+            let _lines = crate::logbuf::Hold::begin();
             let mut worker = shared.borrow_mut();
             while start < filled {
                 let pending = &buf[start..filled];

@@ -871,6 +871,8 @@ async fn udp_listener_loop(shared: Shared, index: usize) {
         };
         let mut drained = false;
         {
+            // The audit lines of a batch of Allocates and Refreshes go out in one write.
+            let _lines = crate::logbuf::Hold::begin();
             let mut worker = shared.borrow_mut();
             for _ in 0..WORK_LIMIT.div_ceil(BATCH) {
                 let received = {
@@ -984,6 +986,8 @@ async fn timer_loop(shared: Shared, notify: Rc<Notify>) {
             }
         }
         let now = Instant::now();
+        // Allocations that expire together are logged in one write.
+        let _lines = crate::logbuf::Hold::begin();
         let mut worker = shared.borrow_mut();
         worker.core.handle_timeout(now);
         worker.after_core_call(now);
