@@ -174,10 +174,10 @@ fn server(transports: Vec<&'static str>) -> Server {
     })
 }
 
-/// `relay` arguments against `server`'s listener of `transport`.
-fn relay_args(server: &Server, transport: &str, extra: &[&str]) -> Vec<String> {
+/// `mode` arguments as alice against `server`'s listener of `transport`, then `extra`.
+fn mode_args(mode: &str, server: &Server, transport: &str, extra: &[&str]) -> Vec<String> {
     let mut args = strings(&[
-        "relay",
+        mode,
         "--server",
         &server.addr(transport).to_string(),
         "--transport",
@@ -186,13 +186,19 @@ fn relay_args(server: &Server, transport: &str, extra: &[&str]) -> Vec<String> {
         "alice",
         "--password",
         "wonderland",
-        "--server-pid",
-        &server.pid().to_string(),
     ]);
     if transport == "tls" {
         let ca = server.config_path().with_file_name("cert.pem");
         args.extend(strings(&["--tls-ca", &ca.display().to_string()]));
     }
+    args.extend(strings(extra));
+    args
+}
+
+/// `relay` arguments against `server`'s listener of `transport`, its CPU measured.
+fn relay_args(server: &Server, transport: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = mode_args("relay", server, transport, &["--server-pid"]);
+    args.push(server.pid().to_string());
     args.extend(strings(extra));
     args
 }
@@ -401,21 +407,19 @@ fn rest_credentials_relay_and_a_wrong_secret_is_a_401() {
 #[test]
 fn allocate_mode_counts_allocations_and_their_cost() {
     let server = server(vec!["udp"]);
-    let args = strings(&[
+    let args = mode_args(
         "allocate",
-        "--server",
-        &server.addr("udp").to_string(),
-        "--user",
-        "alice",
-        "--password",
-        "wonderland",
-        "--clients",
-        "60",
-        "--concurrency",
-        "8",
-        "--server-pid",
-        &server.pid().to_string(),
-    ]);
+        &server,
+        "udp",
+        &[
+            "--clients",
+            "60",
+            "--concurrency",
+            "8",
+            "--server-pid",
+            &server.pid().to_string(),
+        ],
+    );
     let run = run_load(&args, Duration::from_secs(60));
     let json = run.json();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -438,25 +442,23 @@ fn allocate_mode_counts_allocations_and_their_cost() {
 #[test]
 fn hold_mode_keeps_every_allocation_relaying_and_measures_memory() {
     let server = server(vec!["udp"]);
-    let args = strings(&[
+    let args = mode_args(
         "hold",
-        "--server",
-        &server.addr("udp").to_string(),
-        "--user",
-        "alice",
-        "--password",
-        "wonderland",
-        "--clients",
-        "30",
-        "--rate",
-        "5",
-        "--duration",
-        "2s",
-        "--drain",
-        "2s",
-        "--server-pid",
-        &server.pid().to_string(),
-    ]);
+        &server,
+        "udp",
+        &[
+            "--clients",
+            "30",
+            "--rate",
+            "5",
+            "--duration",
+            "2s",
+            "--drain",
+            "2s",
+            "--server-pid",
+            &server.pid().to_string(),
+        ],
+    );
     let run = run_load(&args, Duration::from_secs(60));
     let json = run.json();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -481,25 +483,21 @@ fn hold_mode_keeps_every_allocation_relaying_and_measures_memory() {
 #[test]
 fn hold_mode_over_tcp_keeps_every_allocation_relaying() {
     let server = server(vec!["tcp"]);
-    let args = strings(&[
+    let args = mode_args(
         "hold",
-        "--server",
-        &server.addr("tcp").to_string(),
-        "--transport",
+        &server,
         "tcp",
-        "--user",
-        "alice",
-        "--password",
-        "wonderland",
-        "--clients",
-        "12",
-        "--rate",
-        "10",
-        "--duration",
-        "2s",
-        "--drain",
-        "2s",
-    ]);
+        &[
+            "--clients",
+            "12",
+            "--rate",
+            "10",
+            "--duration",
+            "2s",
+            "--drain",
+            "2s",
+        ],
+    );
     let run = run_load(&args, Duration::from_secs(60));
     let json = run.json();
     assert_eq!(run.code, Some(0), "{}", run.stderr);
@@ -540,27 +538,23 @@ fn long_runs_refresh_their_allocations_without_losing_packets() {
         drop(server);
         let toml = toml.replace("[relay]\n", "[relay]\ndefault-lifetime = \"2s\"\n");
         let server = Server::start(&toml);
-        let mut args = strings(&[
+        let mut args = mode_args(
             mode,
-            "--server",
-            &server.addr(transport).to_string(),
-            "--transport",
+            &server,
             transport,
-            "--user",
-            "alice",
-            "--password",
-            "wonderland",
-            "--clients",
-            "3",
-            "--rate",
-            "50",
-            "--duration",
-            "4s",
-            "--drain",
-            "2s",
-            "--refresh-every",
-            "1s",
-        ]);
+            &[
+                "--clients",
+                "3",
+                "--rate",
+                "50",
+                "--duration",
+                "4s",
+                "--drain",
+                "2s",
+                "--refresh-every",
+                "1s",
+            ],
+        );
         if mode == "relay" {
             args.extend(strings(&["--size", "200"]));
         }
@@ -599,25 +593,23 @@ fn long_runs_refresh_their_allocations_without_losing_packets() {
 #[test]
 fn hold_lingers_with_its_allocations_after_taking_its_figures() {
     let server = server(vec!["udp"]);
-    let args = strings(&[
+    let args = mode_args(
         "hold",
-        "--server",
-        &server.addr("udp").to_string(),
-        "--user",
-        "alice",
-        "--password",
-        "wonderland",
-        "--clients",
-        "10",
-        "--duration",
-        "1s",
-        "--drain",
-        "500ms",
-        "--linger",
-        "4s",
-        "--server-pid",
-        &server.pid().to_string(),
-    ]);
+        &server,
+        "udp",
+        &[
+            "--clients",
+            "10",
+            "--duration",
+            "1s",
+            "--drain",
+            "500ms",
+            "--linger",
+            "4s",
+            "--server-pid",
+            &server.pid().to_string(),
+        ],
+    );
     let started = Instant::now();
     let child = spawn_load(&args);
     // Set-up, 1 s of hold and the drain are over by 2.5 s; the lingering lasts until about 5.5 s.
