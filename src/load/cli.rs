@@ -81,7 +81,7 @@ pub struct TurnArgs {
     /// Long-term password.
     #[arg(long, env = "TURNPIKE_LOAD_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
-    /// TURN REST API shared secret: each client mints "<now + 1 day>:<user>".
+    /// TURN REST API shared secret: each client mints `<now + 1 day>:<user>`.
     #[arg(
         long,
         env = "TURNPIKE_LOAD_SECRET",
