@@ -156,6 +156,26 @@ pub struct Run<'a> {
 
 /// Runs one uclient to completion against `peer` and checks that every packet came back.
 pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
+    match attempt(run, peer, dir, 1) {
+        Ok(summary) => summary,
+        Err(first) => {
+            // turnutils_uclient stops waiting for echoes on its own clock: on a loaded machine
+            // (a parallel test suite, a build beside it) it has counted a late echo as lost
+            // while the server had relayed every packet. One loss is run again; a second in a
+            // row fails the test.
+            eprintln!("{}: retried once after {first:?}", run.case);
+            attempt(run, peer, dir, 2).unwrap_or_else(|second| {
+                panic!(
+                    "packets lost twice in a row: {first:?}, then {second:?}; {}",
+                    run.case
+                )
+            })
+        }
+    }
+}
+
+/// One run of uclient; every failure but lost packets panics, lost packets are returned.
+fn attempt(run: &Run<'_>, peer: &Peer, dir: &Path, number: u32) -> Result<Summary, Summary> {
     let program = super::require_tool("turnutils_uclient");
     let mut args: Vec<String> = Vec::new();
     match run.transport {
@@ -192,7 +212,7 @@ pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
-    let log = dir.join(format!("uclient-{file_name}.log"));
+    let log = dir.join(format!("uclient-{file_name}-{number}.log"));
     let (stdout, stderr) = super::output_file(&log);
     let started = Instant::now();
     let mut child = Command::new(&program)
@@ -218,15 +238,18 @@ pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
         summary.received > 0,
         "nothing received: {summary:?}; {context}"
     );
-    assert_eq!(summary.lost, 0, "packets lost: {summary:?}; {context}");
     assert_eq!(
         summary.send_dropped, 0,
         "sends dropped: {summary:?}; {context}"
     );
     assert_eq!(
-        (summary.sent, summary.received),
-        (CLIENTS * MESSAGES, CLIENTS * MESSAGES),
-        "sent and received: {summary:?}; {context}"
+        summary.sent,
+        CLIENTS * MESSAGES,
+        "sent: {summary:?}; {context}"
     );
-    summary
+    if summary.lost > 0 || summary.received != CLIENTS * MESSAGES {
+        eprintln!("packets lost: {summary:?}; {context}");
+        return Err(summary);
+    }
+    Ok(summary)
 }
