@@ -490,6 +490,7 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         dropped_no_permission = core.dropped_no_permission,
         dropped_policy = core.dropped_policy,
         dropped_bandwidth = core.dropped_bandwidth,
+        dropped_too_large = core.dropped_too_large,
         dropped_stream_full = counters.workers.dropped_stream_full,
         dropped_send_failed = counters.workers.dropped_send_failed,
         rate_limited = core.rate_limited,

@@ -289,6 +289,18 @@ fn hostile_peer_traffic_is_relayed_whole_or_dropped_and_counted() {
         let data = client.recv_data(deadline()).expect("relayed");
         assert_eq!(data, datagram, "{len}-byte datagram");
     }
+    // Oversized: larger than a frame to the client can carry (the largest IPv4 UDP payload
+    // included), dropped and counted, never relayed.
+    for len in [65_001usize, 65_507] {
+        stranger.send_to(&vec![0x66u8; len], relayed).expect("send");
+    }
+    assert!(
+        client
+            .recv_data(Instant::now() + Duration::from_millis(500))
+            .is_none(),
+        "an oversized peer datagram reached the client"
+    );
+    assert_eq!(server.stats().get("dropped_too_large"), 2);
     // Repeated: 5,000 small datagrams in one burst from a peer; each is relayed, or dropped
     // by the relay socket's full receive buffer, which the kernel counts.
     let kernel_drops_before = udp_socket_drops(relayed);

@@ -1470,6 +1470,7 @@ fn counters(stats: &Stats) -> Vec<u64> {
         stats.dropped_no_permission,
         stats.dropped_policy,
         stats.dropped_bandwidth,
+        stats.dropped_too_large,
         stats.rate_limited,
         stats.rate_limited_node,
         stats.quota_rejected,

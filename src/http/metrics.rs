@@ -132,6 +132,7 @@ impl prometheus_client::collector::Collector for Scrape {
                 ("no_permission", core.dropped_no_permission),
                 ("policy", core.dropped_policy),
                 ("bandwidth", core.dropped_bandwidth),
+                ("too_large", core.dropped_too_large),
                 ("rate_limit", core.rate_limited),
                 ("rate_limit_node", core.rate_limited_node),
                 ("malformed", core.malformed),

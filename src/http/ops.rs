@@ -157,6 +157,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             "capacity": core.capacity_rejected,
             "bandwidth": core.dropped_bandwidth,
             "policy": core.dropped_policy,
+            "too_large": core.dropped_too_large,
             "rate_limit": core.rate_limited,
             "rate_limit_node": core.rate_limited_node,
             "malformed": core.malformed,

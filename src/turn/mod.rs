@@ -46,6 +46,10 @@ use allocation::CachedResponse;
 pub const PEER_HEADROOM: usize = 64;
 /// Bytes the I/O layer leaves free after a peer datagram, for padding to a multiple of 4.
 pub const PEER_TAILROOM: usize = 4;
+/// The largest peer datagram relayed: its Data indication (up to 36 bytes of headers) or its
+/// ChannelData frame must fit in one UDP datagram to the client. Larger ones are dropped and
+/// counted in [`Stats::dropped_too_large`].
+pub const MAX_PEER_PAYLOAD: usize = 65_000;
 
 /// The largest STUN request (any method, known or not) the core looks at; a larger one is
 /// counted as malformed and dropped unanswered before it is even parsed. Send indications,
@@ -253,6 +257,9 @@ pub struct Stats {
     pub dropped_no_permission: u64,
     pub dropped_policy: u64,
     pub dropped_bandwidth: u64,
+    /// Peer datagrams too large to relay: over 65,000 bytes, the most a Data indication or a
+    /// ChannelData frame to the client can carry.
+    pub dropped_too_large: u64,
     /// Requests without valid credentials over UDP left unanswered: their source had used its
     /// reflection budget (`unauthenticated-rate`, `unauthenticated-burst`).
     pub rate_limited: u64,
@@ -321,6 +328,7 @@ impl Stats {
         self.dropped_no_permission += other.dropped_no_permission;
         self.dropped_policy += other.dropped_policy;
         self.dropped_bandwidth += other.dropped_bandwidth;
+        self.dropped_too_large += other.dropped_too_large;
         self.rate_limited += other.rate_limited;
         self.rate_limited_node += other.rate_limited_node;
         self.quota_rejected += other.quota_rejected;
@@ -605,8 +613,12 @@ impl Server {
     ) -> PeerAction {
         let peer = canonical_addr(peer);
         let len = payload.len();
-        if payload.start < PEER_HEADROOM || buf.len() < payload.end + PEER_TAILROOM || len > 65_000
-        {
+        if payload.start < PEER_HEADROOM || buf.len() < payload.end + PEER_TAILROOM {
+            // The caller's buffer breaks the contract: not a packet's fault, nothing to count.
+            return PeerAction::None;
+        }
+        if len > MAX_PEER_PAYLOAD {
+            self.stats.dropped_too_large += 1;
             return PeerAction::None;
         }
         let epoch = self.config.epoch;
@@ -632,7 +644,7 @@ impl Server {
         let frame = match alloc.channel_for_peer(peer, now) {
             Some(number) => {
                 let start = payload.start - 4;
-                // The length was checked against 65 000 above.
+                // The length was checked against MAX_PEER_PAYLOAD above.
                 if stun::write_channel_data_header(&mut buf[start..], number, len as u16).is_err() {
                     return PeerAction::None;
                 }

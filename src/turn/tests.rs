@@ -765,6 +765,29 @@ fn allocation_expires_exactly_at_its_lifetime() {
 }
 
 #[test]
+fn a_peer_datagram_too_large_for_a_frame_is_dropped_and_counted() {
+    let mut h = Harness::new();
+    let (mut c, _) = alice(&mut h);
+    let peer: SocketAddr = PEER.parse().unwrap();
+    assert_eq!(c.permit(&mut h, peer).class, Class::Success);
+    let id = relay_of(&h, &c.tuple);
+    let largest = peer_data(&mut h, id, peer, &vec![7u8; MAX_PEER_PAYLOAD]).expect("relayed");
+    assert!(
+        largest.len() <= 65_507,
+        "{} bytes: fits one UDP datagram",
+        largest.len()
+    );
+    for len in [MAX_PEER_PAYLOAD + 1, 65_507, 65_535] {
+        assert!(
+            peer_data(&mut h, id, peer, &vec![7u8; len]).is_none(),
+            "{len}"
+        );
+    }
+    let stats = h.server.stats();
+    assert_eq!((stats.dropped_too_large, stats.to_client_packets), (3, 1));
+}
+
+#[test]
 fn permission_lasts_exactly_five_minutes() {
     let mut h = Harness::new();
     let (mut c, _) = alice(&mut h);
