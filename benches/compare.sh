@@ -52,6 +52,12 @@ Rows:
   r8  10,000 allocations held at 1 pps each: server RSS per allocation
   r9  15,000 allocations held at 1 pps each: server RSS per allocation
   r10 1 client, max rate, 160 B ChannelData (the cost per packet without concurrency)
+  r11 64 clients x 400 pps x 1000 B ChannelData: the marginal CPU of relaying
+
+Relay rows also give relayed packets a second. Rows r3 and r11 also run the same load straight
+to the echo peer ("direct": no relay), and give each relay's marginal CPU per relayed packet:
+its relay cost (the server, the generator with its echo peer, the kernel's softirq threads
+and the host's interrupt time, all from /proc) minus the direct run's, per relayed packet.
 EOF
 }
 
@@ -242,8 +248,8 @@ start_forwarder() {
 }
 
 # Row definitions: label, kind (relay | alloc | hold), turnpike-load arguments, whether the
-# forwarder runs it too.
-declare -A label kind args forwarder
+# forwarder runs it too, and whether a direct run (no relay) gives its marginal CPU.
+declare -A label kind args forwarder direct
 label[r1]="8 clients, max rate, 160 B ChannelData"
 kind[r1]=relay; forwarder[r1]=1
 args[r1]="relay --clients 8 --window 16 --size 160 --duration ${duration}s"
@@ -251,7 +257,7 @@ label[r2]="64 clients, max rate, 1000 B ChannelData"
 kind[r2]=relay; forwarder[r2]=1
 args[r2]="relay --clients 64 --window 16 --size 1000 --duration ${duration}s"
 label[r3]="64 clients × 50 pps × 1000 B ChannelData (paced)"
-kind[r3]=relay; forwarder[r3]=1
+kind[r3]=relay; forwarder[r3]=1; direct[r3]=1
 args[r3]="relay --clients 64 --rate 50 --size 1000 --duration $((duration + 1))s"
 label[r4]="8 clients, max rate, 160 B Send indications"
 kind[r4]=relay; forwarder[r4]=1
@@ -275,7 +281,10 @@ args[r9]="hold --clients $held_large --rate 1 --size 100 --duration ${duration}s
 label[r10]="1 client, max rate, 160 B ChannelData"
 kind[r10]=relay; forwarder[r10]=1
 args[r10]="relay --clients 1 --window 16 --size 160 --duration ${duration}s"
-all_rows="r1 r2 r3 r4 r5 r6 r7 r8 r9 r10"
+label[r11]="64 clients × 400 pps × 1000 B ChannelData"
+kind[r11]=relay; forwarder[r11]=1; direct[r11]=1
+args[r11]="relay --clients 64 --rate 400 --size 1000 --duration $((duration + 1))s"
+all_rows="r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11"
 rows="${only//,/ }"
 rows="${rows:-$all_rows}"
 for row in $rows; do
@@ -290,16 +299,22 @@ run_one() {
     turnpike) start_turnpike ;;
     coturn) start_coturn ;;
     forwarder) start_forwarder ;;
+    direct) echo_port=$(free_port); : >"$work/server.log" ;;
   esac
   local pid="${server_pid}"
   if [ "$server" = forwarder ]; then
     pid="$forward_pid"
     target_args="--plain --server 127.0.0.1:$port --echo-bind 127.0.0.1:$echo_port"
+  elif [ "$server" = direct ]; then
+    # The generator's own echo peer is the target: the same load with no relay in between.
+    target_args="--plain --server 127.0.0.1:$echo_port --echo-bind 127.0.0.1:$echo_port"
   else
     target_args="--server 127.0.0.1:$port --user load --password load-password"
   fi
+  local pid_args=""
+  [ -n "$pid" ] && pid_args="--server-pid $pid"
   # shellcheck disable=SC2086 # the argument strings are split on purpose
-  timeout 600 "$load_bin" ${args[$row]} $target_args --server-pid "$pid" \
+  timeout 600 "$load_bin" ${args[$row]} $target_args $pid_args \
     >"$work/run.json" 2>"$work/run.err" &
   local load_pid=$! api='{}'
   if [ "${kind[$row]}" = hold ] && [ "$server" = turnpike ]; then
@@ -307,7 +322,7 @@ run_one() {
   fi
   wait "$load_pid" || status=$?
   if [ -s "$work/run.json" ]; then
-    jq -c --argjson api "$api" '. + $api' "$work/run.json" >>"$out"
+    jq -c --argjson api "$api" '. + $api + {relayed_pps: (if (.relayed_packets != null) and (.duration_s > 0) then (.relayed_packets / .duration_s | round) else null end)}' "$work/run.json" >>"$out"
   else
     echo "compare.sh: $row against $server produced no report (exit $status):" >&2
     cat "$work/run.err" >&2
@@ -315,13 +330,15 @@ run_one() {
   if [ "$server" = forwarder ]; then
     stop_pid "$forward_pid"
     forward_pid=""
+  elif [ "$server" = direct ]; then
+    :
   else
     stop_pid "$server_pid"
     server_pid=""
   fi
   cp "$work/server.log" "$results/$row.$server.log" 2>/dev/null || true
   printf '  %-4s %-9s exit %s  %s\n' "$row" "$server" "$status" \
-    "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
+    "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, relay_cost_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
 }
 
 held_count() {
@@ -419,6 +436,7 @@ for row in $rows; do
   fi
   servers="turnpike coturn"
   [ "${forwarder[$row]}" = 1 ] && servers="turnpike coturn forwarder"
+  [ "${direct[$row]:-0}" = 1 ] && servers="$servers direct"
   reversed=$(echo "$servers" | tr ' ' '\n' | tac | tr '\n' ' ')
   for round in $(seq 1 "$rounds"); do
     order="$servers"
@@ -432,15 +450,15 @@ done
 elapsed=$(( $(date +%s) - started ))
 table="$results/table.md"
 {
-  echo "| load (UDP unless noted) | coturn | turnpike | forwarder | turnpike/coturn | turnpike/forwarder | host CPU: coturn / turnpike / forwarder |"
-  echo "|---|---|---|---|---|---|---|"
+  echo "| load (UDP unless noted) | coturn | turnpike | forwarder | turnpike/coturn | turnpike/forwarder | host CPU: coturn / turnpike / forwarder | marginal CPU: coturn / turnpike / forwarder (turnpike/coturn) |"
+  echo "|---|---|---|---|---|---|---|---|"
   for row in $rows; do
     t="$results/$row.turnpike.jsonl"; c="$results/$row.coturn.jsonl"; f="$results/$row.forwarder.jsonl"
     case "${kind[$row]}" in
       relay)
         key=server_cpu_us_per_packet; host=host_cpu_us_per_packet
         what="server CPU per relayed packet"
-        extra() { echo ", $(cell "$1" loss_pct 1 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs')"; }
+        extra() { echo ", $(cell "$1" loss_pct 1 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs'), $(cell "$1" relayed_pps 0) pps"; }
         unit=" µs"; decimals=2 ;;
       alloc)
         key=server_cpu_us_per_allocation; host=host_cpu_us_per_allocation
@@ -472,10 +490,21 @@ table="$results/table.md"
     fi
     hosts="—"
     [ "$host" != none ] && hosts="$(cell "$c" "$host" 2) / $(cell "$t" "$host" 2) / $fhost"
-    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $hosts |"
+    marginal="—"
+    if [ "${direct[$row]:-0}" = 1 ]; then
+      d=$(stat_of "$results/$row.direct.jsonl" relay_cost_us_per_packet median)
+      margin() {
+        local m
+        m=$(stat_of "$1" relay_cost_us_per_packet median)
+        if [ "$m" = null ] || [ "$d" = null ]; then echo null; else jq -n "$m - $d | . * 100 | round / 100"; fi
+      }
+      mc=$(margin "$c"); mt=$(margin "$t"); mf=$(margin "$f")
+      marginal="$mc / $mt / $mf µs ($(ratio "$mt" "$mc")); direct $d µs"
+    fi
+    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $hosts | $marginal |"
   done
   echo
-  echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows)."
+  echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows); marginal CPU: the relay cost (server, generator and echo peer, ksoftirqd, interrupts) per relayed packet minus the direct run's."
   echo "$(nproc) cores, $(uname -r); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); $elapsed s in all."
   echo "$versions; \`$command_line\`"
 } >"$table"

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use common::{Server, TestConfig, free_port, wait_bounded};
 
 /// Every key of the JSON line (null where it does not apply).
-const KEYS: [&str; 51] = [
+const KEYS: [&str; 55] = [
     "mode",
     "transport",
     "data",
@@ -60,6 +60,10 @@ const KEYS: [&str; 51] = [
     "host_cpu_us_per_allocation",
     "load_cpu_ms",
     "load_cpu_us_per_packet",
+    "interrupts_ms",
+    "ksoftirqd_ms",
+    "relay_cost_ms",
+    "relay_cost_us_per_packet",
     "server_rss_kib_before",
     "server_rss_kib_after",
     "server_rss_bytes_per_allocation",
@@ -250,6 +254,23 @@ fn assert_relayed_exactly(server: &Server, json: &serde_json::Value, clients: u6
     assert!(f64_at(json, "server_cpu_ms") >= 0.0);
     assert!(f64_at(json, "server_cpu_us_per_packet") >= 0.0);
     assert!(f64_at(json, "host_cpu_us_per_packet") >= 0.0);
+    // The relay cost counts the server, the generator, the softirq threads and interrupts:
+    // never less than its parts.
+    let parts: f64 = [
+        "server_cpu_ms",
+        "load_cpu_ms",
+        "ksoftirqd_ms",
+        "interrupts_ms",
+    ]
+    .iter()
+    .map(|key| f64_at(json, key))
+    .sum();
+    let cost = f64_at(json, "relay_cost_ms");
+    assert!(
+        (cost - parts).abs() < 0.5,
+        "relay cost {cost} ms vs its parts {parts} ms"
+    );
+    assert!(f64_at(json, "relay_cost_us_per_packet") >= f64_at(json, "server_cpu_us_per_packet"));
     assert!(u64_at(json, "rtt_p50_us") <= u64_at(json, "rtt_p99_us"));
     assert!(u64_at(json, "rtt_p99_us") <= u64_at(json, "rtt_max_us"));
 }

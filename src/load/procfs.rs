@@ -1,5 +1,6 @@
 //! CPU and memory figures from /proc: a process's CPU time (`/proc/<pid>/stat`, utime and
-//! stime), the whole host's busy time (`/proc/stat`), and a process's resident set size.
+//! stime), the whole host's busy time and its interrupt time (`/proc/stat`), the kernel's
+//! softirq threads' time (`ksoftirqd/N`), and a process's resident set size.
 
 use std::fs;
 use std::io;
@@ -32,6 +33,9 @@ impl ProcessCpu {
 pub struct HostCpu {
     pub busy: Duration,
     pub total: Duration,
+    /// Of `busy`, the time in hard and soft interrupts (the irq and softirq columns): where
+    /// the kernel delivers packets when no process's system call does it.
+    pub interrupts: Duration,
 }
 
 impl HostCpu {
@@ -39,6 +43,7 @@ impl HostCpu {
         HostCpu {
             busy: self.busy.saturating_sub(earlier.busy),
             total: self.total.saturating_sub(earlier.total),
+            interrupts: self.interrupts.saturating_sub(earlier.interrupts),
         }
     }
 }
@@ -113,7 +118,38 @@ fn parse_host_stat(text: &str) -> Option<HostCpu> {
     Some(HostCpu {
         busy: ticks(busy),
         total: ticks(busy + idle),
+        interrupts: ticks(field(5) + field(6)),
     })
+}
+
+/// utime + stime of the kernel's softirq threads (`ksoftirqd/0`, `ksoftirqd/1`, ...), which
+/// take over packet delivery when softirq work piles up. Threads that cannot be read are left
+/// out.
+pub fn softirq_threads_cpu() -> Duration {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            entry
+                .file_name()
+                .to_str()
+                .is_some_and(|name| name.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|entry| fs::read_to_string(entry.path().join("stat")).ok())
+        .filter(|text| command_of(text).is_some_and(|name| name.starts_with("ksoftirqd/")))
+        .filter_map(|text| parse_process_stat(&text))
+        .map(|cpu| cpu.total())
+        .sum()
+}
+
+/// The command name of a `/proc/<pid>/stat` line (field 2, between the first `(` and the last
+/// `)`).
+fn command_of(text: &str) -> Option<&str> {
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    text.get(open + 1..close)
 }
 
 /// VmRSS of process `pid` in KiB.
@@ -173,6 +209,7 @@ mod tests {
         );
         let cpu = parse_host_stat(&text).unwrap();
         assert_eq!(cpu.busy, Duration::from_secs(4), "user, system and softirq");
+        assert_eq!(cpu.interrupts, Duration::from_secs(1), "irq and softirq");
         assert_eq!(
             cpu.total,
             Duration::from_secs(11),
@@ -189,5 +226,30 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(host_cpu().unwrap().total > Duration::ZERO);
         assert!(!is_alive(u32::MAX));
+    }
+
+    #[test]
+    fn the_softirq_threads_are_found_by_name() {
+        assert_eq!(command_of("12 (ksoftirqd/0) S 2 0"), Some("ksoftirqd/0"));
+        assert_eq!(
+            command_of("4242 (turn pike) (x)) S 1"),
+            Some("turn pike) (x)")
+        );
+        assert_eq!(command_of("garbage"), None);
+        // Every Linux machine with more than a handful of seconds of uptime has them; their
+        // time is a sum of what they used, never more than the host's busy time.
+        let threads = softirq_threads_cpu();
+        let host = host_cpu().unwrap();
+        assert!(
+            threads <= host.busy + Duration::from_secs(1),
+            "{threads:?} vs {host:?}"
+        );
+        let has_threads = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .any(|e| {
+                fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.starts_with("ksoftirqd/"))
+            });
+        assert!(has_threads, "no ksoftirqd thread in /proc");
     }
 }

@@ -75,6 +75,17 @@ pub struct Report {
     /// This generator's own CPU (all its threads) over the measured phase.
     pub load_cpu_ms: Option<f64>,
     pub load_cpu_us_per_packet: Option<f64>,
+    /// The host's hard and soft interrupt time (`/proc/stat` irq + softirq) over the phase.
+    pub interrupts_ms: Option<f64>,
+    /// The kernel's softirq threads' CPU (`ksoftirqd/N`) over the phase.
+    pub ksoftirqd_ms: Option<f64>,
+    /// What relaying cost the machine, counted from the processes and kernel contexts that do
+    /// it rather than from the whole host: the server, this generator with its echo peer, the
+    /// softirq threads and interrupt time. Compared with the same load sent straight to the
+    /// echo peer (`--plain` with `--server` and `--echo-bind` at one address), it gives the
+    /// marginal cost of relaying.
+    pub relay_cost_ms: Option<f64>,
+    pub relay_cost_us_per_packet: Option<f64>,
     pub server_rss_kib_before: Option<u64>,
     pub server_rss_kib_after: Option<u64>,
     pub server_rss_bytes_per_allocation: Option<f64>,
@@ -144,6 +155,20 @@ impl Report {
         let own = end.own.saturating_sub(start.own);
         self.load_cpu_ms = Some(round(millis(own), 1));
         self.load_cpu_us_per_packet = per(own, packets);
+        let softirq_threads = end.softirq_threads.saturating_sub(start.softirq_threads);
+        self.ksoftirqd_ms = Some(round(millis(softirq_threads), 1));
+        let interrupts = match (start.host, end.host) {
+            (Some(a), Some(b)) => b.since(&a).interrupts,
+            _ => Duration::ZERO,
+        };
+        self.interrupts_ms = Some(round(millis(interrupts), 1));
+        let server = match (start.server, end.server) {
+            (Some(a), Some(b)) => b.since(&a).total(),
+            _ => Duration::ZERO,
+        };
+        let cost = server + own + softirq_threads + interrupts;
+        self.relay_cost_ms = Some(round(millis(cost), 1));
+        self.relay_cost_us_per_packet = per(cost, packets);
     }
 
     /// The JSON line.
@@ -161,6 +186,7 @@ pub struct CpuSample {
     pub server: Option<ProcessCpu>,
     pub host: Option<HostCpu>,
     pub own: Duration,
+    pub softirq_threads: Duration,
 }
 
 impl CpuSample {
@@ -170,6 +196,7 @@ impl CpuSample {
             server: server_pid.and_then(|pid| procfs::process_cpu(pid).ok()),
             host: procfs::host_cpu().ok(),
             own: sys::own_cpu(),
+            softirq_threads: procfs::softirq_threads_cpu(),
         }
     }
 }
@@ -202,6 +229,7 @@ mod tests {
             server: Some(ProcessCpu::default()),
             host: Some(HostCpu::default()),
             own: Duration::ZERO,
+            softirq_threads: Duration::from_millis(5),
         };
         let end = CpuSample {
             at: now + Duration::from_secs(2),
@@ -212,8 +240,10 @@ mod tests {
             host: Some(HostCpu {
                 busy: Duration::from_millis(100),
                 total: Duration::from_millis(400),
+                interrupts: Duration::from_millis(6),
             }),
             own: Duration::from_millis(20),
+            softirq_threads: Duration::from_millis(9),
         };
         report.set_cpu(&start, &end, 2000, 0);
         let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
@@ -224,6 +254,11 @@ mod tests {
         assert_eq!(json["server_cpu_us_per_packet"], 20.0);
         assert_eq!(json["host_cpu_us_per_packet"], 50.0);
         assert_eq!(json["load_cpu_us_per_packet"], 10.0);
+        assert_eq!(json["ksoftirqd_ms"], 4.0);
+        assert_eq!(json["interrupts_ms"], 6.0);
+        // Server 40 + generator 20 + softirq threads 4 + interrupts 6.
+        assert_eq!(json["relay_cost_ms"], 70.0);
+        assert_eq!(json["relay_cost_us_per_packet"], 35.0);
         assert!(json["server_cpu_us_per_allocation"].is_null());
         assert!(json.as_object().unwrap().contains_key("rtt_p999_us"));
         assert!(json["failures"].as_object().unwrap().is_empty());
