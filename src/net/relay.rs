@@ -74,8 +74,8 @@ pub fn open(
     now: Instant,
 ) -> Result<Bound, RelayOpenError> {
     let socket = match request {
-        PortRequest::Any => bind_in_range(range, |_| true, |port| bind(ip, port).ok()),
-        PortRequest::Even => bind_in_range(range, |p| p % 2 == 0, |port| bind(ip, port).ok()),
+        PortRequest::Any => bind_one(ip, range, |_| true),
+        PortRequest::Even => bind_one(ip, range, |p| p % 2 == 0),
         PortRequest::EvenReserveNext(token) => {
             let next_in_range = |p: u16| p % 2 == 0 && p < range.last;
             let pair = bind_in_range(range, next_in_range, |port| {
@@ -121,15 +121,46 @@ fn bind_in_range<T>(
         .find_map(try_bind)
 }
 
-fn bind(ip: IpAddr, port: u16) -> io::Result<Bound> {
-    let addr = SocketAddr::new(ip, port);
-    let domain = socket2::Domain::for_address(addr);
+/// One socket bound to an `eligible` port of `range`. A bind that fails leaves the socket
+/// unbound, so the next port is tried with the same socket: a range mostly taken (by other
+/// allocations or another program) costs one `bind` per port tried, not a `socket`, a `bind`
+/// and a `close`. Returns `None` when no port could be had (or no socket made).
+fn bind_one(ip: IpAddr, range: PortRange, eligible: impl Fn(u16) -> bool) -> Option<Bound> {
+    let mut spare: Option<socket2::Socket> = None;
+    bind_in_range(range, eligible, |port| {
+        let socket = match spare.take() {
+            Some(socket) => socket,
+            None => new_socket(ip).ok()?,
+        };
+        let addr = SocketAddr::new(ip, port);
+        match socket.bind(&addr.into()) {
+            Ok(()) => Some(Bound {
+                socket: socket.into(),
+                local: addr,
+            }),
+            Err(_) => {
+                spare = Some(socket);
+                None
+            }
+        }
+    })
+}
+
+/// A non-blocking UDP socket for `ip`'s family (IPv6 only for IPv6).
+fn new_socket(ip: IpAddr) -> io::Result<socket2::Socket> {
+    let domain = socket2::Domain::for_address(SocketAddr::new(ip, 0));
     // Non-blocking from the start (SOCK_NONBLOCK): no fcntl calls per allocation.
     let kind = socket2::Type::from(libc::SOCK_DGRAM | libc::SOCK_NONBLOCK);
     let socket = socket2::Socket::new(domain, kind, Some(socket2::Protocol::UDP))?;
-    if addr.is_ipv6() {
+    if ip.is_ipv6() {
         socket.set_only_v6(true)?;
     }
+    Ok(socket)
+}
+
+fn bind(ip: IpAddr, port: u16) -> io::Result<Bound> {
+    let socket = new_socket(ip)?;
+    let addr = SocketAddr::new(ip, port);
     socket.bind(&addr.into())?;
     Ok(Bound {
         socket: socket.into(),
@@ -186,6 +217,51 @@ mod tests {
         );
         held.pop();
         assert!(open(LOOPBACK, range, PortRequest::Any, &reservations, now).is_ok());
+    }
+
+    #[test]
+    fn a_range_taken_but_for_one_port_gives_that_port() {
+        let range = small_range(64);
+        let free = range.first + 37;
+        // Another program holds every other port of the range.
+        let others: Vec<UdpSocket> = (range.first..=range.last)
+            .filter(|&p| p != free)
+            .map(|p| UdpSocket::bind(("127.0.0.1", p)).unwrap())
+            .collect();
+        let reservations = Reservations::default();
+        let fds_before = open_descriptors();
+        let bound = open(
+            LOOPBACK,
+            range,
+            PortRequest::Any,
+            &reservations,
+            Instant::now(),
+        )
+        .expect("the one free port");
+        assert_eq!(bound.local.port(), free);
+        // Exactly one more descriptor: the failed binds reused one socket and the search
+        // leaked none.
+        assert_eq!(open_descriptors(), fds_before + 1);
+        drop(bound);
+        assert_eq!(open_descriptors(), fds_before);
+        // Even: the free port is odd here, so no even port is to be had.
+        assert_eq!(
+            open(
+                LOOPBACK,
+                range,
+                PortRequest::Even,
+                &reservations,
+                Instant::now()
+            )
+            .err(),
+            Some(RelayOpenError::NoPort)
+        );
+        assert_eq!(open_descriptors(), fds_before, "the spare socket is closed");
+        drop(others);
+    }
+
+    fn open_descriptors() -> usize {
+        std::fs::read_dir("/proc/self/fd").unwrap().count()
     }
 
     #[test]
