@@ -5,6 +5,7 @@ mod accept;
 mod audit;
 pub mod batch;
 pub mod cluster;
+pub mod offload;
 mod poller;
 mod relay;
 pub mod status;
