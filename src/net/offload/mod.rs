@@ -175,6 +175,8 @@ pub struct FastPath {
     tables: Mutex<Tables>,
     interfaces: Vec<String>,
     cpus: usize,
+    /// Counter slots nobody holds (all workers share the program's tables).
+    free_slots: Mutex<Vec<u32>>,
 }
 
 impl std::fmt::Debug for FastPath {
@@ -231,7 +233,31 @@ impl FastPath {
             tables: Mutex::new(tables),
             interfaces,
             cpus,
+            free_slots: Mutex::new((0..SLOTS).rev().collect()),
         })
+    }
+
+    /// A counter slot for a new allocation, zeroed; `None` when all are taken (the
+    /// allocation then stays in user space).
+    pub fn acquire_slot(&self) -> Option<u32> {
+        let slot = self
+            .free_slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .pop()?;
+        if self.reset(slot).is_err() {
+            self.release_slot(slot);
+            return None;
+        }
+        Some(slot)
+    }
+
+    /// Gives a slot back once nothing refers to it any more.
+    pub fn release_slot(&self, slot: u32) {
+        self.free_slots
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .push(slot);
     }
 
     /// The interfaces the program is attached to.
