@@ -105,6 +105,8 @@ pub struct NodeCounters {
     pub workers: WorkerCounters,
     /// Live TCP/TLS client connections.
     pub tcp_connections: u64,
+    /// Datagrams the kernel fast path relayed (already in the workers' relayed counters).
+    pub offload_carried: u64,
 }
 
 /// Limits the I/O layer enforces on stream clients, shared by the workers (reloadable).
@@ -548,6 +550,7 @@ impl NodeHandle {
     fn node_counters(&self) -> NodeCounters {
         NodeCounters {
             tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
+            offload_carried: self.offload().1,
             ..NodeCounters::default()
         }
     }

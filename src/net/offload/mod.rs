@@ -389,8 +389,12 @@ fn classify(error: &(dyn std::error::Error + 'static), other: impl FnOnce(String
         cause = current.source();
     }
     while let Some(next) = source {
-        detail.push_str(": ");
-        detail.push_str(&next.to_string());
+        // Some errors repeat their source in their own message.
+        let said = next.to_string();
+        if !detail.contains(&said) {
+            detail.push_str(": ");
+            detail.push_str(&said);
+        }
         source = next.source();
     }
     if not_permitted {
