@@ -34,7 +34,10 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Validate a configuration file; exit non-zero with the reason if it is not valid.
+    /// Validate a configuration file; exit non-zero with the reason if it is not valid. Also
+    /// says what `[relay] offload` comes to on this machine (loading the kernel fast path and
+    /// attaching it for a moment, which passes all traffic on, to find out); with
+    /// `offload = "on"`, a fast path that cannot run is an error.
     CheckConfig {
         #[arg(short, long)]
         config: PathBuf,
