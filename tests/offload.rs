@@ -263,7 +263,9 @@ fn hostile_and_unknown_datagrams_pass_up_untouched() {
         ("length past the datagram", long_length),
         ("four bytes of padding", channel_data(CHANNEL, b"abcd", 4)),
         ("channel 0x3FFF", channel_data(0x3FFF, b"abcd", 0)),
-        ("channel 0x5000", channel_data(0x5000, b"abcd", 0)),
+        ("unbound channel 0x5000", channel_data(0x5000, b"abcd", 0)),
+        ("channel 0x8000", channel_data(0x8000, b"abcd", 0)),
+        ("channel 0xC001", channel_data(0xC001, b"abcd", 0)),
         ("unbound channel 0x4002", channel_data(0x4002, b"abcd", 0)),
         (
             "payload over max_payload",
@@ -408,6 +410,34 @@ fn ipv6_passes_up_untouched() {
     let (got, from) = expect(&listener, "IPv6");
     assert_eq!((got, from), (frame, client.local_addr().unwrap()));
     assert_eq!(fast_path.carried().unwrap(), 0);
+}
+
+#[test]
+fn channels_up_to_0x7fff_are_carried() {
+    // The core binds 0x4000..=0x7FFF (RFC 5766 clients use all of it): so does the kernel.
+    let fast_path = load();
+    let sockets = Sockets::new();
+    let channel = Channel {
+        channel: 0x7FFF,
+        ..sockets.channel()
+    };
+    fast_path.install(&channel).unwrap();
+    let frame = channel_data(0x7FFF, b"top channel", 1);
+    sockets
+        .client
+        .send_to(&frame, Sockets::addr(&sockets.listener))
+        .unwrap();
+    let (got, from) = expect(&sockets.peer, "channel 0x7FFF");
+    assert_eq!(
+        (got.as_slice(), from),
+        (&b"top channel"[..], Sockets::addr(&sockets.relay))
+    );
+    sockets
+        .peer
+        .send_to(b"back", Sockets::addr(&sockets.relay))
+        .unwrap();
+    let (got, _) = expect(&sockets.client, "channel 0x7FFF back");
+    assert_eq!(got, channel_data(0x7FFF, b"back", 0));
 }
 
 #[test]

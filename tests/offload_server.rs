@@ -24,10 +24,11 @@ const ARRIVES: Duration = Duration::from_secs(5);
 /// How long to wait before concluding a datagram did not come.
 const QUIET: Duration = Duration::from_millis(500);
 
-fn server(offload: &str, lifetime: Option<&str>) -> Server {
+fn config_with(offload: &'static str, lifetime: Option<&str>) -> (String, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("create a tempdir");
     let config = TestConfig {
         transports: vec!["udp"],
+        offload,
         extra: format!("[http]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
         ..TestConfig::default()
     };
@@ -36,10 +37,15 @@ fn server(offload: &str, lifetime: Option<&str>) -> Server {
     });
     let toml = common::base_config(&config, dir.path()).replacen(
         "\n[relay]\n",
-        &format!("\n[relay]\noffload = \"{offload}\"\n{lifetime}"),
+        &format!("\n[relay]\n{lifetime}"),
         1,
     );
-    assert!(toml.contains("offload = "), "{toml}");
+    assert!(toml.contains(&format!("offload = \"{offload}\"")), "{toml}");
+    (toml, dir)
+}
+
+fn server(offload: &'static str, lifetime: Option<&str>) -> Server {
+    let (toml, dir) = config_with(offload, lifetime);
     Server::start_in(&toml, dir)
 }
 
@@ -258,10 +264,34 @@ fn operator_close_expiry_and_sigkill_stop_kernel_relaying() {
 #[test]
 fn offload_off_relays_the_same_in_user_space() {
     let server = server("off", None);
+    user_space_relays_the_same(&server);
+    assert!(
+        server.log_messages("kernel fast path").is_empty(),
+        "{:?}",
+        server.log()
+    );
+}
+
+#[test]
+fn offload_auto_without_the_fast_path_relays_the_same_in_user_space() {
+    // Without capabilities the program cannot load: "auto" says so once and goes on.
+    let (toml, dir) = config_with("auto", None);
+    let server = Server::start_without_capabilities(&toml, dir);
+    let said = server.log_messages("kernel fast path unavailable");
+    assert_eq!(said.len(), 1, "{:?}", server.log());
+    assert!(
+        said[0].contains("not permitted to load eBPF programs"),
+        "{}",
+        said[0]
+    );
+    user_space_relays_the_same(&server);
+}
+
+fn user_space_relays_the_same(server: &Server) {
     let api = server.addr("http");
     let status = get_json(api, "/api/v1/status", TOKEN);
     assert_eq!(status["offload"]["active"], false, "{status}");
-    let mut leg = leg(&server);
+    let mut leg = leg(server);
     let before = server.stats();
     let bytes = relay_both_ways(&mut leg);
     let after = server.stats();
@@ -282,17 +312,14 @@ fn offload_off_relays_the_same_in_user_space() {
 /// `offload = "<offload>"`; `without_capabilities` runs it as root with an empty capability
 /// bounding set (setpriv), where eBPF cannot load. Returns whether it exited 0 and what it
 /// printed (stdout and stderr).
-fn run(args: &[&str], offload: &str, without_capabilities: bool) -> (bool, String) {
+fn run(args: &[&str], offload: &'static str, without_capabilities: bool) -> (bool, String) {
     let dir = tempfile::tempdir().expect("create a tempdir");
     let config = TestConfig {
         transports: vec!["udp"],
+        offload,
         ..TestConfig::default()
     };
-    let toml = common::base_config(&config, dir.path()).replacen(
-        "\n[relay]\n",
-        &format!("\n[relay]\noffload = \"{offload}\"\n"),
-        1,
-    );
+    let toml = common::base_config(&config, dir.path());
     let path = dir.path().join("turnpike.toml");
     std::fs::write(&path, toml).unwrap();
     let binary = common::turnpike_binary();

@@ -67,7 +67,7 @@ pub struct Channel {
     pub client: SocketAddr,
     /// The listener the client talks to.
     pub listener: SocketAddr,
-    /// The channel number, 0x4000..=0x4FFF.
+    /// The channel number, 0x4000..=0x7FFF (what the core binds).
     pub channel: u16,
     /// The allocation's relayed address.
     pub relay: SocketAddr,
@@ -424,9 +424,9 @@ fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, Peer
     let listener = v4(channel.listener)?;
     let relay = v4(channel.relay)?;
     let peer = v4(channel.peer)?;
-    if !(0x4000..=0x4FFF).contains(&channel.channel) {
+    if !crate::stun::channel::is_valid_channel_number(channel.channel) {
         return Err(Why::Table(format!(
-            "channel {:#06x} is outside 0x4000..=0x4FFF",
+            "channel {:#06x} is outside 0x4000..=0x7FFF",
             channel.channel
         )));
     }
@@ -596,7 +596,7 @@ mod tests {
                 ..good
             },
             Channel {
-                channel: 0x5000,
+                channel: 0x8000,
                 ..good
             },
             Channel {

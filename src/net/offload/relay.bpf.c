@@ -172,8 +172,9 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 		return NOT_MINE;
 	if (bpf_skb_load_bytes(skb, PAYLOAD_OFF, head, sizeof(head)) < 0)
 		return NOT_MINE;
-	// Channel numbers 0x4000..0x4FFF: the first byte is 0x40..0x4F.
-	if ((head[0] & 0xf0) != 0x40)
+	// Channel numbers 0x4000..0x7FFF (the first two bits 01): what the core binds (RFC 8656
+	// narrowed the range to 0x4FFF; RFC 5766 clients such as coturn's still use the rest).
+	if ((head[0] & 0xc0) != 0x40)
 		return NOT_MINE;
 
 	struct channel_key key = {
