@@ -262,6 +262,55 @@ fn operator_close_expiry_and_sigkill_stop_kernel_relaying() {
 }
 
 #[test]
+fn a_reload_keeps_the_fast_path_and_one_that_denies_the_peer_stops_it_at_once() {
+    let server = server("on", None);
+    let mut leg = leg(&server);
+    relay_both_ways(&mut leg);
+    let path = server.config_path();
+    let original = std::fs::read_to_string(&path).unwrap();
+
+    // A reload of the same file (the core gets a fresh configuration): the kernel goes on
+    // relaying.
+    server.signal(libc::SIGHUP);
+    assert_eq!(
+        server
+            .wait_for_log("configuration reloaded", 1, ARRIVES)
+            .len(),
+        1,
+        "{:?}",
+        server.log()
+    );
+    let before = server.stats().get("offload_carried");
+    relay_both_ways(&mut leg);
+    assert_eq!(
+        server.stats().get("offload_carried"),
+        before + 2 * ROUNDS as u64
+    );
+
+    // A reload whose policy denies the peer: relaying stops at once, in the kernel too.
+    let peer_ip = leg.peer.local_addr().unwrap().ip();
+    let denied = original.replacen(
+        "\n[peers]\n",
+        &format!("\n[peers]\ndeny = [\"{peer_ip}/32\"]\n"),
+        1,
+    );
+    assert_ne!(denied, original);
+    std::fs::write(&path, denied).unwrap();
+    server.signal(libc::SIGHUP);
+    assert_eq!(
+        server
+            .wait_for_log("configuration reloaded", 2, ARRIVES)
+            .len(),
+        2,
+        "{:?}",
+        server.log()
+    );
+    let carried = server.stats().get("offload_carried");
+    nothing_relayed(&mut leg, "after a reload denying the peer");
+    assert_eq!(server.stats().get("offload_carried"), carried);
+}
+
+#[test]
 fn offload_off_relays_the_same_in_user_space() {
     let server = server("off", None);
     user_space_relays_the_same(&server);
