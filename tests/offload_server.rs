@@ -311,6 +311,42 @@ fn a_reload_keeps_the_fast_path_and_one_that_denies_the_peer_stops_it_at_once() 
 }
 
 #[test]
+fn a_drain_relays_on_in_the_kernel_until_the_process_exits() {
+    let (toml, dir) = config_with("on", None);
+    // A top-level key goes before every table.
+    let mut server = Server::start_in(&format!("drain-timeout = \"3s\"\n{toml}"), dir);
+    let mut leg = leg(&server);
+    relay_both_ways(&mut leg);
+    server.signal(libc::SIGTERM);
+    let draining = server.wait_for_log("draining: no new allocations", 1, ARRIVES);
+    assert_eq!(draining.len(), 1, "{:?}", server.log());
+    // While it drains, the allocation relays on, through the kernel. (No SIGUSR1 here: a
+    // draining server answers it only with its last stats line, when it stops.)
+    relay_both_ways(&mut leg);
+    // The drain ends, the process exits, and the program goes with it.
+    let status = server.wait_exit(Duration::from_secs(20));
+    assert!(status.is_some(), "the server did not exit after its drain");
+    nothing_relayed(&mut leg, "after the drained server exited");
+    // Its last stats line counts both rounds as carried by the kernel.
+    let last = server
+        .log_messages("stats")
+        .last()
+        .cloned()
+        .unwrap_or_else(|| panic!("no stats line at stop: {:?}", server.log()));
+    let last: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(
+        last["fields"]["offload_carried"],
+        4 * ROUNDS as u64,
+        "{last}"
+    );
+    assert_eq!(
+        last["fields"]["to_peer_packets"],
+        2 * ROUNDS as u64,
+        "{last}"
+    );
+}
+
+#[test]
 fn offload_off_relays_the_same_in_user_space() {
     let server = server("off", None);
     user_space_relays_the_same(&server);
