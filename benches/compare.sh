@@ -18,7 +18,8 @@
 # end.
 #
 # Environment: TURNPIKE, TURNPIKE_LOAD, TURNSERVER override the binaries (e.g. an older
-# turnpike build for a before/after table).
+# turnpike build for a before/after table); TURNPIKE_OFFLOAD sets turnpike's [relay] offload
+# (default "auto": the kernel fast path when it loads, which needs root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -172,6 +173,7 @@ address = "127.0.0.1:$port"
 [relay]
 address = "127.0.0.1"
 ports = "49152-65535"
+offload = "${TURNPIKE_OFFLOAD:-auto}"
 
 [[auth.users]]
 name = "load"
@@ -418,7 +420,7 @@ ratio() {
   fi
 }
 
-versions="turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes') ($turnpike_bin), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
+versions="turnpike $(git rev-parse --short HEAD 2>/dev/null || echo '?')$(git diff --quiet 2>/dev/null || echo '+changes') ($turnpike_bin, offload ${TURNPIKE_OFFLOAD:-auto}), $("$turnserver_bin" --version 2>/dev/null | tail -n 1 | sed 's/^/coturn /')"
 echo "$versions"
 echo "$(nproc) cores, $(uname -r), open files $nofile, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "rows: $rows; $rounds round(s); results in $results"

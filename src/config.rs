@@ -317,6 +317,31 @@ pub struct Relay {
     /// Allocation lifetime when the client asks for none; at most `max_lifetime`.
     pub default_lifetime: Duration,
     pub max_lifetime: Duration,
+    /// Whether channel traffic of UDP clients is relayed by the kernel fast path.
+    pub offload: Offload,
+}
+
+/// `[relay] offload`: whether the kernel fast path (an eBPF program at TC ingress) relays
+/// the ChannelData of UDP clients and their peers' datagrams.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Offload {
+    /// Use it when the program loads and attaches; else relay in user space, saying why.
+    #[default]
+    Auto,
+    /// Never load it.
+    Off,
+    /// Refuse to start without it.
+    On,
+}
+
+impl fmt::Display for Offload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Offload::Auto => "auto",
+            Offload::Off => "off",
+            Offload::On => "on",
+        })
+    }
 }
 
 /// An inclusive range of ports, written `"49152-65535"`. `1 <= first <= last`.
@@ -558,6 +583,7 @@ impl Default for Config {
                 ports: DEFAULT_PORTS,
                 default_lifetime: DEFAULT_LIFETIME,
                 max_lifetime: DEFAULT_MAX_LIFETIME,
+                offload: Offload::Auto,
             },
             auth: Auth {
                 secrets: Vec::new(),
@@ -955,6 +981,7 @@ struct RawRelay {
     ports: Option<Text<PortRange>>,
     default_lifetime: Option<Text<Duration>>,
     max_lifetime: Option<Text<Duration>>,
+    offload: Option<Text<Offload>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -1019,6 +1046,20 @@ impl ParseText for Ipv4Addr {
         }
         text.parse()
             .map_err(|_| format!("invalid IPv4 address {text:?}"))
+    }
+}
+
+impl ParseText for Offload {
+    fn parse_text(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Offload::Auto),
+            "off" => Ok(Offload::Off),
+            "on" => Ok(Offload::On),
+            _ => Err(format!(
+                "invalid value {:?}, expected \"auto\", \"off\" or \"on\"",
+                text.chars().take(40).collect::<String>()
+            )),
+        }
     }
 }
 
@@ -1289,6 +1330,7 @@ impl RawRelay {
             ports: self.ports.map_or(DEFAULT_PORTS, |p| p.0),
             default_lifetime,
             max_lifetime,
+            offload: self.offload.map_or_else(Offload::default, |o| o.0),
         })
     }
 }
@@ -1438,6 +1480,38 @@ mod tests {
         assert!(shown.starts_with(&format!("{key}: ")), "{shown:?}");
         assert!(shown.contains(needle), "{shown:?} lacks {needle:?}");
         assert!(!shown.contains('\n'), "{shown:?} is more than one line");
+    }
+
+    #[test]
+    fn relay_offload_takes_auto_off_on_and_nothing_else() {
+        assert_eq!(Config::from_toml("").unwrap().relay.offload, Offload::Auto);
+        for (text, wanted) in [
+            ("auto", Offload::Auto),
+            ("off", Offload::Off),
+            ("on", Offload::On),
+        ] {
+            let config = Config::from_toml(&format!("[relay]\noffload = \"{text}\"")).unwrap();
+            assert_eq!(config.relay.offload, wanted);
+            assert_eq!(config.relay.offload.to_string(), text);
+        }
+        let long = format!("[relay]\noffload = \"{}\"", "x".repeat(100_000));
+        for (text, needle) in [
+            (
+                "[relay]\noffload = \"yes\"",
+                "invalid value \"yes\", expected \"auto\", \"off\" or \"on\"",
+            ),
+            ("[relay]\noffload = \"ON\"", "invalid value \"ON\""),
+            ("[relay]\noffload = \"\"", "invalid value \"\""),
+            ("[relay]\noffload = true", "invalid type: boolean `true`"),
+            ("[relay]\noffload = 1", "invalid type: integer `1`"),
+            ("[relay]\noffload = [\"on\"]", "invalid type: sequence"),
+            // Quoted only in part: an error line stays short.
+            (long.as_str(), "invalid value \"xxxxxxxxxx"),
+        ] {
+            assert_refused(text, "relay.offload", needle);
+        }
+        let repeated = error("[relay]\noffload = \"on\"\noffload = \"off\"").to_string();
+        assert!(repeated.contains("duplicate key"), "{repeated:?}");
     }
 
     /// Asserts that the `[limits]` key `key` (`limits.<name>`) refuses, naming itself, values

@@ -12,7 +12,8 @@
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
-//!   cluster (registry, quota leases), status snapshots.
+//!   cluster (registry, quota leases), status snapshots; [`net::offload`], the kernel fast
+//!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd.

@@ -34,7 +34,10 @@ enum Command {
         #[command(flatten)]
         log: LogArgs,
     },
-    /// Validate a configuration file; exit non-zero with the reason if it is not valid.
+    /// Validate a configuration file; exit non-zero with the reason if it is not valid. Also
+    /// says what `[relay] offload` comes to on this machine (loading the kernel fast path and
+    /// attaching it for a moment, which passes all traffic on, to find out); with
+    /// `offload = "on"`, a fast path that cannot run is an error.
     CheckConfig {
         #[arg(short, long)]
         config: PathBuf,
@@ -100,9 +103,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config, log } => serve(&config, &log),
-        Command::CheckConfig { config } => Config::load(&config)
-            .map(|_| println!("{}: ok", config.display()))
-            .map_err(Into::into),
+        Command::CheckConfig { config } => check_config(&config),
         Command::Credentials {
             secret,
             config,
@@ -121,6 +122,44 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `check-config`: validates the file and says what `[relay] offload` will come to here (it
+/// loads and attaches the program for a moment to find out, then detaches it).
+fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    println!("{}: ok", path.display());
+    let listeners: Vec<turnpike::net::BoundListener> = config
+        .listen
+        .iter()
+        .map(|l| turnpike::net::BoundListener {
+            transport: l.transport,
+            address: l.address,
+        })
+        .collect();
+    let relay_v4 = config
+        .relay
+        .address
+        .or_else(turnpike::net::default_route_ipv4);
+    let mode = config.relay.offload;
+    match turnpike::net::OffloadState::start(mode, &listeners, relay_v4) {
+        Ok(turnpike::net::OffloadState::Off) => {
+            println!("offload: off: UDP channel traffic is relayed in user space");
+        }
+        Ok(turnpike::net::OffloadState::Active(fast_path)) => println!(
+            "offload: {mode}: the kernel fast path will relay UDP channel traffic (attaches to {})",
+            fast_path.interfaces().join(", ")
+        ),
+        Ok(turnpike::net::OffloadState::Unavailable(why)) => {
+            println!(
+                "offload: auto: relaying in user space: the kernel fast path cannot run: {why}"
+            );
+        }
+        Err(why) => {
+            anyhow::bail!("relay.offload = \"on\" but the kernel fast path cannot run here: {why}")
+        }
+    }
+    Ok(())
 }
 
 /// Changes the log level of the running process (reload); `None` when RUST_LOG or
@@ -502,6 +541,7 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         tcp_rejected_per_source = counters.workers.tcp_rejected_per_source,
         stream_timeouts = counters.workers.stream_timeouts,
         stream_write_timeouts = counters.workers.stream_write_timeouts,
+        offload_carried = counters.offload_carried,
         "stats"
     );
 }

@@ -50,6 +50,8 @@ fn relay_both_modes(transport: &'static str, auth: Auth) {
     };
     let config = TestConfig {
         transports: vec![transport],
+        // The channel client's UDP traffic passes over the kernel fast path (root here).
+        offload: "auto",
         ..config
     };
     let server = Server::with(&config);
@@ -61,6 +63,16 @@ fn relay_both_modes(transport: &'static str, auth: Auth) {
             scope.spawn(move || run_uclient(server, transport, auth, mode, peer, dir));
         }
     });
+    if transport == "udp" && server.is_turnpike() {
+        // The channel client's traffic went through the kernel (its Send indications and
+        // the peer's answers to them did not).
+        let carried = server.stats().get("offload_carried");
+        eprintln!("{transport} {auth:?}: the kernel fast path carried {carried} datagrams");
+        assert!(
+            carried > 0,
+            "uclient's channel traffic did not pass over the fast path"
+        );
+    }
 }
 
 #[test]

@@ -16,8 +16,8 @@ use crate::stun::{
     self, ChannelData, Class, Frame, Message, MessageWriter, Method, TransactionId, attr,
 };
 use crate::turn::{
-    AllocationId, AllocationLedger, Alternate, CHANNEL_COOLDOWN, ClientAction, Event, Family,
-    FiveTuple, HostAddresses, NodeLimits, Nonces, PEER_HEADROOM, PEER_TAILROOM, PeerAction,
+    AllocationId, AllocationLedger, Alternate, CHANNEL_COOLDOWN, ClientAction, CoreConfig, Event,
+    Family, FiveTuple, HostAddresses, NodeLimits, Nonces, PEER_HEADROOM, PEER_TAILROOM, PeerAction,
     PeerPolicy, PortRequest, ReflectionBudget, RelayOpenError, ReservationToken, Server,
     SourceLimiter, Stats, policy::canonical_ip,
 };
@@ -416,6 +416,8 @@ pub(crate) struct Harness {
     relays: BTreeMap<AllocationId, SocketAddr>,
     /// Relays recently closed: a peer datagram may still name one.
     closed: Vec<AllocationId>,
+    /// The kernel table as the events built it: (allocation, channel, peer).
+    offloaded: BTreeSet<(AllocationId, u16, SocketAddr)>,
     outcome: u8,
     pending_leases: Vec<AllocationId>,
     leased: BTreeSet<AllocationId>,
@@ -463,7 +465,11 @@ impl Harness {
             None,
         ));
         let server = Server::new(
-            core_config(&config, relay_v4, epoch, UNIX_AT_EPOCH),
+            // The fast path's events are checked too (see `drain_events`).
+            CoreConfig {
+                offload: true,
+                ..core_config(&config, relay_v4, epoch, UNIX_AT_EPOCH)
+            },
             credentials.clone(),
             policy.clone(),
             nonces,
@@ -499,6 +505,7 @@ impl Harness {
             sockets: FakeSockets::default(),
             relays: BTreeMap::new(),
             closed: Vec::new(),
+            offloaded: BTreeSet::new(),
             outcome: 0,
             pending_leases: Vec::new(),
             leased: BTreeSet::new(),
@@ -1085,7 +1092,10 @@ impl Harness {
         );
         self.server.reconfigure(
             self.now,
-            core_config(&config, self.relay_v4, epoch, UNIX_AT_EPOCH),
+            CoreConfig {
+                offload: true,
+                ..core_config(&config, self.relay_v4, epoch, UNIX_AT_EPOCH)
+            },
             self.policy.clone(),
             Nonces::new(NONCE_KEY, epoch, config.auth.nonce_lifetime),
         );
@@ -1117,8 +1127,48 @@ impl Harness {
                         "lease released that was never granted"
                     );
                 }
+                Event::Offload {
+                    allocation,
+                    channel,
+                    client,
+                    peer,
+                } => {
+                    let alloc = self
+                        .server
+                        .allocation(allocation)
+                        .expect("Offload for an allocation that is gone");
+                    assert_eq!(alloc.tuple, client);
+                    assert_eq!(
+                        client.transport,
+                        Transport::Udp,
+                        "Offload of a stream client"
+                    );
+                    assert!(
+                        alloc.bandwidth.is_none() && alloc.user_bandwidth.is_none(),
+                        "Offload of a limited allocation"
+                    );
+                    assert!(
+                        self.offloaded.insert((allocation, channel, peer)),
+                        "Offload twice without Unoffload"
+                    );
+                }
+                Event::Unoffload {
+                    allocation,
+                    channel,
+                    peer,
+                    ..
+                } => {
+                    assert!(
+                        self.offloaded.remove(&(allocation, channel, peer)),
+                        "Unoffload of what was not offloaded"
+                    );
+                }
                 Event::Ended(ended) => {
                     assert!(self.server.allocation(ended.allocation).is_none());
+                    assert!(
+                        !self.offloaded.iter().any(|e| e.0 == ended.allocation),
+                        "an ended allocation left entries in the kernel table"
+                    );
                     assert_eq!(
                         self.relays.get(&ended.allocation),
                         Some(&ended.relayed),

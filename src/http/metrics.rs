@@ -247,6 +247,19 @@ impl prometheus_client::collector::Collector for Scrape {
             "1 while the node drains",
             i64::from(api.node.draining()),
         )?;
+        let (offload_active, offload_carried) = api.node.offload();
+        gauge(
+            &mut encoder,
+            "turnpike_offload_active",
+            "1 when the kernel fast path relays UDP channel traffic",
+            i64::from(offload_active),
+        )?;
+        counter(
+            &mut encoder,
+            "turnpike_offload_carried_packets",
+            "Datagrams the kernel fast path relayed (both directions; also counted in the relayed packet counters)",
+            offload_carried,
+        )?;
         gauge(
             &mut encoder,
             "turnpike_uptime_seconds",

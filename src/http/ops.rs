@@ -131,6 +131,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
         .redis
         .as_ref()
         .map(|redis| redis.store.health(unix_now()));
+    let (offload_active, offload_carried) = api.node.offload();
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": api.started.elapsed().as_secs(),
@@ -178,6 +179,10 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             "state": health_name(redis_state),
         },
         "draining": api.node.draining(),
+        "offload": {
+            "active": offload_active,
+            "carried_packets": offload_carried,
+        },
         "ice_urls": api.settings.load().ice_urls,
     }))
     .into_response()

@@ -5,6 +5,7 @@ mod accept;
 mod audit;
 pub mod batch;
 pub mod cluster;
+pub mod offload;
 mod poller;
 mod relay;
 pub mod status;
@@ -51,6 +52,8 @@ pub enum StartError {
     Thread(std::io::Error),
     #[error("redis.url: invalid Redis URL {0}")]
     Redis(String),
+    #[error("relay.offload = \"on\" but the kernel fast path cannot run: {0}")]
+    Offload(offload::Why),
 }
 
 /// A bound listener.
@@ -102,6 +105,8 @@ pub struct NodeCounters {
     pub workers: WorkerCounters,
     /// Live TCP/TLS client connections.
     pub tcp_connections: u64,
+    /// Datagrams the kernel fast path relayed (already in the workers' relayed counters).
+    pub offload_carried: u64,
 }
 
 /// Limits the I/O layer enforces on stream clients, shared by the workers (reloadable).
@@ -174,6 +179,8 @@ struct ReloadContext {
     unix_at_epoch: u64,
     nonce_key: [u8; 32],
     workers: usize,
+    /// Whether the kernel fast path is active (fixed for the process's life).
+    offload: bool,
     /// The host addresses the workers were last given. Held while a new set is enumerated and
     /// sent, so the workers always get the sets in the order they were enumerated.
     host: Mutex<HostAddresses>,
@@ -224,6 +231,51 @@ pub(crate) fn core_config(
         channels_per_allocation: config.limits.channels_per_allocation,
         epoch,
         unix_at_epoch,
+        offload: false,
+    }
+}
+
+/// What `[relay] offload` comes to on this machine: the loaded fast path, or why not.
+#[derive(Debug)]
+pub enum OffloadState {
+    /// `offload = "off"`.
+    Off,
+    /// `auto`, and the program could not load or attach.
+    Unavailable(offload::Why),
+    /// Loaded and attached.
+    Active(Arc<offload::FastPath>),
+}
+
+impl OffloadState {
+    /// Loads the fast path as `[relay] offload` says, for the UDP listeners' addresses and the
+    /// relay address. `on` and a failure: the error. `auto` and a failure: `Unavailable`.
+    pub fn start(
+        mode: crate::config::Offload,
+        listeners: &[BoundListener],
+        relay_v4: Option<Ipv4Addr>,
+    ) -> Result<OffloadState, offload::Why> {
+        if mode == crate::config::Offload::Off {
+            return Ok(OffloadState::Off);
+        }
+        let addresses: Vec<IpAddr> = listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.address.ip())
+            .chain(relay_v4.map(IpAddr::V4))
+            .collect();
+        match offload::FastPath::load(&addresses) {
+            Ok(fast_path) => Ok(OffloadState::Active(Arc::new(fast_path))),
+            Err(why) if mode == crate::config::Offload::Auto => Ok(OffloadState::Unavailable(why)),
+            Err(why) => Err(why),
+        }
+    }
+
+    /// The fast path, when active.
+    pub fn fast_path(&self) -> Option<&Arc<offload::FastPath>> {
+        match self {
+            OffloadState::Active(fast_path) => Some(fast_path),
+            _ => None,
+        }
     }
 }
 
@@ -461,9 +513,19 @@ pub struct NodeHandle {
     streams: Arc<StreamLimits>,
     limits: Arc<NodeLimits>,
     reload: Arc<ReloadContext>,
+    /// The kernel fast path, when active.
+    fast_path: Option<Arc<offload::FastPath>>,
 }
 
 impl NodeHandle {
+    /// Whether the kernel fast path is active, and the datagrams it relayed since the start.
+    pub fn offload(&self) -> (bool, u64) {
+        match &self.fast_path {
+            Some(fast_path) => (true, fast_path.carried().unwrap_or(0)),
+            None => (false, 0),
+        }
+    }
+
     /// The listeners, with the ports actually bound.
     pub fn listeners(&self) -> Vec<BoundListener> {
         self.listeners
@@ -488,6 +550,7 @@ impl NodeHandle {
     fn node_counters(&self) -> NodeCounters {
         NodeCounters {
             tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
+            offload_carried: self.offload().1,
             ..NodeCounters::default()
         }
     }
@@ -808,12 +871,15 @@ impl NodeHandle {
             *host = fresh;
         }
         let reconfiguration = Arc::new(Reconfiguration {
-            core: core_config(
-                config,
-                context.relay_v4,
-                context.epoch,
-                context.unix_at_epoch,
-            ),
+            core: CoreConfig {
+                offload: context.offload,
+                ..core_config(
+                    config,
+                    context.relay_v4,
+                    context.epoch,
+                    context.unix_at_epoch,
+                )
+            },
             policy: peer_policy(
                 config,
                 &listeners,
@@ -918,7 +984,24 @@ impl Node {
         let mut nonce_key = [0u8; 32];
         rand::rng().fill_bytes(&mut nonce_key);
         let nonces = Nonces::new(nonce_key, epoch, config.auth.nonce_lifetime);
-        let core_config = core_config(config, relay_v4, epoch, unix_at_epoch);
+        let offload = OffloadState::start(config.relay.offload, &listeners, relay_v4)
+            .map_err(StartError::Offload)?;
+        match &offload {
+            OffloadState::Off => {}
+            OffloadState::Unavailable(why) => tracing::warn!(
+                reason = %why,
+                "kernel fast path unavailable (relay.offload = \"auto\"): relaying in user space"
+            ),
+            OffloadState::Active(fast_path) => tracing::info!(
+                interfaces = ?fast_path.interfaces(),
+                "kernel fast path active: UDP channel traffic is relayed in the kernel"
+            ),
+        }
+        let fast_path = offload.fast_path().cloned();
+        let core_config = CoreConfig {
+            offload: fast_path.is_some(),
+            ..core_config(config, relay_v4, epoch, unix_at_epoch)
+        };
         let relay_settings = worker::RelaySettings {
             v4: relay_v4.map(IpAddr::V4),
             v6: config.relay.address_v6.map(IpAddr::V6),
@@ -968,6 +1051,7 @@ impl Node {
                 published,
                 commands: command_rx,
                 cluster: cluster_link.clone(),
+                fast_path: fast_path.clone(),
             };
             let thread = std::thread::Builder::new()
                 .name(format!("turnpike-worker-{index}"))
@@ -1032,8 +1116,10 @@ impl Node {
                 unix_at_epoch,
                 nonce_key,
                 workers,
+                offload: fast_path.is_some(),
                 host: Mutex::new(host),
             }),
+            fast_path,
         };
         let refresher = spawn_host_refresher(handle.clone()).map_err(StartError::Thread)?;
         Ok(Node {
@@ -1244,7 +1330,7 @@ fn new_socket(address: SocketAddr, kind: socket2::Type) -> std::io::Result<socke
 
 /// The IPv4 address of the interface holding the default route, from `/proc/net/route` and
 /// `getifaddrs`. Sends no packet.
-fn default_route_ipv4() -> Option<Ipv4Addr> {
+pub fn default_route_ipv4() -> Option<Ipv4Addr> {
     let routes = std::fs::read_to_string("/proc/net/route").ok()?;
     let interface = routes
         .lines()

@@ -18,10 +18,12 @@ use crate::config::{PortRange, Transport};
 use crate::stun::Class;
 use crate::turn::{
     AllocationId, ClientAction, Event, FiveTuple, PEER_HEADROOM, PEER_TAILROOM, PeerAction, Server,
+    Traffic,
 };
 
 use super::batch::{Datagrams, Inbox, RECV_BATCH};
 use super::normalize;
+use super::offload::{self, FastPath, SlotCounters};
 use super::poller::{self, RelayPoller};
 use super::relay::{self, Reservations};
 use super::stream::{Pushed, StreamWriter};
@@ -39,6 +41,19 @@ const MAX_DATAGRAM: usize = 65_535;
 const BATCH: usize = 16;
 /// Size of the buffer replies are written into.
 const REPLY_BUF: usize = 2048;
+/// The largest payload the kernel relays: what `Server::handle_peer` relays from a peer.
+const MAX_OFFLOAD_PAYLOAD: u16 = 65_000;
+/// The kernel's per-allocation counters are added to the core's figures every this many
+/// publications (and whenever the figures are asked for, and when the allocation ends).
+const CREDIT_EVERY: u32 = 10;
+
+/// An allocation some of whose channels the kernel relays.
+struct Offloaded {
+    slot: u32,
+    channels: Vec<offload::Channel>,
+    /// What of the slot's counters the core's figures already include.
+    credited: SlotCounters,
+}
 
 /// A UDP listener socket of this worker.
 pub(super) struct UdpListener {
@@ -100,6 +115,9 @@ pub struct Context {
     pub commands: tokio::sync::mpsc::UnboundedReceiver<super::Command>,
     /// Where lease requests go (with `[redis]`).
     pub cluster: Option<tokio::sync::mpsc::UnboundedSender<super::cluster::LeaseRequest>>,
+    /// The kernel fast path, when active (shared by the workers; its tables are written on
+    /// the control path only).
+    pub fast_path: Option<Arc<super::offload::FastPath>>,
 }
 
 /// Where relay sockets bind.
@@ -157,6 +175,11 @@ pub(super) struct Worker {
     event_out: Vec<u8>,
     timer: Rc<Notify>,
     this: std::rc::Weak<RefCell<Worker>>,
+    /// The kernel fast path, when active.
+    fast_path: Option<Arc<FastPath>>,
+    /// Allocations with channels in the kernel's tables (control path only).
+    offloaded: foldhash::HashMap<AllocationId, Offloaded>,
+    publications: u32,
 }
 
 pub(super) type Shared = Rc<RefCell<Worker>>;
@@ -205,6 +228,9 @@ impl Worker {
                 event_out: vec![0; REPLY_BUF],
                 timer: Rc::new(Notify::new()),
                 this: this.clone(),
+                fast_path: context.fast_path,
+                offloaded: foldhash::HashMap::default(),
+                publications: 0,
             })
         }))
     }
@@ -370,11 +396,13 @@ impl Worker {
             // Questions: answered from the state as it is, after everything sent before them.
             // One whose asker has given up is not worked on.
             super::Command::Counters(reply) => {
+                self.credit_offloaded();
                 let _ = reply.send(self.counters());
                 return;
             }
             super::Command::Summary { users, reply } => {
                 if !reply.is_closed() {
+                    self.credit_offloaded();
                     let summary =
                         super::status::WorkerSummary::of(&self.core, self.counters(), users);
                     let _ = reply.send(summary);
@@ -383,6 +411,7 @@ impl Worker {
             }
             super::Command::Allocations { request, reply } => {
                 if !reply.is_closed() {
+                    self.credit_offloaded();
                     let page = super::status::WorkerPage::of(self.index, &self.core, &request);
                     let _ = reply.send(page);
                 }
@@ -511,9 +540,22 @@ impl Worker {
                         self.lease_answered(allocation, true);
                     }
                 }
-                Event::Ended(ended) => {
+                Event::Ended(mut ended) => {
+                    self.end_offload(&mut ended);
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
+                Event::Offload {
+                    allocation,
+                    channel,
+                    client,
+                    peer,
+                } => self.offload(allocation, channel, client, peer),
+                Event::Unoffload {
+                    allocation,
+                    channel,
+                    peer,
+                    ..
+                } => self.unoffload(allocation, channel, peer),
                 Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
@@ -636,10 +678,132 @@ impl Worker {
         self.event_out = out;
     }
 
+    /// Writes a channel the core says the kernel may relay into the kernel's tables. Only
+    /// IPv4 is carried there; an IPv6 channel, a full table or no free counter slot leave it
+    /// in user space, which relays it as before.
+    fn offload(
+        &mut self,
+        allocation: AllocationId,
+        number: u16,
+        client: FiveTuple,
+        peer: SocketAddr,
+    ) {
+        let Some(fast_path) = &self.fast_path else {
+            return;
+        };
+        let Some(relay) = self.core.allocation(allocation).and_then(|a| a.relayed) else {
+            return;
+        };
+        if !(client.client.is_ipv4()
+            && client.server.is_ipv4()
+            && relay.is_ipv4()
+            && peer.is_ipv4())
+        {
+            return;
+        }
+        let slot = match self.offloaded.get(&allocation) {
+            Some(entry) => entry.slot,
+            None => {
+                let Some(slot) = fast_path.acquire_slot() else {
+                    tracing::debug!(allocation = %allocation, "no free fast path counter slot: relaying in user space");
+                    return;
+                };
+                self.offloaded.insert(
+                    allocation,
+                    Offloaded {
+                        slot,
+                        channels: Vec::new(),
+                        credited: SlotCounters::default(),
+                    },
+                );
+                slot
+            }
+        };
+        let channel = offload::Channel {
+            client: client.client,
+            listener: client.server,
+            channel: number,
+            relay,
+            peer,
+            slot,
+            max_payload: MAX_OFFLOAD_PAYLOAD,
+        };
+        match fast_path.install(&channel) {
+            Ok(()) => {
+                if let Some(entry) = self.offloaded.get_mut(&allocation) {
+                    entry.channels.retain(|c| c.channel != number);
+                    entry.channels.push(channel);
+                }
+            }
+            Err(why) => {
+                tracing::warn!(allocation = %allocation, reason = %why, "channel not offloaded: relaying it in user space");
+            }
+        }
+    }
+
+    /// Takes a channel out of the kernel's tables: from now on only user space decides.
+    fn unoffload(&mut self, allocation: AllocationId, number: u16, peer: SocketAddr) {
+        let (Some(fast_path), Some(entry)) = (&self.fast_path, self.offloaded.get_mut(&allocation))
+        else {
+            return;
+        };
+        entry.channels.retain(|channel| {
+            let gone = channel.channel == number && channel.peer == peer;
+            if gone && let Err(why) = fast_path.remove(channel) {
+                // The entry may still relay: nothing else can be done about it here, but it
+                // must be known.
+                tracing::error!(allocation = %allocation, reason = %why, "cannot remove a channel from the kernel's tables");
+            }
+            !gone
+        });
+    }
+
+    /// An allocation ended: whatever the kernel still holds for it goes, its last counts join
+    /// its log line and the node's figures, and its counter slot is freed.
+    fn end_offload(&mut self, ended: &mut crate::turn::Ended) {
+        let (Some(fast_path), Some(entry)) =
+            (&self.fast_path, self.offloaded.remove(&ended.allocation))
+        else {
+            return;
+        };
+        for channel in &entry.channels {
+            let _ = fast_path.remove(channel);
+        }
+        if let Ok(counted) = fast_path.counters(entry.slot) {
+            let delta = traffic_since(counted, entry.credited);
+            self.core.credit_offloaded(None, delta);
+            ended.traffic.to_peer_packets += delta.to_peer_packets;
+            ended.traffic.to_peer_bytes += delta.to_peer_bytes;
+            ended.traffic.to_client_packets += delta.to_client_packets;
+            ended.traffic.to_client_bytes += delta.to_client_bytes;
+        }
+        fast_path.release_slot(entry.slot);
+    }
+
+    /// Adds what the kernel relayed since the last call to the allocations' and the core's
+    /// figures. One map read per offloaded allocation (control path).
+    fn credit_offloaded(&mut self) {
+        let Some(fast_path) = &self.fast_path else {
+            return;
+        };
+        for (&allocation, entry) in &mut self.offloaded {
+            if let Ok(counted) = fast_path.counters(entry.slot) {
+                let delta = traffic_since(counted, entry.credited);
+                entry.credited = counted;
+                self.core.credit_offloaded(Some(allocation), delta);
+            }
+        }
+    }
+
     /// Makes the counters visible to the rest of the process (for what samples them: rates,
     /// the cluster registry). Constant work, whatever the number of allocations: anything about
-    /// the allocations themselves is copied out only when asked for (see `command`).
+    /// the allocations themselves is copied out only when asked for (see `command`), except
+    /// the kernel's counts of offloaded allocations, read every [`CREDIT_EVERY`] times.
     fn publish(&mut self) {
+        self.publications = self.publications.wrapping_add(1);
+        if self.publications % CREDIT_EVERY == 0 {
+            self.credit_offloaded();
+        }
         *self.published.lock().unwrap_or_else(|e| e.into_inner()) = self.counters();
     }
 
@@ -837,6 +1001,22 @@ fn log_refused_peers_ended(ended: usize) {
             ended,
             "permissions and channels ended: the peer policy now refuses their peer"
         );
+    }
+}
+
+/// What the kernel counted beyond what was already credited.
+fn traffic_since(counted: SlotCounters, credited: SlotCounters) -> Traffic {
+    Traffic {
+        to_peer_packets: counted
+            .to_peer_packets
+            .saturating_sub(credited.to_peer_packets),
+        to_peer_bytes: counted.to_peer_bytes.saturating_sub(credited.to_peer_bytes),
+        to_client_packets: counted
+            .to_client_packets
+            .saturating_sub(credited.to_client_packets),
+        to_client_bytes: counted
+            .to_client_bytes
+            .saturating_sub(credited.to_client_bytes),
     }
 }
 

@@ -115,6 +115,9 @@ pub struct Allocation {
     pub(super) pending_open: Option<(super::Family, super::PortRequest)>,
     /// Holds a cluster lease, to give back when it ends.
     pub(super) leased: bool,
+    /// The channels (number, peer) the I/O layer was told to relay in the kernel
+    /// ([`super::Event::Offload`]) and not yet told to stop.
+    pub(super) offloaded: Vec<(u16, SocketAddr)>,
 }
 
 #[derive(Debug, Default)]
@@ -232,6 +235,21 @@ impl Allocation {
         self.permissions.retain(|p| now < p.expires);
         self.channels.retain(|c| now < c.expires + CHANNEL_COOLDOWN);
         self.next_deadline(now)
+    }
+
+    /// The channels the kernel may relay for this allocation at `now`: those the core itself
+    /// relays (live binding, live permission for its peer) of a UDP client whose allocation
+    /// has its relay socket and no bandwidth limit (a limited one stays in user space, where
+    /// the limit is enforced).
+    pub fn offloadable(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
+        let eligible = self.tuple.transport == crate::config::Transport::Udp
+            && self.relayed.is_some()
+            && self.bandwidth.is_none()
+            && self.user_bandwidth.is_none();
+        self.channels
+            .iter()
+            .filter(move |c| eligible && c.active(now) && self.permits(c.peer.ip(), now))
+            .map(|c| (c.number, c.peer))
     }
 
     /// The earliest moment something in this allocation changes state.

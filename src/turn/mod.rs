@@ -130,8 +130,28 @@ pub enum Event {
         allocation: AllocationId,
         user: Principal,
     },
-    /// An allocation that was granted has ended (for the log line).
+    /// An allocation that was granted has ended (for the log line). Comes after the
+    /// [`Event::Unoffload`]s of its channels, so the kernel's counts can be added to it first.
     Ended(Box<Ended>),
+    /// The core relays `channel` of `allocation` to `peer` and would go on doing so: the
+    /// kernel may relay it too (both directions). Only with [`CoreConfig::offload`], for UDP
+    /// clients without a bandwidth limit. Sent when the channel becomes relayable (bound,
+    /// its permission created or refreshed again).
+    Offload {
+        allocation: AllocationId,
+        channel: u16,
+        client: FiveTuple,
+        peer: SocketAddr,
+    },
+    /// The core no longer relays what an [`Event::Offload`] announced (the channel or its
+    /// permission expired, the policy now refuses the peer, a bandwidth limit now applies, the
+    /// allocation ended for any reason): the kernel must stop at once.
+    Unoffload {
+        allocation: AllocationId,
+        channel: u16,
+        client: FiveTuple,
+        peer: SocketAddr,
+    },
 }
 
 /// Why an allocation ended.
@@ -236,6 +256,8 @@ pub struct CoreConfig {
     /// carry Unix times, and the core learns the wall clock only from `now` and this pair.
     pub epoch: Instant,
     pub unix_at_epoch: u64,
+    /// Announce relayable channels with [`Event::Offload`] (the kernel fast path is active).
+    pub offload: bool,
 }
 
 /// Plain counters; the I/O layer sums them over workers when asked.
@@ -456,7 +478,9 @@ impl Server {
                 }
             }
         }
-        self.end_refused_peers(now)
+        let ended = self.end_refused_peers(now);
+        self.sync_all_offloads(now);
+        ended
     }
 
     /// Takes the addresses of this host's interfaces as the I/O layer enumerated them (they
@@ -467,7 +491,9 @@ impl Server {
     /// Control path: walks the allocations.
     pub fn set_host_addresses(&mut self, now: Instant, host: HostAddresses) -> usize {
         self.policy.set_host_addresses(host);
-        self.end_refused_peers(now)
+        let ended = self.end_refused_peers(now);
+        self.sync_all_offloads(now);
+        ended
     }
 
     /// Ends the live permissions and channel bindings the current policy refuses.
@@ -509,6 +535,22 @@ impl Server {
     /// The wall-clock time (unix seconds) of an instant.
     pub fn unix_time_of(&self, at: Instant) -> u64 {
         self.unix_time(at)
+    }
+
+    /// Adds traffic the kernel fast path relayed for `allocation` (from its counters) to the
+    /// core's counters, and to the allocation's while it lives (`None`: it has ended, and the
+    /// I/O layer adds it to the [`Ended`] itself).
+    pub fn credit_offloaded(&mut self, allocation: Option<AllocationId>, traffic: Traffic) {
+        self.stats.to_peer_packets += traffic.to_peer_packets;
+        self.stats.to_peer_bytes += traffic.to_peer_bytes;
+        self.stats.to_client_packets += traffic.to_client_packets;
+        self.stats.to_client_bytes += traffic.to_client_bytes;
+        if let Some(alloc) = allocation.and_then(|id| self.allocation_mut(id)) {
+            alloc.traffic.to_peer_packets += traffic.to_peer_packets;
+            alloc.traffic.to_peer_bytes += traffic.to_peer_bytes;
+            alloc.traffic.to_client_packets += traffic.to_client_packets;
+            alloc.traffic.to_client_bytes += traffic.to_client_bytes;
+        }
     }
 
     /// Ends an allocation now (an operator's request); `false` if it was already gone.
@@ -562,6 +604,7 @@ impl Server {
             let next = allocation.expire(now);
             allocation.wake = next;
             self.timers.insert((next, id));
+            self.sync_offloads(id, now);
         }
     }
 
@@ -1232,6 +1275,7 @@ impl Server {
             user_bandwidth,
             pending_open: None,
             leased: false,
+            offloaded: Vec::new(),
         });
         if self.config.cluster_leases && lease_limit > 0 {
             if let Some(alloc) = self.allocation_mut(id) {
@@ -1327,6 +1371,7 @@ impl Server {
             }
         }
         self.reschedule(id, now);
+        self.sync_offloads(id, now);
         self.reply_success(out, Method::CREATE_PERMISSION, tid, &auth.key)
     }
 
@@ -1376,6 +1421,7 @@ impl Server {
             alloc.permit(peer.ip(), now);
         }
         self.reschedule(id, now);
+        self.sync_offloads(id, now);
         self.reply_success(out, Method::CHANNEL_BIND, tid, &auth.key)
     }
 
@@ -1591,6 +1637,14 @@ impl Server {
             });
         }
         self.free_slots.push(id.index);
+        for &(channel, peer) in &allocation.offloaded {
+            self.events.push_back(Event::Unoffload {
+                allocation: id,
+                channel,
+                client: allocation.tuple,
+                peer,
+            });
+        }
         if let Some(relayed) = allocation.relayed {
             // Only an allocation that was granted (and counted as created) counts as ended: one
             // still waiting for its lease or relay socket was never created.
@@ -1610,6 +1664,61 @@ impl Server {
             })));
         }
         self.events.push_back(Event::CloseRelay { allocation: id });
+    }
+
+    /// Tells the I/O layer which of the allocation's channels the kernel may relay now and
+    /// which it must stop relaying: the difference between what it was told and
+    /// [`Allocation::offloadable`]. Nothing without [`CoreConfig::offload`].
+    fn sync_offloads(&mut self, id: AllocationId, now: Instant) {
+        if !self.config.offload {
+            return;
+        }
+        let Some(alloc) = self
+            .slots
+            .get_mut(id.index())
+            .filter(|slot| slot.generation == id.generation)
+            .and_then(|slot| slot.allocation.as_mut())
+        else {
+            return;
+        };
+        let client = alloc.tuple;
+        let wanted: Vec<(u16, SocketAddr)> = alloc.offloadable(now).collect();
+        let events = &mut self.events;
+        alloc.offloaded.retain(|&(channel, peer)| {
+            let keep = wanted.contains(&(channel, peer));
+            if !keep {
+                events.push_back(Event::Unoffload {
+                    allocation: id,
+                    channel,
+                    client,
+                    peer,
+                });
+            }
+            keep
+        });
+        for (channel, peer) in wanted {
+            if !alloc.offloaded.contains(&(channel, peer)) {
+                alloc.offloaded.push((channel, peer));
+                events.push_back(Event::Offload {
+                    allocation: id,
+                    channel,
+                    client,
+                    peer,
+                });
+            }
+        }
+    }
+
+    /// [`Server::sync_offloads`] for every allocation (after a reload or a change of the
+    /// host's addresses; control path).
+    fn sync_all_offloads(&mut self, now: Instant) {
+        if !self.config.offload {
+            return;
+        }
+        let ids: Vec<AllocationId> = self.allocations().map(|a| a.id).collect();
+        for id in ids {
+            self.sync_offloads(id, now);
+        }
     }
 
     /// Files the allocation under its (possibly earlier) next deadline.

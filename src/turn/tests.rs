@@ -25,6 +25,8 @@ struct Harness {
     lease: Option<bool>,
     /// Lease events seen, in order.
     lease_events: Vec<Event>,
+    /// The kernel table as the Offload/Unoffload events built it.
+    offloaded: std::collections::BTreeSet<(AllocationId, u16, SocketAddr)>,
 }
 
 /// What the client saw in a response.
@@ -123,6 +125,7 @@ impl Harness {
             channels_per_allocation: 64,
             epoch: now,
             unix_at_epoch: 1_700_000_000,
+            offload: false,
         };
         tweak(&mut core);
         // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
@@ -138,6 +141,7 @@ impl Harness {
             fail_open: None,
             lease: None,
             lease_events: Vec::new(),
+            offloaded: std::collections::BTreeSet::new(),
         }
     }
 
@@ -145,6 +149,51 @@ impl Harness {
         self.now += by;
         if self.server.poll_timeout().is_some_and(|t| t <= self.now) {
             self.server.handle_timeout(self.now);
+        }
+    }
+
+    /// Applies an Offload/Unoffload event to `offloaded` as the worker does to the kernel's
+    /// tables, checking that it makes sense.
+    fn apply_offload(&mut self, event: &Event) {
+        match *event {
+            Event::Offload {
+                allocation,
+                channel,
+                peer,
+                client,
+            } => {
+                assert_eq!(
+                    self.server.allocation(allocation).map(|a| a.tuple),
+                    Some(client),
+                    "Offload for an allocation that is gone"
+                );
+                assert!(
+                    self.offloaded.insert((allocation, channel, peer)),
+                    "Offload twice"
+                );
+            }
+            Event::Unoffload {
+                allocation,
+                channel,
+                peer,
+                ..
+            } => assert!(
+                self.offloaded.remove(&(allocation, channel, peer)),
+                "Unoffload of what was not offloaded"
+            ),
+            Event::Ended(ref ended) => assert!(
+                !self.offloaded.iter().any(|e| e.0 == ended.allocation),
+                "Ended before its channels were unoffloaded"
+            ),
+            _ => {}
+        }
+    }
+
+    /// Handles the events that are not answers to a request (after a timeout, a revocation,
+    /// a close, a reload).
+    fn drain_events(&mut self) {
+        while let Some(event) = self.server.poll_event() {
+            self.apply_offload(&event);
         }
     }
 
@@ -159,6 +208,7 @@ impl Harness {
             ClientAction::Relay { .. } => panic!("unexpected relay"),
         };
         while let Some(event) = self.server.poll_event() {
+            self.apply_offload(&event);
             if let Event::AcquireLease { allocation, .. } = &event {
                 let allocation = *allocation;
                 self.lease_events.push(event.clone());
@@ -1900,4 +1950,170 @@ fn relayed_packets_file_no_deadline_but_control_requests_do() {
         ClientAction::Relay { .. }
     ));
     assert!(!h.server.take_new_deadline());
+}
+
+/// The kernel table (built from Offload/Unoffload events) always equals what the core relays.
+mod offload_properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const PEERS: [&str; 3] = ["203.0.113.5:6000", "203.0.113.6:6001", "203.0.113.7:6002"];
+
+    fn clients() -> [(FiveTuple, &'static str, &'static str); 4] {
+        [
+            (udp("198.51.100.20:5000"), "alice", "wonderland"),
+            (udp("198.51.100.21:5001"), "alice", "wonderland"),
+            (udp("198.51.100.22:5002"), "bob", "builder"),
+            (
+                FiveTuple {
+                    transport: Transport::Tcp,
+                    client: "198.51.100.23:5003".parse().unwrap(),
+                    server: SERVER.parse().unwrap(),
+                },
+                "bob",
+                "builder",
+            ),
+        ]
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Allocate(usize),
+        Bind(usize, u16, usize),
+        Permit(usize, usize),
+        Refresh(usize, bool),
+        Advance(u64),
+        Revoke(bool),
+        Close(usize),
+        /// A reload: which peer the policy denies (if any), and whether allocations get a
+        /// bandwidth limit.
+        Reload(Option<usize>, bool),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (0..4usize).prop_map(Op::Allocate),
+            4 => (0..4usize, 0x4000..0x4003u16, 0..3usize).prop_map(|(c, n, p)| Op::Bind(c, n, p)),
+            2 => (0..4usize, 0..3usize).prop_map(|(c, p)| Op::Permit(c, p)),
+            1 => (0..4usize, any::<bool>()).prop_map(|(c, z)| Op::Refresh(c, z)),
+            4 => prop_oneof![1..60u64, 250..320u64, 590..610u64].prop_map(Op::Advance),
+            1 => any::<bool>().prop_map(Op::Revoke),
+            1 => (0..4usize).prop_map(Op::Close),
+            1 => (proptest::option::of(0..3usize), any::<bool>()).prop_map(|(d, b)| Op::Reload(d, b)),
+        ]
+    }
+
+    /// (allocation, channel, peer) for every channel the core relays ChannelData on now, of
+    /// UDP clients without a bandwidth limit: asked of the core itself with a frame.
+    fn relayed(h: &mut Harness) -> std::collections::BTreeSet<(AllocationId, u16, SocketAddr)> {
+        let candidates: Vec<(AllocationId, FiveTuple, bool)> = h
+            .server
+            .allocations()
+            .map(|a| {
+                let eligible = a.tuple.transport == Transport::Udp
+                    && a.bandwidth.is_none()
+                    && a.user_bandwidth.is_none();
+                (a.id, a.tuple, eligible)
+            })
+            .collect();
+        let mut out = vec![0u8; 1500];
+        let mut set = std::collections::BTreeSet::new();
+        for (id, tuple, eligible) in candidates {
+            for number in 0x4000..0x4003u16 {
+                let frame = [(number >> 8) as u8, number as u8, 0, 1, b'x', 0, 0, 0];
+                if let ClientAction::Relay { peer, .. } =
+                    h.server.handle_client(h.now, tuple, &frame, &mut out)
+                {
+                    if eligible {
+                        set.insert((id, number, peer));
+                    }
+                }
+            }
+        }
+        set
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 96, ..ProptestConfig::default() })]
+        #[test]
+        fn the_kernel_table_is_what_the_core_relays(ops in proptest::collection::vec(op(), 1..60)) {
+            let mut h = Harness::with(|c| c.offload = true);
+            let mut clients: Vec<Client> = clients()
+                .iter()
+                .map(|(tuple, user, password)| Client::new(*tuple, user, password))
+                .collect();
+            let base = h.server.config.clone();
+            for op in ops {
+                match op {
+                    Op::Allocate(c) => {
+                        clients[c].allocate(&mut h);
+                    }
+                    Op::Bind(c, number, p) => {
+                        clients[c].bind(&mut h, number, PEERS[p].parse().unwrap());
+                    }
+                    Op::Permit(c, p) => {
+                        clients[c].permit(&mut h, PEERS[p].parse().unwrap());
+                    }
+                    Op::Refresh(c, zero) => {
+                        let lifetime = if zero { 0 } else { 600 };
+                        clients[c].call(&mut h, Method::REFRESH, |w| {
+                            w.u32(attr::LIFETIME, lifetime).unwrap()
+                        });
+                    }
+                    Op::Advance(seconds) => h.advance(Duration::from_secs(seconds)),
+                    Op::Revoke(alice) => {
+                        h.server.revoke(&[if alice { "alice" } else { "bob" }.to_owned()]);
+                    }
+                    Op::Close(c) => {
+                        if let Some(id) = h.server.allocation_of(&clients[c].tuple).map(|a| a.id) {
+                            h.server.close(id);
+                        }
+                    }
+                    Op::Reload(denied, limited) => {
+                        let mut config = base.clone();
+                        config.allocation_bandwidth = limited.then_some(10_000_000);
+                        let deny = denied
+                            .map(|p| {
+                                let ip = PEERS[p].parse::<SocketAddr>().unwrap().ip();
+                                vec![ipnet::IpNet::from(ip)]
+                            })
+                            .unwrap_or_default();
+                        let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], deny)
+                            .with_own_sockets(vec![SERVER.parse().unwrap()], vec![]);
+                        let nonces = h.server.nonces.clone();
+                        h.server.reconfigure(h.now, config, policy, nonces);
+                    }
+                }
+                h.drain_events();
+                let expected = relayed(&mut h);
+                prop_assert_eq!(&h.offloaded, &expected, "after {:?}", op);
+            }
+        }
+    }
+
+    #[test]
+    fn a_bound_channel_is_offloaded_and_unoffloaded_when_its_permission_expires() {
+        let mut h = Harness::with(|c| c.offload = true);
+        let (mut c, _) = alice(&mut h);
+        let peer: SocketAddr = PEER.parse().unwrap();
+        assert_eq!(c.bind(&mut h, 0x4001, peer).class, Class::Success);
+        let id = relay_of(&h, &c.tuple);
+        assert_eq!(
+            h.offloaded.iter().copied().collect::<Vec<_>>(),
+            vec![(id, 0x4001, peer)]
+        );
+        // The permission (300 s) ends before the binding (600 s): relaying stops.
+        h.advance(PERMISSION_LIFETIME);
+        h.drain_events();
+        assert!(h.offloaded.is_empty());
+        // A new permission makes the still-bound channel relayable again.
+        assert_eq!(c.permit(&mut h, peer).class, Class::Success);
+        assert_eq!(h.offloaded.len(), 1);
+        // Without `offload` in the config, nothing is announced.
+        let mut plain = Harness::new();
+        let (mut c, _) = alice(&mut plain);
+        assert_eq!(c.bind(&mut plain, 0x4001, peer).class, Class::Success);
+        assert!(plain.offloaded.is_empty());
+    }
 }

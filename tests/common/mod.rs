@@ -48,7 +48,7 @@ pub fn require_tool(name: &str) -> PathBuf {
 
 /// What [`base_config`] puts in the TOML. `Default` is every transport, the static user
 /// alice/wonderland, no REST secret, peers on 127.0.0.1 allowed, two workers, relay ports
-/// [`RELAY_PORTS`], nothing extra.
+/// [`RELAY_PORTS`], the kernel fast path off, nothing extra.
 ///
 /// coturn cannot serve static users and REST secrets at once, so tests configure one or the
 /// other.
@@ -60,6 +60,11 @@ pub struct TestConfig {
     pub allow: Vec<&'static str>,
     pub workers: usize,
     pub relay_ports: std::ops::RangeInclusive<u16>,
+    /// `[relay] offload`. "off" by default: the tests were written for the user-space relay
+    /// (its batching, counters and timing), which the kernel fast path would otherwise take
+    /// over for UDP channels whenever the tests run as root. Tests of the fast path, and
+    /// clients that should pass over it, ask for "auto" or "on".
+    pub offload: &'static str,
     /// TOML appended as is, e.g. a `[limits]` table.
     pub extra: String,
 }
@@ -73,6 +78,7 @@ impl Default for TestConfig {
             allow: vec!["127.0.0.1/32"],
             workers: 2,
             relay_ports: RELAY_PORTS,
+            offload: "off",
             extra: String::new(),
         }
     }
@@ -108,9 +114,10 @@ pub fn base_config(config: &TestConfig, dir: &Path) -> String {
         toml += &format!("\n[tls]\ncertificate = {cert:?}\nprivate-key = {key:?}\n");
     }
     toml += &format!(
-        "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\n",
+        "\n[relay]\naddress = \"127.0.0.1\"\nports = \"{}-{}\"\noffload = {:?}\n",
         config.relay_ports.start(),
-        config.relay_ports.end()
+        config.relay_ports.end(),
+        config.offload,
     );
     toml += "\n[auth]\nnonce-lifetime = \"10m\"\n";
     if !config.secrets.is_empty() {
@@ -217,7 +224,21 @@ impl Server {
     /// [`netns::NetNs::run`]. Drop the server before the namespace.
     pub fn start_in_netns(netns: &netns::NetNs, toml: &str) -> Server {
         let dir = tempfile::tempdir().expect("create a tempdir");
-        start_turnpike_in(Some(netns.name()), toml, dir, &[])
+        start_turnpike_in(&["ip", "netns", "exec", netns.name()], toml, dir, &[])
+    }
+
+    /// Starts turnpike as root with an empty capability bounding set (`setpriv`, which
+    /// becomes the server's process): it cannot load eBPF programs, as an unprivileged
+    /// service could not.
+    pub fn start_without_capabilities(toml: &str, dir: TempDir) -> Server {
+        let setpriv = require_tool("setpriv");
+        let setpriv = setpriv.to_str().expect("a UTF-8 path");
+        start_turnpike_in(
+            &[setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"],
+            toml,
+            dir,
+            &[],
+        )
     }
 
     /// Starts a server from a TOML configuration written into `dir` (where [`base_config`]
@@ -268,6 +289,12 @@ impl Server {
     /// Whether the server process is still running.
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().expect("poll the server").is_none()
+    }
+
+    /// Whether this is turnpike (not coturn under `TURNPIKE_TEST_BACKEND=coturn`), whose
+    /// counters [`Server::stats`] reads.
+    pub fn is_turnpike(&self) -> bool {
+        self.stats_lines.is_some()
     }
 
     /// The server's counters: sends SIGUSR1 and returns the fields of the `stats` line the
@@ -399,22 +426,23 @@ impl Drop for Server {
 const NOTIFY_VARIABLES: [&str; 3] = ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"];
 
 fn start_turnpike(toml: &str, dir: TempDir, envs: &[(&str, Option<&str>)]) -> Server {
-    start_turnpike_in(None, toml, dir, envs)
+    start_turnpike_in(&[], toml, dir, envs)
 }
 
-/// Starts turnpike, inside the network namespace `netns` when one is named.
+/// Starts turnpike, through `wrapper` (a command that execs the rest of its arguments, such
+/// as `ip netns exec NAME`) when it is not empty.
 fn start_turnpike_in(
-    netns: Option<&str>,
+    wrapper: &[&str],
     toml: &str,
     dir: TempDir,
     envs: &[(&str, Option<&str>)],
 ) -> Server {
     let config = dir.path().join("turnpike.toml");
     fs::write(&config, toml).expect("write the configuration");
-    let mut command = match netns {
-        Some(name) => {
-            let mut command = Command::new("ip");
-            command.args(["netns", "exec", name]).arg(turnpike_binary());
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(turnpike_binary());
             command
         }
         None => Command::new(turnpike_binary()),
