@@ -194,9 +194,10 @@ impl std::fmt::Debug for FastPath {
 }
 
 impl FastPath {
-    /// Loads the program and attaches it at ingress of every interface that carries one of
-    /// `addresses` (the listeners' and the relay's; a wildcard means every Ethernet or
-    /// loopback interface that is up). IPv6 addresses are skipped: their traffic goes up.
+    /// Loads the program and attaches it at ingress of the loopback interface when it carries
+    /// one of `addresses` (the listeners' and the relay's; a wildcard means every interface
+    /// that is up); the other interfaces are left alone so far (see below). IPv6 addresses are
+    /// skipped: their traffic goes up.
     pub fn load(addresses: &[IpAddr]) -> Result<FastPath, Why> {
         check_kernel()?;
         // Only lo so far: a datagram rewritten at ingress keeps the route it arrived with,
