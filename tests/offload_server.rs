@@ -398,13 +398,23 @@ fn user_space_relays_the_same(server: &Server) {
 /// bounding set (setpriv), where eBPF cannot load. Returns whether it exited 0 and what it
 /// printed (stdout and stderr).
 fn run(args: &[&str], offload: &'static str, without_capabilities: bool) -> (bool, String) {
+    run_edited(args, offload, without_capabilities, &|toml| toml)
+}
+
+/// [`run`] with the configuration passed through `edit` first.
+fn run_edited(
+    args: &[&str],
+    offload: &'static str,
+    without_capabilities: bool,
+    edit: &dyn Fn(String) -> String,
+) -> (bool, String) {
     let dir = tempfile::tempdir().expect("create a tempdir");
     let config = TestConfig {
         transports: vec!["udp"],
         offload,
         ..TestConfig::default()
     };
-    let toml = common::base_config(&config, dir.path());
+    let toml = edit(common::base_config(&config, dir.path()));
     let path = dir.path().join("turnpike.toml");
     std::fs::write(&path, toml).unwrap();
     let binary = common::turnpike_binary();
@@ -474,6 +484,29 @@ fn check_config_says_what_offload_comes_to() {
             .filter(|l| l.contains("relay.offload"))
             .count(),
         1,
+        "{printed}"
+    );
+
+    // A relay address off loopback: nothing could be carried yet, so "auto" stays in user
+    // space (saying why) and "on" refuses, without loading anything.
+    let off_loopback = |toml: String| {
+        let edited = toml.replacen(
+            "[relay]\naddress = \"127.0.0.1\"",
+            "[relay]\naddress = \"192.0.2.1\"",
+            1,
+        );
+        assert_ne!(edited, toml);
+        edited
+    };
+    let (ok, printed) = run_edited(&["check-config"], "auto", false, &off_loopback);
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("offload: auto: relaying in user space: the kernel fast path cannot run: the fast path relays only between loopback addresses so far (the rewritten datagram must be delivered on this host), and relay.address 192.0.2.1 is not"),
+        "{printed}"
+    );
+    let (ok, printed) = run_edited(&["check-config"], "on", false, &off_loopback);
+    assert!(
+        !ok && printed.contains("relays only between loopback addresses"),
         "{printed}"
     );
 }

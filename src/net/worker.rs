@@ -679,8 +679,8 @@ impl Worker {
     }
 
     /// Writes a channel the core says the kernel may relay into the kernel's tables. Only
-    /// IPv4 is carried there; an IPv6 channel, a full table or no free counter slot leave it
-    /// in user space, which relays it as before.
+    /// IPv4 loopback is carried there so far ([`offload::carries`]); another channel, a full
+    /// table or no free counter slot leave it in user space, which relays it as before.
     fn offload(
         &mut self,
         allocation: AllocationId,
@@ -694,11 +694,8 @@ impl Worker {
         let Some(relay) = self.core.allocation(allocation).and_then(|a| a.relayed) else {
             return;
         };
-        if !(client.client.is_ipv4()
-            && client.server.is_ipv4()
-            && relay.is_ipv4()
-            && peer.is_ipv4())
-        {
+        if !offload::carries(client.client, client.server, relay, peer) {
+            // IPv6, or addresses beyond this host's loopback: user space relays it.
             return;
         }
         let slot = match self.offloaded.get(&allocation) {

@@ -56,6 +56,12 @@ pub enum Why {
     Interfaces(io::Error),
     #[error("only IPv4 is carried by the fast path so far ({0})")]
     NotIpv4(SocketAddr),
+    #[error(
+        "the fast path relays only between loopback addresses so far (the rewritten datagram must be delivered on this host), and {0}"
+    )]
+    NoLoopback(String),
+    #[error("only loopback addresses are carried by the fast path so far ({0})")]
+    NotLoopback(SocketAddr),
     #[error("cannot update the fast path's tables: {0}")]
     Table(String),
 }
@@ -188,12 +194,24 @@ impl std::fmt::Debug for FastPath {
 }
 
 impl FastPath {
-    /// Loads the program and attaches it at ingress of every interface that carries one of
-    /// `addresses` (the listeners' and the relay's; a wildcard means every Ethernet or
-    /// loopback interface that is up). IPv6 addresses are skipped: their traffic goes up.
+    /// Loads the program and attaches it at ingress of the loopback interface when it carries
+    /// one of `addresses` (the listeners' and the relay's; a wildcard means every interface
+    /// that is up); the other interfaces are left alone so far (see below). IPv6 addresses are
+    /// skipped: their traffic goes up.
     pub fn load(addresses: &[IpAddr]) -> Result<FastPath, Why> {
         check_kernel()?;
-        let interfaces = interfaces_for(addresses)?;
+        // Only lo so far: a datagram rewritten at ingress keeps the route it arrived with,
+        // which on lo is local delivery; from a real interface it would need a new route
+        // (a FIB lookup and a redirect, not done yet).
+        let interfaces: Vec<String> = interfaces_for(addresses)?
+            .into_iter()
+            .filter(|name| is_loopback_interface(name))
+            .collect();
+        if interfaces.is_empty() {
+            return Err(Why::NoLoopback(
+                "no listener or relay address is on lo".into(),
+            ));
+        }
         let mut program = EbpfLoader::new()
             .load(OBJECT)
             .map_err(|error| classify(&error, Why::Load))?;
@@ -419,11 +437,34 @@ fn port_bytes(address: &SocketAddrV4) -> u16 {
     u16::from_ne_bytes(address.port().to_be_bytes())
 }
 
+/// Whether the fast path can carry a channel between these addresses: IPv4 loopback only so
+/// far (see [`FastPath::load`]); anything else stays in user space.
+pub fn carries(
+    client: SocketAddr,
+    listener: SocketAddr,
+    relay: SocketAddr,
+    peer: SocketAddr,
+) -> bool {
+    [client, listener, relay, peer]
+        .iter()
+        .all(|address| matches!(address, SocketAddr::V4(v4) if v4.ip().is_loopback()))
+}
+
 fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, PeerEntry), Why> {
     let client = v4(channel.client)?;
     let listener = v4(channel.listener)?;
     let relay = v4(channel.relay)?;
     let peer = v4(channel.peer)?;
+    for address in [
+        channel.client,
+        channel.listener,
+        channel.relay,
+        channel.peer,
+    ] {
+        if !address.ip().is_loopback() {
+            return Err(Why::NotLoopback(address));
+        }
+    }
     if !crate::stun::channel::is_valid_channel_number(channel.channel) {
         return Err(Why::Table(format!(
             "channel {:#06x} is outside 0x4000..=0x7FFF",
@@ -504,6 +545,12 @@ fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
         }
     }
     Ok(chosen.into_iter().collect())
+}
+
+/// Whether `name` is a loopback device (ARPHRD_LOOPBACK).
+fn is_loopback_interface(name: &str) -> bool {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
+        .is_ok_and(|kind| kind.trim() == "772")
 }
 
 /// (interface name, IPv4 address) of every interface that is up.
@@ -601,6 +648,14 @@ mod tests {
             },
             Channel {
                 slot: SLOTS,
+                ..good
+            },
+            Channel {
+                peer: "192.0.2.7:9".parse().unwrap(),
+                ..good
+            },
+            Channel {
+                client: "198.51.100.1:5000".parse().unwrap(),
                 ..good
             },
             Channel {
