@@ -97,6 +97,9 @@ struct slot_counters {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
+	// Entries are made by user space at ChannelBind, never by the program: allocated then,
+	// not all at load (preallocated, the two tables took 54 MB of kernel memory per process).
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct channel_key);
 	__type(value, struct channel_entry);
 } channels SEC(".maps");
@@ -104,6 +107,9 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 262144);
+	// Entries are made by user space at ChannelBind, never by the program: allocated then,
+	// not all at load (preallocated, the two tables took 54 MB of kernel memory per process).
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct peer_key);
 	__type(value, struct peer_entry);
 } peers SEC(".maps");
