@@ -62,6 +62,23 @@ impl EchoPeer {
         })
     }
 
+    /// The peer a run sends to: `external` when given (and no echo peer of ours), else one
+    /// started on `bind` until `deadline`.
+    pub fn unless_external(
+        external: Option<SocketAddr>,
+        bind: SocketAddr,
+        deadline: Instant,
+    ) -> io::Result<(Option<EchoPeer>, SocketAddr)> {
+        match external {
+            Some(peer) => Ok((None, peer)),
+            None => {
+                let echo = EchoPeer::start(bind, deadline)?;
+                let peer = echo.addr();
+                Ok((Some(echo), peer))
+            }
+        }
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }

@@ -50,14 +50,7 @@ pub fn run(plan: &RelayPlan) -> std::io::Result<(Report, bool)> {
     let begun = Instant::now();
     let end_of_all =
         begun + plan.setup_timeout + plan.duration + plan.drain + cleanup_time(plan.clients);
-    let mut echo = match plan.peer {
-        Some(_) => None,
-        None => Some(EchoPeer::start(plan.echo_bind, end_of_all)?),
-    };
-    let peer = plan
-        .peer
-        .or_else(|| echo.as_ref().map(EchoPeer::addr))
-        .unwrap_or(plan.echo_bind);
+    let (mut echo, peer) = EchoPeer::unless_external(plan.peer, plan.echo_bind, end_of_all)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

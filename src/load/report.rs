@@ -135,8 +135,9 @@ impl Report {
     pub fn set_cpu(&mut self, start: &CpuSample, end: &CpuSample, packets: u64, allocations: u64) {
         let wall = end.at.duration_since(start.at).as_secs_f64();
         let per = |cpu: Duration, n: u64| (n > 0).then(|| round(micros(cpu) / n as f64, 3));
-        if let (Some(a), Some(b)) = (start.server, end.server) {
-            let used = b.since(&a);
+        let server = start.server.zip(end.server).map(|(a, b)| b.since(&a));
+        let host = start.host.zip(end.host).map(|(a, b)| b.since(&a));
+        if let Some(used) = server {
             self.server_cpu_ms = Some(round(millis(used.total()), 1));
             self.server_user_ms = Some(round(millis(used.user), 1));
             self.server_system_ms = Some(round(millis(used.system), 1));
@@ -146,8 +147,7 @@ impl Report {
             self.server_cpu_us_per_packet = per(used.total(), packets);
             self.server_cpu_us_per_allocation = per(used.total(), allocations);
         }
-        if let (Some(a), Some(b)) = (start.host, end.host) {
-            let used = b.since(&a);
+        if let Some(used) = host {
             self.host_cpu_ms = Some(round(millis(used.busy), 1));
             self.host_cpu_us_per_packet = per(used.busy, packets);
             self.host_cpu_us_per_allocation = per(used.busy, allocations);
@@ -157,16 +157,10 @@ impl Report {
         self.load_cpu_us_per_packet = per(own, packets);
         let softirq_threads = end.softirq_threads.saturating_sub(start.softirq_threads);
         self.ksoftirqd_ms = Some(round(millis(softirq_threads), 1));
-        let interrupts = match (start.host, end.host) {
-            (Some(a), Some(b)) => b.since(&a).interrupts,
-            _ => Duration::ZERO,
-        };
+        let interrupts = host.map_or(Duration::ZERO, |used| used.interrupts);
         self.interrupts_ms = Some(round(millis(interrupts), 1));
-        let server = match (start.server, end.server) {
-            (Some(a), Some(b)) => b.since(&a).total(),
-            _ => Duration::ZERO,
-        };
-        let cost = server + own + softirq_threads + interrupts;
+        let cost =
+            server.map_or(Duration::ZERO, |used| used.total()) + own + softirq_threads + interrupts;
         self.relay_cost_ms = Some(round(millis(cost), 1));
         self.relay_cost_us_per_packet = per(cost, packets);
     }

@@ -47,6 +47,24 @@ struct UdpClient {
     last_echo_ns: u64,
 }
 
+impl UdpClient {
+    /// A payload that came back to client `index` at `now`: recorded in its flow (or counted
+    /// as foreign), and the time of its last echo kept.
+    fn echoed(
+        &mut self,
+        index: usize,
+        payload: &[u8],
+        run: u32,
+        now: u64,
+        hist: &mut Histogram,
+        foreign: &mut u64,
+    ) {
+        if record_echo(&mut self.flow, index, payload, run, now, hist, foreign) {
+            self.last_echo_ns = now;
+        }
+    }
+}
+
 /// Counters of the engine besides the flows'.
 #[derive(Clone, Debug, Default)]
 pub struct EngineCounters {
@@ -230,17 +248,14 @@ impl UdpEngine {
     pub fn feed(&mut self, index: usize, payload: &[u8]) {
         let now = self.now_ns();
         if let Some(client) = self.clients.get_mut(index) {
-            if record_echo(
-                &mut client.flow,
+            client.echoed(
                 index,
                 payload,
                 self.run,
                 now,
                 &mut self.hist,
                 &mut self.counters.foreign,
-            ) {
-                client.last_echo_ns = now;
-            }
+            );
         }
     }
 
@@ -371,19 +386,14 @@ impl UdpEngine {
                     payload_of(client.framing, frame)
                 };
                 match payload {
-                    Some(payload) => {
-                        if record_echo(
-                            &mut client.flow,
-                            index,
-                            payload,
-                            self.run,
-                            now,
-                            &mut self.hist,
-                            &mut self.counters.foreign,
-                        ) {
-                            client.last_echo_ns = now;
-                        }
-                    }
+                    Some(payload) => client.echoed(
+                        index,
+                        payload,
+                        self.run,
+                        now,
+                        &mut self.hist,
+                        &mut self.counters.foreign,
+                    ),
                     None => self.counters.foreign += 1,
                 }
             }
