@@ -602,9 +602,9 @@ mod tests {
         assert_eq!(std::mem::size_of::<RawCounters>(), 32);
     }
 
-    #[test]
-    fn entries_are_network_order() {
-        let channel = Channel {
+    /// A channel between loopback addresses the program can carry.
+    fn sample() -> Channel {
+        Channel {
             client: "127.0.0.2:1234".parse().unwrap(),
             listener: "127.0.0.1:3478".parse().unwrap(),
             channel: 0x4001,
@@ -612,7 +612,12 @@ mod tests {
             peer: "127.0.0.3:9".parse().unwrap(),
             slot: 7,
             max_payload: 1500,
-        };
+        }
+    }
+
+    #[test]
+    fn entries_are_network_order() {
+        let channel = sample();
         let (key, entry, peer_key, peer_entry) = entries(&channel).unwrap();
         assert_eq!(key.client_ip.to_ne_bytes(), [127, 0, 0, 2]);
         assert_eq!(key.client_port.to_ne_bytes(), 1234u16.to_be_bytes());
@@ -628,15 +633,7 @@ mod tests {
 
     #[test]
     fn entries_refuse_what_the_program_cannot_carry() {
-        let good = Channel {
-            client: "127.0.0.2:1234".parse().unwrap(),
-            listener: "127.0.0.1:3478".parse().unwrap(),
-            channel: 0x4001,
-            relay: "127.0.0.1:50000".parse().unwrap(),
-            peer: "127.0.0.3:9".parse().unwrap(),
-            slot: 7,
-            max_payload: 1500,
-        };
+        let good = sample();
         for bad in [
             Channel {
                 channel: 0x3FFF,
