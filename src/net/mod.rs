@@ -257,14 +257,6 @@ impl OffloadState {
         if mode == crate::config::Offload::Off {
             return Ok(OffloadState::Off);
         }
-        if let Some(relay) = relay_v4.filter(|relay| !relay.is_loopback()) {
-            // Nothing could ever be carried: every relayed channel starts at the relay address.
-            let why = offload::Why::NoLoopback(format!("relay.address {relay} is not"));
-            return match mode {
-                crate::config::Offload::On => Err(why),
-                _ => Ok(OffloadState::Unavailable(why)),
-            };
-        }
         let addresses: Vec<IpAddr> = listeners
             .iter()
             .filter(|l| l.transport == Transport::Udp)

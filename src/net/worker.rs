@@ -678,9 +678,10 @@ impl Worker {
         self.event_out = out;
     }
 
-    /// Writes a channel the core says the kernel may relay into the kernel's tables. Only
-    /// IPv4 loopback is carried there so far ([`offload::carries`]); another channel, a full
-    /// table or no free counter slot leave it in user space, which relays it as before.
+    /// Writes a channel the core says the kernel may relay into the kernel's tables, with
+    /// where the routing table sends each direction now. Only IPv4 is carried there so far
+    /// ([`offload::carries`]); another channel, no route the program can follow, a full table
+    /// or no free counter slot leave it in user space, which relays it as before.
     fn offload(
         &mut self,
         allocation: AllocationId,
@@ -695,7 +696,7 @@ impl Worker {
             return;
         };
         if !offload::carries(client.client, client.server, relay, peer) {
-            // IPv6, or addresses beyond this host's loopback: user space relays it.
+            // IPv6: user space relays it.
             return;
         }
         let slot = match self.offloaded.get(&allocation) {

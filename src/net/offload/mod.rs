@@ -19,6 +19,9 @@ use aya::programs::tc::{SchedClassifier, TcAttachOptions, TcAttachType};
 use aya::util::KernelVersion;
 use aya::{Ebpf, EbpfLoader, Pod};
 
+mod route;
+pub use route::Route;
+
 /// The compiled program (scripts/build-bpf.sh rebuilds it from relay.bpf.c).
 static OBJECT: &[u8] = aya::include_bytes_aligned!("relay.bpf.o");
 
@@ -49,21 +52,19 @@ pub enum Why {
     #[error("cannot attach to interface {interface}: {error}")]
     Attach { interface: String, error: String },
     #[error("no interface carries {0}")]
-    NoInterface(IpAddr),
+    NoInterface(String),
     #[error("interface {0} is not Ethernet or loopback (the program reads an Ethernet header)")]
     NotEthernet(String),
     #[error("cannot list network interfaces: {0}")]
     Interfaces(io::Error),
     #[error("only IPv4 is carried by the fast path so far ({0})")]
     NotIpv4(SocketAddr),
-    #[error(
-        "the fast path relays only between loopback addresses so far (the rewritten datagram must be delivered on this host), and {0}"
-    )]
-    NoLoopback(String),
-    #[error("only loopback addresses are carried by the fast path so far ({0})")]
-    NotLoopback(SocketAddr),
     #[error("cannot update the fast path's tables: {0}")]
     Table(String),
+    #[error("no route the fast path can follow to {0}")]
+    NoRoute(String),
+    #[error("cannot ask the kernel for the route to {to}: {error}")]
+    Route { to: String, error: String },
 }
 
 /// One bound channel with a permitted peer, both directions.
@@ -118,6 +119,7 @@ struct ChannelEntry {
     slot: u32,
     max_payload: u16,
     pad: u16,
+    ifindex: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -139,6 +141,7 @@ struct PeerEntry {
     channel: u16,
     max_payload: u16,
     slot: u32,
+    ifindex: u32,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -165,6 +168,8 @@ unsafe impl Pod for RawCounters {}
 /// Indexes of the program's `totals` map.
 const TOTAL_CARRIED: u32 = 0;
 const TOTAL_FAILED: u32 = 1;
+const TOTAL_PARTIAL: u32 = 2;
+const TOTAL_TOO_BIG: u32 = 3;
 
 struct Tables {
     channels: HashMap<MapData, ChannelKey, ChannelEntry>,
@@ -194,22 +199,17 @@ impl std::fmt::Debug for FastPath {
 }
 
 impl FastPath {
-    /// Loads the program and attaches it at ingress of the loopback interface when it carries
-    /// one of `addresses` (the listeners' and the relay's; a wildcard means every interface
-    /// that is up); the other interfaces are left alone so far (see below). IPv6 addresses are
-    /// skipped: their traffic goes up.
+    /// Loads the program and attaches it at ingress of the interfaces that carry `addresses`
+    /// (the UDP listeners' and the relay's; a wildcard means every Ethernet or loopback
+    /// interface that is up with an IPv4 address). IPv6 addresses are skipped: their traffic
+    /// goes up. A datagram the program rewrites is routed by the kernel's routing table (to a
+    /// local socket, or redirected out of the interface the route names).
     pub fn load(addresses: &[IpAddr]) -> Result<FastPath, Why> {
         check_kernel()?;
-        // Only lo so far: a datagram rewritten at ingress keeps the route it arrived with,
-        // which on lo is local delivery; from a real interface it would need a new route
-        // (a FIB lookup and a redirect, not done yet).
-        let interfaces: Vec<String> = interfaces_for(addresses)?
-            .into_iter()
-            .filter(|name| is_loopback_interface(name))
-            .collect();
+        let interfaces = interfaces_for(addresses)?;
         if interfaces.is_empty() {
-            return Err(Why::NoLoopback(
-                "no listener or relay address is on lo".into(),
+            return Err(Why::NoInterface(
+                "no IPv4 listener or relay address to attach to".into(),
             ));
         }
         let mut program = EbpfLoader::new()
@@ -283,9 +283,14 @@ impl FastPath {
         &self.interfaces
     }
 
-    /// Writes both directions of `channel`; an existing entry for the same keys is replaced.
+    /// Writes both directions of `channel`, each with where the kernel's routing table sends
+    /// it now; an existing entry for the same keys is replaced. A direction with no route the
+    /// program can follow leaves the channel to user space.
     pub fn install(&self, channel: &Channel) -> Result<(), Why> {
-        let (channel_key, channel_entry, peer_key, peer_entry) = entries(channel)?;
+        let to_peer = route_between(channel.relay, channel.peer)?;
+        let to_client = route_between(channel.listener, channel.client)?;
+        let (channel_key, channel_entry, peer_key, peer_entry) =
+            entries(channel, to_peer, to_client)?;
         let mut tables = self.lock();
         tables
             .channels
@@ -300,7 +305,7 @@ impl FastPath {
 
     /// Deletes both directions of `channel` (absent entries are fine).
     pub fn remove(&self, channel: &Channel) -> Result<(), Why> {
-        let (channel_key, _, peer_key, _) = entries(channel)?;
+        let (channel_key, _, peer_key, _) = entries(channel, Route::Local, Route::Local)?;
         let mut tables = self.lock();
         let removed = [
             tables.channels.remove(&channel_key),
@@ -352,6 +357,19 @@ impl FastPath {
     /// Datagrams the kernel failed to rewrite half-way (dropped; expected to stay 0).
     pub fn failed(&self) -> Result<u64, Why> {
         self.total(TOTAL_FAILED)
+    }
+
+    /// Datagrams of a bound channel the program left to user space because they were too big
+    /// for the outgoing interface's MTU (user space sends them; the stack fragments them).
+    pub fn too_big(&self) -> Result<u64, Why> {
+        self.total(TOTAL_TOO_BIG)
+    }
+
+    /// Datagrams of a bound channel the program left to user space because their checksum
+    /// was still to be filled in (a sender on this host with checksum offload) and they
+    /// would leave the host.
+    pub fn partial_checksum(&self) -> Result<u64, Why> {
+        self.total(TOTAL_PARTIAL)
     }
 
     fn total(&self, index: u32) -> Result<u64, Why> {
@@ -437,8 +455,8 @@ fn port_bytes(address: &SocketAddrV4) -> u16 {
     u16::from_ne_bytes(address.port().to_be_bytes())
 }
 
-/// Whether the fast path can carry a channel between these addresses: IPv4 loopback only so
-/// far (see [`FastPath::load`]); anything else stays in user space.
+/// Whether the fast path can carry a channel between these addresses: IPv4 only so far;
+/// anything else stays in user space.
 pub fn carries(
     client: SocketAddr,
     listener: SocketAddr,
@@ -447,24 +465,43 @@ pub fn carries(
 ) -> bool {
     [client, listener, relay, peer]
         .iter()
-        .all(|address| matches!(address, SocketAddr::V4(v4) if v4.ip().is_loopback()))
+        .all(|address| address.is_ipv4())
 }
 
-fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, PeerEntry), Why> {
+/// Where the kernel routes a datagram from `from` (one of this host's addresses) to `to`.
+fn route_between(from: SocketAddr, to: SocketAddr) -> Result<Route, Why> {
+    let (from, to) = (v4(from)?, v4(to)?);
+    match route::lookup(*from.ip(), *to.ip()) {
+        Ok(Some(route)) => Ok(route),
+        Ok(None) => Err(Why::NoRoute(format!("{to} from {from}"))),
+        Err(error) => Err(Why::Route {
+            to: to.to_string(),
+            error: error.to_string(),
+        }),
+    }
+}
+
+/// The interface index and the largest payload carried for a direction whose route is
+/// `route` and whose datagrams have `overhead` bytes of IP and UDP (and ChannelData) headers.
+fn direction(route: Route, max_payload: u16, overhead: u32) -> (u32, u16) {
+    match route {
+        Route::Local => (0, max_payload),
+        Route::Interface { ifindex, mtu } => {
+            let fits = mtu.saturating_sub(overhead).min(u32::from(max_payload));
+            (ifindex, fits as u16)
+        }
+    }
+}
+
+fn entries(
+    channel: &Channel,
+    to_peer: Route,
+    to_client: Route,
+) -> Result<(ChannelKey, ChannelEntry, PeerKey, PeerEntry), Why> {
     let client = v4(channel.client)?;
     let listener = v4(channel.listener)?;
     let relay = v4(channel.relay)?;
     let peer = v4(channel.peer)?;
-    for address in [
-        channel.client,
-        channel.listener,
-        channel.relay,
-        channel.peer,
-    ] {
-        if !address.ip().is_loopback() {
-            return Err(Why::NotLoopback(address));
-        }
-    }
     if !crate::stun::channel::is_valid_channel_number(channel.channel) {
         return Err(Why::Table(format!(
             "channel {:#06x} is outside 0x4000..=0x7FFF",
@@ -478,6 +515,10 @@ fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, Peer
         )));
     }
     let number = u16::from_ne_bytes(channel.channel.to_be_bytes());
+    // Leaving the host, a datagram must fit the path's MTU unfragmented (the program does not
+    // fragment): a larger one goes up, and user space sends it.
+    let (peer_ifindex, peer_payload) = direction(to_peer, channel.max_payload, 20 + 8);
+    let (client_ifindex, client_payload) = direction(to_client, channel.max_payload, 20 + 8 + 4);
     Ok((
         ChannelKey {
             client_ip: ip_bytes(&client),
@@ -493,8 +534,9 @@ fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, Peer
             relay_port: port_bytes(&relay),
             peer_port: port_bytes(&peer),
             slot: channel.slot,
-            max_payload: channel.max_payload,
+            max_payload: peer_payload,
             pad: 0,
+            ifindex: peer_ifindex,
         },
         PeerKey {
             peer_ip: ip_bytes(&peer),
@@ -508,8 +550,9 @@ fn entries(channel: &Channel) -> Result<(ChannelKey, ChannelEntry, PeerKey, Peer
             client_port: port_bytes(&client),
             listener_port: port_bytes(&listener),
             channel: number,
-            max_payload: channel.max_payload,
+            max_payload: client_payload,
             slot: channel.slot,
+            ifindex: client_ifindex,
         },
     ))
 }
@@ -533,7 +576,7 @@ fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
         } else {
             found.iter().find(|(_, ip)| ip == address)
         };
-        let (name, _) = carrying.ok_or(Why::NoInterface(IpAddr::V4(*address)))?;
+        let (name, _) = carrying.ok_or_else(|| Why::NoInterface(address.to_string()))?;
         chosen.insert(name.clone());
     }
     for name in &chosen {
@@ -545,12 +588,6 @@ fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
         }
     }
     Ok(chosen.into_iter().collect())
-}
-
-/// Whether `name` is a loopback device (ARPHRD_LOOPBACK).
-fn is_loopback_interface(name: &str) -> bool {
-    std::fs::read_to_string(format!("/sys/class/net/{name}/type"))
-        .is_ok_and(|kind| kind.trim() == "772")
 }
 
 /// (interface name, IPv4 address) of every interface that is up.
@@ -596,9 +633,9 @@ mod tests {
     fn layouts_match_the_program() {
         // Sizes of the C structs in relay.bpf.c; the loader also checks them against BTF.
         assert_eq!(std::mem::size_of::<ChannelKey>(), 16);
-        assert_eq!(std::mem::size_of::<ChannelEntry>(), 20);
+        assert_eq!(std::mem::size_of::<ChannelEntry>(), 24);
         assert_eq!(std::mem::size_of::<PeerKey>(), 12);
-        assert_eq!(std::mem::size_of::<PeerEntry>(), 20);
+        assert_eq!(std::mem::size_of::<PeerEntry>(), 24);
         assert_eq!(std::mem::size_of::<RawCounters>(), 32);
     }
 
@@ -618,7 +655,8 @@ mod tests {
     #[test]
     fn entries_are_network_order() {
         let channel = sample();
-        let (key, entry, peer_key, peer_entry) = entries(&channel).unwrap();
+        let (key, entry, peer_key, peer_entry) =
+            entries(&channel, Route::Local, Route::Local).unwrap();
         assert_eq!(key.client_ip.to_ne_bytes(), [127, 0, 0, 2]);
         assert_eq!(key.client_port.to_ne_bytes(), 1234u16.to_be_bytes());
         assert_eq!(key.channel.to_ne_bytes(), [0x40, 0x01]);
@@ -629,6 +667,27 @@ mod tests {
             3478u16.to_be_bytes()
         );
         assert_eq!(peer_entry.slot, 7);
+    }
+
+    #[test]
+    fn a_route_off_the_host_names_its_interface_and_caps_the_payload_at_its_mtu() {
+        let out = Route::Interface {
+            ifindex: 9,
+            mtu: 1500,
+        };
+        let (_, to_peer, _, to_client) = entries(&sample(), out, Route::Local).unwrap();
+        assert_eq!((to_peer.ifindex, to_peer.max_payload), (9, 1500 - 28));
+        assert_eq!((to_client.ifindex, to_client.max_payload), (0, 1500));
+        let (_, to_peer, _, to_client) = entries(&sample(), Route::Local, out).unwrap();
+        assert_eq!((to_peer.ifindex, to_peer.max_payload), (0, 1500));
+        assert_eq!((to_client.ifindex, to_client.max_payload), (9, 1500 - 32));
+        // An MTU below the headers carries nothing (a 0 payload is never carried).
+        let tiny = Route::Interface {
+            ifindex: 9,
+            mtu: 20,
+        };
+        let (_, to_peer, _, _) = entries(&sample(), tiny, Route::Local).unwrap();
+        assert_eq!(to_peer.max_payload, 0);
     }
 
     #[test]
@@ -648,19 +707,18 @@ mod tests {
                 ..good
             },
             Channel {
-                peer: "192.0.2.7:9".parse().unwrap(),
-                ..good
-            },
-            Channel {
-                client: "198.51.100.1:5000".parse().unwrap(),
-                ..good
-            },
-            Channel {
                 peer: "[::1]:9".parse().unwrap(),
                 ..good
             },
+            Channel {
+                client: "[2001:db8::1]:5000".parse().unwrap(),
+                ..good
+            },
         ] {
-            assert!(entries(&bad).is_err(), "{bad:?}");
+            assert!(
+                entries(&bad, Route::Local, Route::Local).is_err(),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -1,4 +1,7 @@
-// SPDX-License-Identifier: Apache-2.0
+// SPDX-License-Identifier: MIT OR GPL-2.0-only
+//
+// This file alone is under MIT or GPL-2.0 (the rest of turnpike is Apache-2.0): the kernel lets
+// only programs that declare a GPL-compatible license call bpf_check_mtu.
 //
 // turnpike's kernel fast path: a TC ingress program (attached through a TCX link held by the
 // turnpike process) that relays UDP ChannelData and the matching peer datagrams without waking
@@ -7,8 +10,21 @@
 // when anything ends it. Anything the program does not know, or cannot check, goes up to the
 // normal path untouched (see PASS below).
 //
-// IPv4 over an Ethernet-framed device (lo, veth) only in this version. Rebuild the object with
-// scripts/build-bpf.sh; the committed relay.bpf.o is checked against this source by a test.
+// Where a rewritten datagram goes was decided by user space from the kernel's routing table when
+// it wrote the entry (rtnetlink, as `ip route get`): to this host, it goes up the stack through
+// lo; to another host, it is redirected out of the interface the route names, and the kernel
+// finds the next hop and its MAC address (bpf_redirect_neigh). bpf_fib_lookup would decide per
+// datagram, but it answers only on interfaces with IP forwarding on, which a TURN server has no
+// reason to turn on. Checksums: the UDP checksum the sender wrote is
+// updated for the new headers (never recomputed from the payload, so a wrong one stays wrong and
+// the receiver drops the datagram as it would have dropped the original); a datagram that
+// carries none gets none (legal over IPv4). A datagram from a sender on this host whose
+// checksum is still to be filled in (checksum offload, CHECKSUM_PARTIAL) is carried only to a
+// local socket: leaving the host, the device would fill it in at the old header's offset.
+//
+// IPv4 over an Ethernet-framed device (lo, veth, Ethernet) only in this version. Rebuild the
+// object with scripts/build-bpf.sh; the committed relay.bpf.o is checked against this source by
+// a test.
 
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
@@ -37,6 +53,9 @@
 // What to_peer returns for a datagram that is not ChannelData it knows (untouched).
 #define NOT_MINE -2
 
+// The loopback interface's index, in every network namespace.
+#define LOOPBACK_IFINDEX 1
+
 #define IP_MF 0x2000
 #define IP_OFFSET 0x1fff
 
@@ -61,6 +80,8 @@ struct channel_entry {
 	__u32 slot;
 	__u16 max_payload;
 	__u16 pad;
+	// The interface the route to the peer leaves by; 0 when the peer is on this host.
+	__u32 ifindex;
 };
 
 // A peer's datagram to a relayed address: (peer, relay).
@@ -80,6 +101,8 @@ struct peer_entry {
 	__u16 channel;
 	__u16 max_payload;
 	__u32 slot;
+	// The interface the route to the client leaves by; 0 when the client is on this host.
+	__u32 ifindex;
 };
 
 // Per allocation slot, per CPU. Bytes are payload bytes (what the application sent).
@@ -93,6 +116,12 @@ struct slot_counters {
 // Indexes of `totals`.
 #define TOTAL_CARRIED 0
 #define TOTAL_FAILED 1
+// Known datagrams left to user space: checksum still to be filled in, and leaving the host.
+#define TOTAL_PARTIAL 2
+// Known datagrams left to user space: too big for the outgoing interface's MTU (user space
+// sends them, and the stack fragments them).
+#define TOTAL_TOO_BIG 3
+#define TOTALS 4
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -123,7 +152,7 @@ struct {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 2);
+	__uint(max_entries, TOTALS);
 	__type(key, __u32);
 	__type(value, __u64);
 } totals SEC(".maps");
@@ -148,16 +177,88 @@ static __always_inline __u16 ip_checksum(const struct iphdr *ip)
 }
 
 // Rewrites the IP header's addresses and length, with its checksum recomputed (the kernel
-// checks it on the way up). TTL, TOS and ID stay as they came.
+// checks it on the way up). The datagram is the relay's own now: TTL 64, as user space sends;
+// TOS and ID stay as they came.
 static __always_inline int store_ip(struct __sk_buff *skb, struct iphdr *ip, __u32 saddr,
 				    __u32 daddr, __u16 tot_len)
 {
 	ip->saddr = saddr;
 	ip->daddr = daddr;
 	ip->tot_len = bpf_htons(tot_len);
+	ip->ttl = 64;
 	ip->check = 0;
 	ip->check = ip_checksum(ip);
 	return bpf_skb_store_bytes(skb, IP_OFF, ip, sizeof(*ip), BPF_F_RECOMPUTE_CSUM);
+}
+
+// One's-complement arithmetic on 16-bit words as they lie in memory (the sum is the same in
+// either byte order as long as every word is taken the same way).
+static __always_inline __u32 plus(__u32 sum, __u16 word)
+{
+	return sum + word;
+}
+
+static __always_inline __u32 minus(__u32 sum, __u16 word)
+{
+	return sum + (__u16)~word;
+}
+
+static __always_inline __u16 fold(__u32 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)sum;
+}
+
+// The UDP pseudo-header's sum: addresses, protocol and UDP length (network order).
+static __always_inline __u16 pseudo(__u32 saddr, __u32 daddr, __u16 udp_len)
+{
+	__u32 sum = (saddr & 0xffff) + (saddr >> 16) + (daddr & 0xffff) + (daddr >> 16);
+	sum += bpf_htons(IPPROTO_UDP) + udp_len;
+	return fold(sum);
+}
+
+// How the sender's UDP checksum is carried over.
+enum checksum {
+	// None was sent (0): none is sent.
+	CSUM_NONE,
+	// A full checksum: updated for the new headers.
+	CSUM_FULL,
+	// Only the pseudo-header's sum, the rest to be filled in by the device (a sender on this
+	// host with checksum offload): sent as none, to a local socket only.
+	CSUM_PARTIAL,
+};
+
+static __always_inline enum checksum checksum_kind(const struct iphdr *ip,
+						   const struct udphdr *udp)
+{
+	if (udp->check == 0)
+		return CSUM_NONE;
+	// A partial checksum is exactly the pseudo-header's sum. A full one equals it only when
+	// the rest sums to zero, one datagram in 65,535: that one goes up to user space too.
+	if (udp->check == pseudo(ip->saddr, ip->daddr, udp->len))
+		return CSUM_PARTIAL;
+	return CSUM_FULL;
+}
+
+// The finished checksum from a running sum (0 is sent as 0xffff: 0 means "none").
+static __always_inline __u16 finish(__u32 sum)
+{
+	__u16 check = (__u16)~fold(sum);
+	return check ? check : 0xffff;
+}
+
+// Sends a rewritten datagram on: to this host (`ifindex` 0) up the stack, through lo when it
+// came in elsewhere (the stack takes a datagram from one of its own addresses only from lo);
+// to another host out of `ifindex`, the kernel resolving the next hop.
+static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex)
+{
+	if (ifindex == 0) {
+		if (skb->ingress_ifindex == LOOPBACK_IFINDEX)
+			return RELAYED;
+		return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
+	}
+	return bpf_redirect_neigh(ifindex, 0, 0, 0);
 }
 
 // A relayed datagram that failed half-way through its rewrite is neither the packet that
@@ -167,6 +268,34 @@ static __always_inline int failed(void)
 {
 	count_total(TOTAL_FAILED);
 	return TC_ACT_SHOT;
+}
+
+// Whether a datagram the program knows can be carried, as an IP packet of `tot_len` bytes;
+// counts why not. Checked before anything is rewritten, so a datagram that cannot goes up
+// untouched. (User space capped the payload at the route's MTU when it wrote the entry; the
+// interface's MTU is checked here too, as it may have changed since.)
+static __always_inline int carried(struct __sk_buff *skb, __u32 ifindex, enum checksum kind,
+				   __u32 tot_len)
+{
+	if (ifindex == 0)
+		return 1;
+	if (kind == CSUM_PARTIAL) {
+		count_total(TOTAL_PARTIAL);
+		return 0;
+	}
+	__u32 mtu_len = tot_len;
+	if (bpf_check_mtu(skb, ifindex, &mtu_len, 0, 0) != BPF_MTU_CHK_RET_SUCCESS) {
+		count_total(TOTAL_TOO_BIG);
+		return 0;
+	}
+	return 1;
+}
+
+// Counts a relayed datagram and hands it on.
+static __always_inline int relayed(struct __sk_buff *skb, __u32 ifindex)
+{
+	count_total(TOTAL_CARRIED);
+	return deliver(skb, ifindex);
 }
 
 // Client -> listener: ChannelData becomes a UDP datagram from the relay to the peer.
@@ -205,6 +334,58 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 
 	__u32 relay_ip = entry->relay_ip, peer_ip = entry->peer_ip, slot = entry->slot;
 	__u16 relay_port = entry->relay_port, peer_port = entry->peer_port;
+	__u32 ifindex = entry->ifindex;
+	__u16 new_udp_len = bpf_htons(8 + length);
+
+	enum checksum kind = checksum_kind(ip, udp);
+	if (!carried(skb, ifindex, kind, 20 + 8 + length))
+		return PASS;
+
+	__u16 check = 0;
+	if (kind == CSUM_FULL) {
+		// Out: the old pseudo-header, ports and length, the ChannelData header and the
+		// padding after the payload. In: the new pseudo-header, ports and length.
+		__u32 sum = (__u16)~udp->check;
+		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
+		sum = minus(sum, udp->source);
+		sum = minus(sum, udp->dest);
+		sum = minus(sum, udp->len);
+		sum = minus(sum, *(__u16 *)&head[0]);
+		sum = minus(sum, *(__u16 *)&head[2]);
+		__u16 padding = available - length;
+		if (padding) {
+			__u8 pad[3] = {};
+			__u32 at = PAYLOAD_OFF + 4 + length;
+			int loaded = -1;
+			if (padding == 1)
+				loaded = bpf_skb_load_bytes(skb, at, pad, 1);
+			else if (padding == 2)
+				loaded = bpf_skb_load_bytes(skb, at, pad, 2);
+			else
+				loaded = bpf_skb_load_bytes(skb, at, pad, 3);
+			if (loaded < 0)
+				return PASS;
+			// The padding's words as they lie: after an odd payload its first byte is
+			// the low half of the payload's last word.
+			__u8 words[4] = {};
+			if (length & 1) {
+				words[1] = pad[0];
+				words[2] = pad[1];
+				words[3] = pad[2];
+			} else {
+				words[0] = pad[0];
+				words[1] = pad[1];
+				words[2] = pad[2];
+			}
+			sum = minus(sum, *(__u16 *)&words[0]);
+			sum = minus(sum, *(__u16 *)&words[2]);
+		}
+		sum = plus(sum, pseudo(relay_ip, peer_ip, new_udp_len));
+		sum = plus(sum, relay_port);
+		sum = plus(sum, peer_port);
+		sum = plus(sum, new_udp_len);
+		check = finish(sum);
+	}
 
 	// Remove the 4 bytes right after the IP header (the old UDP ports); what follows is the
 	// old UDP length and checksum and the ChannelData header, which the new UDP header covers.
@@ -213,8 +394,8 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 	struct udphdr out = {
 		.source = relay_port,
 		.dest = peer_port,
-		.len = bpf_htons(8 + length),
-		.check = 0, // no checksum: legal for UDP over IPv4 (RFC 768)
+		.len = new_udp_len,
+		.check = check,
 	};
 	if (bpf_skb_store_bytes(skb, UDP_OFF, &out, sizeof(out), BPF_F_RECOMPUTE_CSUM) < 0)
 		return failed();
@@ -230,8 +411,7 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 		counted->to_peer_packets += 1;
 		counted->to_peer_bytes += length;
 	}
-	count_total(TOTAL_CARRIED);
-	return RELAYED;
+	return relayed(skb, ifindex);
 }
 
 // Peer -> relay: a UDP datagram becomes ChannelData from the listener to the client.
@@ -256,6 +436,30 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 	__u32 client_ip = entry->client_ip, listener_ip = entry->listener_ip, slot = entry->slot;
 	__u16 client_port = entry->client_port, listener_port = entry->listener_port;
 	__u16 channel = entry->channel;
+	__u32 ifindex = entry->ifindex;
+	__u16 new_udp_len = bpf_htons(8 + 4 + length);
+
+	enum checksum kind = checksum_kind(ip, udp);
+	if (!carried(skb, ifindex, kind, 20 + 8 + 4 + length))
+		return PASS;
+
+	__u16 check = 0;
+	if (kind == CSUM_FULL) {
+		// Out: the old pseudo-header, ports and length. In: the new ones and the
+		// ChannelData header.
+		__u32 sum = (__u16)~udp->check;
+		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
+		sum = minus(sum, udp->source);
+		sum = minus(sum, udp->dest);
+		sum = minus(sum, udp->len);
+		sum = plus(sum, pseudo(listener_ip, client_ip, new_udp_len));
+		sum = plus(sum, listener_port);
+		sum = plus(sum, client_port);
+		sum = plus(sum, new_udp_len);
+		sum = plus(sum, channel);
+		sum = plus(sum, bpf_htons(length));
+		check = finish(sum);
+	}
 
 	// Insert 4 bytes right after the IP header, then write the UDP header and the ChannelData
 	// header over the 12 bytes in front of the payload.
@@ -269,8 +473,8 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 		.udp = {
 			.source = listener_port,
 			.dest = client_port,
-			.len = bpf_htons(8 + 4 + length),
-			.check = 0,
+			.len = new_udp_len,
+			.check = check,
 		},
 		.channel = channel,
 		.length = bpf_htons(length),
@@ -286,8 +490,7 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 		counted->to_client_packets += 1;
 		counted->to_client_bytes += length;
 	}
-	count_total(TOTAL_CARRIED);
-	return RELAYED;
+	return relayed(skb, ifindex);
 }
 
 SEC("classifier")
@@ -329,4 +532,5 @@ int turnpike_relay(struct __sk_buff *skb)
 	return to_client(skb, &ip, &udp, udp_len);
 }
 
-char LICENSE[] SEC("license") = "Apache-2.0";
+// "Dual MIT/GPL" is the kernel's name for MIT OR GPL-2.0 (see the top of the file).
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,465 @@
+//! The kernel fast path off loopback: three network namespaces the test makes (client, server,
+//! peer), joined by two veth pairs on private addresses, with IP forwarding off in the server's
+//! namespace. The real binary runs in the server's namespace with `offload = "on"`; a raw TURN
+//! client relays through it to a UDP peer. Proves that datagrams are rewritten in the kernel and
+//! sent out of the other interface (routed by the kernel's table, the neighbour resolved by the
+//! kernel), with UDP checksums the receiving kernels verify; that a wrong checksum stays wrong
+//! (never laundered); that a datagram larger than the path's MTU, or whose checksum a local
+//! sender left to the device, goes through user space instead; and that SIGKILL stops it all.
+//! Needs root (CI and the developers' machines run as root); never skipped.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+use common::netns::NetNs;
+use common::stun_client::StunClient;
+use common::{Server, TestConfig};
+
+const CHANNEL: u16 = 0x4001;
+const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
+const LISTENER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
+const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 1);
+const PEER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 2);
+/// How long to wait for a datagram that should come.
+const ARRIVES: Duration = Duration::from_secs(5);
+/// How long to wait before concluding a datagram did not come.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// client (c0) <-> (s1) server (s2) <-> (p0) peer.
+struct Topology {
+    client: NetNs,
+    server: NetNs,
+    peer: NetNs,
+}
+
+impl Topology {
+    /// The three namespaces and two veth pairs, addressed and routed. `device_checksums`: the
+    /// client's and peer's interfaces leave the UDP checksum to the device (veth's default: the
+    /// datagram arrives with its checksum unfilled, as from a local sender); otherwise the
+    /// senders' stacks fill it in, as a datagram from another host arrives.
+    fn new(device_checksums: bool) -> Topology {
+        let topology = Topology {
+            client: NetNs::new("oc"),
+            server: NetNs::new("os"),
+            peer: NetNs::new("op"),
+        };
+        let (client, server, peer) = (&topology.client, &topology.server, &topology.peer);
+        server.ip(&[
+            "link",
+            "add",
+            "s1",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "c0",
+            "netns",
+            client.name(),
+        ]);
+        server.ip(&[
+            "link",
+            "add",
+            "s2",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "p0",
+            "netns",
+            peer.name(),
+        ]);
+        client.ip(&["address", "add", "10.200.1.2/24", "dev", "c0"]);
+        server.ip(&["address", "add", "10.200.1.1/24", "dev", "s1"]);
+        server.ip(&["address", "add", "10.200.2.1/24", "dev", "s2"]);
+        peer.ip(&["address", "add", "10.200.2.2/24", "dev", "p0"]);
+        for (netns, device) in [(client, "c0"), (server, "s1"), (server, "s2"), (peer, "p0")] {
+            netns.ip(&["link", "set", device, "up"]);
+        }
+        client.ip(&["route", "add", "default", "via", "10.200.1.1"]);
+        peer.ip(&["route", "add", "default", "via", "10.200.2.1"]);
+        if !device_checksums {
+            set_tx_checksumming(client, "c0", false);
+            set_tx_checksumming(peer, "p0", false);
+        }
+        let forwarding = server.run(|| {
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").expect("read ip_forward")
+        });
+        assert_eq!(
+            forwarding.trim(),
+            "0",
+            "the server's namespace does not forward"
+        );
+        topology
+    }
+
+    fn start_server(&self) -> Server {
+        let dir = tempfile::tempdir().expect("create a tempdir");
+        let config = TestConfig {
+            transports: vec!["udp"],
+            offload: "on",
+            allow: vec!["10.200.2.0/24"],
+            ..TestConfig::default()
+        };
+        let toml = common::base_config(&config, dir.path())
+            .replace("address = \"127.0.0.1:0\"", "address = \"10.200.1.1:0\"")
+            .replace("address = \"127.0.0.1\"", "address = \"10.200.2.1\"");
+        assert!(!toml.contains("127.0.0.1"), "{toml}");
+        let server = Server::start_in_netns(&self.server, &toml);
+        assert_eq!(server.log_messages("kernel fast path active").len(), 1);
+        server
+    }
+}
+
+/// A bound channel across the namespaces.
+struct Leg {
+    client: StunClient,
+    peer: UdpSocket,
+    relayed: SocketAddr,
+}
+
+fn leg(topology: &Topology, server: &Server) -> Leg {
+    let listener = server.addr("udp");
+    assert_eq!(listener.ip(), LISTENER_IP);
+    let peer = topology
+        .peer
+        .run(|| UdpSocket::bind((PEER_IP, 0)).expect("bind the peer"));
+    let mut client = topology
+        .client
+        .run(|| StunClient::udp(listener, &format!("{CLIENT_IP}:0"), "alice", "wonderland"));
+    let relayed = client.allocate().expect("an allocation");
+    assert_eq!(relayed.ip(), RELAY_IP);
+    assert_eq!(client.bind(CHANNEL, peer.local_addr().unwrap()), None);
+    Leg {
+        client,
+        peer,
+        relayed,
+    }
+}
+
+fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    socket.set_read_timeout(Some(wait)).unwrap();
+    let mut buffer = vec![0u8; 70_000];
+    match socket.recv_from(&mut buffer) {
+        Ok((length, from)) => Some((buffer[..length].to_vec(), from)),
+        Err(error) if common::stun_client::is_timeout(&error) => None,
+        Err(error) => panic!("recv_from: {error}"),
+    }
+}
+
+fn payload(size: usize, round: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 13 + round * 7 + 1) as u8).collect()
+}
+
+/// ChannelData with `padding` bytes after the payload (any content: RFC 8656 §12.5 does not
+/// say what padding holds, and the checksum covers it).
+fn channel_data(payload: &[u8], padding: &[u8]) -> Vec<u8> {
+    let mut frame = CHANNEL.to_be_bytes().to_vec();
+    frame.extend_from_slice(&(payload.len() as u16).to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame.extend_from_slice(padding);
+    frame
+}
+
+/// Sends `rounds` payloads of assorted sizes (odd and even, with and without padding) each way
+/// and checks each arrives whole from the right address.
+fn relay_both_ways(leg: &mut Leg, rounds: usize) {
+    let pads: [&[u8]; 4] = [b"", b"\xa5", b"\x5a\xc3", b"\xff\x01\x7e"];
+    for round in 0..rounds {
+        let data = payload(1 + round * 53, round);
+        leg.client
+            .send_frame(&channel_data(&data, pads[round % pads.len()]));
+        let (got, from) = receive(&leg.peer, ARRIVES)
+            .unwrap_or_else(|| panic!("round {round}: the peer gets {} bytes", data.len()));
+        assert_eq!(got, data, "round {round} at the peer");
+        assert_eq!(from, leg.relayed, "round {round}: from the relayed address");
+        leg.peer.send_to(&data, leg.relayed).unwrap();
+        let back = leg
+            .client
+            .recv_data(Instant::now() + ARRIVES)
+            .unwrap_or_else(|| panic!("round {round}: the client gets {} bytes", data.len()));
+        assert_eq!(back, data, "round {round} at the client");
+    }
+}
+
+/// The namespace's `Udp: InCsumErrors` (datagrams its kernel dropped for a wrong checksum).
+fn checksum_errors(netns: &NetNs) -> u64 {
+    let snmp = netns.run(|| {
+        std::fs::read_to_string("/proc/thread-self/net/snmp").expect("read /proc/net/snmp")
+    });
+    let mut udp = snmp.lines().filter(|line| line.starts_with("Udp: "));
+    let (names, values) = (
+        udp.next().expect("Udp names"),
+        udp.next().expect("Udp values"),
+    );
+    let column = names
+        .split_whitespace()
+        .position(|name| name == "InCsumErrors")
+        .expect("an InCsumErrors column");
+    values
+        .split_whitespace()
+        .nth(column)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Turns the device's transmit checksumming on or off (ETHTOOL_STXCSUM, what `ethtool -K dev
+/// tx off` does).
+fn set_tx_checksumming(netns: &NetNs, device: &str, on: bool) {
+    #[repr(C)]
+    struct EthtoolValue {
+        cmd: u32,
+        data: u32,
+    }
+    const ETHTOOL_STXCSUM: u32 = 0x17;
+    let device = device.to_string();
+    netns.run(move || {
+        // SAFETY: socket(2) with constant arguments; the descriptor is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor we just opened.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut value = EthtoolValue {
+            cmd: ETHTOOL_STXCSUM,
+            data: u32::from(on),
+        };
+        // SAFETY: an all-zero ifreq is valid; the name and data pointer are set below.
+        let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+        for (slot, byte) in request.ifr_name.iter_mut().zip(device.bytes()) {
+            *slot = byte as libc::c_char;
+        }
+        request.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+        // SAFETY: SIOCETHTOOL reads the ifreq and the ethtool_value it points to, both ours.
+        let done = unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCETHTOOL, &mut request) };
+        assert_eq!(
+            done,
+            0,
+            "ETHTOOL_STXCSUM {device}: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// Sends an IPv4/UDP datagram built by hand from `from` to `to`, through a raw socket in
+/// `netns`, with its UDP checksum made wrong on purpose when `corrupt`.
+fn send_raw(netns: &NetNs, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8], corrupt: bool) {
+    let udp_len = 8 + payload.len();
+    let mut udp = Vec::with_capacity(udp_len);
+    udp.extend_from_slice(&from.port().to_be_bytes());
+    udp.extend_from_slice(&to.port().to_be_bytes());
+    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload);
+    let mut check = udp_checksum(*from.ip(), *to.ip(), &udp);
+    if corrupt {
+        check = if check == 0x1234 { 0x4321 } else { 0x1234 };
+    }
+    udp[6..8].copy_from_slice(&check.to_be_bytes());
+    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
+    packet[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
+    packet.extend_from_slice(&from.ip().octets());
+    packet.extend_from_slice(&to.ip().octets());
+    packet.extend_from_slice(&udp);
+    netns.run(move || {
+        // SAFETY: socket(2) with constant arguments; IPPROTO_RAW implies IP_HDRINCL (the
+        // kernel fills in the IP checksum and ID, not the UDP checksum).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: a descriptor we just opened.
+        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: an all-zero sockaddr_in is valid; family and address are set below.
+        let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        address.sin_family = libc::AF_INET as libc::sa_family_t;
+        address.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
+        // SAFETY: sendto with a buffer and an address we own, of the sizes given.
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                packet.as_ptr().cast(),
+                packet.len(),
+                0,
+                (&address as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(
+            sent,
+            packet.len() as isize,
+            "raw send: {}",
+            std::io::Error::last_os_error()
+        );
+    });
+}
+
+/// The UDP checksum over the pseudo-header and `udp` (header with a zero checksum, payload).
+fn udp_checksum(from: Ipv4Addr, to: Ipv4Addr, udp: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut add = |bytes: &[u8]| {
+        for pair in bytes.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+    };
+    add(&from.octets());
+    add(&to.octets());
+    add(&[0, 17]);
+    add(&(udp.len() as u16).to_be_bytes());
+    add(udp);
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    match !(sum as u16) {
+        0 => 0xffff,
+        check => check,
+    }
+}
+
+fn v4(address: SocketAddr) -> SocketAddrV4 {
+    match address {
+        SocketAddr::V4(address) => address,
+        SocketAddr::V6(_) => panic!("{address} is not IPv4"),
+    }
+}
+
+#[test]
+fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
+    let topology = Topology::new(false);
+    let mut server = topology.start_server();
+    let mut leg = leg(&topology, &server);
+    let errors_before = (
+        checksum_errors(&topology.client),
+        checksum_errors(&topology.peer),
+    );
+    let before = server.stats();
+    const ROUNDS: usize = 24;
+    relay_both_ways(&mut leg, ROUNDS);
+    let after = server.stats();
+    let moved = |name: &str| after.get(name) - before.get(name);
+    eprintln!(
+        "across veth: offload_carried {}, to_peer_packets {}, to_client_packets {}",
+        moved("offload_carried"),
+        moved("to_peer_packets"),
+        moved("to_client_packets")
+    );
+    // Every datagram was carried by the kernel, and each receiving kernel verified its
+    // checksum (none failed: the count below is what the corrupted datagrams raise).
+    assert_eq!(moved("offload_carried"), 2 * ROUNDS as u64);
+    assert_eq!(moved("to_peer_packets"), ROUNDS as u64);
+    assert_eq!(moved("to_client_packets"), ROUNDS as u64);
+    assert_eq!(
+        (
+            checksum_errors(&topology.client),
+            checksum_errors(&topology.peer)
+        ),
+        errors_before,
+        "no relayed datagram had a wrong checksum"
+    );
+
+    // A wrong checksum is carried over as wrong: the receiving kernel drops the datagram (and
+    // counts it), as it would have dropped the original.
+    let client = v4(leg.client.local_addr());
+    let listener = v4(server.addr("udp"));
+    let peer = v4(leg.peer.local_addr().unwrap());
+    let relayed = v4(leg.relayed);
+    let carried = server.stats().get("offload_carried");
+    send_raw(
+        &topology.client,
+        client,
+        listener,
+        &channel_data(b"corrupted on the way to the peer", b""),
+        true,
+    );
+    assert_eq!(receive(&leg.peer, QUIET), None, "a corrupted datagram");
+    send_raw(
+        &topology.peer,
+        peer,
+        relayed,
+        b"corrupted on the way to the client",
+        true,
+    );
+    assert_eq!(leg.client.recv_data(Instant::now() + QUIET), None);
+    assert_eq!(
+        server.stats().get("offload_carried"),
+        carried + 2,
+        "the kernel carried both"
+    );
+    assert_eq!(
+        (
+            checksum_errors(&topology.client),
+            checksum_errors(&topology.peer)
+        ),
+        (errors_before.0 + 1, errors_before.1 + 1),
+        "each receiving kernel dropped one for its checksum"
+    );
+    // The same datagrams with their checksums right arrive, and a datagram with no checksum
+    // (0, legal over IPv4) too.
+    send_raw(
+        &topology.client,
+        client,
+        listener,
+        &channel_data(b"hand-made, checksum right", b"\x01"),
+        false,
+    );
+    let (got, _) = receive(&leg.peer, ARRIVES).expect("the hand-made datagram");
+    assert_eq!(got, b"hand-made, checksum right");
+    send_raw(&topology.peer, peer, relayed, b"hand-made back", false);
+    assert_eq!(
+        leg.client.recv_data(Instant::now() + ARRIVES).as_deref(),
+        Some(&b"hand-made back"[..])
+    );
+
+    // A payload too big for the path's MTU unfragmented goes up, and user space sends it (the
+    // stack fragments it).
+    topology
+        .server
+        .ip(&["link", "set", "dev", "s2", "mtu", "1200"]);
+    assert_eq!(
+        leg.client.bind(CHANNEL, leg.peer.local_addr().unwrap()),
+        None
+    );
+    let carried = server.stats().get("offload_carried");
+    let big = payload(1400, 99);
+    leg.client.send_frame(&channel_data(&big, b""));
+    let (got, _) = receive(&leg.peer, ARRIVES).expect("the large datagram");
+    assert_eq!(got, big);
+    let small = payload(1000, 98);
+    leg.client.send_frame(&channel_data(&small, b""));
+    let (got, _) = receive(&leg.peer, ARRIVES).expect("a datagram that fits");
+    assert_eq!(got, small);
+    assert_eq!(
+        server.stats().get("offload_carried"),
+        carried + 1,
+        "the kernel carried the one that fits, user space the other"
+    );
+
+    // SIGKILL: the program goes with the process.
+    server.kill();
+    leg.client.send_frame(&channel_data(b"after SIGKILL", b""));
+    assert_eq!(receive(&leg.peer, QUIET), None, "relayed after SIGKILL");
+    let _ = leg.peer.send_to(b"after SIGKILL", leg.relayed);
+    assert_eq!(leg.client.recv_data(Instant::now() + QUIET), None);
+}
+
+#[test]
+fn datagrams_whose_checksum_a_local_sender_left_to_the_device_go_through_user_space() {
+    // veth's default: the senders leave the checksum to the device, so it is unfilled when the
+    // datagram reaches the server. Out of the server, a device could fill it in at the wrong
+    // place (the headers moved), so the program leaves these to user space.
+    let topology = Topology::new(true);
+    let server = topology.start_server();
+    let mut leg = leg(&topology, &server);
+    let before = server.stats();
+    relay_both_ways(&mut leg, 8);
+    let after = server.stats();
+    assert_eq!(after.get("offload_carried"), before.get("offload_carried"));
+    assert_eq!(
+        after.get("to_peer_packets") - before.get("to_peer_packets"),
+        8
+    );
+    assert_eq!(
+        after.get("to_client_packets") - before.get("to_client_packets"),
+        8
+    );
+}
