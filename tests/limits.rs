@@ -543,9 +543,20 @@ fn assert_at_the_limit(what: &str, measured_bps: f64) {
     );
 }
 
+/// A bandwidth-limited server with the kernel fast path on: limited allocations stay in user
+/// space, which enforces the limit (the fast path would carry these channels otherwise).
+fn bandwidth_server(limits: &str) -> Server {
+    server_with(TestConfig {
+        transports: vec!["udp"],
+        offload: "on",
+        extra: format!("[limits]\n{limits}"),
+        ..TestConfig::default()
+    })
+}
+
 #[test]
 fn allocation_bandwidth_holds_a_2_mbps_sender_to_1_mbps() {
-    let server = server(vec!["udp"], "allocation-bandwidth = \"1 Mbps\"\n");
+    let server = bandwidth_server("allocation-bandwidth = \"1 Mbps\"\n");
     let sink = Sink::start();
     let mut client = alice(&server);
     client.allocate().expect("allocate");
@@ -566,6 +577,11 @@ fn allocation_bandwidth_holds_a_2_mbps_sender_to_1_mbps() {
     let rate = steady_rate(&arrivals);
     eprintln!("sent {sent} datagrams of {PAYLOAD} bytes at 2 Mbps, {received} arrived");
     assert_at_the_limit("allocation-bandwidth 1 Mbps", rate);
+    assert_eq!(
+        moved(&before, &after, "offload_carried"),
+        0,
+        "a limited allocation is relayed in user space"
+    );
     let dropped = moved(&before, &after, "dropped_bandwidth");
     let missing = (sent - received) as u64;
     eprintln!("dropped_bandwidth moved by {dropped}; {missing} datagrams did not arrive");
@@ -577,7 +593,7 @@ fn allocation_bandwidth_holds_a_2_mbps_sender_to_1_mbps() {
 
 #[test]
 fn user_bandwidth_holds_two_allocations_of_one_user_to_1_mbps_together() {
-    let server = server(vec!["udp"], "user-bandwidth = \"1 Mbps\"\n");
+    let server = bandwidth_server("user-bandwidth = \"1 Mbps\"\n");
     let sink = Sink::start();
     let mut clients = [alice(&server), alice(&server)];
     let mut relayed = Vec::new();
@@ -585,11 +601,19 @@ fn user_bandwidth_holds_two_allocations_of_one_user_to_1_mbps_together() {
         relayed.push(client.allocate().expect("allocate"));
         assert_eq!(client.permit(&[sink.addr]), None, "permit the sink");
     }
+    assert_eq!(clients[0].bind(0x4000, sink.addr), None, "bind a channel");
     let before = server.stats();
 
-    // 1 Mbps each, in Send indications: 125 datagrams of 1000 bytes a second per allocation.
+    // 1 Mbps each, one in ChannelData (which the fast path would carry, were the user not
+    // limited), one in Send indications: 125 datagrams of 1000 bytes a second per allocation.
     let payload = [0xa5; PAYLOAD];
-    let sent = paced(250, |i| clients[i % 2].send_indication(sink.addr, &payload));
+    let sent = paced(250, |i| {
+        if i % 2 == 0 {
+            clients[0].send_channel_data(0x4000, &payload)
+        } else {
+            clients[1].send_indication(sink.addr, &payload)
+        }
+    });
     let arrivals = sink.finish();
     let after = server.stats();
 
@@ -610,6 +634,11 @@ fn user_bandwidth_holds_two_allocations_of_one_user_to_1_mbps_together() {
     assert_at_the_limit(
         "user-bandwidth 1 Mbps, two allocations",
         steady_rate(&arrivals),
+    );
+    assert_eq!(
+        moved(&before, &after, "offload_carried"),
+        0,
+        "a limited user's allocations are relayed in user space"
     );
     let dropped = moved(&before, &after, "dropped_bandwidth");
     eprintln!("dropped_bandwidth moved by {dropped}");

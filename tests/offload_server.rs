@@ -527,3 +527,45 @@ fn offload_on_refuses_to_start_without_the_fast_path() {
         "{printed}"
     );
 }
+
+#[test]
+fn a_denied_peer_never_reaches_the_kernel_tables() {
+    let server = server("on", None);
+    // The policy allows 127.0.0.1 only: 127.0.0.9 is refused (403) like any denied peer.
+    let denied = UdpSocket::bind("127.0.0.9:0").unwrap();
+    let denied_addr = denied.local_addr().unwrap();
+    let mut client = StunClient::udp(server.addr("udp"), "127.0.0.1:0", "alice", "wonderland");
+    let relayed = client.allocate().expect("an allocation");
+    let before = server.stats();
+    assert_eq!(client.bind(CHANNEL, denied_addr), Some(403));
+    assert_eq!(client.permit(&[denied_addr]), Some(403));
+    // Neither direction is relayed, by the kernel or by user space.
+    client.send_channel_data(CHANNEL, b"to a denied peer");
+    assert_eq!(receive(&denied, QUIET), None, "the denied peer got data");
+    denied.send_to(b"from a denied peer", relayed).unwrap();
+    assert_eq!(
+        client.recv_data(Instant::now() + QUIET),
+        None,
+        "the client got the denied peer's datagram"
+    );
+    let after = server.stats();
+    assert_eq!(after.get("offload_carried"), before.get("offload_carried"));
+    assert_eq!(after.get("to_peer_packets"), before.get("to_peer_packets"));
+    assert_eq!(
+        after.get("to_client_packets"),
+        before.get("to_client_packets")
+    );
+    // The same client's channel to an allowed peer is carried by the kernel at once.
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    assert_eq!(client.bind(CHANNEL, peer.local_addr().unwrap()), None);
+    client.send_channel_data(CHANNEL, b"to an allowed peer");
+    let (got, from) = receive(&peer, ARRIVES).expect("the allowed peer's datagram");
+    assert_eq!(
+        (got.as_slice(), from),
+        (&b"to an allowed peer"[..], relayed)
+    );
+    assert_eq!(
+        server.stats().get("offload_carried"),
+        after.get("offload_carried") + 1
+    );
+}

@@ -424,14 +424,24 @@ fn secrets_rotate_newest_first() {
 fn a_revocation_closes_the_allocation_on_another_node() {
     let redis = RedisServer::start();
     let node_a = node(&redis.url(), "turnpike", "5m", vec!["s3cret"]);
-    let node_b = node(&redis.url(), "turnpike", "5m", vec!["s3cret"]);
+    // Node B relays the channel in the kernel: the revocation must stop it there too.
+    let node_b = Server::with(&TestConfig {
+        offload: "on",
+        ..node_config(&redis.url(), "turnpike", "5m", vec!["s3cret"])
+    });
     wait_loaded(&node_a);
     wait_loaded(&node_b);
     let (peer, echo) = common::udp_echo_peer();
     let (username, password) = common::rest_credentials("s3cret", "frank", hours(1));
     let mut client = relaying_client(&node_b, &username, &password, peer);
+    let carried = node_b.stats().get("offload_carried");
     assert_relays(&mut client, "before the revocation", 5);
     let before = node_b.stats();
+    assert_eq!(
+        before.get("offload_carried") - carried,
+        10,
+        "node B's kernel carried the channel both ways"
+    );
     assert_eq!(before.get("allocations"), 1, "frank's allocation on node B");
 
     let config_a = config_of(&node_a);
