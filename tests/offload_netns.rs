@@ -16,9 +16,11 @@ use std::time::{Duration, Instant};
 
 use common::netns::NetNs;
 use common::stun_client::StunClient;
+use common::uclient;
 use common::{Server, TestConfig};
 
 const CHANNEL: u16 = 0x4001;
+const TOKEN: &str = "offload-netns-token-0123456789";
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 2);
 const LISTENER_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 1, 1);
 const RELAY_IP: Ipv4Addr = Ipv4Addr::new(10, 200, 2, 1);
@@ -101,6 +103,7 @@ impl Topology {
             transports: vec!["udp"],
             offload: "on",
             allow: vec!["10.200.2.0/24"],
+            extra: format!("[http]\naddress = \"10.200.1.1:0\"\ntoken = \"{TOKEN}\"\n"),
             ..TestConfig::default()
         };
         let toml = common::base_config(&config, dir.path())
@@ -111,6 +114,17 @@ impl Topology {
         assert_eq!(server.log_messages("kernel fast path active").len(), 1);
         server
     }
+}
+
+/// What the status API says the program left to user space, by reason (the API listens in the
+/// server's namespace).
+fn passed_up(topology: &Topology, server: &Server) -> serde_json::Value {
+    let api = server.addr("http");
+    let status = topology
+        .server
+        .run(|| common::http::get_json(api, "/api/v1/status", TOKEN));
+    assert_eq!(status["offload"]["active"], true, "{status}");
+    status["offload"]["passed_up"].clone()
 }
 
 /// A bound channel across the namespaces.
@@ -433,6 +447,9 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
         carried + 1,
         "the kernel carried the one that fits, user space the other"
     );
+    let passed = passed_up(&topology, &server);
+    assert_eq!(passed["too_big"], 1, "{passed}");
+    assert_eq!(passed["checksum_partial"], 0, "{passed}");
 
     // SIGKILL: the program goes with the process.
     server.kill();
@@ -454,6 +471,8 @@ fn datagrams_whose_checksum_a_local_sender_left_to_the_device_go_through_user_sp
     relay_both_ways(&mut leg, 8);
     let after = server.stats();
     assert_eq!(after.get("offload_carried"), before.get("offload_carried"));
+    let passed = passed_up(&topology, &server);
+    assert_eq!(passed["checksum_partial"], 16, "both ways: {passed}");
     assert_eq!(
         after.get("to_peer_packets") - before.get("to_peer_packets"),
         8
@@ -462,4 +481,87 @@ fn datagrams_whose_checksum_a_local_sender_left_to_the_device_go_through_user_sp
         after.get("to_client_packets") - before.get("to_client_packets"),
         8
     );
+}
+
+#[test]
+fn coturn_uclient_relays_over_the_fast_path_between_namespaces() {
+    // uclient in the client's namespace, turnutils_peer in the peer's: each process starts in
+    // the namespace of the thread that spawns it.
+    let topology = Topology::new(false);
+    let server = topology.start_server();
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let peer = topology
+        .peer
+        .run(|| uclient::start_peer_on(dir.path(), PEER_IP.into()));
+    let before = server.stats();
+    let summary = topology.client.run(|| {
+        uclient::run(
+            &uclient::Run {
+                case: "udp channels across veth",
+                server: server.addr("udp"),
+                transport: "udp",
+                credentials: ["-u", "alice", "-w", "wonderland"],
+                send_indication: false,
+            },
+            &peer,
+            dir.path(),
+        )
+    });
+    let after = server.stats();
+    let carried = after.get("offload_carried") - before.get("offload_carried");
+    eprintln!("uclient across veth: {summary:?}; the kernel carried {carried} datagrams");
+    // Every message went out and came back; uclient's channel traffic went through the kernel
+    // (a retried run sends twice as many).
+    assert!(
+        carried >= 2 * uclient::CLIENTS * uclient::MESSAGES,
+        "carried {carried}"
+    );
+}
+
+#[test]
+fn a_peer_on_the_server_host_is_relayed_in_user_space() {
+    // The peer is a socket in the server's own namespace. The client's ChannelData arrives on
+    // s1: rewritten, it would come from one of the host's own addresses on an interface other
+    // than lo, which the stack drops (IP_LOCAL_SOURCE; found with the kfree_skb tracepoint when
+    // the program tried it), so the program leaves it to user space. The peer's answers are
+    // local traffic with the checksum left to the device: user space relays them too.
+    let topology = Topology::new(false);
+    let server = topology.start_server();
+    let peer = topology
+        .server
+        .run(|| UdpSocket::bind((RELAY_IP, 0)).expect("bind the local peer"));
+    let listener = server.addr("udp");
+    let mut client = topology
+        .client
+        .run(|| StunClient::udp(listener, &format!("{CLIENT_IP}:0"), "alice", "wonderland"));
+    let relayed = client.allocate().expect("an allocation");
+    assert_eq!(client.bind(CHANNEL, peer.local_addr().unwrap()), None);
+    let before = server.stats();
+    const ROUNDS: u64 = 10;
+    for round in 0..ROUNDS as usize {
+        let data = payload(100 + round, round);
+        client.send_frame(&channel_data(&data, b""));
+        let (got, from) = receive(&peer, ARRIVES).expect("the local peer gets it");
+        assert_eq!((got.as_slice(), from), (data.as_slice(), relayed));
+        peer.send_to(&data, relayed).unwrap();
+        assert_eq!(
+            client.recv_data(Instant::now() + ARRIVES).as_deref(),
+            Some(data.as_slice())
+        );
+    }
+    let after = server.stats();
+    let moved = |name: &str| after.get(name) - before.get(name);
+    eprintln!(
+        "local peer: offload_carried {}, to_peer_packets {}, to_client_packets {}",
+        moved("offload_carried"),
+        moved("to_peer_packets"),
+        moved("to_client_packets")
+    );
+    assert_eq!(moved("offload_carried"), 0, "relayed in user space");
+    // The client's side was in the tables and left up (the peer's answers come in on lo, where
+    // no program of this server is attached).
+    let passed = passed_up(&topology, &server);
+    assert_eq!(passed["local_off_lo"], ROUNDS, "{passed}");
+    assert_eq!(moved("to_peer_packets"), ROUNDS);
+    assert_eq!(moved("to_client_packets"), ROUNDS);
 }

@@ -172,6 +172,16 @@ fn offload_on_relays_both_ways_in_the_kernel_and_counts_it_once() {
         )),
         "{metrics}"
     );
+    // Nothing was left up: every datagram was for lo, checksummed and small.
+    for reason in ["checksum_partial", "too_big", "local_off_lo"] {
+        assert!(
+            metrics.contains(&format!(
+                "turnpike_offload_passed_up_packets_total{{reason=\"{reason}\"}} 0"
+            )),
+            "{metrics}"
+        );
+        assert_eq!(status["offload"]["passed_up"][reason], 0, "{status}");
+    }
 
     // A Send indication still goes through user space, and is counted once too.
     leg.client

@@ -247,7 +247,7 @@ impl prometheus_client::collector::Collector for Scrape {
             "1 while the node drains",
             i64::from(api.node.draining()),
         )?;
-        let (offload_active, offload_carried) = api.node.offload();
+        let (offload_active, offload) = api.node.offload();
         gauge(
             &mut encoder,
             "turnpike_offload_active",
@@ -258,7 +258,18 @@ impl prometheus_client::collector::Collector for Scrape {
             &mut encoder,
             "turnpike_offload_carried_packets",
             "Datagrams the kernel fast path relayed (both directions; also counted in the relayed packet counters)",
-            offload_carried,
+            offload.carried,
+        )?;
+        counters(
+            &mut encoder,
+            "turnpike_offload_passed_up_packets",
+            "Datagrams of channels in the kernel fast path's tables that it left to user space, by reason",
+            "reason",
+            &[
+                ("checksum_partial", offload.checksum_partial),
+                ("too_big", offload.too_big),
+                ("local_off_lo", offload.local_off_lo),
+            ],
         )?;
         gauge(
             &mut encoder,

@@ -131,7 +131,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
         .redis
         .as_ref()
         .map(|redis| redis.store.health(unix_now()));
-    let (offload_active, offload_carried) = api.node.offload();
+    let (offload_active, offload) = api.node.offload();
     axum::Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "uptime_seconds": api.started.elapsed().as_secs(),
@@ -181,7 +181,12 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
         "draining": api.node.draining(),
         "offload": {
             "active": offload_active,
-            "carried_packets": offload_carried,
+            "carried_packets": offload.carried,
+            "passed_up": {
+                "checksum_partial": offload.checksum_partial,
+                "too_big": offload.too_big,
+                "local_off_lo": offload.local_off_lo,
+            },
         },
         "ice_urls": api.settings.load().ice_urls,
     }))

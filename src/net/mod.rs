@@ -518,11 +518,12 @@ pub struct NodeHandle {
 }
 
 impl NodeHandle {
-    /// Whether the kernel fast path is active, and the datagrams it relayed since the start.
-    pub fn offload(&self) -> (bool, u64) {
+    /// Whether the kernel fast path is active, and its totals since the start (what it relayed
+    /// and what it left to user space, by reason).
+    pub fn offload(&self) -> (bool, offload::Totals) {
         match &self.fast_path {
-            Some(fast_path) => (true, fast_path.carried().unwrap_or(0)),
-            None => (false, 0),
+            Some(fast_path) => (true, fast_path.totals().unwrap_or_default()),
+            None => (false, offload::Totals::default()),
         }
     }
 
@@ -550,7 +551,7 @@ impl NodeHandle {
     fn node_counters(&self) -> NodeCounters {
         NodeCounters {
             tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
-            offload_carried: self.offload().1,
+            offload_carried: self.offload().1.carried,
             ..NodeCounters::default()
         }
     }

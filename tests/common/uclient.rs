@@ -1,7 +1,7 @@
 //! coturn's `turnutils_uclient` and `turnutils_peer`: start the echo peer, run a client to
 //! completion, read its closing statistics and insist that every packet came back.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -76,9 +76,10 @@ pub fn parse_summary(output: &str) -> Option<Summary> {
     })
 }
 
-/// coturn's `turnutils_peer` UDP echo server on 127.0.0.1; killed on drop.
+/// coturn's `turnutils_peer` UDP echo server; killed on drop.
 pub struct Peer {
     child: Child,
+    pub ip: IpAddr,
     pub port: u16,
 }
 
@@ -89,21 +90,27 @@ impl Drop for Peer {
     }
 }
 
-/// Starts `turnutils_peer` on a free port, retrying when the port was taken meanwhile, and
-/// returns once it echoes.
+/// Starts `turnutils_peer` on 127.0.0.1 and a free port, retrying when the port was taken
+/// meanwhile, and returns once it echoes.
 pub fn start_peer(dir: &Path) -> Peer {
+    start_peer_on(dir, IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// [`start_peer`] on `ip`, e.g. from a thread in a network namespace that has that address
+/// (the peer process starts in the thread's namespace).
+pub fn start_peer_on(dir: &Path, ip: IpAddr) -> Peer {
     let program = super::require_tool("turnutils_peer");
     for attempt in 1..=5 {
         let port = super::free_port();
         let (stdout, stderr) = super::output_file(&dir.join(format!("peer-{attempt}.log")));
         let child = Command::new(&program)
-            .args(["-L", "127.0.0.1", "-p", &port.to_string()])
+            .args(["-L", &ip.to_string(), "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .expect("spawn turnutils_peer");
-        let mut peer = Peer { child, port };
+        let mut peer = Peer { child, ip, port };
         if echoes(&mut peer) {
             return peer;
         }
@@ -116,7 +123,7 @@ pub fn start_peer(dir: &Path) -> Peer {
 }
 
 fn echoes(peer: &mut Peer) -> bool {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind UDP");
+    let socket = UdpSocket::bind((peer.ip, 0)).expect("bind UDP");
     socket
         .set_read_timeout(Some(Duration::from_millis(100)))
         .expect("set a read timeout");
@@ -131,7 +138,7 @@ fn echoes(peer: &mut Peer) -> bool {
         {
             return false;
         }
-        let _ = socket.send_to(b"turnpike probe", ("127.0.0.1", peer.port));
+        let _ = socket.send_to(b"turnpike probe", (peer.ip, peer.port));
         if let Ok(n) = socket.recv(&mut buf) {
             if &buf[..n] == b"turnpike probe" {
                 return true;
@@ -198,7 +205,7 @@ fn attempt(run: &Run<'_>, peer: &Peer, dir: &Path, number: u32) -> Result<Summar
             "-l",
             "170",
             "-e",
-            "127.0.0.1",
+            &peer.ip.to_string(),
             "-r",
             &peer.port.to_string(),
             "-p",

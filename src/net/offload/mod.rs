@@ -86,6 +86,20 @@ pub struct Channel {
     pub max_payload: u16,
 }
 
+/// The program's own totals since it was loaded: what it carried, and the datagrams of bound
+/// channels it left to user space, by reason.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Relayed in the kernel, both directions.
+    pub carried: u64,
+    /// Left up: the checksum was still to be filled in and the datagram would leave the host.
+    pub checksum_partial: u64,
+    /// Left up: too big for the outgoing interface's MTU.
+    pub too_big: u64,
+    /// Left up: for a socket on this host, arrived on another interface than lo.
+    pub local_off_lo: u64,
+}
+
 /// What the kernel carried for one slot, summed over CPUs. Bytes are application payload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SlotCounters {
@@ -170,6 +184,7 @@ const TOTAL_CARRIED: u32 = 0;
 const TOTAL_FAILED: u32 = 1;
 const TOTAL_PARTIAL: u32 = 2;
 const TOTAL_TOO_BIG: u32 = 3;
+const TOTAL_LOCAL: u32 = 4;
 
 struct Tables {
     channels: HashMap<MapData, ChannelKey, ChannelEntry>,
@@ -354,22 +369,19 @@ impl FastPath {
         self.total(TOTAL_CARRIED)
     }
 
+    /// [`FastPath::carried`] and what the program left to user space, by reason.
+    pub fn totals(&self) -> Result<Totals, Why> {
+        Ok(Totals {
+            carried: self.total(TOTAL_CARRIED)?,
+            checksum_partial: self.total(TOTAL_PARTIAL)?,
+            too_big: self.total(TOTAL_TOO_BIG)?,
+            local_off_lo: self.total(TOTAL_LOCAL)?,
+        })
+    }
+
     /// Datagrams the kernel failed to rewrite half-way (dropped; expected to stay 0).
     pub fn failed(&self) -> Result<u64, Why> {
         self.total(TOTAL_FAILED)
-    }
-
-    /// Datagrams of a bound channel the program left to user space because they were too big
-    /// for the outgoing interface's MTU (user space sends them; the stack fragments them).
-    pub fn too_big(&self) -> Result<u64, Why> {
-        self.total(TOTAL_TOO_BIG)
-    }
-
-    /// Datagrams of a bound channel the program left to user space because their checksum
-    /// was still to be filled in (a sender on this host with checksum offload) and they
-    /// would leave the host.
-    pub fn partial_checksum(&self) -> Result<u64, Why> {
-        self.total(TOTAL_PARTIAL)
     }
 
     fn total(&self, index: u32) -> Result<u64, Why> {

@@ -11,8 +11,8 @@
 // normal path untouched (see PASS below).
 //
 // Where a rewritten datagram goes was decided by user space from the kernel's routing table when
-// it wrote the entry (rtnetlink, as `ip route get`): to this host, it goes up the stack through
-// lo; to another host, it is redirected out of the interface the route names, and the kernel
+// it wrote the entry (rtnetlink, as `ip route get`): to this host, it goes up the stack (from lo
+// only); to another host, it is redirected out of the interface the route names, and the kernel
 // finds the next hop and its MAC address (bpf_redirect_neigh). bpf_fib_lookup would decide per
 // datagram, but it answers only on interfaces with IP forwarding on, which a TURN server has no
 // reason to turn on. Checksums: the UDP checksum the sender wrote is
@@ -121,7 +121,10 @@ struct slot_counters {
 // Known datagrams left to user space: too big for the outgoing interface's MTU (user space
 // sends them, and the stack fragments them).
 #define TOTAL_TOO_BIG 3
-#define TOTALS 4
+// Known datagrams left to user space: for a socket on this host, arrived on another interface
+// than lo.
+#define TOTAL_LOCAL 4
+#define TOTALS 5
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -248,16 +251,12 @@ static __always_inline __u16 finish(__u32 sum)
 	return check ? check : 0xffff;
 }
 
-// Sends a rewritten datagram on: to this host (`ifindex` 0) up the stack, through lo when it
-// came in elsewhere (the stack takes a datagram from one of its own addresses only from lo);
-// to another host out of `ifindex`, the kernel resolving the next hop.
+// Sends a rewritten datagram on: to this host (`ifindex` 0; it came in on lo, see `carried`)
+// up the stack; to another host out of `ifindex`, the kernel resolving the next hop.
 static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex)
 {
-	if (ifindex == 0) {
-		if (skb->ingress_ifindex == LOOPBACK_IFINDEX)
-			return RELAYED;
-		return bpf_redirect(LOOPBACK_IFINDEX, BPF_F_INGRESS);
-	}
+	if (ifindex == 0)
+		return RELAYED;
 	return bpf_redirect_neigh(ifindex, 0, 0, 0);
 }
 
@@ -277,8 +276,15 @@ static __always_inline int failed(void)
 static __always_inline int carried(struct __sk_buff *skb, __u32 ifindex, enum checksum kind,
 				   __u32 tot_len)
 {
-	if (ifindex == 0)
-		return 1;
+	if (ifindex == 0) {
+		// To a socket on this host: only from lo, where the datagram keeps the route it
+		// came with (local delivery). Arrived on another interface it would need an
+		// input route, and the stack refuses one for a datagram from its own address.
+		if (skb->ingress_ifindex == LOOPBACK_IFINDEX)
+			return 1;
+		count_total(TOTAL_LOCAL);
+		return 0;
+	}
 	if (kind == CSUM_PARTIAL) {
 		count_total(TOTAL_PARTIAL);
 		return 0;
