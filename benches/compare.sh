@@ -114,6 +114,8 @@ work=$(mktemp -d)
 api_token="compare-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 server_pid=""
 forward_pid=""
+watched_pid=""
+target_args=""
 
 stop_pid() {
   local pid="$1"
@@ -293,30 +295,50 @@ for row in $rows; do
   [ -n "${label[$row]:-}" ] || { echo "compare.sh: unknown row $row (see --help)" >&2; exit 2; }
 done
 
-# One run of row $1 against server $2 (turnpike | coturn | forwarder): appends its JSON line
-# to $results/$1.$2.jsonl.
-run_one() {
-  local row="$1" server="$2" out="$results/$1.$2.jsonl" target_args status=0
-  case "$server" in
-    turnpike) start_turnpike ;;
-    coturn) start_coturn ;;
-    forwarder) start_forwarder ;;
-    direct) echo_port=$(free_port); : >"$work/server.log" ;;
+# Starts server $1 (turnpike | coturn | forwarder | direct) fresh. Sets target_args (the
+# generator's arguments towards it) and watched_pid (the process that relays; empty for
+# direct). Returns 1 if it did not start.
+start_server() {
+  case "$1" in
+    turnpike) start_turnpike || return 1 ;;
+    coturn) start_coturn || return 1 ;;
+    forwarder) start_forwarder || return 1 ;;
+    direct) echo_port=$(free_port) || return 1; : >"$work/server.log" ;;
   esac
-  local pid="${server_pid}"
-  if [ "$server" = forwarder ]; then
-    pid="$forward_pid"
+  watched_pid="$server_pid"
+  if [ "$1" = forwarder ]; then
+    watched_pid="$forward_pid"
     target_args="--plain --server 127.0.0.1:$port --echo-bind 127.0.0.1:$echo_port"
-  elif [ "$server" = direct ]; then
+  elif [ "$1" = direct ]; then
     # The generator's own echo peer is the target: the same load with no relay in between.
+    watched_pid=""
     target_args="--plain --server 127.0.0.1:$echo_port --echo-bind 127.0.0.1:$echo_port"
   else
     target_args="--server 127.0.0.1:$port --user load --password load-password"
   fi
-  local pid_args=""
-  [ -n "$pid" ] && pid_args="--server-pid $pid"
+  [ -n "$watched_pid" ] && target_args="$target_args --server-pid $watched_pid"
+  return 0
+}
+
+# Stops server $1 (if it still runs) and keeps its log as row $2's.
+stop_server() {
+  if [ "$1" = forwarder ]; then
+    stop_pid "$forward_pid"
+    forward_pid=""
+  elif [ "$1" != direct ]; then
+    stop_pid "$server_pid"
+    server_pid=""
+  fi
+  cp "$work/server.log" "$results/$2.$1.log" 2>/dev/null || true
+}
+
+# One run of row $1 against server $2 (turnpike | coturn | forwarder | direct): appends its
+# JSON line to $results/$1.$2.jsonl.
+run_one() {
+  local row="$1" server="$2" out="$results/$1.$2.jsonl" status=0
+  start_server "$server"
   # shellcheck disable=SC2086 # the argument strings are split on purpose
-  timeout 600 "$load_bin" ${args[$row]} $target_args $pid_args \
+  timeout 600 "$load_bin" ${args[$row]} $target_args \
     >"$work/run.json" 2>"$work/run.err" &
   local load_pid=$! api='{}'
   if [ "${kind[$row]}" = hold ] && [ "$server" = turnpike ]; then
@@ -329,16 +351,7 @@ run_one() {
     echo "compare.sh: $row against $server produced no report (exit $status):" >&2
     cat "$work/run.err" >&2
   fi
-  if [ "$server" = forwarder ]; then
-    stop_pid "$forward_pid"
-    forward_pid=""
-  elif [ "$server" = direct ]; then
-    :
-  else
-    stop_pid "$server_pid"
-    server_pid=""
-  fi
-  cp "$work/server.log" "$results/$row.$server.log" 2>/dev/null || true
+  stop_server "$server" "$row"
   printf '  %-4s %-9s exit %s  %s\n' "$row" "$server" "$status" \
     "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, relay_cost_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
 }
