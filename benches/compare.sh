@@ -596,10 +596,12 @@ table="$results/table.md"
         key=max_pps_at_0_1_loss; host=none
         what="max relayed pps at ≤ 0.1 % loss"
         extra() {
-          local died
+          local died gone="" at=""
           died=$(jq -s '[.[] | select(.died_at_rate != null)] | length' "$1" 2>/dev/null) || died=0
-          echo " at $(cell "$1" rate 0) pps each, $(cell "$1" loss_pct 2 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs')"
-          if [ "${died:-0}" -gt 0 ]; then echo ", gone or not started in $died of $rounds round(s)"; fi
+          [ "${died:-0}" -gt 0 ] && gone=", gone or not started in $died of $rounds round(s)"
+          [ "$(stat_of "$1" "$key" median)" != null ] &&
+            at=" at $(cell "$1" rate 0) pps each, $(cell "$1" loss_pct 2 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs')"
+          echo "$at$gone"
         }
         unit=" pps"; decimals=0 ;;
     esac
