@@ -315,11 +315,13 @@ done
 # generator's arguments towards it) and watched_pid (the process that relays; empty for
 # direct). Returns 1 if it did not start.
 start_server() {
+  # coturn appends to its --log-file: without this its kept log began with the last server's.
+  : >"$work/server.log"
   case "$1" in
     turnpike) start_turnpike || return 1 ;;
     coturn) start_coturn || return 1 ;;
     forwarder) start_forwarder || return 1 ;;
-    direct) echo_port=$(free_port) || return 1; : >"$work/server.log" ;;
+    direct) echo_port=$(free_port) || return 1 ;;
   esac
   watched_pid="$server_pid"
   if [ "$1" = forwarder ]; then
