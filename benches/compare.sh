@@ -3,7 +3,7 @@
 # equivalent flags, and against turnpike-load's plain UDP forwarder (the same client → relay →
 # echo → relay → client path without TURN), all on loopback, driven by turnpike-load.
 #
-#   benches/compare.sh                  # every row, 3 rounds, about 15 minutes (r12: 5 of them)
+#   benches/compare.sh                  # every row, 3 rounds, about 15 minutes (r12: 6 to 8)
 #   benches/compare.sh --rows r1,r6     # some rows (ids below)
 #   benches/compare.sh --rounds 5 --duration 5
 #   benches/compare.sh --quick          # 1 round, short rows: checks the script works
