@@ -3,7 +3,7 @@
 # equivalent flags, and against turnpike-load's plain UDP forwarder (the same client → relay →
 # echo → relay → client path without TURN), all on loopback, driven by turnpike-load.
 #
-#   benches/compare.sh                  # every row, 3 rounds, about 10 minutes
+#   benches/compare.sh                  # every row, 3 rounds, about 15 minutes (r12: 6 to 8)
 #   benches/compare.sh --rows r1,r6     # some rows (ids below)
 #   benches/compare.sh --rounds 5 --duration 5
 #   benches/compare.sh --quick          # 1 round, short rows: checks the script works
@@ -36,8 +36,8 @@ usage() {
 
 Options:
   --rounds N        rounds per row (default 3; each server runs once per round)
-  --duration S      seconds of sending per relay row (default 3)
-  --rows LIST       comma-separated row ids: r1..r10 (default all)
+  --duration S      seconds of sending per relay row and per rung of r12 (default 3)
+  --rows LIST       comma-separated row ids: r1..r12 (default all)
   --quick           1 round, 1 s relay rows, 500/1,000 held allocations
   --no-build        use the binaries as they are
   --results DIR     where to keep the JSON lines and logs (default target/compare/<time>)
@@ -54,11 +54,16 @@ Rows:
   r9  15,000 allocations held at 1 pps each: server RSS per allocation
   r10 1 client, max rate, 160 B ChannelData (the cost per packet without concurrency)
   r11 64 clients x 400 pps x 1000 B ChannelData: the marginal CPU of relaying
+  r12 max relayed pps at <= 0.1 % loss: 64 clients x 160 B ChannelData, paced at 400, 500,
+      640, ... 5000, 6400 pps each (x1.25 a rung; one run of --duration per rung, each
+      server started once per round), stopping after two rungs in a row above 0.1 % loss
 
 Relay rows also give relayed packets a second. Rows r3 and r11 also run the same load straight
 to the echo peer ("direct": no relay), and give each relay's marginal CPU per relayed packet:
 its relay cost (the server, the generator with its echo peer, the kernel's softirq threads
 and the host's interrupt time, all from /proc) minus the direct run's, per relayed packet.
+Row r12 runs its ladder direct too: the most the generator itself can do, so a server within
+10 % of it is marked generator-bound.
 EOF
 }
 
@@ -114,6 +119,8 @@ work=$(mktemp -d)
 api_token="compare-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')"
 server_pid=""
 forward_pid=""
+watched_pid=""
+target_args=""
 
 stop_pid() {
   local pid="$1"
@@ -286,37 +293,70 @@ args[r10]="relay --clients 1 --window 16 --size 160 --duration ${duration}s"
 label[r11]="64 clients × 400 pps × 1000 B ChannelData"
 kind[r11]=relay; forwarder[r11]=1; direct[r11]=1
 args[r11]="relay --clients 64 --rate 400 --size 1000 --duration $((duration + 1))s"
-all_rows="r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11"
+# r12 steps the offered rate up a ladder of paced runs (see run_ladder), each rung 1.25 times
+# the one below, so that a server's figure is at most a fifth below its true ceiling (a
+# ladder of doublings could hide a 1.5x difference between two servers). Every server passed
+# 400 and 500 pps each on the busy development machine; the top rung, 64 x 6,400 = 409,600
+# packets a second each way, is more than the generator alone carries on 2 cores (the direct
+# run), so every ladder ends in loss or at the generator's bound.
+ladder_clients=64
+ladder_rates="400 500 640 800 1000 1250 1600 2000 2500 3200 4000 5000 6400"
+label[r12]="$ladder_clients clients × 160 B ChannelData, paced, stepped up from 400 to 6400 pps each (×1.25 a rung)"
+kind[r12]=ladder; forwarder[r12]=1; direct[r12]=1
+args[r12]="relay --clients $ladder_clients --size 160 --duration ${duration}s"
+all_rows="r1 r2 r3 r4 r5 r6 r7 r8 r9 r10 r11 r12"
 rows="${only//,/ }"
 rows="${rows:-$all_rows}"
 for row in $rows; do
   [ -n "${label[$row]:-}" ] || { echo "compare.sh: unknown row $row (see --help)" >&2; exit 2; }
 done
 
-# One run of row $1 against server $2 (turnpike | coturn | forwarder): appends its JSON line
-# to $results/$1.$2.jsonl.
-run_one() {
-  local row="$1" server="$2" out="$results/$1.$2.jsonl" target_args status=0
-  case "$server" in
-    turnpike) start_turnpike ;;
-    coturn) start_coturn ;;
-    forwarder) start_forwarder ;;
-    direct) echo_port=$(free_port); : >"$work/server.log" ;;
+# Starts server $1 (turnpike | coturn | forwarder | direct) fresh. Sets target_args (the
+# generator's arguments towards it) and watched_pid (the process that relays; empty for
+# direct). Returns 1 if it did not start.
+start_server() {
+  # coturn appends to its --log-file: without this its kept log began with the last server's.
+  : >"$work/server.log"
+  case "$1" in
+    turnpike) start_turnpike || return 1 ;;
+    coturn) start_coturn || return 1 ;;
+    forwarder) start_forwarder || return 1 ;;
+    direct) echo_port=$(free_port) || return 1 ;;
   esac
-  local pid="${server_pid}"
-  if [ "$server" = forwarder ]; then
-    pid="$forward_pid"
+  watched_pid="$server_pid"
+  if [ "$1" = forwarder ]; then
+    watched_pid="$forward_pid"
     target_args="--plain --server 127.0.0.1:$port --echo-bind 127.0.0.1:$echo_port"
-  elif [ "$server" = direct ]; then
+  elif [ "$1" = direct ]; then
     # The generator's own echo peer is the target: the same load with no relay in between.
+    watched_pid=""
     target_args="--plain --server 127.0.0.1:$echo_port --echo-bind 127.0.0.1:$echo_port"
   else
     target_args="--server 127.0.0.1:$port --user load --password load-password"
   fi
-  local pid_args=""
-  [ -n "$pid" ] && pid_args="--server-pid $pid"
+  [ -n "$watched_pid" ] && target_args="$target_args --server-pid $watched_pid"
+  return 0
+}
+
+# Stops server $1 (if it still runs) and keeps its log as row $2's.
+stop_server() {
+  if [ "$1" = forwarder ]; then
+    stop_pid "$forward_pid"
+    forward_pid=""
+  elif [ "$1" != direct ]; then
+    stop_pid "$server_pid"
+    server_pid=""
+  fi
+  cp "$work/server.log" "$results/$2.$1.log" 2>/dev/null || true
+}
+
+# One run of row $1 against server $2 (turnpike | coturn | forwarder | direct): appends its
+# JSON line to $results/$1.$2.jsonl.
+run_one() {
+  local row="$1" server="$2" out="$results/$1.$2.jsonl" status=0
+  start_server "$server"
   # shellcheck disable=SC2086 # the argument strings are split on purpose
-  timeout 600 "$load_bin" ${args[$row]} $target_args $pid_args \
+  timeout 600 "$load_bin" ${args[$row]} $target_args \
     >"$work/run.json" 2>"$work/run.err" &
   local load_pid=$! api='{}'
   if [ "${kind[$row]}" = hold ] && [ "$server" = turnpike ]; then
@@ -329,18 +369,86 @@ run_one() {
     echo "compare.sh: $row against $server produced no report (exit $status):" >&2
     cat "$work/run.err" >&2
   fi
-  if [ "$server" = forwarder ]; then
-    stop_pid "$forward_pid"
-    forward_pid=""
-  elif [ "$server" = direct ]; then
-    :
-  else
-    stop_pid "$server_pid"
-    server_pid=""
-  fi
-  cp "$work/server.log" "$results/$row.$server.log" 2>/dev/null || true
+  stop_server "$server" "$row"
   printf '  %-4s %-9s exit %s  %s\n' "$row" "$server" "$status" \
     "$(jq -c '{sent, loss_pct, rtt_p99_us, allocations, allocations_per_s, server_cpu_us_per_packet, server_cpu_us_per_allocation, host_cpu_us_per_packet, relay_cost_us_per_packet, server_rss_bytes_per_allocation, failures}' "$work/run.json" 2>/dev/null | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
+}
+
+# Row r12 against server $1 in round $2: the server is started once, then loaded with one
+# short paced run per rung of the ladder, lowest rate first, until two rungs in a row lose
+# more than 0.1 % (one such rung alone can be a neighbour's burst on a shared machine; two in
+# a row are the server's ceiling), the ladder ends, or the server is gone. A rung passes when
+# it sent something, lost at most 0.1 % and failed at nothing but its clean-up. Every rung's
+# JSON line goes to $results/r12.$1.rungs.jsonl; the round's summary to $results/r12.$1.jsonl:
+# max_pps_at_0_1_loss, the highest relayed_pps_sending among passing rungs (null if none
+# passed or the server died), with that rung's rate, loss_pct and rtt_p99_us.
+run_ladder() {
+  local row="$1" server="$2" round="$3"
+  local rungs="$results/$row.$server.rungs.jsonl" out="$results/$row.$server.jsonl"
+  local best=null failed=0 ran=0 stopped="top of the ladder" died=null rates rate status line passed
+  if ! start_server "$server"; then
+    stopped="did not start"
+    died=0
+    rates=""
+  else
+    rates="$ladder_rates"
+  fi
+  for rate in $rates; do
+    if [ -n "$watched_pid" ] && ! kill -0 "$watched_pid" 2>/dev/null; then
+      died=$rate; stopped="gone before the $rate pps rung"
+      break
+    fi
+    status=0
+    # Set-up (30 s at most), sending, the drain and clean-up: a minute is ample.
+    # shellcheck disable=SC2086 # the argument strings are split on purpose
+    timeout $((duration + 60)) "$load_bin" ${args[$row]} --rate "$rate" $target_args \
+      >"$work/run.json" 2>"$work/run.err" || status=$?
+    ran=$((ran + 1))
+    # Rates per second of sending (the rung's --duration): duration_s also counts the drain,
+    # which lasts the whole loss timeout as soon as one packet is lost.
+    line=$(jq -c --argjson round "$round" --argjson rate "$rate" --argjson exit "$status" \
+      --argjson seconds "$duration" --argjson clients "$ladder_clients" '
+      . + {round: $round, rung_rate: $rate, exit: $exit, offered_pps: ($clients * $rate),
+           sent_pps_sending: (.sent / $seconds | round),
+           relayed_pps_sending: (if .relayed_packets == null then null
+                                 else .relayed_packets / $seconds | round end)}
+      | . + {passed: (.sent > 0 and .loss_pct != null and .loss_pct <= 0.1
+                      and ([.failures | keys[] | select(startswith("cleanup_") | not)] | length) == 0)}' \
+      "$work/run.json" 2>/dev/null) && [ -n "$line" ] ||
+      line="{\"round\": $round, \"rung_rate\": $rate, \"exit\": $status, \"passed\": false, \"report\": null}"
+    echo "$line" >>"$rungs"
+    printf '  %-4s %-9s %5s pps x %s: exit %s  %s\n' "$row" "$server" "$rate" "$ladder_clients" "$status" \
+      "$(jq -c '{passed, sent_pps_sending, relayed_pps_sending, loss_pct, rtt_p99_us, failures}' <<<"$line" | sed 's/"[a-z_0-9]*":null,\{0,1\}//g')"
+    passed=$(jq -r .passed <<<"$line")
+    if [ "$passed" = true ]; then
+      failed=0
+      best=$(jq -c -n --argjson best "$best" --argjson line "$line" \
+        'if $best == null or $line.relayed_pps_sending > $best.relayed_pps_sending then $line else $best end')
+    else
+      failed=$((failed + 1))
+      [ -s "$work/run.err" ] && [ "$status" != 0 ] && sed 's/^/      /' "$work/run.err" | tail -n 3 >&2
+    fi
+    if [ -n "$watched_pid" ] && ! kill -0 "$watched_pid" 2>/dev/null; then
+      died=$rate; stopped="gone during the $rate pps rung"
+      break
+    fi
+    if [ "$failed" -ge 2 ]; then
+      stopped="two rungs in a row above 0.1 % loss"
+      break
+    fi
+  done
+  jq -c -n --argjson best "$best" --argjson round "$round" --argjson ran "$ran" \
+    --argjson died "$died" --arg stopped "$stopped" '
+    (if $died == null then $best else null end) as $b
+    | {round: $round,
+       max_pps_at_0_1_loss: $b.relayed_pps_sending, rate: $b.rung_rate,
+       offered_pps: $b.offered_pps, sent_pps: $b.sent_pps_sending,
+       loss_pct: $b.loss_pct, rtt_p99_us: $b.rtt_p99_us,
+       rungs: $ran, stopped: $stopped, died_at_rate: $died,
+       max_pps_before_death: (if $died == null then null else $best.relayed_pps_sending end)}' >>"$out"
+  stop_server "$server" "$row"
+  printf '  %-4s %-9s round %s: %s\n' "$row" "$server" "$round" \
+    "$(tail -n 1 "$out" | jq -c '{max_pps_at_0_1_loss, rate, loss_pct, rtt_p99_us, rungs, stopped}')"
 }
 
 held_count() {
@@ -444,7 +552,11 @@ for row in $rows; do
     order="$servers"
     [ $((round % 2)) = 0 ] && order="$reversed"
     for server in $order; do
-      run_one "$row" "$server"
+      if [ "${kind[$row]}" = ladder ]; then
+        run_ladder "$row" "$server" "$round"
+      else
+        run_one "$row" "$server"
+      fi
     done
   done
 done
@@ -482,6 +594,18 @@ table="$results/table.md"
           echo " ($(cell "$1" server_rss_kib_after 0 ' KiB') in all), $(cell "$1" relaying 0) relaying, server CPU $(cell "$1" server_cpu_pct 1 ' %') of a core$api"
         }
         unit=" B"; decimals=0 ;;
+      ladder)
+        key=max_pps_at_0_1_loss; host=none
+        what="max relayed pps at ≤ 0.1 % loss"
+        extra() {
+          local died gone="" at=""
+          died=$(jq -s '[.[] | select(.died_at_rate != null)] | length' "$1" 2>/dev/null) || died=0
+          [ "${died:-0}" -gt 0 ] && gone=", gone or not started in $died of $rounds round(s)"
+          [ "$(stat_of "$1" "$key" median)" != null ] &&
+            at=" at $(cell "$1" rate 0) pps each, $(cell "$1" loss_pct 2 ' %') loss, RTT p99 $(cell "$1" rtt_p99_us 0 ' µs')"
+          echo "$at$gone"
+        }
+        unit=" pps"; decimals=0 ;;
     esac
     tm=$(stat_of "$t" "$key" median); cm=$(stat_of "$c" "$key" median); fm=$(stat_of "$f" "$key" median)
     fcell="—"; fratio="—"; fhost="—"
@@ -492,8 +616,23 @@ table="$results/table.md"
     fi
     hosts="—"
     [ "$host" != none ] && hosts="$(cell "$c" "$host" 2) / $(cell "$t" "$host" 2) / $fhost"
-    marginal="—"
-    if [ "${direct[$row]:-0}" = 1 ]; then
+    marginal="—"; bound=""
+    if [ "${kind[$row]}" = ladder ]; then
+      # The direct run is the generator's own ceiling: a server within 10 % of it is bound by
+      # the generator, not by itself, and its figure is a lower bound.
+      dfile="$results/$row.direct.jsonl"
+      d=$(stat_of "$dfile" "$key" median)
+      marginal="direct (the generator alone): $(cell "$dfile" "$key" 0 "$unit")$(extra "$dfile")"
+      bound_by=""
+      if [ "$d" != null ]; then
+        for srv in coturn turnpike forwarder; do
+          m=$(stat_of "$results/$row.$srv.jsonl" "$key" median)
+          [ "$m" != null ] && [ "$(jq -n "$m >= 0.9 * $d")" = true ] && bound_by="$bound_by $srv"
+        done
+      fi
+      [ -n "$bound_by" ] && marginal="$marginal; generator-bound (within 10 % of direct):${bound_by}"
+      case " $bound_by " in *" turnpike "*) bound=", generator-bound" ;; esac
+    elif [ "${direct[$row]:-0}" = 1 ]; then
       d=$(stat_of "$results/$row.direct.jsonl" relay_cost_us_per_packet median)
       margin() {
         local m
@@ -503,10 +642,13 @@ table="$results/table.md"
       mc=$(margin "$c"); mt=$(margin "$t"); mf=$(margin "$f")
       marginal="$mc / $mt / $mf µs ($(ratio "$mt" "$mc")); direct $d µs"
     fi
-    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm") | $fratio | $hosts | $marginal |"
+    echo "| ${label[$row]}: $what | $(cell "$c" "$key" "$decimals" "$unit")$(extra "$c") | $(cell "$t" "$key" "$decimals" "$unit")$(extra "$t") | $fcell | $(ratio "$tm" "$cm")$bound | $fratio | $hosts | $marginal |"
   done
   echo
   echo "Medians of $rounds round(s), lowest–highest in brackets; host CPU in µs per relayed packet (per allocation for the allocation rows); marginal CPU: the relay cost (server, generator and echo peer, ksoftirqd, interrupts) per relayed packet minus the direct run's."
+  case " $rows " in *" r12 "*)
+    echo "r12: the most packets relayed a second (both directions, per second of sending) among the rungs of the ladder that lost at most 0.1 %, each server fresh per round, each rung $duration s; a ladder stops after two rungs in a row above 0.1 % loss. Higher is better, so its ratios read the other way round; direct is the generator sending straight to its own echo peer, its own ceiling. Every rung's JSON line: r12.<server>.rungs.jsonl." ;;
+  esac
   echo "$(nproc) cores, $(uname -r); load average before $load_before, after $(cut -d' ' -f1-3 /proc/loadavg); $elapsed s in all."
   echo "$versions; \`$command_line\`"
 } >"$table"
