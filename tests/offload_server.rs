@@ -527,7 +527,7 @@ fn offload_on_refuses_to_start_without_the_fast_path() {
     assert!(!ok, "{printed}");
     assert!(
         printed.contains(
-            "turnpike: relay.offload = \"on\" but the kernel fast path cannot run: not permitted to load eBPF programs (run as root, or give the process CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON)"
+            "turnpike: relay.offload = \"on\" but the kernel fast path cannot run: not permitted to load eBPF programs (run as root, or give the process CAP_BPF and CAP_NET_ADMIN)"
         ),
         "{printed}"
     );
@@ -578,4 +578,59 @@ fn a_denied_peer_never_reaches_the_kernel_tables() {
         server.stats().get("offload_carried"),
         after.get("offload_carried") + 1
     );
+}
+
+#[test]
+fn the_capabilities_the_systemd_unit_names_are_enough_without_root() {
+    // As the unit would run it: an unprivileged user whose only capabilities are the two the
+    // unit's comment names (ambient, inherited and bounding, as AmbientCapabilities and
+    // CapabilityBoundingSet set them). `check-config` loads and attaches the program to say
+    // what offload comes to, so "on" passing is the proof; with either missing it fails.
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    // nobody must be able to read the configuration.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let config = TestConfig {
+        transports: vec!["udp"],
+        offload: "on",
+        ..TestConfig::default()
+    };
+    let path = dir.path().join("turnpike.toml");
+    std::fs::write(&path, common::base_config(&config, dir.path())).unwrap();
+    let as_nobody_with = |caps: &str| {
+        let set = format!("-all,{caps}");
+        let output = std::process::Command::new(common::require_tool("setpriv"))
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(format!("--inh-caps={set}"))
+            .arg(format!("--ambient-caps={set}"))
+            .arg(format!("--bounding-set={set}"))
+            .arg("--")
+            .arg(common::turnpike_binary())
+            .arg("check-config")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .expect("run setpriv");
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), printed)
+    };
+    let (ok, printed) = as_nobody_with("+bpf,+net_admin");
+    assert!(
+        ok && printed.contains("offload: on: the kernel fast path will relay"),
+        "{printed}"
+    );
+    for missing in ["+bpf,+perfmon", "+net_admin,+perfmon", "+bpf", "+net_admin"] {
+        let (ok, printed) = as_nobody_with(missing);
+        assert!(
+            !ok && printed.contains("cannot run here"),
+            "with only {missing}: {printed}"
+        );
+    }
 }

@@ -36,7 +36,7 @@ const OLDEST_KERNEL: (u32, u32) = (6, 6);
 #[derive(Debug, thiserror::Error)]
 pub enum Why {
     #[error(
-        "not permitted to load eBPF programs (run as root, or give the process CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON): {0}"
+        "not permitted to load eBPF programs (run as root, or give the process CAP_BPF and CAP_NET_ADMIN): {0}"
     )]
     NotPermitted(String),
     #[error(
