@@ -565,3 +565,65 @@ fn a_peer_on_the_server_host_is_relayed_in_user_space() {
     assert_eq!(moved("to_peer_packets"), ROUNDS);
     assert_eq!(moved("to_client_packets"), ROUNDS);
 }
+
+#[test]
+fn two_clients_relayed_to_each_other_are_carried_in_one_rewrite() {
+    // Both clients use this server and bind a channel to each other's relayed address (as two
+    // browsers with relay-only ICE do): the program turns A's ChannelData straight into B's,
+    // without the datagram ever reaching a relay socket.
+    let topology = Topology::new(false);
+    let server = topology.start_server();
+    let listener = server.addr("udp");
+    let new_client = || {
+        topology
+            .client
+            .run(|| StunClient::udp(listener, &format!("{CLIENT_IP}:0"), "alice", "wonderland"))
+    };
+    let (mut a, mut b) = (new_client(), new_client());
+    let a_relayed = a.allocate().expect("A's allocation");
+    let b_relayed = b.allocate().expect("B's allocation");
+    const BACK: u16 = 0x4abc;
+    assert_eq!(a.bind(CHANNEL, b_relayed), None);
+    assert_eq!(b.bind(BACK, a_relayed), None);
+    let errors_before = checksum_errors(&topology.client);
+    let before = server.stats();
+    const ROUNDS: usize = 12;
+    let pads: [&[u8]; 4] = [b"", b"\x11", b"\x22\x33", b"\x44\x55\x66"];
+    for round in 0..ROUNDS {
+        let data = payload(1 + round * 97, round);
+        a.send_frame(&channel_data(&data, pads[round % 4]));
+        assert_eq!(
+            b.recv_data(Instant::now() + ARRIVES).as_deref(),
+            Some(data.as_slice()),
+            "round {round}: A to B"
+        );
+        let mut back = BACK.to_be_bytes().to_vec();
+        back.extend_from_slice(&(data.len() as u16).to_be_bytes());
+        back.extend_from_slice(&data);
+        b.send_frame(&back);
+        assert_eq!(
+            a.recv_data(Instant::now() + ARRIVES).as_deref(),
+            Some(data.as_slice()),
+            "round {round}: B to A"
+        );
+    }
+    let after = server.stats();
+    let moved = |name: &str| after.get(name) - before.get(name);
+    eprintln!(
+        "client to client: offload_carried {}, to_peer_packets {}, to_client_packets {}",
+        moved("offload_carried"),
+        moved("to_peer_packets"),
+        moved("to_client_packets")
+    );
+    // Each datagram is two relayed datagrams (A's to its peer, B's from its peer), as user
+    // space counts them, all in the kernel; the client's kernel verified every checksum.
+    assert_eq!(moved("offload_carried"), 4 * ROUNDS as u64);
+    assert_eq!(moved("to_peer_packets"), 2 * ROUNDS as u64);
+    assert_eq!(moved("to_client_packets"), 2 * ROUNDS as u64);
+    assert_eq!(checksum_errors(&topology.client), errors_before);
+    // Refresh 0 of B: A's ChannelData now goes to B's former relayed address, where nothing
+    // answers, and nobody gets it.
+    assert_eq!(b.refresh(0), None);
+    a.send_frame(&channel_data(b"after B left", b""));
+    assert_eq!(b.recv_data(Instant::now() + QUIET), None);
+}

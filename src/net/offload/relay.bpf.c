@@ -304,6 +304,120 @@ static __always_inline int relayed(struct __sk_buff *skb, __u32 ifindex)
 	return deliver(skb, ifindex);
 }
 
+// Takes the padding after a ChannelData payload of `length` bytes (`available - length` bytes,
+// at most 3) out of a running checksum: the new datagram does not carry it. -1 when it cannot
+// be read.
+static __always_inline int padding_out(struct __sk_buff *skb, __u16 length, __u16 available,
+				       __u32 *sum)
+{
+	__u16 padding = available - length;
+	if (!padding)
+		return 0;
+	__u8 pad[3] = {};
+	__u32 at = PAYLOAD_OFF + 4 + length;
+	int loaded = -1;
+	if (padding == 1)
+		loaded = bpf_skb_load_bytes(skb, at, pad, 1);
+	else if (padding == 2)
+		loaded = bpf_skb_load_bytes(skb, at, pad, 2);
+	else
+		loaded = bpf_skb_load_bytes(skb, at, pad, 3);
+	if (loaded < 0)
+		return -1;
+	// The padding's words as they lie: after an odd payload its first byte is the low half of
+	// the payload's last word.
+	__u8 words[4] = {};
+	if (length & 1) {
+		words[1] = pad[0];
+		words[2] = pad[1];
+		words[3] = pad[2];
+	} else {
+		words[0] = pad[0];
+		words[1] = pad[1];
+		words[2] = pad[2];
+	}
+	*sum = minus(*sum, *(__u16 *)&words[0]);
+	*sum = minus(*sum, *(__u16 *)&words[2]);
+	return 0;
+}
+
+// Client A -> listener, on a channel whose peer is client B's relayed address on this host, and
+// B has a channel bound back to A's relayed address (two clients relayed to each other by this
+// server, as two browsers that both use it): both legs in one rewrite, ChannelData to
+// ChannelData, from the listener B talks to. The layout stays (only the padding goes), so
+// nothing moves: the UDP ports, the channel number and the addresses change.
+static __always_inline int across(struct __sk_buff *skb, struct iphdr *ip, struct udphdr *udp,
+				  const __u8 *head, __u16 length, __u16 available, __u32 slot,
+				  const struct peer_entry *other)
+{
+	if (length > other->max_payload)
+		return PASS;
+	__u32 client_ip = other->client_ip, listener_ip = other->listener_ip;
+	__u32 other_slot = other->slot, ifindex = other->ifindex;
+	__u16 client_port = other->client_port, listener_port = other->listener_port;
+	__u16 channel = other->channel;
+	__u16 new_udp_len = bpf_htons(8 + 4 + length);
+
+	enum checksum kind = checksum_kind(ip, udp);
+	if (!carried(skb, ifindex, kind, 20 + 8 + 4 + length))
+		return PASS;
+
+	__u16 check = 0;
+	if (kind == CSUM_FULL) {
+		// Out: the old pseudo-header, ports, length, channel number and padding. In: the
+		// new ones. The ChannelData length stays.
+		__u32 sum = (__u16)~udp->check;
+		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
+		sum = minus(sum, udp->source);
+		sum = minus(sum, udp->dest);
+		sum = minus(sum, udp->len);
+		sum = minus(sum, *(__u16 *)&head[0]);
+		if (padding_out(skb, length, available, &sum) < 0)
+			return PASS;
+		sum = plus(sum, pseudo(listener_ip, client_ip, new_udp_len));
+		sum = plus(sum, listener_port);
+		sum = plus(sum, client_port);
+		sum = plus(sum, new_udp_len);
+		sum = plus(sum, channel);
+		check = finish(sum);
+	}
+
+	struct {
+		struct udphdr udp;
+		__u16 channel;
+	} out = {
+		.udp = {
+			.source = listener_port,
+			.dest = client_port,
+			.len = new_udp_len,
+			.check = check,
+		},
+		.channel = channel,
+	};
+	if (bpf_skb_store_bytes(skb, UDP_OFF, &out, sizeof(out), BPF_F_RECOMPUTE_CSUM) < 0)
+		return failed();
+	if (store_ip(skb, ip, listener_ip, client_ip, 20 + 8 + 4 + length) < 0)
+		return failed();
+	if (available != length &&
+	    bpf_skb_change_tail(skb, ETH_LEN + 20 + 8 + 4 + length, 0) < 0)
+		return failed();
+	bpf_set_hash_invalid(skb);
+
+	struct slot_counters *counted = bpf_map_lookup_elem(&counters, &slot);
+	if (counted) {
+		counted->to_peer_packets += 1;
+		counted->to_peer_bytes += length;
+	}
+	counted = bpf_map_lookup_elem(&counters, &other_slot);
+	if (counted) {
+		counted->to_client_packets += 1;
+		counted->to_client_bytes += length;
+	}
+	// Two relayed datagrams, as user space would count them.
+	count_total(TOTAL_CARRIED);
+	return relayed(skb, ifindex);
+}
+
 // Client -> listener: ChannelData becomes a UDP datagram from the relay to the peer.
 static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, struct udphdr *udp,
 				   __u16 udp_len)
@@ -343,6 +457,20 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 	__u32 ifindex = entry->ifindex;
 	__u16 new_udp_len = bpf_htons(8 + length);
 
+	if (ifindex == 0) {
+		// The peer is on this host: is it another allocation's relayed address with a
+		// channel bound back to this one?
+		struct peer_key back = {
+			.peer_ip = relay_ip,
+			.relay_ip = peer_ip,
+			.peer_port = relay_port,
+			.relay_port = peer_port,
+		};
+		struct peer_entry *other = bpf_map_lookup_elem(&peers, &back);
+		if (other)
+			return across(skb, ip, udp, head, length, available, slot, other);
+	}
+
 	enum checksum kind = checksum_kind(ip, udp);
 	if (!carried(skb, ifindex, kind, 20 + 8 + length))
 		return PASS;
@@ -358,34 +486,8 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 		sum = minus(sum, udp->len);
 		sum = minus(sum, *(__u16 *)&head[0]);
 		sum = minus(sum, *(__u16 *)&head[2]);
-		__u16 padding = available - length;
-		if (padding) {
-			__u8 pad[3] = {};
-			__u32 at = PAYLOAD_OFF + 4 + length;
-			int loaded = -1;
-			if (padding == 1)
-				loaded = bpf_skb_load_bytes(skb, at, pad, 1);
-			else if (padding == 2)
-				loaded = bpf_skb_load_bytes(skb, at, pad, 2);
-			else
-				loaded = bpf_skb_load_bytes(skb, at, pad, 3);
-			if (loaded < 0)
-				return PASS;
-			// The padding's words as they lie: after an odd payload its first byte is
-			// the low half of the payload's last word.
-			__u8 words[4] = {};
-			if (length & 1) {
-				words[1] = pad[0];
-				words[2] = pad[1];
-				words[3] = pad[2];
-			} else {
-				words[0] = pad[0];
-				words[1] = pad[1];
-				words[2] = pad[2];
-			}
-			sum = minus(sum, *(__u16 *)&words[0]);
-			sum = minus(sum, *(__u16 *)&words[2]);
-		}
+		if (padding_out(skb, length, available, &sum) < 0)
+			return PASS;
 		sum = plus(sum, pseudo(relay_ip, peer_ip, new_udp_len));
 		sum = plus(sum, relay_port);
 		sum = plus(sum, peer_port);
