@@ -7,15 +7,13 @@ mod common;
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
+use common::chromium::Chromium;
 use common::{RELAY_PORTS, Server, TestConfig};
 
 /// How long Chromium has to report; the page gives up a little earlier and says why.
@@ -206,55 +204,6 @@ fn parse_query(query: &str) -> HashMap<String, String> {
         .collect()
 }
 
-/// Headless Chromium in its own process group, so that all its processes go on drop.
-struct Chromium {
-    child: Child,
-}
-
-impl Chromium {
-    fn launch(url: &str, profile: &Path, log: &Path, extra: &[&str]) -> Chromium {
-        let program = common::require_tool("chromium");
-        let (stdout, stderr) = common::output_file(log);
-        let child = Command::new(program)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(extra)
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .expect("spawn chromium");
-        Chromium { child }
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        // Chromium's helpers exit when the browser dies; killing the group (whose id is the
-        // leader's) makes sure of it wherever procps' `kill` is installed.
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 /// Opens the page with `url` as the only ICE server and checks the relayed round trip.
 fn data_channel_through(url: &str, relay_protocol: &str, extra: &[&str]) {
     let page = serve_page(&serde_json::json!({
@@ -263,16 +212,15 @@ fn data_channel_through(url: &str, relay_protocol: &str, extra: &[&str]) {
         "credential": "wonderland",
     }));
     let dir = tempfile::tempdir().expect("create a tempdir");
-    let log = dir.path().join("chromium.log");
     let page_url = format!("http://{}/", page.addr);
-    let chromium = Chromium::launch(&page_url, &dir.path().join("profile"), &log, extra);
+    let chromium = Chromium::launch(dir.path(), extra, &page_url);
 
     let result = page.results.recv_timeout(RESULT_TIMEOUT);
+    let stderr = chromium.stderr_tail(60);
     drop(chromium);
     let result = result.unwrap_or_else(|_| {
         panic!(
-            "no result from Chromium within {RESULT_TIMEOUT:?} for {url}; its stderr ends:\n{}",
-            tail(&log, 60)
+            "no result from Chromium within {RESULT_TIMEOUT:?} for {url}; its stderr ends:\n{stderr}"
         )
     });
     eprintln!("{url}: {result:?}");
@@ -298,8 +246,8 @@ fn data_channel_through(url: &str, relay_protocol: &str, extra: &[&str]) {
 
 #[test]
 fn data_channel_over_turn_udp() {
-    // Over the kernel fast path (root here): Chromium binds channels, and each side's
-    // ChannelData is rewritten by the kernel into a datagram to the other side's relay.
+    // Over the kernel fast path (root here): Chromium binds channels to each other's relayed
+    // addresses, and the kernel turns each side's ChannelData straight into the other's.
     let server = Server::with(&TestConfig {
         offload: "auto",
         ..TestConfig::default()

@@ -15,9 +15,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::{self, JoinHandle};
@@ -25,6 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
+use common::chromium::Chromium;
 use common::{Server, TestConfig};
 
 const PAGE: &str = include_str!("../src/http/dashboard.html");
@@ -312,70 +310,6 @@ fn answer(
     )
 }
 
-/// Headless Chromium in its own process group, all of it killed on drop.
-struct Chromium {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl Chromium {
-    fn launch(dir: &Path, extra: &[&str], url: &str) -> Chromium {
-        let program = common::require_tool("chromium");
-        let stdout = std::fs::File::create(dir.join("stdout")).expect("create stdout file");
-        let stderr = std::fs::File::create(dir.join("stderr")).expect("create stderr file");
-        let child = Command::new(program)
-            .args([
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--disable-extensions",
-                "--hide-scrollbars",
-            ])
-            .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-            .args(extra)
-            .arg(url)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
-            .process_group(0)
-            .spawn()
-            .expect("spawn chromium");
-        Chromium {
-            child,
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    /// Waits (bounded) for Chromium to exit and returns its stdout.
-    fn finish(mut self) -> String {
-        let status = common::wait_bounded(&mut self.child, CHROMIUM_TIMEOUT);
-        let stdout = std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default();
-        assert!(
-            status.is_some(),
-            "Chromium did not finish within {CHROMIUM_TIMEOUT:?}; stderr:\n{}",
-            self.stderr()
-        );
-        stdout
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
-    }
-}
-
-impl Drop for Chromium {
-    fn drop(&mut self) {
-        let group = format!("-{}", self.child.id());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The text of the element with `id` in serialised HTML (up to its first child tag).
 fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
     let start = dom
@@ -396,7 +330,7 @@ fn renders_the_status_and_the_allocations() {
         &["--virtual-time-budget=10000", "--dump-dom"],
         &api.url(&format!("/#token={TOKEN}")),
     );
-    let dom = chromium.finish();
+    let dom = chromium.finish(CHROMIUM_TIMEOUT);
 
     assert_eq!(text_of(&dom, "node"), "turn-1");
     assert_eq!(text_of(&dom, "version"), "0.1.0");
@@ -482,7 +416,7 @@ fn runs_under_the_real_servers_headers() {
         &["--virtual-time-budget=10000", "--dump-dom"],
         &format!("http://{api}/#token={TOKEN}"),
     );
-    let dom = chromium.finish();
+    let dom = chromium.finish(CHROMIUM_TIMEOUT);
     assert_eq!(
         Some(text_of(&dom, "node")),
         status["node"].as_str(),
@@ -522,7 +456,7 @@ fn screenshots() {
             ],
             &api.url(page),
         );
-        chromium.finish();
+        chromium.finish(CHROMIUM_TIMEOUT);
         let bytes = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);
         eprintln!("dashboard screenshot: {} ({bytes} bytes)", png.display());
         assert!(bytes > 10_000, "{name} too small: {bytes} bytes");
@@ -610,7 +544,7 @@ fn run_harness(api: &StandIn, page: &str, extra: &[&str], wait: Duration) -> Val
     let dir = tempfile::tempdir().expect("create a tempdir");
     let chromium = Chromium::launch(dir.path(), extra, &api.url(page));
     let result = api.results.recv_timeout(wait);
-    let stderr = chromium.stderr();
+    let stderr = chromium.stderr_tail(usize::MAX);
     drop(chromium);
     let result = result.unwrap_or_else(|_| {
         panic!("no report from {page} within {wait:?}; Chromium's stderr:\n{stderr}")

@@ -628,7 +628,7 @@ fn a_node_rides_out_a_redis_outage_and_recovers_without_a_restart() {
 
 #[test]
 fn a_node_starts_without_redis_and_picks_it_up_later() {
-    let port = common::redis::free_port();
+    let port = common::free_port();
     let url = format!("redis://127.0.0.1:{port}/0");
     let mut server = node(&url, "turnpike", "5m", vec![]);
     assert_eq!(
@@ -884,7 +884,7 @@ fn names_are_data_not_patterns() {
 
 #[test]
 fn admin_commands_fail_in_one_clear_line() {
-    let port = common::redis::free_port();
+    let port = common::free_port();
     let unreachable = format!("redis://:url-pass-9@127.0.0.1:{port}/0");
     let bad_url = "http://:url-pass-9@127.0.0.1/0";
     let future = format!("{}:frank", unix_now() + 3600);

@@ -8,6 +8,7 @@
 // Each test file uses its own subset of the harness.
 #![allow(dead_code)]
 
+pub mod chromium;
 pub mod http;
 pub mod netns;
 pub mod redis;
@@ -606,17 +607,25 @@ pub fn raise_open_files(wanted: u64) {
     }
 }
 
-/// A UDP port on 127.0.0.1 that was free a moment ago (the TCP port of the same number too).
-/// Racy by nature: callers retry when the port is taken by the time they bind it.
+/// Where [`free_port`] looks: below Linux's ephemeral range (32768 and up), so that the kernel
+/// does not hand the port to some other socket between the check and the test's bind, and a
+/// server restarted on the same port (Redis in the fault tests) finds it free again.
+const FREE_PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A port on 127.0.0.1, free for both UDP and TCP a moment ago. Racy by nature (another test
+/// may pick it too): callers retry when the port is taken by the time they bind it.
 pub fn free_port() -> u16 {
-    for _ in 0..50 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind UDP 127.0.0.1:0");
-        let port = udp.local_addr().expect("local address").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..100 {
+        let port = rng.random_range(FREE_PORTS);
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && TcpListener::bind(("127.0.0.1", port)).is_ok()
+        {
             return port;
         }
     }
-    panic!("no port free for both UDP and TCP on 127.0.0.1 after 50 tries");
+    panic!("no port in {FREE_PORTS:?} free for both UDP and TCP on 127.0.0.1 after 100 tries");
 }
 
 /// A STUN Binding request with a fixed transaction ID.

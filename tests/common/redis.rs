@@ -1,22 +1,15 @@
 //! A throwaway `redis-server` per test: its own port on 127.0.0.1, no persistence, killed (by
 //! pid: Redis rewrites its process title) on drop, and restartable on the same port.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tempfile::TempDir;
 
 /// How long `redis-server` may take to answer PING after it is spawned.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Ports are drawn from here: below Linux's ephemeral range (32768–60999) and the relay ports
-/// of the test configurations (40000–60000), so that no outgoing socket or relay socket of a
-/// test running in parallel takes the port while the Redis on it is down for a restart.
-const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A `redis-server` on 127.0.0.1; killed and reaped on drop.
 pub struct RedisServer {
@@ -32,7 +25,7 @@ impl RedisServer {
     pub fn start() -> RedisServer {
         let mut redis = RedisServer {
             child: None,
-            port: free_port(),
+            port: super::free_port(),
             dir: tempfile::tempdir().expect("create a tempdir"),
             starts: 0,
         };
@@ -44,12 +37,12 @@ impl RedisServer {
                 "redis-server did not come up on port {} (attempt {attempt}), retrying",
                 redis.port
             );
-            redis.port = free_port();
+            redis.port = super::free_port();
         }
         panic!("redis-server did not come up in 5 attempts");
     }
 
-    /// Starts a Redis on `port`, which must be free (e.g. from [`free_port`]).
+    /// Starts a Redis on `port`, which must be free (e.g. from [`super::free_port`]).
     pub fn start_on(port: u16) -> RedisServer {
         let mut redis = RedisServer {
             child: None,
@@ -205,16 +198,4 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
     }
-}
-
-/// A TCP port on 127.0.0.1 in [`PORTS`] that was free a moment ago.
-pub fn free_port() -> u16 {
-    let mut rng = rand::rng();
-    for _ in 0..100 {
-        let port = rng.random_range(PORTS);
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free TCP port in {PORTS:?} after 100 tries");
 }
