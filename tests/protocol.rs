@@ -1,6 +1,6 @@
 //! The real binary on the wire, driven message by message: peer policy, and malformed input on
-//! every transport. Requests are built with turnpike's own codec, which the RFC 5769 vectors
-//! check; the behaviour under test is the server's.
+//! every transport. Requests are built with turnpike's own codec (through the common test
+//! client), which the RFC 5769 vectors check; the behaviour under test is the server's.
 
 mod common;
 
@@ -8,122 +8,25 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
+use common::stun_client::{Answer, StunClient};
 use common::{Server, TestConfig};
-use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key};
+use turnpike::stun::{Class, Message, MessageWriter, Method, TransactionId, attr};
 
-const REALM: &str = "turnpike.test";
-
-/// A minimal long-term-credential client over one UDP socket.
-struct RawClient {
-    socket: UdpSocket,
-    server: SocketAddr,
-    key: [u8; 16],
-    username: &'static str,
-    nonce: Option<Vec<u8>>,
-    tid: u8,
+/// The common test client (long-term credentials of alice) on a fresh UDP socket bound to
+/// `local`.
+fn client_from(server: SocketAddr, local: &str) -> StunClient {
+    StunClient::udp(server, local, "alice", "wonderland")
 }
 
-#[derive(Debug)]
-struct Answer {
-    code: Option<u16>,
-    bytes: Vec<u8>,
+fn alice(server: SocketAddr) -> StunClient {
+    client_from(server, "127.0.0.1:0")
 }
 
-impl RawClient {
-    fn new(server: SocketAddr) -> Self {
-        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(5)))
-            .unwrap();
-        RawClient {
-            socket,
-            server,
-            key: long_term_key("alice", REALM, "wonderland"),
-            username: "alice",
-            nonce: None,
-            tid: 0,
-        }
-    }
-
-    fn request(&mut self, method: Method, attrs: &dyn Fn(&mut MessageWriter<'_>)) -> Answer {
-        for _ in 0..2 {
-            self.tid += 1;
-            let tid = TransactionId([self.tid; 12]);
-            let mut buf = [0u8; 1500];
-            let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).unwrap();
-            attrs(&mut w);
-            if let Some(nonce) = &self.nonce {
-                w.attribute(attr::USERNAME, self.username.as_bytes())
-                    .unwrap();
-                w.attribute(attr::REALM, REALM.as_bytes()).unwrap();
-                w.attribute(attr::NONCE, nonce).unwrap();
-                w.message_integrity(&self.key).unwrap();
-            }
-            w.fingerprint().unwrap();
-            let n = w.finish();
-            self.socket.send_to(&buf[..n], self.server).unwrap();
-            let answer = self.answer(tid);
-            if answer.code == Some(401) || answer.code == Some(438) {
-                let msg = Message::parse(&answer.bytes).unwrap();
-                let fresh = msg.get(attr::NONCE).map(<[u8]>::to_vec);
-                if fresh.is_some() && fresh != self.nonce {
-                    self.nonce = fresh;
-                    continue;
-                }
-            }
-            return answer;
-        }
-        panic!("no answer after a nonce retry")
-    }
-
-    fn answer(&self, tid: TransactionId) -> Answer {
-        let mut buf = [0u8; 1500];
-        loop {
-            let (n, _) = self
-                .socket
-                .recv_from(&mut buf)
-                .expect("the server answers within 5 s");
-            let Ok(msg) = Message::parse(&buf[..n]) else {
-                continue;
-            };
-            if msg.transaction_id() != tid {
-                continue;
-            }
-            let code = msg
-                .get(attr::ERROR_CODE)
-                .map(|v| attr::decode_error_code(v).unwrap().0);
-            return Answer {
-                code,
-                bytes: buf[..n].to_vec(),
-            };
-        }
-    }
-
-    fn allocate(&mut self) -> SocketAddr {
-        let answer = self.request(Method::ALLOCATE, &|w| w.requested_transport(17).unwrap());
-        assert_eq!(answer.code, None, "allocate failed: {answer:?}");
-        let msg = Message::parse(&answer.bytes).unwrap();
-        attr::decode_xor_address(
-            msg.get(attr::XOR_RELAYED_ADDRESS).unwrap(),
-            &msg.transaction_id(),
-        )
-        .unwrap()
-    }
-
-    fn permit(&mut self, peer: SocketAddr) -> Option<u16> {
-        self.request(Method::CREATE_PERMISSION, &|w| {
-            w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
-        })
-        .code
-    }
-
-    fn bind(&mut self, number: u16, peer: SocketAddr) -> Option<u16> {
-        self.request(Method::CHANNEL_BIND, &|w| {
-            w.channel_number(number).unwrap();
-            w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
-        })
-        .code
-    }
+/// Allocates, failing the test with the error code if refused.
+fn allocate(client: &mut StunClient) -> SocketAddr {
+    client
+        .allocate()
+        .unwrap_or_else(|code| panic!("allocate failed: {code}"))
 }
 
 const SPECIAL_PEERS: [&str; 8] = [
@@ -144,14 +47,14 @@ fn peer_policy_refuses_special_addresses_by_default() {
         transports: vec!["udp", "tcp"],
         ..TestConfig::default()
     });
-    let mut client = RawClient::new(server.addr("udp"));
-    let relayed = client.allocate();
+    let mut client = alice(server.addr("udp"));
+    let relayed = allocate(&mut client);
     for peer in SPECIAL_PEERS {
-        assert_eq!(client.permit(peer.parse().unwrap()), Some(403), "{peer}");
+        assert_eq!(client.permit(&[peer.parse().unwrap()]), Some(403), "{peer}");
     }
-    assert_eq!(client.permit(server.addr("udp")), Some(403));
-    assert_eq!(client.permit(server.addr("tcp")), Some(403));
-    assert_eq!(client.permit(relayed), Some(403));
+    assert_eq!(client.permit(&[server.addr("udp")]), Some(403));
+    assert_eq!(client.permit(&[server.addr("tcp")]), Some(403));
+    assert_eq!(client.permit(&[relayed]), Some(403));
 }
 
 #[test]
@@ -161,10 +64,10 @@ fn allow_entries_open_special_ranges_but_never_the_server_itself() {
         transports: vec!["udp", "tcp"],
         ..TestConfig::default()
     });
-    let mut client = RawClient::new(server.addr("udp"));
-    let relayed = client.allocate();
+    let mut client = alice(server.addr("udp"));
+    let relayed = allocate(&mut client);
     for peer in SPECIAL_PEERS {
-        assert_eq!(client.permit(peer.parse().unwrap()), None, "{peer}");
+        assert_eq!(client.permit(&[peer.parse().unwrap()]), None, "{peer}");
     }
     // The listeners (whatever the IPv4-in-IPv6 spelling) and the allocation's own relayed
     // address stay refused: relaying to them would loop.
@@ -177,8 +80,8 @@ fn allow_entries_open_special_ranges_but_never_the_server_itself() {
     }
     assert_eq!(client.bind(0x4002, relayed), Some(403));
     // Another allocation's relayed address is an ordinary peer.
-    let mut other = RawClient::new(server.addr("udp"));
-    let other_relayed = other.allocate();
+    let mut other = alice(server.addr("udp"));
+    let other_relayed = allocate(&mut other);
     assert_eq!(client.bind(0x4003, other_relayed), None);
 }
 
@@ -294,8 +197,8 @@ fn malformed_udp_datagrams_are_dropped_and_the_server_keeps_serving() {
         ..TestConfig::default()
     });
     let udp = server.addr("udp");
-    let mut client = RawClient::new(udp);
-    client.allocate();
+    let mut client = alice(udp);
+    allocate(&mut client);
     let attacker = UdpSocket::bind("127.0.0.2:0").unwrap();
     for case in malformed_datagrams() {
         attacker.send_to(&case, udp).unwrap();
@@ -303,7 +206,7 @@ fn malformed_udp_datagrams_are_dropped_and_the_server_keeps_serving() {
     binding_works(udp);
     // The allocation made before the flood still works.
     let peer: SocketAddr = "127.0.0.1:9".parse().unwrap();
-    assert_eq!(client.permit(peer), None);
+    assert_eq!(client.permit(&[peer]), None);
     binding_works_on_tcp(server.addr("tcp"));
 }
 
@@ -399,8 +302,7 @@ fn loopback_config(listeners: &[(&str, &str)]) -> String {
 }
 
 fn xor_addr(answer: &Answer, typ: u16) -> SocketAddr {
-    let msg = Message::parse(&answer.bytes).unwrap();
-    attr::decode_xor_address(msg.get(typ).unwrap(), &msg.transaction_id()).unwrap()
+    answer.xor_address(typ).expect("the address attribute")
 }
 
 #[test]
@@ -414,16 +316,11 @@ fn ipv6_listener_and_ipv6_relay_carry_data_both_ways() {
     peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let peer_addr = peer.local_addr().unwrap();
 
-    let mut client = RawClient::new(udp);
-    client.socket = UdpSocket::bind("[::1]:0").unwrap();
-    client
-        .socket
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
+    let mut client = client_from(udp, "[::1]:0");
     let binding = client.request(Method::BINDING, &|_| {});
     assert_eq!(
         xor_addr(&binding, attr::XOR_MAPPED_ADDRESS),
-        client.socket.local_addr().unwrap()
+        client.local_addr()
     );
     let allocated = client.request(Method::ALLOCATE, &|w| {
         w.requested_transport(17).unwrap();
@@ -434,24 +331,21 @@ fn ipv6_listener_and_ipv6_relay_carry_data_both_ways() {
     let relayed = xor_addr(&allocated, attr::XOR_RELAYED_ADDRESS);
     assert_eq!(relayed.ip(), "::1".parse::<std::net::IpAddr>().unwrap());
     // An IPv4 peer on an IPv6 allocation is a family mismatch.
-    assert_eq!(client.permit("127.0.0.1:9".parse().unwrap()), Some(443));
+    assert_eq!(client.permit(&["127.0.0.1:9".parse().unwrap()]), Some(443));
     assert_eq!(client.bind(0x4000, peer_addr), None);
 
     // Client -> peer over the channel, peer -> client back as ChannelData.
-    let mut frame = vec![0x40, 0x00, 0x00, 0x05];
-    frame.extend_from_slice(b"hello");
-    client.socket.send_to(&frame, udp).unwrap();
+    client.send_channel_data(0x4000, b"hello");
     let mut buf = [0u8; 1500];
     let (n, from) = peer.recv_from(&mut buf).expect("the peer receives");
     assert_eq!((&buf[..n], from), (&b"hello"[..], relayed));
     peer.send_to(b"world", relayed).unwrap();
-    let (n, _) = client
-        .socket
-        .recv_from(&mut buf)
+    let frame = client
+        .recv_frame(std::time::Instant::now() + Duration::from_secs(5))
         .expect("the client receives");
     assert_eq!(
-        &buf[..n],
-        &[0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd']
+        frame,
+        [0x40, 0x00, 0x00, 0x05, b'w', b'o', b'r', b'l', b'd']
     );
 }
 
