@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const TURNPIKE: &str = env!("CARGO_BIN_EXE_turnpike");
@@ -50,21 +50,16 @@ fn a_bad_configuration_is_refused_with_its_reason() {
     let config = dir.path().join("bad.toml");
     let toml = common::base_config(&common::TestConfig::default(), dir.path());
     std::fs::write(&config, format!("bogus-setting = 1\n{toml}")).expect("write the config");
-    let log = dir.path().join("stderr.log");
-    let (stdout, stderr) = common::output_file(&log);
-    let mut child = Command::new(TURNPIKE)
-        .arg("serve")
-        .arg("-c")
-        .arg(&config)
-        .args(["--log-format", "json"])
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn turnpike");
-    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
-    let printed = std::fs::read_to_string(&log).unwrap_or_default();
-    let status = status.unwrap_or_else(|| panic!("still running after 20 s: {printed}"));
+    let config = config.to_str().expect("a UTF-8 path");
+    let ran = common::run_turnpike(
+        &[],
+        &["serve", "-c", config, "--log-format", "json"],
+        Duration::from_secs(20),
+    );
+    let printed = ran.printed();
+    let status = ran
+        .status
+        .unwrap_or_else(|| panic!("still running after 20 s: {printed}"));
     assert!(!status.success(), "exit {status}; printed: {printed}");
     assert!(
         printed.contains("bogus-setting"),

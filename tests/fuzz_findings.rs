@@ -5,7 +5,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use common::redis::RedisServer;
@@ -197,23 +197,11 @@ fn run_with_config(args: &[&str], toml: &str) -> (Option<std::process::ExitStatu
     let dir = tempfile::tempdir().expect("create a tempdir");
     let config = dir.path().join("turnpike.toml");
     std::fs::write(&config, toml).expect("write the configuration");
-    let log = dir.path().join("output.log");
-    let (stdout, stderr) = common::output_file(&log);
-    let mut child = Command::new(common::turnpike_binary())
-        .args(args)
-        .arg("-c")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn turnpike");
-    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
-    if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    (status, std::fs::read_to_string(&log).unwrap_or_default())
+    let config = config.to_str().expect("a UTF-8 path");
+    let all: Vec<&str> = args.iter().copied().chain(["-c", config]).collect();
+    let ran = common::run_turnpike(&[], &all, Duration::from_secs(20));
+    let printed = ran.printed();
+    (ran.status, printed)
 }
 
 /// Found by `config` (invariant: a configuration that validates runs the core). Durations had

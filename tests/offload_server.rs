@@ -427,30 +427,17 @@ fn run_edited(
     let toml = edit(common::base_config(&config, dir.path()));
     let path = dir.path().join("turnpike.toml");
     std::fs::write(&path, toml).unwrap();
-    let binary = common::turnpike_binary();
-    let mut command = if without_capabilities {
-        let mut command = std::process::Command::new(common::require_tool("setpriv"));
-        command
-            .args(["--bounding-set=-all", "--inh-caps=-all", "--"])
-            .arg(&binary);
-        command
+    let setpriv = common::require_tool("setpriv");
+    let setpriv = setpriv.to_str().expect("a UTF-8 path");
+    let wrapper: &[&str] = if without_capabilities {
+        &[setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
     } else {
-        std::process::Command::new(&binary)
+        &[]
     };
-    let log = dir.path().join("output.log");
-    let (stdout, stderr) = common::output_file(&log);
-    let mut child = command
-        .args(args)
-        .arg("-c")
-        .arg(&path)
-        .stdin(std::process::Stdio::null())
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn turnpike");
-    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
-    let printed = std::fs::read_to_string(&log).unwrap_or_default();
-    (status.is_some_and(|s| s.success()), printed)
+    let path = path.to_str().expect("a UTF-8 path");
+    let all: Vec<&str> = args.iter().copied().chain(["-c", path]).collect();
+    let ran = common::run_turnpike(wrapper, &all, Duration::from_secs(20));
+    (ran.succeeded(), ran.printed())
 }
 
 #[test]
@@ -602,24 +589,29 @@ fn the_capabilities_the_systemd_unit_names_are_enough_without_root() {
     std::fs::write(&path, common::base_config(&config, dir.path())).unwrap();
     let as_nobody_with = |caps: &str| {
         let set = format!("-all,{caps}");
-        let output = std::process::Command::new(common::require_tool("setpriv"))
-            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
-            .arg(format!("--inh-caps={set}"))
-            .arg(format!("--ambient-caps={set}"))
-            .arg(format!("--bounding-set={set}"))
-            .arg("--")
-            .arg(common::turnpike_binary())
-            .arg("check-config")
-            .arg("-c")
-            .arg(&path)
-            .output()
-            .expect("run setpriv");
-        let printed = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        let (inh, ambient, bounding) = (
+            format!("--inh-caps={set}"),
+            format!("--ambient-caps={set}"),
+            format!("--bounding-set={set}"),
         );
-        (output.status.success(), printed)
+        let setpriv = common::require_tool("setpriv");
+        let wrapper = [
+            setpriv.to_str().expect("a UTF-8 path"),
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            &inh,
+            &ambient,
+            &bounding,
+            "--",
+        ];
+        let path = path.to_str().expect("a UTF-8 path");
+        let ran = common::run_turnpike(
+            &wrapper,
+            &["check-config", "-c", path],
+            Duration::from_secs(20),
+        );
+        (ran.succeeded(), ran.printed())
     };
     let (ok, printed) = as_nobody_with("+bpf,+net_admin");
     assert!(

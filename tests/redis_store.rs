@@ -10,9 +10,8 @@
 
 mod common;
 
-use std::io::Read;
 use std::net::SocketAddr;
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,8 +21,6 @@ use common::uclient::{self, Run};
 use common::{Server, TestConfig};
 use turnpike::auth::key_hex;
 use turnpike::stun::long_term_key;
-
-const TURNPIKE: &str = env!("CARGO_BIN_EXE_turnpike");
 
 /// The specification says a change reaches every node "within 1 s"; polls allow this much,
 /// so that a loaded machine does not fail the test, and print what they measured.
@@ -170,28 +167,14 @@ impl std::fmt::Display for Cli {
 /// Runs `turnpike ARGS...` to completion (killed after 30 s).
 fn turnpike(args: &[&str]) -> Cli {
     const TIMEOUT: Duration = Duration::from_secs(30);
-    let mut child = Command::new(TURNPIKE)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turnpike");
-    // The output is a few lines, far less than a pipe holds, so the child never blocks on it.
-    let status = common::wait_bounded(&mut child, TIMEOUT)
+    let ran = common::run_turnpike(&[], args, TIMEOUT);
+    let status = ran
+        .status
         .unwrap_or_else(|| panic!("turnpike {args:?} still running after {TIMEOUT:?}"));
-    let mut stdout = String::new();
-    let mut stderr = String::new();
-    let pipes = (child.stdout.as_mut(), child.stderr.as_mut());
-    let (Some(out), Some(err)) = pipes else {
-        unreachable!("both are piped")
-    };
-    out.read_to_string(&mut stdout).expect("read stdout");
-    err.read_to_string(&mut stderr).expect("read stderr");
     Cli {
         status,
-        stdout,
-        stderr,
+        stdout: ran.stdout,
+        stderr: ran.stderr,
     }
 }
 

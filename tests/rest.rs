@@ -18,7 +18,6 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -136,29 +135,19 @@ fn logged(server: &Server, prefix: &str) -> Vec<serde_json::Value> {
 }
 
 /// Runs the admin command `turnpike ARGS...` (the binary under test) to completion.
-fn admin(args: &[&str]) -> std::process::Output {
-    let mut child = Command::new(common::turnpike_binary())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn turnpike");
-    common::wait_bounded(&mut child, Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("turnpike {args:?} still running after 30 s"));
-    child.wait_with_output().expect("the output of turnpike")
+fn admin(args: &[&str]) -> common::Ran {
+    let ran = common::run_turnpike(&[], args, Duration::from_secs(30));
+    assert!(
+        ran.status.is_some(),
+        "turnpike {args:?} still running after 30 s"
+    );
+    ran
 }
 
 fn admin_ok(args: &[&str]) -> String {
     let output = admin(args);
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "turnpike {args:?}: {}; {stdout:?} {:?}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    assert!(output.succeeded(), "turnpike {args:?}: {output:?}");
+    output.stdout
 }
 
 /// Waits until a node with `[redis]` has loaded the store: an unknown user gets 401, not 500.
@@ -489,8 +478,8 @@ fn user_add_refuses_control_and_format_characters() {
         ("\u{200f}", "U+200F"),
     ] {
         let output = admin(&["user", "add", name, "--password", "pw", "--redis", &url]);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{name:?} was added");
+        let stderr = &output.stderr;
+        assert!(!output.succeeded(), "{name:?} was added");
         assert!(
             stderr.contains("control or invisible format characters") && stderr.contains(code),
             "{name:?}: {stderr}"
@@ -637,10 +626,10 @@ fn cluster_leases_and_overrides_keep_the_namespaces_apart() {
 fn the_credentials_command_warns_beyond_max_rest_ttl() {
     let run = |args: &[&str]| {
         let output = admin(&[&["credentials", "--secret", SECRET, "--user", "ann"], args].concat());
-        assert!(output.status.success(), "credentials {args:?}: {output:?}");
+        assert!(output.succeeded(), "credentials {args:?}: {output:?}");
         let json: serde_json::Value =
-            serde_json::from_slice(&output.stdout).expect("credentials print JSON");
-        (json, String::from_utf8_lossy(&output.stderr).into_owned())
+            serde_json::from_str(&output.stdout).expect("credentials print JSON");
+        (json, output.stderr)
     };
     let (json, warning) = run(&["--ttl", "2d"]);
     assert_eq!(json["ttl"], 2 * 86_400);

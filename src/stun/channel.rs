@@ -39,11 +39,6 @@ impl<'a> ChannelData<'a> {
         let payload = rest.get(..len).ok_or(StunError::BadLength)?;
         Ok(ChannelData { number, payload })
     }
-
-    /// Same as the module-level [`is_channel_data`].
-    pub fn is_channel_data(buf: &[u8]) -> bool {
-        is_channel_data(buf)
-    }
 }
 
 /// Writes the 4-byte ChannelData header for a payload of `len` bytes at the start of `buf`.
@@ -162,7 +157,7 @@ mod tests {
     #[test]
     fn classify() {
         assert!(is_channel_data(&[0x40]));
-        assert!(ChannelData::is_channel_data(&[0x4F, 0]));
+        assert!(is_channel_data(&[0x4F, 0]));
         assert!(!is_channel_data(&[0x3F]));
         assert!(is_channel_data(&[0x7F]));
         assert!(!is_channel_data(&[0x80]));

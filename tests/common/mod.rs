@@ -721,6 +721,56 @@ pub fn wait_bounded(child: &mut Child, timeout: Duration) -> Option<ExitStatus> 
     None
 }
 
+/// What a bounded run of the binary under test printed.
+#[derive(Debug)]
+pub struct Ran {
+    /// `None`: still running at the deadline, and killed.
+    pub status: Option<ExitStatus>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Ran {
+    /// Whether it exited, with status 0.
+    pub fn succeeded(&self) -> bool {
+        self.status.is_some_and(|status| status.success())
+    }
+
+    /// Its stdout, then its stderr.
+    pub fn printed(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+/// Runs `wrapper... turnpike args...` (e.g. `setpriv ... --` as the wrapper, or none) to
+/// completion, killing it after `timeout`; its output goes to files, which never fill up the
+/// way a pipe can.
+pub fn run_turnpike(wrapper: &[&str], args: &[&str], timeout: Duration) -> Ran {
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut command = match wrapper.split_first() {
+        Some((program, rest)) => {
+            let mut command = Command::new(program);
+            command.args(rest).arg(turnpike_binary());
+            command
+        }
+        None => Command::new(turnpike_binary()),
+    };
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(File::create(&out).expect("create the stdout file"))
+        .stderr(File::create(&err).expect("create the stderr file"))
+        .spawn()
+        .expect("spawn turnpike");
+    let status = wait_bounded(&mut child, timeout);
+    Ran {
+        status,
+        stdout: fs::read_to_string(&out).unwrap_or_default(),
+        stderr: fs::read_to_string(&err).unwrap_or_default(),
+    }
+}
+
 /// Opens `path` for a child's stdout and stderr together.
 pub fn output_file(path: &Path) -> (Stdio, Stdio) {
     let file = File::create(path).expect("create an output file");
