@@ -5,10 +5,13 @@
 //! its own ephemeral ports: other programs on lo, other tests and other people's traffic see
 //! nothing of it. The program detaches when the `FastPath` drops, panics included.
 
+mod common;
+
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
+use common::raw::RawSender;
 use turnpike::net::offload::{Channel, FastPath, SlotCounters};
 
 const CHANNEL: u16 = 0x4001;
@@ -508,54 +511,4 @@ fn ip_packet(payload: &[u8], id: u16, fragment: u16, options: &[u8]) -> Vec<u8> 
     packet[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
     packet.extend_from_slice(payload);
     packet
-}
-
-/// A raw IPv4 socket that sends whole hand-made packets (root here).
-struct RawSender(std::os::fd::OwnedFd);
-
-impl RawSender {
-    fn new() -> RawSender {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket(2); the descriptor is owned by the OwnedFd below.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(
-            fd >= 0,
-            "raw socket (needs root): {}",
-            std::io::Error::last_os_error()
-        );
-        // SAFETY: fd is a fresh descriptor nobody else owns.
-        RawSender(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-    }
-
-    fn send(&self, packet: &[u8], to: SocketAddr) {
-        use std::os::fd::AsRawFd;
-        let SocketAddr::V4(to) = to else {
-            panic!("IPv4 only")
-        };
-        let address = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: 0,
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes(to.ip().octets()),
-            },
-            sin_zero: [0; 8],
-        };
-        // SAFETY: the buffer and the address are valid for the duration of the call.
-        let sent = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&address as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            sent,
-            packet.len() as isize,
-            "raw send: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }

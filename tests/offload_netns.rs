@@ -15,6 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::netns::NetNs;
+use common::raw::RawSender;
 use common::stun_client::StunClient;
 use common::uclient;
 use common::{Server, TestConfig};
@@ -277,35 +278,10 @@ fn send_raw(netns: &NetNs, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8],
     packet.extend_from_slice(&from.ip().octets());
     packet.extend_from_slice(&to.ip().octets());
     packet.extend_from_slice(&udp);
-    netns.run(move || {
-        // SAFETY: socket(2) with constant arguments; IPPROTO_RAW implies IP_HDRINCL (the
-        // kernel fills in the IP checksum and ID, not the UDP checksum).
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a descriptor we just opened.
-        let socket = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: an all-zero sockaddr_in is valid; family and address are set below.
-        let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        address.sin_family = libc::AF_INET as libc::sa_family_t;
-        address.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
-        // SAFETY: sendto with a buffer and an address we own, of the sizes given.
-        let sent = unsafe {
-            libc::sendto(
-                socket.as_raw_fd(),
-                packet.as_ptr().cast(),
-                packet.len(),
-                0,
-                (&address as *const libc::sockaddr_in).cast(),
-                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            sent,
-            packet.len() as isize,
-            "raw send: {}",
-            std::io::Error::last_os_error()
-        );
-    });
+    // IPPROTO_RAW implies IP_HDRINCL: the kernel fills in the IP checksum and ID, not the UDP
+    // checksum.
+    let raw = netns.run(RawSender::new);
+    raw.send(&packet, SocketAddr::V4(to));
 }
 
 /// The UDP checksum over the pseudo-header and `udp` (header with a zero checksum, payload).
@@ -350,18 +326,12 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
     const ROUNDS: usize = 24;
     relay_both_ways(&mut leg, ROUNDS);
     let after = server.stats();
-    let moved = |name: &str| after.get(name) - before.get(name);
-    eprintln!(
-        "across veth: offload_carried {}, to_peer_packets {}, to_client_packets {}",
-        moved("offload_carried"),
-        moved("to_peer_packets"),
-        moved("to_client_packets")
-    );
+    let (carried, to_peer, to_client) = after.relayed_since(&before, "across veth");
     // Every datagram was carried by the kernel, and each receiving kernel verified its
     // checksum (none failed: the count below is what the corrupted datagrams raise).
-    assert_eq!(moved("offload_carried"), 2 * ROUNDS as u64);
-    assert_eq!(moved("to_peer_packets"), ROUNDS as u64);
-    assert_eq!(moved("to_client_packets"), ROUNDS as u64);
+    assert_eq!(carried, 2 * ROUNDS as u64);
+    assert_eq!(to_peer, ROUNDS as u64);
+    assert_eq!(to_client, ROUNDS as u64);
     assert_eq!(
         (
             checksum_errors(&topology.client),
@@ -550,20 +520,14 @@ fn a_peer_on_the_server_host_is_relayed_in_user_space() {
         );
     }
     let after = server.stats();
-    let moved = |name: &str| after.get(name) - before.get(name);
-    eprintln!(
-        "local peer: offload_carried {}, to_peer_packets {}, to_client_packets {}",
-        moved("offload_carried"),
-        moved("to_peer_packets"),
-        moved("to_client_packets")
-    );
-    assert_eq!(moved("offload_carried"), 0, "relayed in user space");
+    let (carried, to_peer, to_client) = after.relayed_since(&before, "local peer");
+    assert_eq!(carried, 0, "relayed in user space");
     // The client's side was in the tables and left up (the peer's answers come in on lo, where
     // no program of this server is attached).
     let passed = passed_up(&topology, &server);
     assert_eq!(passed["local_off_lo"], ROUNDS, "{passed}");
-    assert_eq!(moved("to_peer_packets"), ROUNDS);
-    assert_eq!(moved("to_client_packets"), ROUNDS);
+    assert_eq!(to_peer, ROUNDS);
+    assert_eq!(to_client, ROUNDS);
 }
 
 #[test]
@@ -608,18 +572,12 @@ fn two_clients_relayed_to_each_other_are_carried_in_one_rewrite() {
         );
     }
     let after = server.stats();
-    let moved = |name: &str| after.get(name) - before.get(name);
-    eprintln!(
-        "client to client: offload_carried {}, to_peer_packets {}, to_client_packets {}",
-        moved("offload_carried"),
-        moved("to_peer_packets"),
-        moved("to_client_packets")
-    );
+    let (carried, to_peer, to_client) = after.relayed_since(&before, "client to client");
     // Each datagram is two relayed datagrams (A's to its peer, B's from its peer), as user
     // space counts them, all in the kernel; the client's kernel verified every checksum.
-    assert_eq!(moved("offload_carried"), 4 * ROUNDS as u64);
-    assert_eq!(moved("to_peer_packets"), 2 * ROUNDS as u64);
-    assert_eq!(moved("to_client_packets"), 2 * ROUNDS as u64);
+    assert_eq!(carried, 4 * ROUNDS as u64);
+    assert_eq!(to_peer, 2 * ROUNDS as u64);
+    assert_eq!(to_client, 2 * ROUNDS as u64);
     assert_eq!(checksum_errors(&topology.client), errors_before);
     // Refresh 0 of B: A's ChannelData now goes to B's former relayed address, where nothing
     // answers, and nobody gets it.

@@ -11,6 +11,7 @@
 pub mod chromium;
 pub mod http;
 pub mod netns;
+pub mod raw;
 pub mod redis;
 pub mod stun_client;
 pub mod tls;
@@ -191,6 +192,28 @@ type Log = Arc<Mutex<std::collections::VecDeque<String>>>;
 pub struct Stats(pub serde_json::Value);
 
 impl Stats {
+    /// How much counter `name` moved since `before` (an earlier line of the same server).
+    pub fn since(&self, before: &Stats, name: &str) -> u64 {
+        let (then, now) = (before.get(name), self.get(name));
+        assert!(now >= then, "{name} went down from {then} to {now}");
+        now - then
+    }
+
+    /// How much `offload_carried`, `to_peer_packets` and `to_client_packets` moved since
+    /// `before`, printed under `what` for `--nocapture`.
+    pub fn relayed_since(&self, before: &Stats, what: &str) -> (u64, u64, u64) {
+        let moved = (
+            self.since(before, "offload_carried"),
+            self.since(before, "to_peer_packets"),
+            self.since(before, "to_client_packets"),
+        );
+        eprintln!(
+            "{what}: offload_carried {}, to_peer_packets {}, to_client_packets {}",
+            moved.0, moved.1, moved.2
+        );
+        moved
+    }
+
     /// The integer counter `name`; fails the test when the line lacks it.
     pub fn get(&self, name: &str) -> u64 {
         self.0[name]

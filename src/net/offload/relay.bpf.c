@@ -251,6 +251,27 @@ static __always_inline __u16 finish(__u32 sum)
 	return check ? check : 0xffff;
 }
 
+// The running sum of a datagram's checksum without its pseudo-header, ports and length (to be
+// replaced by the new datagram's).
+static __always_inline __u32 without_headers(const struct iphdr *ip, const struct udphdr *udp)
+{
+	__u32 sum = (__u16)~udp->check;
+	sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
+	sum = minus(sum, udp->source);
+	sum = minus(sum, udp->dest);
+	return minus(sum, udp->len);
+}
+
+// `sum` with the new datagram's pseudo-header, ports and length (network order).
+static __always_inline __u32 with_headers(__u32 sum, __u32 saddr, __u32 daddr, __u16 sport,
+					  __u16 dport, __u16 udp_len)
+{
+	sum = plus(sum, pseudo(saddr, daddr, udp_len));
+	sum = plus(sum, sport);
+	sum = plus(sum, dport);
+	return plus(sum, udp_len);
+}
+
 // Sends a rewritten datagram on: to this host (`ifindex` 0; it came in on lo, see `carried`)
 // up the stack; to another host out of `ifindex`, the kernel resolving the next hop.
 static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex)
@@ -366,18 +387,12 @@ static __always_inline int across(struct __sk_buff *skb, struct iphdr *ip, struc
 	if (kind == CSUM_FULL) {
 		// Out: the old pseudo-header, ports, length, channel number and padding. In: the
 		// new ones. The ChannelData length stays.
-		__u32 sum = (__u16)~udp->check;
-		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
-		sum = minus(sum, udp->source);
-		sum = minus(sum, udp->dest);
-		sum = minus(sum, udp->len);
+		__u32 sum = without_headers(ip, udp);
 		sum = minus(sum, *(__u16 *)&head[0]);
 		if (padding_out(skb, length, available, &sum) < 0)
 			return PASS;
-		sum = plus(sum, pseudo(listener_ip, client_ip, new_udp_len));
-		sum = plus(sum, listener_port);
-		sum = plus(sum, client_port);
-		sum = plus(sum, new_udp_len);
+		sum = with_headers(sum, listener_ip, client_ip, listener_port, client_port,
+				   new_udp_len);
 		sum = plus(sum, channel);
 		check = finish(sum);
 	}
@@ -479,19 +494,12 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 	if (kind == CSUM_FULL) {
 		// Out: the old pseudo-header, ports and length, the ChannelData header and the
 		// padding after the payload. In: the new pseudo-header, ports and length.
-		__u32 sum = (__u16)~udp->check;
-		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
-		sum = minus(sum, udp->source);
-		sum = minus(sum, udp->dest);
-		sum = minus(sum, udp->len);
+		__u32 sum = without_headers(ip, udp);
 		sum = minus(sum, *(__u16 *)&head[0]);
 		sum = minus(sum, *(__u16 *)&head[2]);
 		if (padding_out(skb, length, available, &sum) < 0)
 			return PASS;
-		sum = plus(sum, pseudo(relay_ip, peer_ip, new_udp_len));
-		sum = plus(sum, relay_port);
-		sum = plus(sum, peer_port);
-		sum = plus(sum, new_udp_len);
+		sum = with_headers(sum, relay_ip, peer_ip, relay_port, peer_port, new_udp_len);
 		check = finish(sum);
 	}
 
@@ -555,15 +563,9 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 	if (kind == CSUM_FULL) {
 		// Out: the old pseudo-header, ports and length. In: the new ones and the
 		// ChannelData header.
-		__u32 sum = (__u16)~udp->check;
-		sum = minus(sum, pseudo(ip->saddr, ip->daddr, udp->len));
-		sum = minus(sum, udp->source);
-		sum = minus(sum, udp->dest);
-		sum = minus(sum, udp->len);
-		sum = plus(sum, pseudo(listener_ip, client_ip, new_udp_len));
-		sum = plus(sum, listener_port);
-		sum = plus(sum, client_port);
-		sum = plus(sum, new_udp_len);
+		__u32 sum = without_headers(ip, udp);
+		sum = with_headers(sum, listener_ip, client_ip, listener_port, client_port,
+				   new_udp_len);
 		sum = plus(sum, channel);
 		sum = plus(sum, bpf_htons(length));
 		check = finish(sum);
