@@ -1954,7 +1954,7 @@ mod tests {
 
     #[test]
     fn example_file_parses() {
-        let config = Config::from_toml(include_str!("../config/turnpike.toml")).unwrap();
+        let config = Config::from_toml(include_str!("../../config/turnpike.toml")).unwrap();
         assert_eq!(config.listen, default_listeners());
         assert_eq!(config.tls, None);
         assert_eq!(config.relay.address, None);
