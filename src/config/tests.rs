@@ -1,6 +1,8 @@
 //! Tests of the configuration: defaults, every key's accepted and refused values, and errors
 //! that name the key, the file, the line.
 
+use super::text::ParseText;
+use super::units::MAX_DURATION;
 use super::*;
 
 fn error(text: &str) -> ConfigError {
