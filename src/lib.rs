@@ -6,7 +6,11 @@
 //!
 //! - [`stun`]: the wire format. Parses datagrams in place, writes replies into caller-owned
 //!   buffers, checks MESSAGE-INTEGRITY and FINGERPRINT. Knows nothing of time or state.
-//! - [`config`]: TOML to a typed, validated [`config::Config`].
+//! - [`config`]: TOML to a typed, validated [`config::Config`]. In `src/config/`: `mod.rs`
+//!   (`Config`, `from_toml`, `load`, defaults), `sections.rs` (the typed sections), `raw.rs`
+//!   (the keys as written, serde), `validate.rs` (raw to typed; every error names its key),
+//!   `units.rs` (bandwidth, port ranges, durations), `text.rs` (values written as strings),
+//!   `error.rs` (`ConfigError`, key paths), `redact.rs` (secrets kept out of `Debug`).
 //! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets, the Redis
 //!   store shared by many nodes).
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
