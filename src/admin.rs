@@ -5,8 +5,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 
-use turnpike::auth::redis::{Admin, Layout, UserOverride, unix_now};
+use turnpike::auth::redis::{Admin, Layout, UserOverride};
 use turnpike::auth::{escape_name, is_control_or_format, key_hex, parse_rest_username};
+use turnpike::clock::unix_now;
 use turnpike::config::{Bandwidth, Config, Redis, RedisSchema, redact_url};
 use turnpike::stun::long_term_key;
 

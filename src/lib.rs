@@ -20,7 +20,8 @@
 //!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
-//! - [`notify`]: sd_notify for systemd.
+//! - [`notify`]: sd_notify for systemd. [`clock`]: the wall clock, read by the I/O layers
+//!   only (the core is given the time).
 //! - [`client`]: a TURN client over UDP, TCP and TLS (tokio, rustls) built on [`stun`] and the
 //!   REST password helper of [`auth`] alone: long-term and REST credentials, Allocate, Refresh,
 //!   permissions, channels, ChannelData and Send/Data indications, UDP retransmission, typed
@@ -39,6 +40,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod clock;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzzing;

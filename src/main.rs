@@ -498,7 +498,7 @@ fn turnpike_notify() -> Notifier {
 
 /// The Redis store's state for the counters line: "none" without `[redis]`.
 fn redis_health(store: Option<&RedisStore>) -> &'static str {
-    match store.map(|s| s.health(turnpike::auth::redis::unix_now())) {
+    match store.map(|s| s.health(turnpike::clock::unix_now())) {
         None => "none",
         Some(Health::Starting) => "starting",
         Some(Health::Connected) => "connected",

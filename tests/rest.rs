@@ -19,7 +19,7 @@
 mod common;
 
 use std::thread;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use hmac::{KeyInit, Mac};
@@ -28,6 +28,7 @@ use common::http::http;
 use common::redis::RedisServer;
 use common::stun_client::StunClient;
 use common::{Server, TestConfig};
+use turnpike::clock::unix_now;
 
 const SECRET: &str = "s3cret";
 const TOKEN: &str = "rest-test-token-0123456789";
@@ -35,13 +36,6 @@ const TOKEN: &str = "rest-test-token-0123456789";
 const CHANNEL: u16 = 0x4000;
 /// How long a change made through Redis may take to reach a node before a poll gives up.
 const PROPAGATION_LIMIT: Duration = Duration::from_secs(5);
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs()
-}
 
 /// `(username, password)` of the TURN REST API for any username, whatever its form (an expiry
 /// too large for `u64` included): the password is base64(HMAC-SHA1(secret, username)).

@@ -7,10 +7,11 @@
 //! the one glob pattern (coturn's user keys) escapes the realm, so `*`, `?`, `[`, `\`, CR, LF
 //! and NUL are data, never syntax.
 
+use crate::clock::unix_now;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use futures_util::StreamExt;
@@ -232,13 +233,6 @@ impl RedisStore {
     fn contact(&self) {
         self.last_contact.store(unix_now(), Ordering::Relaxed);
     }
-}
-
-/// Seconds since the Unix epoch (the I/O side of the store reads the clock; the core does not).
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `what`, or an I/O error after [`COMMAND_TIMEOUT`].

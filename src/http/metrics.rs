@@ -14,7 +14,8 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::auth::redis::{Health, unix_now};
+use crate::auth::redis::Health;
+use crate::clock::unix_now;
 use crate::net::status::TRANSPORTS;
 use crate::turn::{RESPONSE_CODES, RESPONSE_METHODS};
 

@@ -25,8 +25,9 @@ use axum::routing::{delete, post};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::auth::redis::{Admin, Layout, RedisStore, unix_now};
+use crate::auth::redis::{Admin, Layout, RedisStore};
 use crate::auth::{is_control_or_format, parse_rest_username, rest_password};
+use crate::clock::unix_now;
 
 /// Lifetime when the request names none: one day, as draft-uberti-behave-turn-rest recommends
 /// (or `[auth] max-rest-ttl` when that is shorter). The longest is `max-rest-ttl`.

@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::redis::{Health, unix_now};
+use crate::auth::redis::Health;
+use crate::clock::unix_now;
 use crate::config::Transport;
 use crate::net::Unanswered;
 use crate::net::status::TRANSPORTS;

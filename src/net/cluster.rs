@@ -16,8 +16,9 @@ use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 
-use crate::auth::redis::{connect, timed, unix_now};
+use crate::auth::redis::{connect, timed};
 use crate::auth::{CredentialKind, Principal};
+use crate::clock::unix_now;
 use crate::config::Transport;
 use crate::turn::{AllocationId, Alternate, NodeLimits};
 
