@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use super::Server;
-use super::reply::{RESPONSE_CODES, RESPONSE_METHODS};
 use super::{AllocationId, AllocationLedger, ClusterView, Quota, SourceLimiter, Traffic};
 use crate::auth::Principal;
 use crate::config::Transport;
@@ -268,6 +267,21 @@ pub struct Stats {
     /// Responses sent, by method ([`RESPONSE_METHODS`]) and code ([`RESPONSE_CODES`]).
     pub responses: [[u64; RESPONSE_CODES.len()]; RESPONSE_METHODS.len()],
 }
+
+/// Methods the response counters distinguish (the last row is any other method).
+pub const RESPONSE_METHODS: [&str; 6] = [
+    "binding",
+    "allocate",
+    "refresh",
+    "create_permission",
+    "channel_bind",
+    "other",
+];
+
+/// Codes the response counters distinguish (200 is success; the last column is any other).
+pub const RESPONSE_CODES: [u16; 17] = [
+    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 0, 0,
+];
 
 impl Stats {
     /// Adds `other`'s counts to these (summing workers).

@@ -21,7 +21,7 @@
 //! - `request.rs`: STUN requests dispatched by method, retransmissions, Binding;
 //! - `authenticate.rs`: long-term credentials, nonces, the 401/438 challenge, reflection budget;
 //! - `allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`: one TURN method each;
-//! - `reply.rs`: writing responses, and the table of responses counted by method and code;
+//! - `reply.rs`: writing responses, and counting each by method and code;
 //! - `allocation.rs` (one allocation's permissions, channels, traffic), `limits.rs` (quotas,
 //!   rates), `policy.rs` (which peers), `nonce.rs`, `error.rs` (error codes).
 
@@ -55,7 +55,7 @@ pub use allocation::{
 pub use api::{
     ClientAction, CoreConfig, EndReason, Ended, Event, Family, FiveTuple, MAX_PEER_PAYLOAD,
     MAX_REQUEST_LEN, NodeLimits, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PortRequest,
-    RelayOpenError, ReservationToken, Stats,
+    RESPONSE_CODES, RESPONSE_METHODS, RelayOpenError, ReservationToken, Stats,
 };
 pub use error::RequestError;
 pub use limits::{
@@ -64,7 +64,6 @@ pub use limits::{
 };
 pub use nonce::Nonces;
 pub use policy::{HostAddresses, PeerPolicy};
-pub use reply::{RESPONSE_CODES, RESPONSE_METHODS};
 
 use table::Slot;
 

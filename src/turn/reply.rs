@@ -1,25 +1,10 @@
-//! Replies: success and error responses written into the caller's buffer, and the table of
-//! responses counted by method and code.
+//! Replies: success and error responses written into the caller's buffer, each counted in the
+//! cell of [`Stats::responses`](super::Stats::responses) for its method and code.
 
 use super::request::is_known_attribute;
-use super::{ClientAction, RequestError, Server};
+use super::{ClientAction, RESPONSE_CODES, RequestError, Server};
 use crate::auth::Key;
 use crate::stun::{self, Class, Message, MessageWriter, Method, StunError, TransactionId, attr};
-
-/// Methods the response counters distinguish (the last row is any other method).
-pub const RESPONSE_METHODS: [&str; 6] = [
-    "binding",
-    "allocate",
-    "refresh",
-    "create_permission",
-    "channel_bind",
-    "other",
-];
-
-/// Codes the response counters distinguish (200 is success; the last column is any other).
-pub const RESPONSE_CODES: [u16; 17] = [
-    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 0, 0,
-];
 
 fn response_slot(method: Method, code: u16) -> (usize, usize) {
     let row = match method {
