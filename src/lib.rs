@@ -15,6 +15,11 @@
 //!   store shared by many nodes).
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
+//!   `turn/mod.rs` holds the `Server` and names the files beside it, one idea each: `api.rs`
+//!   (the types the I/O layer exchanges with it), `datapath.rs` (the hot path), `table.rs`
+//!   (allocations and their deadlines), `request.rs` and `authenticate.rs`, one file per TURN
+//!   method (`allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`) and
+//!   `reply.rs`.
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
 //!   cluster (registry, quota leases), status snapshots; [`net::offload`], the kernel fast
 //!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::auth::StaticCredentials;
-use crate::config::{Config, User, UserCredential};
-use crate::stun::{Message, long_term_key};
+use crate::auth::{CredentialKind, Principal, StaticCredentials};
+use crate::config::{Config, Transport, User, UserCredential};
+use crate::stun::{
+    self, Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key,
+};
 
 const REALM: &str = "turnpike.test";
 const CLIENT: &str = "198.51.100.20:5000";
