@@ -44,11 +44,6 @@ impl AllocationId {
     pub fn index(self) -> usize {
         self.index as usize
     }
-
-    /// The slot's generation: tells this allocation from earlier ones in the same slot.
-    pub fn generation(self) -> u32 {
-        self.generation
-    }
 }
 
 /// Permission for one peer IP address (ports do not matter, RFC 8656 §9).
