@@ -620,3 +620,37 @@ fn the_capabilities_the_systemd_unit_names_are_enough_without_root() {
         );
     }
 }
+
+#[test]
+fn a_wildcard_listener_is_carried_too() {
+    // Listening on 0.0.0.0 (as many deployments do): the program attaches to every interface
+    // with an IPv4 address, and the channel's key holds the address the client reached (the
+    // worker reads it per datagram), not 0.0.0.0.
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let config = TestConfig {
+        transports: vec!["udp"],
+        offload: "on",
+        ..TestConfig::default()
+    };
+    let toml = common::base_config(&config, dir.path()).replacen(
+        "address = \"127.0.0.1:0\"",
+        "address = \"0.0.0.0:0\"",
+        1,
+    );
+    let server = Server::start_in(&toml, dir);
+    let port = server.addr("udp").port();
+    let listener: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut client = StunClient::udp(listener, "127.0.0.1:0", "alice", "wonderland");
+    let relayed = client.allocate().expect("an allocation");
+    assert_eq!(client.bind(CHANNEL, peer.local_addr().unwrap()), None);
+    let before = server.stats();
+    let mut leg = Leg {
+        client,
+        peer,
+        relayed,
+    };
+    relay_both_ways(&mut leg);
+    let (carried, _, _) = server.stats().relayed_since(&before, "wildcard listener");
+    assert_eq!(carried, 2 * ROUNDS as u64);
+}
