@@ -179,11 +179,12 @@ static __always_inline __u16 ip_checksum(const struct iphdr *ip)
 	return (__u16)~sum;
 }
 
-// Rewrites the IP header's addresses and length, with its checksum recomputed (the kernel
-// checks it on the way up). The datagram is the relay's own now: TTL 64, as user space sends;
-// TOS and ID stay as they came.
+// The last step of a rewrite: the IP header's addresses and length, with its checksum
+// recomputed (the kernel checks it on the way up), the bytes past `tot_len` cut when `trim`
+// (the old ChannelData padding), and the old flow hash forgotten. The datagram is the relay's
+// own now: TTL 64, as user space sends; TOS and ID stay as they came. -1 when a helper failed.
 static __always_inline int store_ip(struct __sk_buff *skb, struct iphdr *ip, __u32 saddr,
-				    __u32 daddr, __u16 tot_len)
+				    __u32 daddr, __u16 tot_len, int trim)
 {
 	ip->saddr = saddr;
 	ip->daddr = daddr;
@@ -191,7 +192,12 @@ static __always_inline int store_ip(struct __sk_buff *skb, struct iphdr *ip, __u
 	ip->ttl = 64;
 	ip->check = 0;
 	ip->check = ip_checksum(ip);
-	return bpf_skb_store_bytes(skb, IP_OFF, ip, sizeof(*ip), BPF_F_RECOMPUTE_CSUM);
+	if (bpf_skb_store_bytes(skb, IP_OFF, ip, sizeof(*ip), BPF_F_RECOMPUTE_CSUM) < 0)
+		return -1;
+	if (trim && bpf_skb_change_tail(skb, ETH_LEN + tot_len, 0) < 0)
+		return -1;
+	bpf_set_hash_invalid(skb);
+	return 0;
 }
 
 // One's-complement arithmetic on 16-bit words as they lie in memory (the sum is the same in
@@ -272,15 +278,6 @@ static __always_inline __u32 with_headers(__u32 sum, __u32 saddr, __u32 daddr, _
 	return plus(sum, udp_len);
 }
 
-// Sends a rewritten datagram on: to this host (`ifindex` 0; it came in on lo, see `carried`)
-// up the stack; to another host out of `ifindex`, the kernel resolving the next hop.
-static __always_inline int deliver(struct __sk_buff *skb, __u32 ifindex)
-{
-	if (ifindex == 0)
-		return RELAYED;
-	return bpf_redirect_neigh(ifindex, 0, 0, 0);
-}
-
 // A relayed datagram that failed half-way through its rewrite is neither the packet that
 // came nor the one that should go: it is dropped and counted (never seen in practice: the
 // helpers fail only when the kernel is out of memory).
@@ -318,11 +315,30 @@ static __always_inline int carried(struct __sk_buff *skb, __u32 ifindex, enum ch
 	return 1;
 }
 
-// Counts a relayed datagram and hands it on.
+// Counts `length` payload bytes relayed towards the peer (`to_peer`) or the client in the
+// allocation's slot.
+static __always_inline void count_slot(__u32 slot, int to_peer, __u16 length)
+{
+	struct slot_counters *counted = bpf_map_lookup_elem(&counters, &slot);
+	if (!counted)
+		return;
+	if (to_peer) {
+		counted->to_peer_packets += 1;
+		counted->to_peer_bytes += length;
+	} else {
+		counted->to_client_packets += 1;
+		counted->to_client_bytes += length;
+	}
+}
+
+// Counts a relayed datagram and sends it on: to this host (`ifindex` 0; it came in on lo, see
+// `carried`) up the stack; to another host out of `ifindex`, the kernel resolving the next hop.
 static __always_inline int relayed(struct __sk_buff *skb, __u32 ifindex)
 {
 	count_total(TOTAL_CARRIED);
-	return deliver(skb, ifindex);
+	if (ifindex == 0)
+		return RELAYED;
+	return bpf_redirect_neigh(ifindex, 0, 0, 0);
 }
 
 // Takes the padding after a ChannelData payload of `length` bytes (`available - length` bytes,
@@ -411,23 +427,11 @@ static __always_inline int across(struct __sk_buff *skb, struct iphdr *ip, struc
 	};
 	if (bpf_skb_store_bytes(skb, UDP_OFF, &out, sizeof(out), BPF_F_RECOMPUTE_CSUM) < 0)
 		return failed();
-	if (store_ip(skb, ip, listener_ip, client_ip, 20 + 8 + 4 + length) < 0)
+	if (store_ip(skb, ip, listener_ip, client_ip, 20 + 8 + 4 + length, available != length) < 0)
 		return failed();
-	if (available != length &&
-	    bpf_skb_change_tail(skb, ETH_LEN + 20 + 8 + 4 + length, 0) < 0)
-		return failed();
-	bpf_set_hash_invalid(skb);
 
-	struct slot_counters *counted = bpf_map_lookup_elem(&counters, &slot);
-	if (counted) {
-		counted->to_peer_packets += 1;
-		counted->to_peer_bytes += length;
-	}
-	counted = bpf_map_lookup_elem(&counters, &other_slot);
-	if (counted) {
-		counted->to_client_packets += 1;
-		counted->to_client_bytes += length;
-	}
+	count_slot(slot, 1, length);
+	count_slot(other_slot, 0, length);
 	// Two relayed datagrams, as user space would count them.
 	count_total(TOTAL_CARRIED);
 	return relayed(skb, ifindex);
@@ -515,18 +519,10 @@ static __always_inline int to_peer(struct __sk_buff *skb, struct iphdr *ip, stru
 	};
 	if (bpf_skb_store_bytes(skb, UDP_OFF, &out, sizeof(out), BPF_F_RECOMPUTE_CSUM) < 0)
 		return failed();
-	if (store_ip(skb, ip, relay_ip, peer_ip, 20 + 8 + length) < 0)
+	if (store_ip(skb, ip, relay_ip, peer_ip, 20 + 8 + length, available != length) < 0)
 		return failed();
-	if (available != length &&
-	    bpf_skb_change_tail(skb, ETH_LEN + 20 + 8 + length, 0) < 0)
-		return failed();
-	bpf_set_hash_invalid(skb);
 
-	struct slot_counters *counted = bpf_map_lookup_elem(&counters, &slot);
-	if (counted) {
-		counted->to_peer_packets += 1;
-		counted->to_peer_bytes += length;
-	}
+	count_slot(slot, 1, length);
 	return relayed(skb, ifindex);
 }
 
@@ -591,15 +587,10 @@ static __always_inline int to_client(struct __sk_buff *skb, struct iphdr *ip, st
 	};
 	if (bpf_skb_store_bytes(skb, UDP_OFF, &out, sizeof(out), BPF_F_RECOMPUTE_CSUM) < 0)
 		return failed();
-	if (store_ip(skb, ip, listener_ip, client_ip, 20 + 8 + 4 + length) < 0)
+	if (store_ip(skb, ip, listener_ip, client_ip, 20 + 8 + 4 + length, 0) < 0)
 		return failed();
-	bpf_set_hash_invalid(skb);
 
-	struct slot_counters *counted = bpf_map_lookup_elem(&counters, &slot);
-	if (counted) {
-		counted->to_client_packets += 1;
-		counted->to_client_bytes += length;
-	}
+	count_slot(slot, 0, length);
 	return relayed(skb, ifindex);
 }
 
