@@ -52,7 +52,9 @@ pub enum Why {
     #[error("cannot attach to interface {interface}: {error}")]
     Attach { interface: String, error: String },
     #[error("no interface carries {0}")]
-    NoInterface(String),
+    NoInterface(IpAddr),
+    #[error("no IPv4 UDP listener or relay address to attach to (IPv6 is not carried yet)")]
+    NothingToAttach,
     #[error("interface {0} is not Ethernet or loopback (the program reads an Ethernet header)")]
     NotEthernet(String),
     #[error("cannot list network interfaces: {0}")]
@@ -223,9 +225,7 @@ impl FastPath {
         check_kernel()?;
         let interfaces = interfaces_for(addresses)?;
         if interfaces.is_empty() {
-            return Err(Why::NoInterface(
-                "no IPv4 listener or relay address to attach to".into(),
-            ));
+            return Err(Why::NothingToAttach);
         }
         let mut program = EbpfLoader::new()
             .load(OBJECT)
@@ -588,7 +588,7 @@ fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
         } else {
             found.iter().find(|(_, ip)| ip == address)
         };
-        let (name, _) = carrying.ok_or_else(|| Why::NoInterface(address.to_string()))?;
+        let (name, _) = carrying.ok_or(Why::NoInterface(IpAddr::V4(*address)))?;
         chosen.insert(name.clone());
     }
     for name in &chosen {
