@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::process::Command;
 use std::time::Duration;
 
-use common::raw::RawSender;
+use common::raw::{RawSender, ip_packet, udp_datagram};
 use turnpike::net::offload::{Channel, FastPath, SlotCounters};
 
 const CHANNEL: u16 = 0x4001;
@@ -45,29 +45,12 @@ fn channel_data(channel: u16, payload: &[u8], padding: usize) -> Vec<u8> {
     frame
 }
 
-fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    socket.set_read_timeout(Some(wait)).unwrap();
-    let mut buffer = vec![0u8; 70_000];
-    match socket.recv_from(&mut buffer) {
-        Ok((length, from)) => Some((buffer[..length].to_vec(), from)),
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
-        }
-        Err(error) => panic!("recv_from: {error}"),
-    }
-}
-
 fn expect(socket: &UdpSocket, what: &str) -> (Vec<u8>, SocketAddr) {
-    receive(socket, ARRIVES).unwrap_or_else(|| panic!("{what}: nothing arrived"))
+    common::receive(socket, ARRIVES).unwrap_or_else(|| panic!("{what}: nothing arrived"))
 }
 
 fn expect_nothing(socket: &UdpSocket, what: &str) {
-    if let Some((datagram, from)) = receive(socket, QUIET) {
+    if let Some((datagram, from)) = common::receive(socket, QUIET) {
         panic!(
             "{what}: a {}-byte datagram from {from} arrived",
             datagram.len()
@@ -336,7 +319,17 @@ fn fragments_and_ip_options_pass_up_untouched() {
 
     // IP options (one 4-byte NOP option word): the kernel delivers it; the program must not
     // rewrite it.
-    raw.send(&ip_packet(&udp, 0, 0, &[1, 1, 1, 1]), listener);
+    raw.send(
+        &ip_packet(
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::LOCALHOST,
+            &udp,
+            0,
+            0,
+            &[1, 1, 1, 1],
+        ),
+        listener,
+    );
     let (got, from) = expect(&sockets.listener, "IP options");
     assert_eq!((got.as_slice(), from), (frame.as_slice(), client));
     expect_nothing(&sockets.peer, "IP options");
@@ -344,8 +337,28 @@ fn fragments_and_ip_options_pass_up_untouched() {
     // Two fragments: the first with MF, the second at offset 16 bytes. Neither may be
     // rewritten; the kernel reassembles them for the listener.
     let id = 0x7a31;
-    raw.send(&ip_packet(&udp[..16], id, 0x2000, &[]), listener);
-    raw.send(&ip_packet(&udp[16..], id, 16 / 8, &[]), listener);
+    raw.send(
+        &ip_packet(
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::LOCALHOST,
+            &udp[..16],
+            id,
+            0x2000,
+            &[],
+        ),
+        listener,
+    );
+    raw.send(
+        &ip_packet(
+            Ipv4Addr::LOCALHOST,
+            Ipv4Addr::LOCALHOST,
+            &udp[16..],
+            id,
+            16 / 8,
+            &[],
+        ),
+        listener,
+    );
     let (got, from) = expect(&sockets.listener, "fragments");
     assert_eq!((got.as_slice(), from), (frame.as_slice(), client));
     expect_nothing(&sockets.peer, "fragments");
@@ -473,42 +486,4 @@ fn two_fast_paths_on_lo_each_relay_their_own() {
     assert_eq!(first.counters(SLOT).unwrap().to_peer_packets, 1);
     assert_eq!(second.counters(SLOT).unwrap().to_peer_packets, 1);
     assert_eq!(second.counters(SLOT).unwrap().to_client_packets, 1);
-}
-
-/// A UDP header (checksum 0, legal over IPv4) and payload.
-fn udp_datagram(from: SocketAddr, to: SocketAddr, payload: &[u8]) -> Vec<u8> {
-    let mut datagram = Vec::with_capacity(8 + payload.len());
-    datagram.extend_from_slice(&from.port().to_be_bytes());
-    datagram.extend_from_slice(&to.port().to_be_bytes());
-    datagram.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
-    datagram.extend_from_slice(&[0, 0]);
-    datagram.extend_from_slice(payload);
-    datagram
-}
-
-/// An IPv4 packet from 127.0.0.1 to 127.0.0.1 carrying `payload` (a UDP datagram or a
-/// fragment of one) with the given ID, fragment field (flags and offset) and options.
-fn ip_packet(payload: &[u8], id: u16, fragment: u16, options: &[u8]) -> Vec<u8> {
-    let header_len = 20 + options.len();
-    let mut packet = Vec::with_capacity(header_len + payload.len());
-    packet.push(0x40 | (header_len / 4) as u8);
-    packet.push(0);
-    packet.extend_from_slice(&((header_len + payload.len()) as u16).to_be_bytes());
-    packet.extend_from_slice(&id.to_be_bytes());
-    packet.extend_from_slice(&fragment.to_be_bytes());
-    packet.push(64);
-    packet.push(17);
-    packet.extend_from_slice(&[0, 0]); // checksum, below
-    packet.extend_from_slice(&[127, 0, 0, 1, 127, 0, 0, 1]);
-    packet.extend_from_slice(options);
-    let mut sum: u32 = packet
-        .chunks(2)
-        .map(|word| u32::from(u16::from_be_bytes([word[0], word[1]])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    packet[10..12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
-    packet.extend_from_slice(payload);
-    packet
 }

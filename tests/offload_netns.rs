@@ -15,7 +15,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::netns::NetNs;
-use common::raw::RawSender;
+use common::raw::{RawSender, ip_packet, udp_checksum, udp_datagram};
 use common::stun_client::StunClient;
 use common::uclient;
 use common::{Server, TestConfig};
@@ -154,16 +154,6 @@ fn leg(topology: &Topology, server: &Server) -> Leg {
     }
 }
 
-fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    socket.set_read_timeout(Some(wait)).unwrap();
-    let mut buffer = vec![0u8; 70_000];
-    match socket.recv_from(&mut buffer) {
-        Ok((length, from)) => Some((buffer[..length].to_vec(), from)),
-        Err(error) if common::stun_client::is_timeout(&error) => None,
-        Err(error) => panic!("recv_from: {error}"),
-    }
-}
-
 fn payload(size: usize, round: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 13 + round * 7 + 1) as u8).collect()
 }
@@ -186,7 +176,7 @@ fn relay_both_ways(leg: &mut Leg, rounds: usize) {
         let data = payload(1 + round * 53, round);
         leg.client
             .send_frame(&channel_data(&data, pads[round % pads.len()]));
-        let (got, from) = receive(&leg.peer, ARRIVES)
+        let (got, from) = common::receive(&leg.peer, ARRIVES)
             .unwrap_or_else(|| panic!("round {round}: the peer gets {} bytes", data.len()));
         assert_eq!(got, data, "round {round} at the peer");
         assert_eq!(from, leg.relayed, "round {round}: from the relayed address");
@@ -261,49 +251,16 @@ fn set_tx_checksumming(netns: &NetNs, device: &str, on: bool) {
 /// Sends an IPv4/UDP datagram built by hand from `from` to `to`, through a raw socket in
 /// `netns`, with its UDP checksum made wrong on purpose when `corrupt`.
 fn send_raw(netns: &NetNs, from: SocketAddrV4, to: SocketAddrV4, payload: &[u8], corrupt: bool) {
-    let udp_len = 8 + payload.len();
-    let mut udp = Vec::with_capacity(udp_len);
-    udp.extend_from_slice(&from.port().to_be_bytes());
-    udp.extend_from_slice(&to.port().to_be_bytes());
-    udp.extend_from_slice(&(udp_len as u16).to_be_bytes());
-    udp.extend_from_slice(&[0, 0]);
-    udp.extend_from_slice(payload);
+    let mut udp = udp_datagram(SocketAddr::V4(from), SocketAddr::V4(to), payload);
     let mut check = udp_checksum(*from.ip(), *to.ip(), &udp);
     if corrupt {
         check = if check == 0x1234 { 0x4321 } else { 0x1234 };
     }
     udp[6..8].copy_from_slice(&check.to_be_bytes());
-    let mut packet = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0];
-    packet[2..4].copy_from_slice(&((20 + udp_len) as u16).to_be_bytes());
-    packet.extend_from_slice(&from.ip().octets());
-    packet.extend_from_slice(&to.ip().octets());
-    packet.extend_from_slice(&udp);
-    // IPPROTO_RAW implies IP_HDRINCL: the kernel fills in the IP checksum and ID, not the UDP
-    // checksum.
+    // Don't Fragment, as a UDP socket sends.
+    let packet = ip_packet(*from.ip(), *to.ip(), &udp, 0, 0x4000, &[]);
     let raw = netns.run(RawSender::new);
     raw.send(&packet, SocketAddr::V4(to));
-}
-
-/// The UDP checksum over the pseudo-header and `udp` (header with a zero checksum, payload).
-fn udp_checksum(from: Ipv4Addr, to: Ipv4Addr, udp: &[u8]) -> u16 {
-    let mut sum: u32 = 0;
-    let mut add = |bytes: &[u8]| {
-        for pair in bytes.chunks(2) {
-            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
-        }
-    };
-    add(&from.octets());
-    add(&to.octets());
-    add(&[0, 17]);
-    add(&(udp.len() as u16).to_be_bytes());
-    add(udp);
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    match !(sum as u16) {
-        0 => 0xffff,
-        check => check,
-    }
 }
 
 fn v4(address: SocketAddr) -> SocketAddrV4 {
@@ -355,7 +312,11 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
         &channel_data(b"corrupted on the way to the peer", b""),
         true,
     );
-    assert_eq!(receive(&leg.peer, QUIET), None, "a corrupted datagram");
+    assert_eq!(
+        common::receive(&leg.peer, QUIET),
+        None,
+        "a corrupted datagram"
+    );
     send_raw(
         &topology.peer,
         peer,
@@ -386,7 +347,7 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
         &channel_data(b"hand-made, checksum right", b"\x01"),
         false,
     );
-    let (got, _) = receive(&leg.peer, ARRIVES).expect("the hand-made datagram");
+    let (got, _) = common::receive(&leg.peer, ARRIVES).expect("the hand-made datagram");
     assert_eq!(got, b"hand-made, checksum right");
     send_raw(&topology.peer, peer, relayed, b"hand-made back", false);
     assert_eq!(
@@ -406,11 +367,11 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
     let carried = server.stats().get("offload_carried");
     let big = payload(1400, 99);
     leg.client.send_frame(&channel_data(&big, b""));
-    let (got, _) = receive(&leg.peer, ARRIVES).expect("the large datagram");
+    let (got, _) = common::receive(&leg.peer, ARRIVES).expect("the large datagram");
     assert_eq!(got, big);
     let small = payload(1000, 98);
     leg.client.send_frame(&channel_data(&small, b""));
-    let (got, _) = receive(&leg.peer, ARRIVES).expect("a datagram that fits");
+    let (got, _) = common::receive(&leg.peer, ARRIVES).expect("a datagram that fits");
     assert_eq!(got, small);
     assert_eq!(
         server.stats().get("offload_carried"),
@@ -424,7 +385,11 @@ fn channels_are_relayed_in_the_kernel_across_interfaces_with_valid_checksums() {
     // SIGKILL: the program goes with the process.
     server.kill();
     leg.client.send_frame(&channel_data(b"after SIGKILL", b""));
-    assert_eq!(receive(&leg.peer, QUIET), None, "relayed after SIGKILL");
+    assert_eq!(
+        common::receive(&leg.peer, QUIET),
+        None,
+        "relayed after SIGKILL"
+    );
     let _ = leg.peer.send_to(b"after SIGKILL", leg.relayed);
     assert_eq!(leg.client.recv_data(Instant::now() + QUIET), None);
 }
@@ -511,7 +476,7 @@ fn a_peer_on_the_server_host_is_relayed_in_user_space() {
     for round in 0..ROUNDS as usize {
         let data = payload(100 + round, round);
         client.send_frame(&channel_data(&data, b""));
-        let (got, from) = receive(&peer, ARRIVES).expect("the local peer gets it");
+        let (got, from) = common::receive(&peer, ARRIVES).expect("the local peer gets it");
         assert_eq!((got.as_slice(), from), (data.as_slice(), relayed));
         peer.send_to(&data, relayed).unwrap();
         assert_eq!(

@@ -72,16 +72,6 @@ fn payload(size: usize, round: usize) -> Vec<u8> {
     (0..size).map(|i| (i * 7 + round) as u8).collect()
 }
 
-fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    socket.set_read_timeout(Some(wait)).unwrap();
-    let mut buffer = vec![0u8; 70_000];
-    match socket.recv_from(&mut buffer) {
-        Ok((length, from)) => Some((buffer[..length].to_vec(), from)),
-        Err(error) if common::stun_client::is_timeout(&error) => None,
-        Err(error) => panic!("recv_from: {error}"),
-    }
-}
-
 /// Relays `ROUNDS` payloads each way and checks each arrives whole from the right address;
 /// returns the payload bytes sent each way.
 fn relay_both_ways(leg: &mut Leg) -> u64 {
@@ -90,7 +80,7 @@ fn relay_both_ways(leg: &mut Leg) -> u64 {
         let data = payload(1 + round * 61, round);
         bytes += data.len() as u64;
         leg.client.send_channel_data(CHANNEL, &data);
-        let (got, from) = receive(&leg.peer, ARRIVES).expect("the peer gets the payload");
+        let (got, from) = common::receive(&leg.peer, ARRIVES).expect("the peer gets the payload");
         assert_eq!(got, data, "round {round} at the peer");
         assert_eq!(from, leg.relayed, "round {round}: from the relayed address");
         leg.peer.send_to(&data, leg.relayed).unwrap();
@@ -107,7 +97,11 @@ fn relay_both_ways(leg: &mut Leg) -> u64 {
 /// reach no client.
 fn nothing_relayed(leg: &mut Leg, what: &str) {
     leg.client.send_channel_data(CHANNEL, b"after the end");
-    assert_eq!(receive(&leg.peer, QUIET), None, "{what}: the peer got data");
+    assert_eq!(
+        common::receive(&leg.peer, QUIET),
+        None,
+        "{what}: the peer got data"
+    );
     let _ = leg.peer.send_to(b"after the end", leg.relayed);
     assert_eq!(
         leg.client.recv_data(Instant::now() + QUIET),
@@ -180,7 +174,7 @@ fn offload_on_relays_both_ways_in_the_kernel_and_counts_it_once() {
     // A Send indication still goes through user space, and is counted once too.
     leg.client
         .send_indication(leg.peer.local_addr().unwrap(), b"indication");
-    let (got, _) = receive(&leg.peer, ARRIVES).expect("the indication's data");
+    let (got, _) = common::receive(&leg.peer, ARRIVES).expect("the indication's data");
     assert_eq!(got, b"indication");
     let later = server.stats();
     assert_eq!(later.get("offload_carried"), after.get("offload_carried"));
@@ -253,7 +247,11 @@ fn operator_close_expiry_and_sigkill_stop_kernel_relaying() {
     server.signal(libc::SIGKILL);
     server.wait_exit(Duration::from_secs(10)).expect("killed");
     killed.client.send_channel_data(CHANNEL, b"after SIGKILL");
-    assert_eq!(receive(&killed.peer, QUIET), None, "relayed after SIGKILL");
+    assert_eq!(
+        common::receive(&killed.peer, QUIET),
+        None,
+        "relayed after SIGKILL"
+    );
     killed
         .peer
         .send_to(b"after SIGKILL", killed.relayed)
@@ -532,7 +530,11 @@ fn a_denied_peer_never_reaches_the_kernel_tables() {
     assert_eq!(client.permit(&[denied_addr]), Some(403));
     // Neither direction is relayed, by the kernel or by user space.
     client.send_channel_data(CHANNEL, b"to a denied peer");
-    assert_eq!(receive(&denied, QUIET), None, "the denied peer got data");
+    assert_eq!(
+        common::receive(&denied, QUIET),
+        None,
+        "the denied peer got data"
+    );
     denied.send_to(b"from a denied peer", relayed).unwrap();
     assert_eq!(
         client.recv_data(Instant::now() + QUIET),
@@ -550,7 +552,7 @@ fn a_denied_peer_never_reaches_the_kernel_tables() {
     let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
     assert_eq!(client.bind(CHANNEL, peer.local_addr().unwrap()), None);
     client.send_channel_data(CHANNEL, b"to an allowed peer");
-    let (got, from) = receive(&peer, ARRIVES).expect("the allowed peer's datagram");
+    let (got, from) = common::receive(&peer, ARRIVES).expect("the allowed peer's datagram");
     assert_eq!(
         (got.as_slice(), from),
         (&b"to an allowed peer"[..], relayed)

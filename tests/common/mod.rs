@@ -630,6 +630,20 @@ pub fn raise_open_files(wanted: u64) {
     }
 }
 
+/// The next datagram on `socket` and where it came from, waiting at most `wait`; `None` when
+/// nothing came.
+pub fn receive(socket: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    socket
+        .set_read_timeout(Some(wait))
+        .expect("set a read timeout");
+    let mut buffer = vec![0u8; 70_000];
+    match socket.recv_from(&mut buffer) {
+        Ok((length, from)) => Some((buffer[..length].to_vec(), from)),
+        Err(error) if stun_client::is_timeout(&error) => None,
+        Err(error) => panic!("recv_from: {error}"),
+    }
+}
+
 /// Where [`free_port`] looks: below Linux's ephemeral range (32768 and up), so that the kernel
 /// does not hand the port to some other socket between the check and the test's bind, and a
 /// server restarted on the same port (Redis in the fault tests) finds it free again.
