@@ -419,16 +419,20 @@ fn run_edited(
     let toml = edit(common::base_config(&config, dir.path()));
     let path = dir.path().join("turnpike.toml");
     std::fs::write(&path, toml).unwrap();
-    let setpriv = common::require_tool("setpriv");
-    let setpriv = setpriv.to_str().expect("a UTF-8 path");
-    let wrapper: &[&str] = if without_capabilities {
-        &[setpriv, "--bounding-set=-all", "--inh-caps=-all", "--"]
-    } else {
-        &[]
+    // setpriv is looked for only by the runs that use it.
+    let setpriv = without_capabilities.then(|| common::require_tool("setpriv"));
+    let wrapper: Vec<&str> = match &setpriv {
+        Some(setpriv) => vec![
+            setpriv.to_str().expect("a UTF-8 path"),
+            "--bounding-set=-all",
+            "--inh-caps=-all",
+            "--",
+        ],
+        None => Vec::new(),
     };
     let path = path.to_str().expect("a UTF-8 path");
     let all: Vec<&str> = args.iter().copied().chain(["-c", path]).collect();
-    let ran = common::run_turnpike(wrapper, &all, Duration::from_secs(20));
+    let ran = common::run_turnpike(&wrapper, &all, Duration::from_secs(20));
     (ran.succeeded(), ran.printed())
 }
 
