@@ -551,7 +551,10 @@ impl NodeHandle {
     fn node_counters(&self) -> NodeCounters {
         NodeCounters {
             tcp_connections: u64::from(self.streams.live.load(Ordering::Relaxed)),
-            offload_carried: self.offload().1.carried,
+            offload_carried: self
+                .fast_path
+                .as_ref()
+                .map_or(0, |fast_path| fast_path.carried().unwrap_or(0)),
             ..NodeCounters::default()
         }
     }

@@ -195,6 +195,17 @@ struct Tables {
     totals: PerCpuArray<MapData, u64>,
 }
 
+impl Tables {
+    /// The program's total `index`, summed over CPUs.
+    fn total(&self, index: u32) -> Result<u64, Why> {
+        let values = self
+            .totals
+            .get(&index, 0)
+            .map_err(|error| Why::Table(error.to_string()))?;
+        Ok(values.iter().sum())
+    }
+}
+
 /// The loaded and attached program with its tables. Dropping it detaches the program.
 pub struct FastPath {
     /// Owns the program and its TCX links: dropped, they close and the program detaches.
@@ -371,11 +382,12 @@ impl FastPath {
 
     /// [`FastPath::carried`] and what the program left to user space, by reason.
     pub fn totals(&self) -> Result<Totals, Why> {
+        let tables = self.lock();
         Ok(Totals {
-            carried: self.total(TOTAL_CARRIED)?,
-            checksum_partial: self.total(TOTAL_PARTIAL)?,
-            too_big: self.total(TOTAL_TOO_BIG)?,
-            local_off_lo: self.total(TOTAL_LOCAL)?,
+            carried: tables.total(TOTAL_CARRIED)?,
+            checksum_partial: tables.total(TOTAL_PARTIAL)?,
+            too_big: tables.total(TOTAL_TOO_BIG)?,
+            local_off_lo: tables.total(TOTAL_LOCAL)?,
         })
     }
 
@@ -385,12 +397,7 @@ impl FastPath {
     }
 
     fn total(&self, index: u32) -> Result<u64, Why> {
-        let tables = self.lock();
-        let values = tables
-            .totals
-            .get(&index, 0)
-            .map_err(|error| Why::Table(error.to_string()))?;
-        Ok(values.iter().sum())
+        self.lock().total(index)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Tables> {
