@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod offload;
 mod poller;
 mod relay;
+mod reload;
 pub mod status;
 mod stream;
 mod worker;
@@ -30,6 +31,8 @@ use crate::turn::{
 
 pub use accept::AcceptBackoff;
 pub use relay::Reservations;
+pub use reload::Reconfiguration;
+use reload::ReloadContext;
 pub use stream::tls_acceptor;
 
 /// Why the server could not start.
@@ -166,42 +169,6 @@ pub(crate) fn source_of(client: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !u128::from(u64::MAX))),
         },
-    }
-}
-
-/// What a reload needs to rebuild the workers' settings.
-struct ReloadContext {
-    credentials: Arc<Credentials>,
-    tls: Arc<arc_swap::ArcSwapOption<tokio_rustls::TlsAcceptor>>,
-    own: Vec<SocketAddr>,
-    relay_v4: Option<Ipv4Addr>,
-    epoch: Instant,
-    unix_at_epoch: u64,
-    nonce_key: [u8; 32],
-    workers: usize,
-    /// Whether the kernel fast path is active (fixed for the process's life).
-    offload: bool,
-    /// The host addresses the workers were last given. Held while a new set is enumerated and
-    /// sent, so the workers always get the sets in the order they were enumerated.
-    host: Mutex<HostAddresses>,
-}
-
-/// Settings a reload hands to every worker.
-#[derive(Clone)]
-pub struct Reconfiguration {
-    pub core: CoreConfig,
-    pub policy: PeerPolicy,
-    pub nonces: Nonces,
-    pub ports: crate::config::PortRange,
-    pub redact: bool,
-}
-
-impl std::fmt::Debug for Reconfiguration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reconfiguration")
-            .field("core", &self.core)
-            .field("ports", &self.ports)
-            .finish_non_exhaustive()
     }
 }
 
@@ -761,151 +728,6 @@ impl NodeHandle {
         self.commander
             .broadcast(|| Command::HostAddresses(fresh.clone()));
         true
-    }
-
-    /// Opens the listeners `config` adds (one socket per worker) and closes those it removes;
-    /// returns the new set. A listener that cannot be bound fails the reload before anything
-    /// changed. Connections already accepted on a removed TCP/TLS listener go on.
-    fn apply_listeners(&self, config: &Config) -> Result<Vec<BoundListener>, String> {
-        let current = self.listeners();
-        // A configured port 0 matches whatever port it was given.
-        let matches = |wanted: &crate::config::Listen, bound: &BoundListener| {
-            wanted.transport == bound.transport
-                && (wanted.address == bound.address
-                    || (wanted.address.port() == 0 && wanted.address.ip() == bound.address.ip()))
-        };
-        let removed: Vec<BoundListener> = current
-            .iter()
-            .filter(|bound| !config.listen.iter().any(|w| matches(w, bound)))
-            .copied()
-            .collect();
-        let mut kept: Vec<BoundListener> = current
-            .iter()
-            .filter(|bound| !removed.contains(bound))
-            .copied()
-            .collect();
-        let mut opened = Vec::new();
-        for (index, wanted) in config.listen.iter().enumerate() {
-            if current.iter().any(|bound| matches(wanted, bound)) {
-                continue;
-            }
-            let mut address = wanted.address;
-            let mut sockets = Vec::new();
-            for _ in 0..self.reload.workers {
-                let failed = |e: std::io::Error| {
-                    format!(
-                        "listen[{index}] ({} {address}): cannot bind: {e}",
-                        wanted.transport
-                    )
-                };
-                let socket = match wanted.transport {
-                    Transport::Udp => {
-                        let socket = bind_udp(address).map_err(failed)?;
-                        address = socket.local_addr().map_err(failed)?;
-                        worker::NewListener::Udp(socket)
-                    }
-                    Transport::Tcp | Transport::Tls => {
-                        let socket = bind_tcp(address).map_err(failed)?;
-                        address = socket.local_addr().map_err(failed)?;
-                        worker::NewListener::Tcp(socket, wanted.transport == Transport::Tls)
-                    }
-                };
-                sockets.push(socket);
-            }
-            opened.push((
-                BoundListener {
-                    transport: wanted.transport,
-                    address,
-                },
-                sockets,
-            ));
-        }
-        for (bound, sockets) in opened {
-            for (worker, socket) in sockets.into_iter().enumerate() {
-                self.commander.send_to(
-                    worker,
-                    Command::AddListener(Arc::new(Mutex::new(Some(socket)))),
-                );
-            }
-            tracing::info!(transport = %bound.transport, address = %bound.address, "listening");
-            kept.push(bound);
-        }
-        for bound in &removed {
-            self.commander
-                .broadcast(|| Command::RemoveListener(bound.transport, bound.address));
-            tracing::info!(transport = %bound.transport, address = %bound.address, "stopped listening");
-        }
-        *self.listeners.lock().unwrap_or_else(|e| e.into_inner()) = kept.clone();
-        Ok(kept)
-    }
-
-    /// Applies a new configuration to the running workers without dropping an allocation:
-    /// listeners (added ones opened, removed ones closed), users, secrets, realm, limits,
-    /// lifetimes, peer policy, relay port range, stream limits and the TLS certificate. Returns what it could not apply (needs a restart). Nothing is
-    /// applied if the new certificate cannot be loaded.
-    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
-        let context = &self.reload;
-        let tls = match &config.tls {
-            Some(files) => Some(tls_acceptor(&files.certificate, &files.private_key)?),
-            None => None,
-        };
-        let mut restart = Vec::new();
-        let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        if workers != context.workers {
-            restart.push("workers".to_owned());
-        }
-        if config
-            .relay
-            .address
-            .is_some_and(|a| Some(a) != context.relay_v4)
-        {
-            restart.push("relay.address".to_owned());
-        }
-        let listeners = self.apply_listeners(config)?;
-        context
-            .credentials
-            .set_statics(StaticCredentials::new(&config.auth, &config.realm));
-        // Enumerated afresh, and held until the workers have been sent the new policy.
-        let mut host = context.host.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(fresh) = host_addresses() {
-            log_host_change(&host, &fresh, "reload");
-            *host = fresh;
-        }
-        let reconfiguration = Arc::new(Reconfiguration {
-            core: CoreConfig {
-                offload: context.offload,
-                ..core_config(
-                    config,
-                    context.relay_v4,
-                    context.epoch,
-                    context.unix_at_epoch,
-                )
-            },
-            policy: peer_policy(
-                config,
-                &listeners,
-                &context.own,
-                context.relay_v4,
-                host.clone(),
-            ),
-            nonces: Nonces::new(context.nonce_key, context.epoch, config.auth.nonce_lifetime),
-            ports: config.relay.ports,
-            redact: config.log.redact,
-        });
-        self.commander
-            .broadcast(|| Command::Reconfigure(reconfiguration.clone()));
-        drop(host);
-        self.streams.set(&config.limits);
-        self.limits
-            .sources
-            .set(ReflectionBudget::from_limits(&config.limits));
-        if let Some(tls) = tls {
-            context.tls.store(Some(Arc::new(tls)));
-        }
-        Ok(restart)
     }
 }
 
