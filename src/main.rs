@@ -416,7 +416,9 @@ async fn drain(
 }
 
 /// SIGHUP: re-reads the configuration and applies it to the running node; a configuration
-/// that does not validate is rejected and the old one keeps running.
+/// that does not validate is rejected and the old one keeps running. What is applied and what
+/// needs a restart is decided key by key in one place, [`turnpike::config::reload`]; `config`
+/// becomes what runs (keys needing a restart keep their running values).
 fn reload(
     path: &std::path::Path,
     config: &mut Config,
@@ -431,34 +433,31 @@ fn reload(
             return;
         }
     };
-    let mut restart = match handle.reload(&fresh) {
-        Ok(restart) => restart,
+    let plan = turnpike::config::reload::plan(config, &fresh);
+    let mut restart: Vec<String> = plan.restart.iter().map(|key| (*key).to_owned()).collect();
+    match handle.reload(&plan.config) {
+        Ok(also) => restart.extend(also),
         Err(error) => {
             tracing::error!(%error, "reload rejected; the old configuration keeps running");
             return;
         }
-    };
+    }
+    let running = plan.config;
     if let Some(level) = level
-        && fresh.log.level != config.log.level
-        && let Err(error) = level.reload(tracing_subscriber::EnvFilter::new(&fresh.log.level))
+        && running.log.level != config.log.level
+        && let Err(error) = level.reload(tracing_subscriber::EnvFilter::new(&running.log.level))
     {
         tracing::warn!(%error, "could not change the log level");
     }
-    if let (Some(api), Some(http)) = (api, &fresh.http) {
-        api.settings.store(Arc::new(api_settings(&fresh, http)));
-    }
-    if fresh.redis != config.redis {
-        restart.push("redis".to_owned());
-    }
-    if fresh.http.as_ref().map(|h| h.address) != config.http.as_ref().map(|h| h.address) {
-        restart.push("http.address".to_owned());
+    if let (Some(api), Some(http)) = (api, &running.http) {
+        api.settings.store(Arc::new(api_settings(&running, http)));
     }
     if restart.is_empty() {
-        tracing::info!("configuration reloaded");
+        tracing::info!(applied = ?plan.applied, "configuration reloaded");
     } else {
-        tracing::warn!(needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
+        tracing::warn!(applied = ?plan.applied, needs_restart = ?restart, "configuration reloaded; these changes take effect only after a restart");
     }
-    *config = fresh;
+    *config = running;
 }
 
 /// The HTTP API's reloadable settings. Its connections may take at most a quarter of the

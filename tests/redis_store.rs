@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::redis::RedisServer;
 use common::stun_client::{REALM, StunClient};
 use common::uclient::{self, Run};
-use common::{Server, TestConfig};
+use common::{Server, TestConfig, udp_echo_peer};
 use turnpike::auth::key_hex;
 use turnpike::stun::long_term_key;
 
@@ -1003,4 +1003,73 @@ fn disabling_or_removing_a_user_ends_its_live_allocations() {
     assert_relays(&mut hank, "hank unaffected", 3);
     turnpike_ok(&["user", "remove", "hank", "-c", &config_a]);
     wait(&mut hank, "hank removed");
+}
+
+/// Sends 40 ChannelData messages of 1,000 bytes at once on `client`'s channel and waits (10 s
+/// at most) until the server has dropped some for bandwidth: how many it dropped by then.
+fn burst_dropped(server: &Server, client: &mut StunClient) -> u64 {
+    let before = server.stats();
+    for i in 0..40u32 {
+        let mut payload = vec![7u8; 1000];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        client.send_channel_data(CHANNEL, &payload);
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let dropped = server.stats().since(&before, "dropped_bandwidth");
+        if dropped > 0 || Instant::now() >= deadline {
+            return dropped;
+        }
+        thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Issue 11: a reload that changed `[limits] allocation-bandwidth` used to give every live
+/// allocation the configured limit, dropping the one coturn's realm-wide `max-bps` in Redis had
+/// set. An allocation whose limit the store set keeps it across the reload.
+#[test]
+fn a_reload_keeps_the_bandwidth_the_store_set() {
+    let redis = RedisServer::start();
+    // coturn's max-bps is bytes per second per session: 2,000 B/s, a 2,000-byte burst.
+    redis.cli(&["SET", &format!("turn/realm/{REALM}/max-bps"), "2000"]);
+    let mut config = node_config(&redis.url(), "coturn", "5m", vec![]);
+    config.extra = config.extra.replace(
+        "[limits]\n",
+        "[limits]\nallocation-bandwidth = \"100 Mbps\"\n",
+    );
+    let server = Server::with(&config);
+    wait_loaded(&server);
+    let (peer, _echo) = udp_echo_peer();
+    let mut alice = StunClient::udp(server.addr("udp"), "127.0.0.1:0", ALICE.0, ALICE.1);
+    alice.allocate().expect("alice allocates");
+    assert_eq!(alice.permit(&[peer]), None, "alice's permission");
+    assert_eq!(alice.bind(CHANNEL, peer), None, "alice's channel");
+
+    let dropped = burst_dropped(&server, &mut alice);
+    assert!(
+        dropped > 0,
+        "40 KB at once under max-bps 2000: nothing dropped"
+    );
+    eprintln!("store limit before the reload: {dropped} of 40 dropped");
+
+    let path = server.config_path();
+    let old = std::fs::read_to_string(&path).expect("read the configuration");
+    let fresh = old.replace("\"100 Mbps\"", "\"200 Mbps\"");
+    assert_ne!(fresh, old, "the reload changes allocation-bandwidth");
+    std::fs::write(&path, fresh).expect("write the configuration");
+    server.signal(libc::SIGHUP);
+    let reloaded = server.wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
+    assert_eq!(reloaded.len(), 1, "the reload was not logged");
+    assert!(
+        reloaded[0].contains("limits.allocation-bandwidth"),
+        "{}",
+        reloaded[0]
+    );
+
+    let dropped = burst_dropped(&server, &mut alice);
+    assert!(
+        dropped > 0,
+        "after a reload to 200 Mbps, the allocation lost the store's 2000 B/s: nothing dropped"
+    );
+    eprintln!("store limit after the reload: {dropped} of 40 dropped");
 }

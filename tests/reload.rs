@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::http::{get_json, http};
 use common::stun_client::StunClient;
 use common::{Server, TestConfig, rest_credentials, tls, udp_echo_peer};
+use turnpike::stun::{Method, attr};
 
 /// How long the server may take to log the outcome of a reload.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -369,4 +370,69 @@ fn sighup_opens_added_listeners_and_closes_removed_ones() {
         "the removed UDP listener still answers"
     );
     assert!(!server.log_messages("stopped listening").is_empty());
+}
+
+/// An IPv6 Allocate (REQUESTED-ADDRESS-FAMILY 0x02): `Ok` or the error code.
+fn allocate_v6(client: &mut StunClient) -> Result<(), u16> {
+    let answer = client.request(Method::ALLOCATE, &|w| {
+        w.requested_transport(17).expect("fits");
+        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+            .expect("fits");
+    });
+    answer.code.map_or(Ok(()), Err)
+}
+
+/// Issue 11: the relay addresses bind the workers' relay sockets at start. A SIGHUP that added
+/// `[relay] address-v6` used to be neither applied nor reported: the core then promised IPv6
+/// relays that no worker could open, and IPv6 Allocates got 508. Now the reload names the key
+/// as needing a restart, everything else in the file is applied, IPv6 Allocates keep getting
+/// 440 (the family this server does not relay), and reloading the same file says so again.
+#[test]
+fn sighup_reports_relay_addresses_as_needing_a_restart() {
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        ..TestConfig::default()
+    });
+    let udp = server.addr("udp");
+    let config_path = server.config_path();
+    let alice = || StunClient::udp(udp, "127.0.0.1:0", "alice", "wonderland");
+    assert_eq!(
+        allocate_v6(&mut alice()),
+        Err(440),
+        "IPv6 before the reload"
+    );
+
+    let old = fs::read_to_string(&config_path).expect("read the configuration");
+    let fresh = old.replace("[relay]\n", "[relay]\naddress-v6 = \"::1\"\n")
+        + "\n[[auth.users]]\nname = \"carol\"\npassword = \"carrots\"\n";
+    assert!(fresh.contains("address-v6"), "{fresh}");
+    fs::write(&config_path, fresh).expect("write the configuration");
+    for round in 1..=2 {
+        server.signal(libc::SIGHUP);
+        let reloaded = server.wait_for_log("configuration reloaded", round, RELOAD_TIMEOUT);
+        assert_eq!(reloaded.len(), round, "reload {round} was not logged");
+        let event: serde_json::Value =
+            serde_json::from_str(&reloaded[round - 1]).expect("a JSON log line");
+        let needs_restart = event["fields"]["needs_restart"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            needs_restart.contains("relay.address-v6"),
+            "reload {round} does not name relay.address-v6: {}",
+            reloaded[round - 1]
+        );
+        let applied = event["fields"]["applied"].as_str().unwrap_or_default();
+        let expected_applied = if round == 1 { "auth.users" } else { "[]" };
+        assert!(
+            applied.contains(expected_applied),
+            "reload {round}: applied {applied:?}, expected {expected_applied:?}"
+        );
+        assert_eq!(
+            allocate_v6(&mut alice()),
+            Err(440),
+            "IPv6 after reload {round}: the running server has no IPv6 relay address"
+        );
+        let mut carol = StunClient::udp(udp, "127.0.0.1:0", "carol", "carrots");
+        assert!(carol.allocate().is_ok(), "carol after reload {round}");
+    }
 }

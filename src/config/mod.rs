@@ -6,7 +6,8 @@
 //! This file owns [`Config`] itself, its entry points and its defaults. The rest: `sections.rs`
 //! (the typed sections), `raw.rs` (the keys as written), `validate.rs` (raw to typed),
 //! `units.rs` (bandwidth, port ranges, durations), `text.rs` (values written as strings),
-//! `error.rs` ([`ConfigError`]), `redact.rs` (secrets kept out of `Debug`), `tests.rs`.
+//! `error.rs` ([`ConfigError`]), `redact.rs` (secrets kept out of `Debug`), `reload.rs` (what a
+//! reload applies and what needs a restart, key by key), `tests.rs`.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -18,6 +19,7 @@ use toml::de::DeTable;
 mod error;
 mod raw;
 mod redact;
+pub mod reload;
 mod sections;
 mod text;
 mod units;

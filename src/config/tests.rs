@@ -899,3 +899,149 @@ fn debug_never_shows_secrets() {
         assert!(shown.contains("alice") && shown.contains("bob"), "{shown}");
     }
 }
+
+/// The keys the file may hold in `section` (empty: the top level), as the raw serde layer
+/// lists them when it refuses an unknown key.
+fn keys_of(section: &str) -> Vec<String> {
+    let text = if section.is_empty() {
+        "zz-unknown = 1".to_owned()
+    } else {
+        format!("[{section}]\nzz-unknown = 1")
+    };
+    let refused = match toml::from_str::<raw::RawConfig>(&text) {
+        Ok(_) => panic!("{text:?} was accepted"),
+        Err(error) => error.message().to_owned(),
+    };
+    let (_, expected) = refused
+        .split_once("expected one of ")
+        .or_else(|| refused.split_once("expected "))
+        .unwrap_or_else(|| panic!("serde's message lists no keys: {refused:?}"));
+    expected
+        .split(", ")
+        .flat_map(|keys| keys.split(" or "))
+        .map(|key| key.trim().trim_matches('`').to_owned())
+        .map(|key| match section {
+            "" => key,
+            _ => format!("{section}.{key}"),
+        })
+        .collect()
+}
+
+/// A key added to the file without a reload decision fails here: the keys
+/// `reload::decisions` visits are exactly the keys the raw layer accepts. A list of tables
+/// (`listen`, `auth.users`) is decided as a whole; an optional section (`[tls]`, `[redis]`,
+/// `[http]`) has a decision of its own for being added or removed, besides its keys.
+#[test]
+fn every_key_has_a_reload_decision() {
+    let always = ["relay", "auth", "peers", "limits", "log"];
+    let mut file: Vec<String> = keys_of("")
+        .into_iter()
+        .filter(|key| !always.contains(&key.as_str()))
+        .collect();
+    for section in always.iter().chain(&["tls", "redis", "http"]) {
+        file.extend(keys_of(section));
+    }
+    file.sort();
+    let mut decided: Vec<String> = reload::decisions()
+        .into_iter()
+        .map(|(key, _)| key.to_owned())
+        .collect();
+    decided.sort();
+    let before = decided.len();
+    decided.dedup();
+    assert_eq!(decided.len(), before, "a key is decided twice");
+    assert_eq!(
+        decided, file,
+        "keys decided for a reload vs keys the file may hold"
+    );
+    assert!(file.len() > 40, "the raw layer lists the keys: {file:?}");
+}
+
+fn with(text: &str) -> Config {
+    Config::from_toml(text).unwrap_or_else(|error| panic!("{text:?}: {error}"))
+}
+
+#[test]
+fn an_unchanged_file_reloads_nothing() {
+    let config = with(
+        "[relay]\naddress-v6 = \"::1\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n\
+         [http]\naddress = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef\"\n",
+    );
+    let reload = reload::plan(&config, &config);
+    assert_eq!(reload.config, config);
+    assert!(
+        reload.applied.is_empty() && reload.restart.is_empty(),
+        "{reload:?}"
+    );
+}
+
+/// Issue 11: adding `[relay] address-v6` used to be neither applied nor reported, and the core
+/// then promised IPv6 relays no worker could open (508). It needs a restart, is reported, and
+/// the running value stays.
+#[test]
+fn relay_addresses_need_a_restart_and_keep_their_running_values() {
+    let running = with("[relay]\nports = \"50000-50100\"\n");
+    let fresh =
+        with("[relay]\nports = \"50000-50200\"\naddress = \"127.0.0.1\"\naddress-v6 = \"::1\"\n");
+    let reload = reload::plan(&running, &fresh);
+    assert_eq!(reload.restart, ["relay.address", "relay.address-v6"]);
+    assert_eq!(reload.applied, ["relay.ports"]);
+    assert_eq!(reload.config.relay.address, None);
+    assert_eq!(reload.config.relay.address_v6, None);
+    assert_eq!(reload.config.relay.ports, fresh.relay.ports);
+    // Compared with what runs, the next reload of the same file reports the same keys.
+    let again = reload::plan(&reload.config, &fresh);
+    assert_eq!(again.restart, reload.restart);
+    assert!(again.applied.is_empty(), "{again:?}");
+}
+
+#[test]
+fn sections_that_need_a_restart_keep_the_running_ones() {
+    let running = with(
+        "workers = 2\n[relay]\noffload = \"off\"\n[http]\naddress = \"127.0.0.1:8080\"\ntoken = \"old-0123456789abcdef\"\n",
+    );
+    let fresh = with(
+        "workers = 3\n[relay]\noffload = \"auto\"\n[http]\naddress = \"127.0.0.1:9090\"\n\
+         token = \"new-0123456789abcdef\"\n[redis]\nurl = \"redis://127.0.0.1:1\"\n[log]\nlevel = \"debug\"\n",
+    );
+    let reload = reload::plan(&running, &fresh);
+    assert_eq!(
+        reload.restart,
+        ["workers", "relay.offload", "redis", "http.address"]
+    );
+    assert_eq!(reload.applied, ["http.token", "log.level"]);
+    let config = &reload.config;
+    assert_eq!((config.workers, config.relay.offload), (2, Offload::Off));
+    assert_eq!(config.redis, None);
+    let http = config.http.as_ref().expect("the running [http] stays");
+    assert_eq!(http.address.port(), 8080);
+    assert_eq!(http.token, "new-0123456789abcdef");
+    assert_eq!(config.log.level, "debug");
+    // Removing [http] needs a restart too: the running one stays.
+    let without = with("workers = 2\n[relay]\noffload = \"off\"\n");
+    let reload = reload::plan(&running, &without);
+    assert_eq!(reload.restart, ["http"]);
+    assert_eq!(reload.config.http, running.http);
+}
+
+#[test]
+fn applied_keys_take_the_fresh_values() {
+    let running = Config::default();
+    let fresh = with(
+        "realm = \"other\"\n[limits]\nallocation-bandwidth = \"1 Mbps\"\n\
+         unauthenticated-rate = 5\n[peers]\ndeny = [\"10.0.0.0/8\"]\n[auth]\nsecrets = [\"s\"]\n",
+    );
+    let reload = reload::plan(&running, &fresh);
+    assert_eq!(
+        reload.applied,
+        [
+            "realm",
+            "auth.secrets",
+            "peers.deny",
+            "limits.allocation-bandwidth",
+            "limits.unauthenticated-rate"
+        ]
+    );
+    assert!(reload.restart.is_empty(), "{reload:?}");
+    assert_eq!(reload.config, fresh);
+}

@@ -116,32 +116,21 @@ impl NodeHandle {
         Ok(kept)
     }
 
-    /// Applies a new configuration to the running workers without dropping an allocation:
+    /// Applies a configuration to the running workers without dropping an allocation:
     /// listeners (added ones opened, removed ones closed), users, secrets, realm, limits,
-    /// lifetimes, peer policy, relay port range, stream limits and the TLS certificate. Returns what it could not apply (needs a restart). Nothing is
-    /// applied if the new certificate cannot be loaded.
+    /// lifetimes, peer policy, relay port range, stream limits and the TLS certificate (read
+    /// again from its files). `config` is what [`crate::config::reload::plan`] says is to run:
+    /// keys that need a restart already hold their running values. Returns what else it could
+    /// not apply (needs a restart). Nothing is applied if the certificate cannot be loaded or an
+    /// added listener cannot be bound.
     pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let context = &self.reload;
         let tls = match &config.tls {
             Some(files) => Some(tls_acceptor(&files.certificate, &files.private_key)?),
             None => None,
         };
-        let mut restart = Vec::new();
-        let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        if workers != context.workers {
-            restart.push("workers".to_owned());
-        }
-        if config
-            .relay
-            .address
-            .is_some_and(|a| Some(a) != context.relay_v4)
-        {
-            restart.push("relay.address".to_owned());
-        }
         let listeners = self.apply_listeners(config)?;
+        let restart = self.fast_path_uncovered(&listeners);
         context
             .credentials
             .set_statics(StaticCredentials::new(&config.auth, &config.realm));
@@ -183,5 +172,27 @@ impl NodeHandle {
             context.tls.store(Some(Arc::new(tls)));
         }
         Ok(restart)
+    }
+
+    /// What the kernel fast path does not cover among the UDP listeners: one a reload added on
+    /// an interface the program is not attached to is relayed in user space until a restart
+    /// attaches it there (the program is attached once, at start).
+    fn fast_path_uncovered(&self, listeners: &[BoundListener]) -> Vec<String> {
+        let Some(fast_path) = &self.fast_path else {
+            return Vec::new();
+        };
+        let addresses: Vec<IpAddr> = listeners
+            .iter()
+            .filter(|listener| listener.transport == Transport::Udp)
+            .map(|listener| listener.address.ip())
+            .collect();
+        match offload::interfaces_for(&addresses) {
+            Ok(wanted) => wanted
+                .into_iter()
+                .filter(|interface| !fast_path.interfaces().contains(interface))
+                .map(|interface| format!("listen (the kernel fast path on {interface})"))
+                .collect(),
+            Err(why) => vec![format!("listen (the kernel fast path: {why})")],
+        }
     }
 }

@@ -153,6 +153,7 @@ impl Server {
             },
             reservation,
             bandwidth: allocation_bandwidth.map(ByteRate::new),
+            bandwidth_from_store: overrides.allocation_bandwidth.is_some(),
             user_bandwidth,
             pending_open: None,
             leased: false,

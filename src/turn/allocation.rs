@@ -104,6 +104,9 @@ pub struct Allocation {
     pub reservation: Option<super::ReservationToken>,
     /// This allocation's bandwidth limit, both directions together.
     pub bandwidth: Option<ByteRate>,
+    /// Whether the credential store set `bandwidth` (coturn's `max-bps`): a reload of
+    /// `[limits] allocation-bandwidth` then leaves it alone.
+    pub(super) bandwidth_from_store: bool,
     /// The limit over all of this user's allocations on the node.
     pub user_bandwidth: Option<Arc<SharedByteRate>>,
     /// The relay socket to open once the cluster lease is granted.

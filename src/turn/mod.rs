@@ -135,7 +135,8 @@ impl Server {
     }
 
     /// Takes a reloaded configuration: settings, peer policy, nonce lifetime. Allocations go
-    /// on; a changed per-allocation bandwidth cap applies to them at once, and so does the
+    /// on; a changed per-allocation bandwidth cap applies to them at once (except to those
+    /// whose cap the credential store set), and so does the
     /// policy: see [`Server::set_host_addresses`] for what it ends. Returns how many
     /// permissions and channel bindings it ended.
     pub fn reconfigure(
@@ -152,7 +153,9 @@ impl Server {
         if bandwidth_changed {
             let bandwidth = self.config.allocation_bandwidth;
             for slot in &mut self.slots {
-                if let Some(allocation) = slot.allocation.as_mut() {
+                if let Some(allocation) = slot.allocation.as_mut()
+                    && !allocation.bandwidth_from_store
+                {
                     allocation.bandwidth = bandwidth.map(ByteRate::new);
                 }
             }

@@ -578,7 +578,7 @@ fn entries(
 
 /// The interfaces that carry `addresses`: for a wildcard, every Ethernet or loopback
 /// interface that is up and has an IPv4 address.
-fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
+pub(crate) fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
     let found = ipv4_interfaces().map_err(Why::Interfaces)?;
     let mut chosen = BTreeSet::new();
     for address in addresses {
