@@ -25,11 +25,13 @@ mod text;
 mod units;
 mod validate;
 
+/// A core concept ([`crate::turn::Transport`]), named here too because listeners have one.
+pub use crate::turn::Transport;
 pub use error::ConfigError;
 pub use redact::redact_url;
 pub use sections::{
-    Auth, Http, Limits, Listen, Log, Offload, Peers, Redis, RedisSchema, Relay, TlsFiles,
-    Transport, User, UserCredential,
+    Auth, Http, Limits, Listen, Log, Offload, Peers, Redis, RedisSchema, Relay, TlsFiles, User,
+    UserCredential,
 };
 pub(crate) use text::parse_key;
 pub use units::{Bandwidth, PortRange};

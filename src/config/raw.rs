@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::sections::{Offload, RedisSchema, Transport};
+use super::sections::{Offload, RedisSchema};
 use super::text::Text;
 use super::units::{Bandwidth, PortRange};
+use crate::turn::Transport;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]

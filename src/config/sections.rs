@@ -13,6 +13,7 @@ use serde::Deserialize;
 use super::redact::{Redacted, RedactedList, redact_url};
 use super::text::ParseText;
 use super::units::{Bandwidth, PortRange};
+use crate::turn::Transport;
 
 /// Logging (`[log]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,6 +151,18 @@ pub struct Limits {
     pub unauthenticated_node_rate: u32,
 }
 
+/// The core's budget for unauthenticated answers, from `[limits] unauthenticated-*` (here, so
+/// that the core never reads the configuration).
+impl crate::turn::ReflectionBudget {
+    pub fn from_limits(limits: &Limits) -> Self {
+        crate::turn::ReflectionBudget {
+            source_rate: limits.unauthenticated_rate,
+            source_burst: limits.unauthenticated_burst,
+            node_rate: limits.unauthenticated_node_rate,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -166,25 +179,6 @@ impl Default for Limits {
             unauthenticated_burst: 2000,
             unauthenticated_node_rate: 10_000,
         }
-    }
-}
-
-/// The transport of a listener.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Transport {
-    Udp,
-    Tcp,
-    Tls,
-}
-
-impl fmt::Display for Transport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Transport::Udp => "udp",
-            Transport::Tcp => "tcp",
-            Transport::Tls => "tls",
-        })
     }
 }
 

@@ -10,8 +10,8 @@ use super::error::ConfigError;
 use super::raw::{RawAuth, RawConfig, RawHttp, RawLimits, RawLog, RawRedis, RawRelay};
 use super::redact::redact_url;
 use super::sections::{
-    Auth, Http, Limits, Listen, Log, Offload, Peers, Redis, RedisSchema, Relay, TlsFiles,
-    Transport, User, UserCredential,
+    Auth, Http, Limits, Listen, Log, Offload, Peers, Redis, RedisSchema, Relay, TlsFiles, User,
+    UserCredential,
 };
 use super::text::{ParseText, parse_key};
 use super::units::check_duration;
@@ -19,6 +19,7 @@ use super::{
     Config, DEFAULT_LIFETIME, DEFAULT_MAX_LIFETIME, DEFAULT_MAX_REST_TTL, DEFAULT_NONCE_LIFETIME,
     DEFAULT_PORTS, DEFAULT_REALM, DEFAULT_SOFTWARE, MAX_MAX_REST_TTL, default_listeners,
 };
+use crate::turn::Transport;
 
 /// Longest accepted REALM and SOFTWARE value, in bytes (RFC 8489 §14.9, §14.14).
 const MAX_TEXT_ATTRIBUTE_BYTES: usize = 763;

@@ -240,7 +240,7 @@ impl Allocation {
     /// has its relay socket and no bandwidth limit (a limited one stays in user space, where
     /// the limit is enforced).
     pub fn offloadable(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
-        let eligible = self.tuple.transport == crate::config::Transport::Udp
+        let eligible = self.tuple.transport == super::Transport::Udp
             && self.relayed.is_some()
             && self.bandwidth.is_none()
             && self.user_bandwidth.is_none();

@@ -9,7 +9,25 @@ use std::time::{Duration, Instant};
 use super::Server;
 use super::{AllocationId, AllocationLedger, ClusterView, Quota, SourceLimiter, Traffic};
 use crate::auth::Principal;
-use crate::config::Transport;
+
+/// How a client reaches the server: the transport of a listener and of a 5-tuple.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    Udp,
+    Tcp,
+    Tls,
+}
+
+impl std::fmt::Display for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Transport::Udp => "udp",
+            Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
+        })
+    }
+}
 
 /// Bytes the I/O layer leaves free before a peer datagram in the buffer it passes to
 /// [`Server::handle_peer`], so the ChannelData or Data indication header is written in place.

@@ -3,10 +3,10 @@
 
 use std::time::Instant;
 
+use super::Transport;
 use super::reply::write_message;
 use super::{ClientAction, FiveTuple, RequestError, Server, limits};
 use crate::auth::{CredentialKind, Key, Lookup};
-use crate::config::Transport;
 use crate::stun::{Class, Message, Method, TransactionId, attr};
 
 /// What authentication established about a request.

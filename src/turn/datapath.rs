@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::Instant;
 
+use super::Transport;
 use super::{
     AllocationId, ClientAction, FiveTuple, MAX_PEER_PAYLOAD, MAX_REQUEST_LEN, PEER_HEADROOM,
     PEER_TAILROOM, PeerAction, Server, canonical_addr,
 };
-use crate::config::Transport;
 use crate::stun::{self, ChannelData, Class, Message, MessageWriter, Method, TransactionId, attr};
 
 impl Server {

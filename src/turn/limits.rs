@@ -113,14 +113,6 @@ impl ReflectionBudget {
         source_burst: 1,
         node_rate: 0,
     };
-
-    pub fn from_limits(limits: &crate::config::Limits) -> Self {
-        ReflectionBudget {
-            source_rate: limits.unauthenticated_rate,
-            source_burst: limits.unauthenticated_burst,
-            node_rate: limits.unauthenticated_node_rate,
-        }
-    }
 }
 
 /// How long a source counts as proven after a request from it authenticated.
@@ -351,7 +343,7 @@ pub fn reflection_source(ip: IpAddr) -> IpAddr {
 /// Another live node of the cluster, as its registry entry says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Alternate {
-    pub transport: crate::config::Transport,
+    pub transport: super::Transport,
     pub address: std::net::SocketAddr,
     /// Allocations it holds: the least loaded is offered first.
     pub load: u64,
@@ -372,7 +364,7 @@ impl ClusterView {
     /// The least-loaded other node serving `transport` on the same address family as `like`.
     pub fn pick(
         &self,
-        transport: crate::config::Transport,
+        transport: super::Transport,
         like: std::net::SocketAddr,
     ) -> Option<std::net::SocketAddr> {
         self.alternates

@@ -55,7 +55,7 @@ pub use allocation::{
 pub use api::{
     ClientAction, CoreConfig, EndReason, Ended, Event, Family, FiveTuple, MAX_PEER_PAYLOAD,
     MAX_REQUEST_LEN, NodeLimits, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PortRequest,
-    RESPONSE_CODES, RESPONSE_METHODS, RelayOpenError, ReservationToken, Stats,
+    RESPONSE_CODES, RESPONSE_METHODS, RelayOpenError, ReservationToken, Stats, Transport,
 };
 pub use error::RequestError;
 pub use limits::{
