@@ -51,8 +51,10 @@ impl Signer {
         &self.username
     }
 
-    /// The nonce requests are signed with, once the server has given one.
-    pub fn nonce(&self) -> Option<&[u8]> {
+    /// The nonce requests are signed with, once the server has given one (for the core's tests;
+    /// a client has no use for it).
+    #[cfg(test)]
+    pub(crate) fn nonce(&self) -> Option<&[u8]> {
         self.nonce.as_deref()
     }
 
