@@ -494,8 +494,10 @@ fn a_revocation_closes_the_allocation_on_another_node() {
         Ok(()),
         "new credentials"
     );
+    // Counted as dropped (no allocation) on node B: only then is "nothing arrived" a fact.
+    let dropped = node_b.stats().get("dropped_no_allocation");
     client.send_channel_data(CHANNEL, b"after the close");
-    thread::sleep(Duration::from_millis(200));
+    node_b.wait_for_counter("dropped_no_allocation", dropped + 1, Duration::from_secs(5));
     assert_eq!(
         echo.echoed(),
         echoed_total,
