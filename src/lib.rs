@@ -31,7 +31,9 @@
 //!   REST password helper of [`auth`] alone: long-term and REST credentials, Allocate, Refresh,
 //!   permissions, channels, ChannelData and Send/Data indications, UDP retransmission, typed
 //!   errors. It sends and receives data without allocating (over TLS, rustls allocates per
-//!   record). The soak run (`examples/soak.rs`) drives the server with it.
+//!   record). The soak run (`examples/soak.rs`) drives the server with it. Its
+//!   [`client::Signer`] holds the long-term credential rules (what a request carries, when a
+//!   401 or 438 asks for a retry) without I/O, for the core's tests and the test harness too.
 //! - [`load`]: the load generator `turnpike-load` (`src/bin/turnpike-load.rs`): relay,
 //!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
 //!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one

@@ -357,24 +357,41 @@ impl Reloader<'_> {
     }
 }
 
-/// One Binding from each of `sources` (a socket each), then answers collected for 300 ms:
-/// how many sources were answered.
-fn one_binding_each(server: SocketAddr, sources: &[IpAddr]) -> u64 {
+/// One Binding from each of `sources` (a socket each): how many sources were answered. The
+/// server's counters say when it has handled them all and how many it left unanswered (rate
+/// limited); the answers to the others are then awaited, with a deadline.
+fn one_binding_each(server: &Server, sources: &[IpAddr]) -> u64 {
+    let before = server.stats();
     let sockets: Vec<UdpSocket> = sources
         .iter()
         .map(|&source| {
             let socket = UdpSocket::bind(SocketAddr::new(source, 0)).expect("bind UDP");
             socket.set_nonblocking(true).expect("set non-blocking");
-            socket.send_to(&binding(1), server).expect("send");
+            socket
+                .send_to(&binding(1), server.addr("udp"))
+                .expect("send");
             socket
         })
         .collect();
-    thread::sleep(Duration::from_millis(300));
+    let sent = sources.len() as u64;
+    let handled = before.get("binding_requests") + sent;
+    let stats = server.wait_for_counter("binding_requests", handled, Duration::from_secs(10));
+    let unanswered =
+        stats.since(&before, "rate_limited") + stats.since(&before, "rate_limited_node");
+    let expected = sent - unanswered;
+    let mut answered = vec![false; sockets.len()];
     let mut buf = [0u8; 1500];
-    sockets
-        .iter()
-        .filter(|socket| socket.recv_from(&mut buf).is_ok())
-        .count() as u64
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        for (socket, answered) in sockets.iter().zip(&mut answered) {
+            *answered |= socket.recv_from(&mut buf).is_ok();
+        }
+        let count = answered.iter().filter(|a| **a).count() as u64;
+        if count >= expected || Instant::now() >= deadline {
+            return count;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
 }
 
 #[test]
@@ -441,7 +458,7 @@ fn a_reload_changes_the_reflection_budget_and_a_bad_value_keeps_the_old_one() {
     let before = server.stats();
     let start = Instant::now();
     let sources: Vec<IpAddr> = (1..=40).map(|n| ip(&format!("127.0.1.{n}"))).collect();
-    let answered = one_binding_each(udp, &sources);
+    let answered = one_binding_each(&server, &sources);
     let window = start.elapsed().as_secs_f64();
     let refused = server.stats().get("rate_limited_node") - before.get("rate_limited_node");
     eprintln!(

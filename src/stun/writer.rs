@@ -110,8 +110,10 @@ impl<'b> MessageWriter<'b> {
         self.attribute(attr::REQUESTED_TRANSPORT, &[proto, 0, 0, 0])
     }
 
-    /// Appends a zero-length attribute such as DONT-FRAGMENT.
-    pub fn flag(&mut self, typ: u16) -> Result<(), StunError> {
+    /// Appends a zero-length attribute such as DONT-FRAGMENT (the tests' shorthand for
+    /// `attribute(typ, &[])`; no sender needs one).
+    #[cfg(test)]
+    pub(crate) fn flag(&mut self, typ: u16) -> Result<(), StunError> {
         self.attribute(typ, &[])
     }
 
@@ -143,12 +145,10 @@ impl<'b> MessageWriter<'b> {
         copy(value, &crc.to_be_bytes())
     }
 
-    /// Bytes written so far, header included.
-    #[allow(
-        clippy::len_without_is_empty,
-        reason = "a message always has its 20-byte header"
-    )]
-    pub fn len(&self) -> usize {
+    /// Bytes written so far, header included: for tests that check a refused write leaves the
+    /// message as it was (senders only need [`MessageWriter::finish`]).
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 

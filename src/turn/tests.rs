@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use super::*;
 use crate::auth::{CredentialKind, Principal, StaticCredentials};
+use crate::client::Signer;
 use crate::config::{Config, Transport, User, UserCredential};
 use crate::stun::{
     self, Class, Message, MessageWriter, Method, TransactionId, attr, long_term_key,
@@ -258,12 +259,11 @@ impl Harness {
     }
 }
 
-/// Builds client requests with the long-term credential mechanism.
+/// Builds client requests with the long-term credential mechanism: the library client's
+/// [`Signer`] signs them and says when a 401 or 438 asks for a retry.
 struct Client {
     tuple: FiveTuple,
-    username: String,
-    key: [u8; 16],
-    nonce: Option<Vec<u8>>,
+    signer: Signer,
     next_tid: u8,
 }
 
@@ -271,9 +271,7 @@ impl Client {
     fn new(tuple: FiveTuple, username: &str, password: &str) -> Self {
         Client {
             tuple,
-            username: username.into(),
-            key: long_term_key(username, REALM, password),
-            nonce: None,
+            signer: Signer::new(username, password),
             next_tid: 0,
         }
     }
@@ -283,7 +281,29 @@ impl Client {
         TransactionId([self.next_tid; 12])
     }
 
-    /// A signed request; `attrs` adds the method's own attributes.
+    /// The long-term key, once a challenge has named the realm.
+    fn key(&self) -> &[u8; 16] {
+        self.signer.key()
+    }
+
+    /// The nonce requests are signed with, once a challenge has given one.
+    fn nonce(&self) -> Option<Vec<u8>> {
+        self.signer.nonce().map(<[u8]>::to_vec)
+    }
+
+    /// Takes realm and nonce from `challenge`, a 401 or 438, as a client retrying would.
+    fn learn(&mut self, challenge: &Response) {
+        let msg = Message::parse(&challenge.bytes).expect("server wrote a valid message");
+        assert!(self.signer.retry(&msg, 0), "not a challenge: {challenge:?}");
+    }
+
+    /// Signs from now on with the nonce `other` was given (bound to `other`'s IP).
+    fn use_nonce_of(&mut self, other: &Client) {
+        let nonce = other.signer.nonce().expect("the other client has a nonce");
+        self.signer.use_challenge(REALM, nonce);
+    }
+
+    /// A request, signed once a challenge has come; `attrs` adds the method's own attributes.
     fn request(
         &mut self,
         method: Method,
@@ -294,40 +314,31 @@ impl Client {
         let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid).unwrap();
         attrs(&mut w);
         // Like real clients, the first request goes without credentials to learn the nonce.
-        if let Some(nonce) = &self.nonce {
-            w.attribute(attr::USERNAME, self.username.as_bytes())
-                .unwrap();
-            w.attribute(attr::REALM, REALM.as_bytes()).unwrap();
-            w.attribute(attr::NONCE, nonce).unwrap();
-            w.message_integrity(&self.key).unwrap();
-        }
+        self.signer.sign(&mut w).unwrap();
         w.fingerprint().unwrap();
         let n = w.finish();
         buf.truncate(n);
         buf
     }
 
-    /// Sends a request, learning the nonce from a 401/438 and retrying once, as clients do.
+    /// Sends a request, retrying it as the signer says after a 401 or 438, as clients do.
     fn call(
         &mut self,
         h: &mut Harness,
         method: Method,
         attrs: impl Fn(&mut MessageWriter<'_>),
     ) -> Response {
-        for _ in 0..2 {
+        let mut retries = 0;
+        loop {
             let tid = self.tid();
             let request = self.request(method, tid, &attrs);
             let response = h.send(self.tuple, &request).expect("a response");
-            if matches!(response.code, Some(401 | 438)) && response.attr(attr::NONCE).is_some() {
-                let fresh = response.attr(attr::NONCE);
-                if self.nonce != fresh {
-                    self.nonce = fresh;
-                    continue;
-                }
+            let msg = Message::parse(&response.bytes).expect("server wrote a valid message");
+            if !self.signer.retry(&msg, retries) {
+                return response;
             }
-            return response;
+            retries += 1;
         }
-        panic!("no answer after a nonce retry")
     }
 
     fn allocate(&mut self, h: &mut Harness) -> Response {
@@ -463,7 +474,7 @@ fn allocate_grants_a_relay_with_the_default_lifetime() {
     );
     assert_eq!(response.lifetime(), 600);
     let msg = Message::parse(&response.bytes).unwrap();
-    assert!(msg.check_integrity(&client.key).is_ok());
+    assert!(msg.check_integrity(client.key()).is_ok());
     assert_eq!(response.attr(attr::SOFTWARE).unwrap(), b"turnpike-test");
     assert_eq!(h.server.stats().allocations_created, 1);
 }
@@ -657,21 +668,21 @@ fn wrong_password_unknown_user_and_missing_attributes() {
 fn stale_nonce_gets_438_then_the_retry_succeeds() {
     let mut h = Harness::new();
     let (mut client, _) = alice(&mut h);
-    let old_nonce = client.nonce.clone();
+    let old_nonce = client.nonce();
     // Keep the allocation alive past the nonce's lifetime with the nonce still valid.
     h.advance(Duration::from_secs(500));
     assert_eq!(
         client.call(&mut h, Method::REFRESH, |_| {}).class,
         Class::Success
     );
-    assert_eq!(client.nonce, old_nonce);
+    assert_eq!(client.nonce(), old_nonce);
     h.advance(Duration::from_secs(101));
     let tid = client.tid();
     let request = client.request(Method::REFRESH, tid, |_| {});
     let response = h.send(client.tuple, &request).unwrap();
     assert_eq!(response.code, Some(438));
     assert_ne!(response.attr(attr::NONCE), old_nonce);
-    client.nonce = response.attr(attr::NONCE);
+    client.learn(&response);
     assert_eq!(
         client.call(&mut h, Method::REFRESH, |_| {}).class,
         Class::Success
@@ -709,7 +720,7 @@ fn allocate_errors_400_442_440_420_508() {
     assert!(
         Message::parse(&both.bytes)
             .unwrap()
-            .check_integrity(&c.key)
+            .check_integrity(c.key())
             .is_ok()
     );
 
@@ -1253,7 +1264,7 @@ fn attribute_walks_per_request_are_linear() {
     // Learns the nonce (bound to bob's IP) from a 401, then gets 437: no allocation yet.
     assert_eq!(bob.call(&mut h, Method::REFRESH, |_| {}).code, Some(437));
     let mut stranger = Client::new(udp("198.51.100.30:2"), "nobody", "x");
-    stranger.nonce = bob.nonce.clone();
+    stranger.use_nonce_of(&bob);
     let mut out = vec![0u8; 1500];
     let filler = |w: &mut MessageWriter<'_>, count: usize, unknown: bool| {
         for i in 0..count {
@@ -1377,7 +1388,7 @@ fn client_ip_is_bound_into_the_nonce() {
     let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
     c.allocate(&mut h);
     let mut other = Client::new(udp("198.51.100.99:5000"), "alice", "wonderland");
-    other.nonce = c.nonce.clone();
+    other.use_nonce_of(&c);
     let tid = other.tid();
     let request = other.request(Method::ALLOCATE, tid, |w| {
         w.requested_transport(17).unwrap()
@@ -1565,7 +1576,7 @@ fn an_authenticated_request_pays_back_the_challenge_of_its_source() {
         });
         let challenge = h.send(c.tuple, &first).expect("a 401");
         assert_eq!(challenge.code, Some(401), "client {port}");
-        c.nonce = challenge.attr(attr::NONCE);
+        c.learn(&challenge);
         let tid = c.tid();
         let second = c.request(Method::ALLOCATE, tid, |w| {
             w.requested_transport(17).unwrap()
@@ -1590,7 +1601,8 @@ fn an_authenticated_request_pays_back_the_challenge_of_its_source() {
     let first = wrong.request(Method::ALLOCATE, tid, |w| {
         w.requested_transport(17).unwrap()
     });
-    wrong.nonce = h.send(wrong.tuple, &first).unwrap().attr(attr::NONCE);
+    let challenge = h.send(wrong.tuple, &first).unwrap();
+    wrong.learn(&challenge);
     let tid = wrong.tid();
     let second = wrong.request(Method::ALLOCATE, tid, |w| {
         w.requested_transport(17).unwrap()
@@ -1781,7 +1793,8 @@ fn cluster_leases_gate_the_allocate_and_are_given_back() {
     let unauthenticated = c.request(Method::ALLOCATE, tid, |w| {
         w.requested_transport(17).unwrap()
     });
-    c.nonce = h.send(c.tuple, &unauthenticated).unwrap().attr(attr::NONCE);
+    let challenge = h.send(c.tuple, &unauthenticated).unwrap();
+    c.learn(&challenge);
     // The lease is pending: no answer yet, and a retransmission waits too.
     let tid = c.tid();
     let request = c.request(Method::ALLOCATE, tid, |w| {
@@ -1869,7 +1882,7 @@ fn a_full_node_sends_clients_to_an_alternate() {
     let msg = Message::parse(&response.bytes).unwrap();
     let alternate = attr::decode_address(msg.get(attr::ALTERNATE_SERVER).unwrap()).unwrap();
     assert_eq!(alternate, "192.0.2.21:3478".parse().unwrap());
-    assert!(msg.check_integrity(&bob.key).is_ok());
+    assert!(msg.check_integrity(bob.key()).is_ok());
     // Out of ports is "full" too.
     let mut h = Harness::new();
     h.server.node.cluster.set(vec![Alternate {

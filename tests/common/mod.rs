@@ -361,6 +361,26 @@ impl Server {
         }
     }
 
+    /// Reads [`Server::stats`] until counter `name` reaches `at_least`, the acknowledgement that
+    /// the server has handled (and counted) what the test sent, e.g. a datagram it must drop;
+    /// panics after `timeout`. Returns the counters that showed it.
+    pub fn wait_for_counter(&self, name: &str, at_least: u64, timeout: Duration) -> Stats {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stats = self.stats();
+            if stats.get(name) >= at_least {
+                return stats;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{name} still {} (not {at_least}) after {timeout:?}",
+                stats.get(name)
+            );
+            // Each read is a round trip to every worker: no need to read faster.
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server's resident set size (VmRSS) in KiB.
     pub fn rss_kib(&self) -> u64 {
         let path = format!("/proc/{}/status", self.pid());

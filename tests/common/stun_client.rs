@@ -1,15 +1,15 @@
 //! A minimal TURN client over UDP, TCP or TLS, built with turnpike's own codec (which the RFC
-//! 5769 vectors check): long-term credentials with the nonce dance, retransmission on UDP like
-//! a real client, ChannelData and Send indications. The behaviour under test is the server's.
+//! 5769 vectors check): long-term credentials with the nonce dance (the library client's
+//! sans-IO [`Signer`]), retransmission on UDP like a real client, ChannelData and Send
+//! indications. The behaviour under test is the server's.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use turnpike::stun::{
-    self, Class, Frame, Message, MessageWriter, Method, TransactionId, attr, long_term_key,
-};
+use turnpike::client::Signer;
+use turnpike::stun::{self, Class, Frame, Message, MessageWriter, Method, TransactionId, attr};
 
 /// The realm of every test configuration.
 pub const REALM: &str = "turnpike.test";
@@ -59,10 +59,7 @@ impl Answer {
 /// One client transport address with one set of credentials.
 pub struct StunClient {
     link: Link,
-    username: String,
-    realm: String,
-    key: [u8; 16],
-    nonce: Option<Vec<u8>>,
+    signer: Signer,
     id: u32,
     sequence: u64,
     /// The server closed the TCP connection.
@@ -74,19 +71,8 @@ pub struct StunClient {
 impl StunClient {
     /// A client on a fresh UDP socket bound to `local` (e.g. "127.0.0.1:0").
     pub fn udp(server: SocketAddr, local: &str, username: &str, password: &str) -> Self {
-        Self::udp_in_realm(server, local, REALM, username, password)
-    }
-
-    /// A client on a fresh UDP socket bound to `local`, for a server whose realm is `realm`.
-    pub fn udp_in_realm(
-        server: SocketAddr,
-        local: &str,
-        realm: &str,
-        username: &str,
-        password: &str,
-    ) -> Self {
         let socket = UdpSocket::bind(local).unwrap_or_else(|e| panic!("bind UDP {local}: {e}"));
-        Self::new(Link::Udp { socket, server }, realm, username, password)
+        Self::new(Link::Udp { socket, server }, username, password)
     }
 
     /// A client on a fresh TCP connection.
@@ -98,7 +84,7 @@ impl StunClient {
             stream,
             unread: Vec::new(),
         };
-        Self::new(link, REALM, username, password)
+        Self::new(link, username, password)
     }
 
     /// A client on a fresh TCP connection from `local` (e.g. 127.0.0.2), bound before connecting.
@@ -121,7 +107,7 @@ impl StunClient {
             stream,
             unread: Vec::new(),
         };
-        Self::new(link, REALM, username, password)
+        Self::new(link, username, password)
     }
 
     /// The UDP socket (UDP clients only), e.g. to shrink its receive buffer.
@@ -151,7 +137,7 @@ impl StunClient {
             stream: Box::new(super::tls::connect(server)),
             unread: Vec::new(),
         };
-        Self::new(link, REALM, username, password)
+        Self::new(link, username, password)
     }
 
     /// The DER of the certificate the server presented (TLS clients only).
@@ -162,13 +148,10 @@ impl StunClient {
         }
     }
 
-    fn new(link: Link, realm: &str, username: &str, password: &str) -> Self {
+    fn new(link: Link, username: &str, password: &str) -> Self {
         StunClient {
             link,
-            username: username.to_string(),
-            realm: realm.to_string(),
-            key: long_term_key(username, realm, password),
-            nonce: None,
+            signer: Signer::new(username, password),
             id: CLIENTS.fetch_add(1, Ordering::Relaxed),
             sequence: 0,
             closed: false,
@@ -193,39 +176,27 @@ impl StunClient {
         TransactionId(tid)
     }
 
-    /// Sends a request with `attrs`, authenticated once the server has given a nonce (a 401 or
-    /// 438 with a fresh nonce is retried with it), and returns the final answer.
+    /// Sends a request with `attrs`, signed once the server has given a realm and nonce (a 401
+    /// or 438 is retried as the [`Signer`] says), and returns the final answer.
     pub fn request(&mut self, method: Method, attrs: &dyn Fn(&mut MessageWriter<'_>)) -> Answer {
-        for _ in 0..3 {
+        let mut retries = 0;
+        loop {
             let tid = self.next_tid();
             let mut buf = [0u8; 1500];
             let mut w = MessageWriter::new(&mut buf, method, Class::Request, tid)
                 .expect("the buffer holds a header");
             attrs(&mut w);
-            if let Some(nonce) = &self.nonce {
-                w.attribute(attr::USERNAME, self.username.as_bytes())
-                    .expect("USERNAME fits");
-                w.attribute(attr::REALM, self.realm.as_bytes())
-                    .expect("REALM fits");
-                w.attribute(attr::NONCE, nonce).expect("NONCE fits");
-                w.message_integrity(&self.key)
-                    .expect("MESSAGE-INTEGRITY fits");
-            }
+            self.signer.sign(&mut w).expect("the credentials fit");
             w.fingerprint().expect("FINGERPRINT fits");
             let n = w.finish();
             self.last_request = buf[..n].to_vec();
             let answer = self.transact(&buf[..n], tid);
-            if matches!(answer.code, Some(401 | 438)) {
-                let msg = Message::parse(&answer.bytes).expect("the answer parsed before");
-                let fresh = msg.get(attr::NONCE).map(<[u8]>::to_vec);
-                if fresh.is_some() && fresh != self.nonce {
-                    self.nonce = fresh;
-                    continue;
-                }
+            let msg = Message::parse(&answer.bytes).expect("the answer parsed before");
+            if !self.signer.retry(&msg, retries) {
+                return answer;
             }
-            return answer;
+            retries += 1;
         }
-        panic!("{method:?}: still refused after fresh nonces")
     }
 
     /// Sends `request` (retransmitting it on UDP) until the answer with `tid` arrives.
