@@ -41,8 +41,9 @@
 //! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
 //!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
 //!
-//! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
-//! `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
+//! The binary (`src/main.rs` the command line, `src/serve.rs` running the server with its
+//! signals and reload, `src/admin.rs` the store's commands) is the CLI on top: `serve`,
+//! `check-config`, `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
 //! `turnpike-load` (`src/bin/turnpike-load.rs`), runs [`load`].
 
 pub mod auth;
