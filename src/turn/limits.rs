@@ -313,6 +313,7 @@ impl SourceLimiter {
     }
 
     /// Whether `source` has proven itself recently (see [`SourceLimiter::prove`]).
+    #[cfg(test)]
     pub fn is_proven_source(&self, source: IpAddr, now_ns: u64) -> bool {
         self.table
             .get()
