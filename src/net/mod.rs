@@ -14,7 +14,7 @@ mod stream;
 mod worker;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -295,6 +295,10 @@ pub enum Command {
     AddListener(Arc<Mutex<Option<worker::NewListener>>>),
     /// Stop a listener a reload removed.
     RemoveListener(Transport, SocketAddr),
+    /// Start or end draining (see [`Server::set_draining`]).
+    Draining(bool),
+    /// The other live nodes changed (see [`Server::set_alternates`]).
+    Alternates(Arc<[crate::turn::Alternate]>),
     /// The cluster's answer to a lease request.
     Lease {
         allocation: crate::turn::AllocationId,
@@ -479,6 +483,9 @@ pub struct NodeHandle {
     snapshots: Arc<Snapshots>,
     streams: Arc<StreamLimits>,
     limits: Arc<NodeLimits>,
+    /// Whether the node drains, as last set (the workers each hold their own copy; the
+    /// cluster heartbeat publishes this one).
+    draining: Arc<AtomicBool>,
     reload: Arc<ReloadContext>,
     /// The kernel fast path, when active.
     fast_path: Option<Arc<offload::FastPath>>,
@@ -698,13 +705,18 @@ impl NodeHandle {
         Ok(all_answered(answer)?.pop().unwrap_or(false))
     }
 
-    /// Starts or ends draining: no new allocations, existing ones go on.
+    /// Starts or ends draining: no new allocations, existing ones go on. Every worker has
+    /// it in its queue when this returns, so whatever is asked of the workers afterwards
+    /// ([`NodeHandle::counters_now`], for one) is answered after they took it: an Allocate a
+    /// worker handles after such an answer is refused.
     pub fn set_draining(&self, draining: bool) {
-        self.limits.draining.store(draining, Ordering::Relaxed);
+        self.draining.store(draining, Ordering::Relaxed);
+        self.commander.broadcast(|| Command::Draining(draining));
     }
 
+    /// Whether the node drains, as last set.
     pub fn draining(&self) -> bool {
-        self.limits.draining.load(Ordering::Relaxed)
+        self.draining.load(Ordering::Relaxed)
     }
 
     /// A handle that sends commands to the workers.
@@ -839,9 +851,8 @@ impl Node {
         let node_limits = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(ReflectionBudget::from_limits(limits)),
-            cluster: Default::default(),
-            draining: Default::default(),
         });
+        let draining = Arc::new(AtomicBool::new(false));
         let (lease_tx, lease_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster_link = config.redis.as_ref().map(|_| lease_tx.clone());
         let streams = Arc::new(StreamLimits::new(limits));
@@ -914,7 +925,7 @@ impl Node {
                     cluster::Cluster::new(
                         settings,
                         client,
-                        node_limits.clone(),
+                        draining.clone(),
                         commander.clone(),
                         allocations,
                     ),
@@ -933,6 +944,7 @@ impl Node {
             }),
             streams,
             limits: node_limits,
+            draining,
             reload: Arc::new(ReloadContext {
                 credentials,
                 tls,

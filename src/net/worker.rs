@@ -340,6 +340,8 @@ impl Worker {
                     tracing::info!(closed, "closed allocations of revoked credentials");
                 }
             }
+            super::Command::Draining(draining) => self.core.set_draining(draining),
+            super::Command::Alternates(alternates) => self.core.set_alternates(alternates),
             super::Command::Lease {
                 allocation,
                 granted,

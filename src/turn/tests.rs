@@ -91,8 +91,6 @@ impl Harness {
         let node = NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-            cluster: ClusterView::default(),
-            draining: Default::default(),
         };
         Self::with_node(tweak, node)
     }
@@ -1498,8 +1496,6 @@ fn with_budget(source_rate: u32, source_burst: u32, node_rate: u32) -> Harness {
             source_burst,
             node_rate,
         }),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     Harness::with_node(|_| {}, node)
 }
@@ -1681,8 +1677,6 @@ fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected:
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     Harness::with_credentials(|_| {}, node, credentials)
 }
@@ -1761,8 +1755,6 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     let mut h = Harness::with_credentials(|_| {}, node, credentials);
     let mut dave = Client::new(udp(CLIENT), username, &password);
@@ -1845,7 +1837,7 @@ fn a_full_node_sends_clients_to_an_alternate() {
             user_bandwidth: None,
         }
     });
-    h.server.node.cluster.set(vec![
+    h.server.set_alternates(Arc::from(vec![
         Alternate {
             transport: Transport::Udp,
             address: "192.0.2.20:3478".parse().unwrap(),
@@ -1861,7 +1853,7 @@ fn a_full_node_sends_clients_to_an_alternate() {
             address: "192.0.2.22:3478".parse().unwrap(),
             load: 0,
         },
-    ]);
+    ]));
     alice(&mut h);
     let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
     let response = bob.allocate(&mut h);
@@ -1872,15 +1864,15 @@ fn a_full_node_sends_clients_to_an_alternate() {
     assert!(msg.check_integrity(&bob.key).is_ok());
     // Out of ports is "full" too.
     let mut h = Harness::new();
-    h.server.node.cluster.set(vec![Alternate {
+    h.server.set_alternates(Arc::from(vec![Alternate {
         transport: Transport::Udp,
         address: "192.0.2.20:3478".parse().unwrap(),
         load: 0,
-    }]);
+    }]));
     h.fail_open = Some(RelayOpenError::NoPort);
     assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(300));
     // With no other node known, the codes stay 486 and 508.
-    h.server.node.cluster.set(Vec::new());
+    h.server.set_alternates(Arc::from([]));
     assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(508));
 }
 
@@ -1911,10 +1903,7 @@ fn responses_are_counted_by_method_and_code() {
 fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
     let mut h = Harness::new();
     let (mut c, _) = alice(&mut h);
-    h.server
-        .node
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.server.set_draining(true);
     let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
     let refused = bob.allocate(&mut h);
     assert_eq!(refused.code, Some(403));
@@ -1926,11 +1915,11 @@ fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
         Class::Success
     );
     // With another live node known, the client is sent there instead.
-    h.server.node.cluster.set(vec![Alternate {
+    h.server.set_alternates(Arc::from(vec![Alternate {
         transport: Transport::Udp,
         address: "192.0.2.20:3478".parse().unwrap(),
         load: 0,
-    }]);
+    }]));
     let mut carol = Client::new(udp("198.51.100.31:1"), "bob", "builder");
     assert_eq!(carol.allocate(&mut h).code, Some(300));
 }
