@@ -1,7 +1,18 @@
 //! Reload: applies a new configuration to the running workers without dropping an
 //! allocation (listeners, credentials, limits, policy, TLS), and says what needs a restart.
 
-use super::*;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::auth::{Credentials, StaticCredentials};
+use crate::config::{Config, Transport};
+use crate::turn::{CoreConfig, HostAddresses, Nonces, PeerPolicy, ReflectionBudget};
+
+use super::host::{host_addresses, log_host_change};
+use super::settings::{core_config, peer_policy};
+use super::socket::{bind_tcp, bind_udp};
+use super::{BoundListener, Command, NodeHandle, tls_acceptor, worker};
 
 /// What a reload needs to rebuild the workers' settings.
 pub(super) struct ReloadContext {
