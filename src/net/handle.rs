@@ -329,7 +329,7 @@ impl NodeHandle {
 
     /// Enumerates this host's addresses again and, when they changed, gives the workers the
     /// new set; returns whether they changed. Control path (a thread of its own calls it every
-    /// [`HOST_ADDRESS_REFRESH`]; a reload does the same).
+    /// [`HOST_ADDRESS_REFRESH`](super::HOST_ADDRESS_REFRESH); a reload does the same).
     pub fn refresh_host_addresses(&self) -> bool {
         let mut host = self.reload.host.lock().unwrap_or_else(|e| e.into_inner());
         let Some(fresh) = host_addresses() else {

@@ -1,10 +1,10 @@
 //! The tokio I/O shell: binds the listeners, runs one single-threaded worker per core, and
 //! carries datagrams between sockets and the protocol cores. It makes no protocol decision.
 //!
-//! The node's two faces are declared here: [`Node`], which starts and stops it ([`node`]'s
-//! code), and [`NodeHandle`], what the rest of the process sees and asks of it ([`handle`]'s
-//! code; [`reload`]'s for a reload). Their fields are private to this module, which those
-//! files are part of.
+//! The node's two faces are declared here: [`Node`], which starts and stops it (its code is
+//! in `node.rs`), and [`NodeHandle`], what the rest of the process sees and asks of it
+//! (`handle.rs`; `reload.rs` for a reload). Their fields are private to this module, which
+//! those files are part of.
 
 mod accept;
 mod audit;
