@@ -10,9 +10,16 @@ use tokio::sync::oneshot;
 use crate::config::Transport;
 use crate::turn::HostAddresses;
 
-use super::handle::WorkerCounters;
+use super::counters::WorkerCounters;
 use super::reload::Reconfiguration;
-use super::{status, worker};
+use super::status;
+
+/// A listener socket handed to a worker by a reload.
+#[derive(Debug)]
+pub enum NewListener {
+    Udp(std::net::UdpSocket),
+    Tcp(std::net::TcpListener, bool),
+}
 
 /// Something a worker must do, sent from outside the packet path. A command that needs an
 /// answer carries its reply channel; the worker answers once it has done everything it was
@@ -32,7 +39,7 @@ pub enum Command {
     /// The addresses of this host's interfaces changed: here is the new set.
     HostAddresses(HostAddresses),
     /// Start serving a listener a reload added (this worker's own socket of it).
-    AddListener(Arc<Mutex<Option<worker::NewListener>>>),
+    AddListener(Arc<Mutex<Option<NewListener>>>),
     /// Stop a listener a reload removed.
     RemoveListener(Transport, SocketAddr),
     /// Start or end draining (see [`Server::set_draining`](crate::turn::Server::set_draining)).

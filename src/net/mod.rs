@@ -11,6 +11,7 @@ mod audit;
 pub mod batch;
 pub mod cluster;
 mod command;
+mod counters;
 mod handle;
 mod host;
 mod node;
@@ -36,7 +37,8 @@ use crate::turn::NodeLimits;
 
 pub use accept::AcceptBackoff;
 pub use command::{ANSWER_TIMEOUT, Command, Commander, Unanswered};
-pub use handle::{AllocationPage, NodeCounters, NodeSummary, WorkerCounters};
+pub use counters::{NodeCounters, WorkerCounters};
+pub use handle::{AllocationPage, NodeSummary};
 pub use host::{HOST_ADDRESS_REFRESH, default_route_ipv4};
 pub use node::{OffloadState, StartError};
 pub use relay::Reservations;

@@ -17,7 +17,8 @@ use crate::turn::{
 };
 
 use super::command::Commander;
-use super::handle::{Snapshots, WorkerCounters};
+use super::counters::WorkerCounters;
+use super::handle::Snapshots;
 use super::host::{HOST_ADDRESS_REFRESH, default_route_ipv4, host_addresses};
 use super::relay::Reservations;
 use super::reload::ReloadContext;

@@ -51,13 +51,6 @@ impl UdpListener {
     }
 }
 
-/// A listener socket handed to a worker by a reload.
-#[derive(Debug)]
-pub enum NewListener {
-    Udp(std::net::UdpSocket),
-    Tcp(std::net::TcpListener, bool),
-}
-
 impl Worker {
     /// Starts receiving on a UDP listener of this worker.
     pub(super) fn add_udp(shared: &Shared, socket: std::net::UdpSocket) {

@@ -34,8 +34,9 @@ use super::relay;
 use super::stream::{Pushed, SharedAcceptor, StreamCounters, StreamLimits, StreamWriter};
 use super::{Command, WorkerCounters};
 
+pub(in crate::net) use super::command::NewListener;
 use commands::command_loop;
-pub(in crate::net) use listeners::{NewListener, UdpListener};
+pub(in crate::net) use listeners::UdpListener;
 use listeners::{listener_for, udp_listener_loop};
 use offload::Offloaded;
 pub use relays::RelaySettings;
