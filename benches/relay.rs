@@ -98,8 +98,6 @@ fn core(now: Instant) -> Server {
     let node = Arc::new(NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-        cluster: Default::default(),
-        draining: Default::default(),
     });
     Server::new(core_config, credentials, policy, nonces, node, [2; 32])
 }

@@ -23,6 +23,11 @@
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
 //!   cluster (registry, quota leases), status snapshots; [`net::offload`], the kernel fast
 //!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).
+//!   `net/mod.rs` declares [`net::Node`] and [`net::NodeHandle`]; `node.rs` starts a node,
+//!   `handle.rs` answers for it, `command.rs` talks to the workers, `worker/` is one worker
+//!   (listeners, relay sockets, commands, timers, fast path, streams: a file each) and
+//!   `stream/` its TCP/TLS clients (framing and reading; `writer.rs` the output queue), which
+//!   ask the worker only through the `StreamHost` trait.
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd. [`clock`]: the wall clock, read by the I/O layers

@@ -5,7 +5,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -457,8 +456,6 @@ impl Harness {
         let node = Arc::new(NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(ReflectionBudget::from_limits(&config.limits)),
-            cluster: Default::default(),
-            draining: Default::default(),
         });
         let credentials = Arc::new(Credentials::new(
             StaticCredentials::new(&config.auth, &config.realm),
@@ -572,7 +569,7 @@ impl Harness {
             Op::Close { allocation } => self.close(allocation),
             Op::Revoke { name } => self.revoke(name),
             Op::Reload { flavor } => self.reload(usize::from(flavor) % self.configs.len()),
-            Op::Drain { on } => self.node.draining.store(on, Ordering::Relaxed),
+            Op::Drain { on } => self.server.set_draining(on),
             Op::Alternates { count } => {
                 let count = usize::from(count) % (ALTERNATES.len() + 1);
                 let alternates = ALTERNATES[..count]
@@ -582,8 +579,8 @@ impl Harness {
                         address: parse_addr(address),
                         load,
                     })
-                    .collect();
-                self.node.cluster.set(alternates);
+                    .collect::<Vec<_>>();
+                self.server.set_alternates(alternates.into());
             }
         }
         self.check_state();

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -20,7 +21,7 @@ use crate::auth::redis::{connect, timed};
 use crate::auth::{CredentialKind, Principal};
 use crate::clock::unix_now;
 use crate::config::Transport;
-use crate::turn::{AllocationId, Alternate, NodeLimits};
+use crate::turn::{AllocationId, Alternate};
 
 use super::{BoundListener, Command, Commander};
 
@@ -168,7 +169,10 @@ pub struct Cluster {
     link: Link,
     /// Leases this node holds (member → key), whether or not Redis has them yet.
     held: HashMap<String, String>,
-    node: Arc<NodeLimits>,
+    /// Whether this node drains (its registry entry says so).
+    draining: Arc<AtomicBool>,
+    /// The other live nodes as the workers were last given them.
+    alternates: Arc<[Alternate]>,
     commander: Commander,
     allocations: Box<dyn Fn() -> u64 + Send>,
     heartbeat_running: bool,
@@ -186,7 +190,7 @@ impl Cluster {
     pub fn new(
         settings: ClusterSettings,
         client: redis::Client,
-        node: Arc<NodeLimits>,
+        draining: Arc<AtomicBool>,
         commander: Commander,
         allocations: Box<dyn Fn() -> u64 + Send>,
     ) -> Self {
@@ -196,7 +200,8 @@ impl Cluster {
             client,
             link: Link::Starting(Vec::new()),
             held: HashMap::new(),
-            node,
+            draining,
+            alternates: Arc::from([]),
             commander,
             allocations,
             heartbeat_running: false,
@@ -457,7 +462,12 @@ impl Cluster {
                 load: other.allocations,
             }));
         }
-        self.node.cluster.set(alternates);
+        if *self.alternates != *alternates {
+            let alternates: Arc<[Alternate]> = alternates.into();
+            self.alternates = alternates.clone();
+            self.commander
+                .broadcast(|| Command::Alternates(alternates.clone()));
+        }
         if !expired.is_empty() {
             let mut conn = conn;
             let mut forget = redis::cmd("SREM");
@@ -494,10 +504,7 @@ impl Cluster {
                 })
                 .collect(),
             allocations: (self.allocations)(),
-            draining: self
-                .node
-                .draining
-                .load(std::sync::atomic::Ordering::Relaxed),
+            draining: self.draining.load(Ordering::Relaxed),
             heartbeat: now,
         };
         let json = serde_json::to_string(&entry).unwrap_or_default();

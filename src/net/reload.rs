@@ -1,7 +1,18 @@
 //! Reload: applies a new configuration to the running workers without dropping an
 //! allocation (listeners, credentials, limits, policy, TLS), and says what needs a restart.
 
-use super::*;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use crate::auth::{Credentials, StaticCredentials};
+use crate::config::{Config, Transport};
+use crate::turn::{CoreConfig, HostAddresses, Nonces, ReflectionBudget};
+
+use super::host::{host_addresses, log_host_change};
+use super::settings::{core_config, peer_policy};
+use super::socket::{bind_tcp, bind_udp};
+use super::{BoundListener, Command, NodeHandle, Reconfiguration, offload, tls_acceptor, worker};
 
 /// What a reload needs to rebuild the workers' settings.
 pub(super) struct ReloadContext {
@@ -18,25 +29,6 @@ pub(super) struct ReloadContext {
     /// The host addresses the workers were last given. Held while a new set is enumerated and
     /// sent, so the workers always get the sets in the order they were enumerated.
     pub(super) host: Mutex<HostAddresses>,
-}
-
-/// Settings a reload hands to every worker.
-#[derive(Clone)]
-pub struct Reconfiguration {
-    pub core: CoreConfig,
-    pub policy: PeerPolicy,
-    pub nonces: Nonces,
-    pub ports: crate::config::PortRange,
-    pub redact: bool,
-}
-
-impl std::fmt::Debug for Reconfiguration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reconfiguration")
-            .field("core", &self.core)
-            .field("ports", &self.ports)
-            .finish_non_exhaustive()
-    }
 }
 
 impl NodeHandle {

@@ -26,17 +26,11 @@ impl Server {
         if self.by_tuple.contains_key(tuple) {
             return Err(RequestError::AllocationMismatch);
         }
-        if self
-            .node
-            .draining
-            .load(std::sync::atomic::Ordering::Relaxed)
-        {
-            return Err(
-                match self.node.cluster.pick(tuple.transport, tuple.server) {
-                    Some(alternate) => RequestError::TryAlternate(alternate),
-                    None => RequestError::Forbidden("Server is draining"),
-                },
-            );
+        if self.draining {
+            return Err(match self.alternate(tuple.transport, tuple.server) {
+                Some(alternate) => RequestError::TryAlternate(alternate),
+                None => RequestError::Forbidden("Server is draining"),
+            });
         }
         let transport = msg
             .get(attr::REQUESTED_TRANSPORT)
@@ -117,12 +111,10 @@ impl Server {
             Ok(bandwidth) => bandwidth,
             // The node is full: another node may not be.
             Err(QuotaError::Total) => {
-                return Err(
-                    match self.node.cluster.pick(tuple.transport, tuple.server) {
-                        Some(alternate) => RequestError::TryAlternate(alternate),
-                        None => RequestError::AllocationQuotaReached,
-                    },
-                );
+                return Err(match self.alternate(tuple.transport, tuple.server) {
+                    Some(alternate) => RequestError::TryAlternate(alternate),
+                    None => RequestError::AllocationQuotaReached,
+                });
             }
             Err(QuotaError::User) => return Err(RequestError::AllocationQuotaReached),
         };
@@ -242,7 +234,7 @@ impl Server {
                 self.events
                     .retain(|e| *e != Event::CloseRelay { allocation });
                 // Out of ports: another node may have some.
-                let refusal = match (error, self.node.cluster.pick(tuple.transport, tuple.server)) {
+                let refusal = match (error, self.alternate(tuple.transport, tuple.server)) {
                     (RelayOpenError::NoPort, Some(alternate)) => {
                         RequestError::TryAlternate(alternate)
                     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use super::Server;
-use super::{AllocationId, AllocationLedger, ClusterView, Quota, SourceLimiter, Traffic};
+use super::{AllocationId, AllocationLedger, Quota, SourceLimiter, Traffic};
 use crate::auth::Principal;
 
 /// How a client reaches the server: the transport of a listener and of a 5-tuple.
@@ -334,12 +334,11 @@ impl Stats {
 }
 
 /// State the workers of one node share: the allocation ledger and the table of
-/// unauthenticated sources. Neither is touched by relayed packets.
+/// unauthenticated sources. Neither is touched by relayed packets. (Whether the node drains,
+/// and the other nodes to send clients to, are each core's own inputs:
+/// [`Server::set_draining`](super::Server::set_draining),
+/// [`Server::set_alternates`](super::Server::set_alternates).)
 pub struct NodeLimits {
     pub ledger: AllocationLedger,
     pub sources: SourceLimiter,
-    /// Other live nodes, for 300 Try Alternate.
-    pub cluster: ClusterView,
-    /// Draining: no new allocations (300 to another node, else 403); existing ones go on.
-    pub draining: std::sync::atomic::AtomicBool,
 }

@@ -350,31 +350,17 @@ pub struct Alternate {
     pub load: u64,
 }
 
-/// The other live nodes, refreshed by the cluster heartbeat; read only when this node must
-/// turn a client away.
-#[derive(Debug, Default)]
-pub struct ClusterView {
-    alternates: arc_swap::ArcSwap<Vec<Alternate>>,
-}
-
-impl ClusterView {
-    pub fn set(&self, alternates: Vec<Alternate>) {
-        self.alternates.store(Arc::new(alternates));
-    }
-
-    /// The least-loaded other node serving `transport` on the same address family as `like`.
-    pub fn pick(
-        &self,
-        transport: super::Transport,
-        like: std::net::SocketAddr,
-    ) -> Option<std::net::SocketAddr> {
-        self.alternates
-            .load()
-            .iter()
-            .filter(|a| a.transport == transport && a.address.is_ipv4() == like.is_ipv4())
-            .min_by_key(|a| (a.load, a.address))
-            .map(|a| a.address)
-    }
+/// The least-loaded of `alternates` serving `transport` on the same address family as `like`.
+pub(super) fn pick_alternate(
+    alternates: &[Alternate],
+    transport: super::Transport,
+    like: std::net::SocketAddr,
+) -> Option<std::net::SocketAddr> {
+    alternates
+        .iter()
+        .filter(|a| a.transport == transport && a.address.is_ipv4() == like.is_ipv4())
+        .min_by_key(|a| (a.load, a.address))
+        .map(|a| a.address)
 }
 
 /// Why the ledger refused an allocation.

@@ -59,8 +59,8 @@ pub use api::{
 };
 pub use error::RequestError;
 pub use limits::{
-    AllocationLedger, Alternate, ByteRate, ClusterView, Quota, QuotaError, ReflectionBudget,
-    SharedByteRate, SourceLimiter,
+    AllocationLedger, Alternate, ByteRate, Quota, QuotaError, ReflectionBudget, SharedByteRate,
+    SourceLimiter,
 };
 pub use nonce::Nonces;
 pub use policy::{HostAddresses, PeerPolicy};
@@ -82,6 +82,10 @@ pub struct Server {
     free_slots: Vec<u32>,
     by_tuple: FastMap<FiveTuple, AllocationId>,
     node: Arc<NodeLimits>,
+    /// Draining: no new allocations (300 to another node, else 403); existing ones go on.
+    draining: bool,
+    /// The other live nodes, for 300 Try Alternate.
+    alternates: Arc<[Alternate]>,
     timers: BTreeSet<(Instant, AllocationId)>,
     events: VecDeque<Event>,
     /// A deadline was filed since [`Server::take_new_deadline`] was last asked.
@@ -112,6 +116,8 @@ impl Server {
             free_slots: Vec::new(),
             by_tuple: FastMap::default(),
             node,
+            draining: false,
+            alternates: Arc::from([]),
             timers: BTreeSet::new(),
             events: VecDeque::new(),
             new_deadline: false,
@@ -132,6 +138,29 @@ impl Server {
     /// Next thing for the I/O layer to do; call after every `handle_*` until `None`.
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
+    }
+
+    /// Starts or ends draining: from now on an Allocate is refused (300 Try Alternate to a
+    /// node of [`Server::set_alternates`], else 403); allocations go on. Call when the
+    /// operator says so.
+    pub fn set_draining(&mut self, draining: bool) {
+        self.draining = draining;
+    }
+
+    /// Takes the other live nodes of the cluster, offered (least loaded first) to a client
+    /// this node turns away: draining, full, or out of relay ports. Call whenever the cluster
+    /// registry says they changed; none at first.
+    pub fn set_alternates(&mut self, alternates: Arc<[Alternate]>) {
+        self.alternates = alternates;
+    }
+
+    /// The least-loaded other node serving `transport` on `like`'s address family.
+    fn alternate(
+        &self,
+        transport: Transport,
+        like: std::net::SocketAddr,
+    ) -> Option<std::net::SocketAddr> {
+        limits::pick_alternate(&self.alternates, transport, like)
     }
 
     /// Takes a reloaded configuration: settings, peer policy, nonce lifetime. Allocations go

@@ -92,8 +92,6 @@ impl Harness {
         let node = NodeLimits {
             ledger: AllocationLedger::new(),
             sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-            cluster: ClusterView::default(),
-            draining: Default::default(),
         };
         Self::with_node(tweak, node)
     }
@@ -1509,8 +1507,6 @@ fn with_budget(source_rate: u32, source_burst: u32, node_rate: u32) -> Harness {
             source_burst,
             node_rate,
         }),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     Harness::with_node(|_| {}, node)
 }
@@ -1693,8 +1689,6 @@ fn redis_backed(fill: impl FnOnce(&mut crate::auth::redis::Snapshot), connected:
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     Harness::with_credentials(|_| {}, node, credentials)
 }
@@ -1773,8 +1767,6 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
     let node = NodeLimits {
         ledger: AllocationLedger::new(),
         sources: SourceLimiter::new(ReflectionBudget::UNLIMITED),
-        cluster: ClusterView::default(),
-        draining: Default::default(),
     };
     let mut h = Harness::with_credentials(|_| {}, node, credentials);
     let mut dave = Client::new(udp(CLIENT), username, &password);
@@ -1858,7 +1850,7 @@ fn a_full_node_sends_clients_to_an_alternate() {
             user_bandwidth: None,
         }
     });
-    h.server.node.cluster.set(vec![
+    h.server.set_alternates(Arc::from(vec![
         Alternate {
             transport: Transport::Udp,
             address: "192.0.2.20:3478".parse().unwrap(),
@@ -1874,7 +1866,7 @@ fn a_full_node_sends_clients_to_an_alternate() {
             address: "192.0.2.22:3478".parse().unwrap(),
             load: 0,
         },
-    ]);
+    ]));
     alice(&mut h);
     let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
     let response = bob.allocate(&mut h);
@@ -1885,15 +1877,15 @@ fn a_full_node_sends_clients_to_an_alternate() {
     assert!(msg.check_integrity(bob.key()).is_ok());
     // Out of ports is "full" too.
     let mut h = Harness::new();
-    h.server.node.cluster.set(vec![Alternate {
+    h.server.set_alternates(Arc::from(vec![Alternate {
         transport: Transport::Udp,
         address: "192.0.2.20:3478".parse().unwrap(),
         load: 0,
-    }]);
+    }]));
     h.fail_open = Some(RelayOpenError::NoPort);
     assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(300));
     // With no other node known, the codes stay 486 and 508.
-    h.server.node.cluster.set(Vec::new());
+    h.server.set_alternates(Arc::from([]));
     assert_eq!(alice_client(&mut h).allocate(&mut h).code, Some(508));
 }
 
@@ -1924,10 +1916,7 @@ fn responses_are_counted_by_method_and_code() {
 fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
     let mut h = Harness::new();
     let (mut c, _) = alice(&mut h);
-    h.server
-        .node
-        .draining
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    h.server.set_draining(true);
     let mut bob = Client::new(udp("198.51.100.30:1"), "bob", "builder");
     let refused = bob.allocate(&mut h);
     assert_eq!(refused.code, Some(403));
@@ -1939,11 +1928,11 @@ fn a_draining_node_refuses_new_allocations_but_keeps_the_old() {
         Class::Success
     );
     // With another live node known, the client is sent there instead.
-    h.server.node.cluster.set(vec![Alternate {
+    h.server.set_alternates(Arc::from(vec![Alternate {
         transport: Transport::Udp,
         address: "192.0.2.20:3478".parse().unwrap(),
         load: 0,
-    }]);
+    }]));
     let mut carol = Client::new(udp("198.51.100.31:1"), "bob", "builder");
     assert_eq!(carol.allocate(&mut h).code, Some(300));
 }

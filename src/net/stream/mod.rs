@@ -1,0 +1,367 @@
+//! TCP and TLS clients: accepting, framing (RFC 8656 §12.5) and reading with deadlines, and
+//! backpressure on the client's requests; writing is [`writer`]'s. What a connection needs of
+//! the worker that serves it goes through [`StreamHost`]: this module sees nothing else of it.
+
+mod limits;
+mod tls;
+mod writer;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Transport;
+use crate::stun::{self, Frame};
+use crate::turn::FiveTuple;
+
+use super::accept::AcceptBackoff;
+use super::socket::normalize;
+
+pub(crate) use limits::StreamLimits;
+use limits::{ConnectionSlot, Refused};
+pub(in crate::net) use tls::SharedAcceptor;
+pub use tls::tls_acceptor;
+use writer::write_loop;
+pub(super) use writer::{Pushed, StreamWriter};
+
+/// Unsent bytes the kernel may hold for one client (TCP_NOTSENT_LOWAT). Without it the send
+/// buffer of a client that does not read grows by autotuning to `tcp_wmem`'s maximum (4 MiB
+/// by default) of kernel memory. Unlike a fixed SO_SNDBUF it does not limit the data in
+/// flight, so a client far away still gets the throughput its path allows.
+const KERNEL_UNSENT: u32 = 32 * 1024;
+/// TLS records rustls may hold unsent for one client (its default is 64 KiB).
+const TLS_UNSENT: usize = 16 * 1024;
+/// The initial read buffer; it grows for large frames only, and shrinks back once the
+/// connection has had no use for more for [`SHRINK_AFTER`].
+const INITIAL_READ: usize = 4096;
+/// How long a buffer grown by a burst is kept after the burst.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+/// Longest wait between accept attempts while out of descriptors: short, since a TURN client
+/// waits for it.
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+/// Largest frame: a STUN header and a 16-bit length, or ChannelData padded.
+const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
+
+/// What a stream connection needs of the worker that serves it. Called on the worker's
+/// thread, never while another call is under way.
+pub(super) trait StreamHost {
+    /// A connection was accepted: frames for `tuple` go to `writer` until
+    /// [`StreamHost::closed`].
+    fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>);
+    /// Handles one complete message from the client (STUN or ChannelData). Payloads it
+    /// queues for peers go out at [`StreamHost::flush`], which ends each batch.
+    fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]);
+    /// The client sent something that is not STUN/TURN: counted, and the connection closes.
+    fn malformed(&self);
+    /// Ends a batch of received messages: what they queued for peers goes out.
+    fn flush(&self);
+    /// Whether the client has an allocation (it may then stay silent).
+    fn allocated(&self, tuple: &FiveTuple) -> bool;
+    /// The connection ended: the host forgets its writer and the core its allocation.
+    fn closed(&self, now: Instant, tuple: &FiveTuple);
+}
+
+/// What a worker's stream connections counted, for its published counters.
+#[derive(Debug, Default)]
+pub(super) struct StreamCounters {
+    rejected: Cell<u64>,
+    rejected_per_source: Cell<u64>,
+    timeouts: Cell<u64>,
+    write_timeouts: Cell<u64>,
+}
+
+impl StreamCounters {
+    /// Connections refused because `max-tcp-connections` was reached.
+    pub fn rejected(&self) -> u64 {
+        self.rejected.get()
+    }
+
+    /// Connections refused because their source had `max-tcp-connections-per-source`.
+    pub fn rejected_per_source(&self) -> u64 {
+        self.rejected_per_source.get()
+    }
+
+    /// Clients closed by `stream-idle-timeout` (no complete message, or no finished
+    /// handshake, in time).
+    pub fn timeouts(&self) -> u64 {
+        self.timeouts.get()
+    }
+
+    /// Clients closed because their output made no progress for `stream-idle-timeout`.
+    pub fn write_timeouts(&self) -> u64 {
+        self.write_timeouts.get()
+    }
+}
+
+fn increment(counter: &Cell<u64>) {
+    counter.set(counter.get() + 1);
+}
+
+/// Accepts connections on a TCP listener of this worker, with TLS when `tls` is set (each
+/// handshake uses the certificate current when the connection arrives).
+pub(super) async fn accept_loop<H: StreamHost + 'static>(
+    host: Rc<H>,
+    listener: TcpListener,
+    tls: Option<SharedAcceptor>,
+    limits: Arc<StreamLimits>,
+    counters: Rc<StreamCounters>,
+) {
+    let transport = if tls.is_some() {
+        Transport::Tls
+    } else {
+        Transport::Tcp
+    };
+    let mut backoff = AcceptBackoff::new("TURN TCP/TLS", MAX_ACCEPT_BACKOFF);
+    loop {
+        let (stream, client) = match listener.accept().await {
+            Ok(accepted) => {
+                backoff.accepted();
+                accepted
+            }
+            Err(error) => {
+                backoff.failed(&error).await;
+                continue;
+            }
+        };
+        let client = normalize(client);
+        let slot = match ConnectionSlot::take(&limits, client.ip()) {
+            Ok(slot) => slot,
+            // Over a limit: closed at once, before any TLS work.
+            Err(Refused::Node) => {
+                increment(&counters.rejected);
+                continue;
+            }
+            Err(Refused::Source) => {
+                increment(&counters.rejected_per_source);
+                continue;
+            }
+        };
+        let Ok(server) = stream.local_addr() else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        limit_unsent(&stream);
+        let tuple = FiveTuple {
+            transport,
+            client,
+            server: normalize(server),
+        };
+        let host = host.clone();
+        let counters = counters.clone();
+        let tls = match &tls {
+            None => None,
+            Some(current) => match current.load_full() {
+                Some(acceptor) => Some(acceptor),
+                // A TLS listener without a certificate cannot serve anyone.
+                None => continue,
+            },
+        };
+        let idle = limits.idle_timeout();
+        tokio::task::spawn_local(async move {
+            let _slot = slot;
+            match tls {
+                None => serve(&*host, &counters, stream, tuple, idle).await,
+                Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+                    Ok(Ok(mut stream)) => {
+                        stream.get_mut().1.set_buffer_limit(Some(TLS_UNSENT));
+                        serve(&*host, &counters, stream, tuple, idle).await
+                    }
+                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+                    Err(_) => {
+                        increment(&counters.timeouts);
+                        tracing::debug!("TLS handshake timed out");
+                    }
+                },
+            }
+        });
+    }
+}
+
+/// Sets TCP_NOTSENT_LOWAT (see [`KERNEL_UNSENT`]); a kernel without it (before 3.12) leaves
+/// the send buffer as it was.
+fn limit_unsent(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let value: libc::c_int = KERNEL_UNSENT as libc::c_int;
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from a live local; the descriptor
+    // belongs to `stream`, which outlives the call.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Serves one client connection until it closes, sends something that is not STUN/TURN, does
+/// not read what it is sent (see [`write_loop`]), or misses a deadline of [`read_loop`]: a
+/// slowloris client cannot hold a connection.
+async fn serve<S>(
+    host: &impl StreamHost,
+    counters: &StreamCounters,
+    stream: S,
+    tuple: FiveTuple,
+    idle: Duration,
+) where
+    S: AsyncRead + AsyncWrite + 'static,
+{
+    let (mut reader, writer_half) = tokio::io::split(stream);
+    let writer = Rc::new(StreamWriter::new());
+    host.opened(tuple, writer.clone());
+    let write_task = tokio::task::spawn_local(write_loop(writer.clone(), writer_half, idle));
+    let timed_out = read_loop(host, &mut reader, &writer, tuple, idle).await;
+    writer.close();
+    if timed_out {
+        increment(&counters.timeouts);
+    }
+    host.closed(Instant::now(), &tuple);
+    let _ = write_task.await;
+    if writer.stalled() {
+        increment(&counters.write_timeouts);
+    }
+}
+
+/// Reads and handles the client's frames until the connection ends; `true` when it ended by
+/// the idle timeout.
+///
+/// Deadlines: a client without an allocation must send a complete message every `idle`; one
+/// with an allocation may stay silent, but a message it has started must be complete within
+/// `idle` of its first byte's arrival.
+async fn read_loop<R>(
+    host: &impl StreamHost,
+    reader: &mut R,
+    writer: &StreamWriter,
+    tuple: FiveTuple,
+    idle: Duration,
+) -> bool
+where
+    R: AsyncRead + Unpin,
+{
+    let mut buf = vec![0u8; INITIAL_READ];
+    // buf[start..filled] is received and not handled yet.
+    let mut start = 0;
+    let mut filled = 0;
+    let mut last_message = Instant::now();
+    // When the first byte of the message not yet complete arrived.
+    let mut partial_since: Option<Instant> = None;
+    // When the buffer last held more than its initial size.
+    let mut needed_large = Instant::now();
+    loop {
+        // Handle the complete frames in hand; a STUN message (which may be answered) only
+        // while the client's output has room.
+        let now = Instant::now();
+        let mut paused = false;
+        let handled_from = start;
+        {
+            let _lines = crate::logbuf::Hold::begin();
+            while start < filled {
+                let pending = &buf[start..filled];
+                let (message, advance, stun) = match stun::frame_len(pending) {
+                    Ok(Some(Frame::Stun(len))) => (len, len, true),
+                    Ok(Some(Frame::ChannelData { len, padded })) => (len, padded, false),
+                    Ok(None) => break,
+                    Err(_) => {
+                        host.malformed();
+                        host.flush();
+                        return false;
+                    }
+                };
+                if advance > pending.len() {
+                    break;
+                }
+                if stun && writer.is_full() {
+                    paused = true;
+                    break;
+                }
+                host.received(now, tuple, &pending[..message]);
+                start += advance;
+                last_message = now;
+            }
+            host.flush();
+        }
+        if writer.is_closed() {
+            return false;
+        }
+        if paused {
+            writer.wait_for_room().await;
+            continue;
+        }
+        if start == filled {
+            partial_since = None;
+        } else if start > handled_from {
+            // A message ended in what was just handled: the rest began after it.
+            partial_since = Some(now);
+        }
+        buf.copy_within(start..filled, 0);
+        filled -= start;
+        start = 0;
+        if filled == buf.len() {
+            if buf.len() >= MAX_FRAME {
+                return false;
+            }
+            buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
+            needed_large = now;
+        }
+        // Room is left for a read: a shrunk buffer must not be full.
+        if buf.len() > INITIAL_READ && filled < INITIAL_READ && now >= needed_large + SHRINK_AFTER {
+            buf.truncate(INITIAL_READ);
+            buf.shrink_to_fit();
+        }
+
+        let allocated = host.allocated(&tuple);
+        let deadline = match (allocated, partial_since) {
+            (false, _) => Some(last_message + idle),
+            (true, Some(since)) => Some(since + idle),
+            (true, None) => None,
+        };
+        // Wake to shrink a buffer a burst grew, and, while the client may stay silent, to see
+        // whether its allocation has ended (after which it may not).
+        let wake_at = [
+            deadline,
+            (buf.len() > INITIAL_READ && filled < INITIAL_READ)
+                .then(|| needed_large + SHRINK_AFTER),
+            (deadline.is_none()).then(|| now + idle),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let read = tokio::select! {
+            biased;
+            read = reader.read(&mut buf[filled..]) => Some(read),
+            // The writer stopped (the client does not read), or spurious.
+            _ = writer.reader_woken() => None,
+            _ = sleep_until(wake_at) => None,
+        };
+        match read {
+            None => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return true;
+                }
+            }
+            Some(Ok(0) | Err(_)) => return false,
+            Some(Ok(n)) => {
+                if filled == 0 {
+                    partial_since = Some(Instant::now());
+                }
+                filled += n;
+                if filled > INITIAL_READ {
+                    needed_large = Instant::now();
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `at`, or forever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
