@@ -6,13 +6,13 @@ use std::time::Instant;
 
 use super::allocation::CachedResponse;
 use super::authenticate::Authenticated;
+use super::credentials::{CredentialKind, Principal};
 use super::reply::write_response;
 use super::{
     Allocation, AllocationId, ByteRate, ClientAction, EndReason, Event, Family, FiveTuple,
     PortRequest, Quota, QuotaError, RelayOpenError, RequestError, ReservationToken, Server,
     Traffic,
 };
-use crate::auth::{CredentialKind, Principal};
 use crate::stun::{self, Message, Method, attr};
 
 impl Server {
@@ -93,7 +93,9 @@ impl Server {
             .unwrap_or_default();
         let user = Principal::new(auth.kind, username);
         let rest_expiry = match auth.kind {
-            CredentialKind::Rest => crate::auth::parse_rest_username(username).map(|(e, _)| e),
+            CredentialKind::Rest => {
+                super::credentials::parse_rest_username(username).map(|(e, _)| e)
+            }
             CredentialKind::LongTerm => None,
         };
         let overrides = self.credentials.limits(&user);

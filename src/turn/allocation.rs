@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use crate::auth::{Key, Principal};
+use super::credentials::{Key, Principal};
 use crate::stun::TransactionId;
 
 use super::FiveTuple;

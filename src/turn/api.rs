@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 
 #[cfg(doc)]
 use super::Server;
+use super::credentials::Principal;
 use super::{AllocationId, AllocationLedger, Quota, SourceLimiter, Traffic};
-use crate::auth::Principal;
 
 /// How a client reaches the server: the transport of a listener and of a 5-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]

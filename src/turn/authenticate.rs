@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use super::Transport;
+use super::credentials::{CredentialKind, Key, Lookup};
 use super::reply::write_message;
 use super::{ClientAction, FiveTuple, RequestError, Server, limits};
-use crate::auth::{CredentialKind, Key, Lookup};
 use crate::stun::{Class, Message, Method, TransactionId, attr};
 
 /// What authentication established about a request.

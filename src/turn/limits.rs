@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::auth::Principal;
+use super::credentials::Principal;
 
 /// Nanoseconds in a second.
 const SECOND: u64 = 1_000_000_000;
@@ -448,7 +448,7 @@ impl AllocationLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::CredentialKind;
+    use crate::turn::credentials::CredentialKind;
 
     const MS: u64 = 1_000_000;
 

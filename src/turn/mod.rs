@@ -31,6 +31,7 @@ mod api;
 mod authenticate;
 mod channel_bind;
 mod create_permission;
+pub mod credentials;
 mod datapath;
 mod error;
 pub mod limits;
@@ -46,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::auth::CredentialStore;
+use credentials::CredentialStore;
 
 pub use allocation::{
     Allocation, AllocationId, CHANNEL_COOLDOWN, CHANNEL_LIFETIME, ChannelBinding,

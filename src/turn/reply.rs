@@ -1,9 +1,9 @@
 //! Replies: success and error responses written into the caller's buffer, each counted in the
 //! cell of [`Stats::responses`](super::Stats::responses) for its method and code.
 
+use super::credentials::Key;
 use super::request::is_known_attribute;
 use super::{ClientAction, RESPONSE_CODES, RequestError, Server};
-use crate::auth::Key;
 use crate::stun::{self, Class, Message, MessageWriter, Method, StunError, TransactionId, attr};
 
 fn response_slot(method: Method, code: u16) -> (usize, usize) {
