@@ -12,7 +12,9 @@
 //!   `units.rs` (bandwidth, port ranges, durations), `text.rs` (values written as strings),
 //!   `error.rs` (`ConfigError`, key paths), `redact.rs` (secrets kept out of `Debug`).
 //! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets, the Redis
-//!   store shared by many nodes).
+//!   store shared by many nodes). `auth/mod.rs` holds the [`auth::CredentialStore`] trait the
+//!   core calls; `auth/redis/` the Redis store, one idea a file (connection, key layout,
+//!   snapshot, load, follow, admin).
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
 //!   `turn/mod.rs` holds the `Server` and names the files beside it, one idea each: `api.rs`
@@ -22,7 +24,8 @@
 //!   `reply.rs`.
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
 //!   cluster (registry, quota leases), status snapshots; [`net::offload`], the kernel fast
-//!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).
+//!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables:
+//!   `load.rs` attaches it, `entries.rs` writes its channel tables, `counters.rs` reads them).
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd. [`clock`]: the wall clock, read by the I/O layers
@@ -35,9 +38,10 @@
 //! - [`load`]: the load generator `turnpike-load` (`src/bin/turnpike-load.rs`): relay,
 //!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
 //!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one
-//!   JSON line per run, with the server's CPU from /proc.
+//!   JSON line per run, with the server's CPU from /proc. Its command line is `load/cli/`.
 //! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
-//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
+//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust; the
+//!   core targets' harness is `fuzzing/core/`, one file per part.
 //!
 //! The binary (`src/main.rs`, `src/admin.rs`) is the CLI on top: `serve`, `check-config`,
 //! `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
