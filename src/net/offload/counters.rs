@@ -20,11 +20,11 @@ pub(super) struct RawCounters {
 unsafe impl Pod for RawCounters {}
 
 /// Indexes of the program's `totals` map.
-pub(super) const TOTAL_CARRIED: u32 = 0;
-pub(super) const TOTAL_FAILED: u32 = 1;
-pub(super) const TOTAL_PARTIAL: u32 = 2;
-pub(super) const TOTAL_TOO_BIG: u32 = 3;
-pub(super) const TOTAL_LOCAL: u32 = 4;
+const TOTAL_CARRIED: u32 = 0;
+const TOTAL_FAILED: u32 = 1;
+const TOTAL_PARTIAL: u32 = 2;
+const TOTAL_TOO_BIG: u32 = 3;
+const TOTAL_LOCAL: u32 = 4;
 
 impl Tables {
     /// The program's total `index`, summed over CPUs.

@@ -108,23 +108,23 @@ impl FastPath {
     }
 }
 
-pub(super) fn v4(address: SocketAddr) -> Result<SocketAddrV4, Why> {
+fn v4(address: SocketAddr) -> Result<SocketAddrV4, Why> {
     match address {
         SocketAddr::V4(address) => Ok(address),
         SocketAddr::V6(_) => Err(Why::NotIpv4(address)),
     }
 }
 
-pub(super) fn ip_bytes(address: &SocketAddrV4) -> u32 {
+fn ip_bytes(address: &SocketAddrV4) -> u32 {
     u32::from_ne_bytes(address.ip().octets())
 }
 
-pub(super) fn port_bytes(address: &SocketAddrV4) -> u16 {
+fn port_bytes(address: &SocketAddrV4) -> u16 {
     u16::from_ne_bytes(address.port().to_be_bytes())
 }
 
 /// Where the kernel routes a datagram from `from` (one of this host's addresses) to `to`.
-pub(super) fn route_between(from: SocketAddr, to: SocketAddr) -> Result<Route, Why> {
+fn route_between(from: SocketAddr, to: SocketAddr) -> Result<Route, Why> {
     let (from, to) = (v4(from)?, v4(to)?);
     match route::lookup(*from.ip(), *to.ip()) {
         Ok(Some(route)) => Ok(route),
@@ -138,7 +138,7 @@ pub(super) fn route_between(from: SocketAddr, to: SocketAddr) -> Result<Route, W
 
 /// The interface index and the largest payload carried for a direction whose route is
 /// `route` and whose datagrams have `overhead` bytes of IP and UDP (and ChannelData) headers.
-pub(super) fn direction(route: Route, max_payload: u16, overhead: u32) -> (u32, u16) {
+fn direction(route: Route, max_payload: u16, overhead: u32) -> (u32, u16) {
     match route {
         Route::Local => (0, max_payload),
         Route::Interface { ifindex, mtu } => {
@@ -148,7 +148,7 @@ pub(super) fn direction(route: Route, max_payload: u16, overhead: u32) -> (u32, 
     }
 }
 
-pub(super) fn entries(
+fn entries(
     channel: &Channel,
     to_peer: Route,
     to_client: Route,
@@ -218,7 +218,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn layouts_match_the_program() {
+    fn layouts_match_the_program() {
         // Sizes of the C structs in relay.bpf.c; the loader also checks them against BTF.
         assert_eq!(std::mem::size_of::<ChannelKey>(), 16);
         assert_eq!(std::mem::size_of::<ChannelEntry>(), 24);
@@ -228,7 +228,7 @@ mod tests {
     }
 
     /// A channel between loopback addresses the program can carry.
-    pub(super) fn sample() -> Channel {
+    fn sample() -> Channel {
         Channel {
             client: "127.0.0.2:1234".parse().unwrap(),
             listener: "127.0.0.1:3478".parse().unwrap(),
@@ -241,7 +241,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn entries_are_network_order() {
+    fn entries_are_network_order() {
         let channel = sample();
         let (key, entry, peer_key, peer_entry) =
             entries(&channel, Route::Local, Route::Local).unwrap();
@@ -258,7 +258,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn a_route_off_the_host_names_its_interface_and_caps_the_payload_at_its_mtu() {
+    fn a_route_off_the_host_names_its_interface_and_caps_the_payload_at_its_mtu() {
         let out = Route::Interface {
             ifindex: 9,
             mtu: 1500,
@@ -279,7 +279,7 @@ mod tests {
     }
 
     #[test]
-    pub(super) fn entries_refuse_what_the_program_cannot_carry() {
+    fn entries_refuse_what_the_program_cannot_carry() {
         let good = sample();
         for bad in [
             Channel {

@@ -16,7 +16,7 @@ use aya::{Ebpf, EbpfLoader};
 use super::{FastPath, SLOTS, Tables, Why};
 
 /// The compiled program (scripts/build-bpf.sh rebuilds it from relay.bpf.c).
-pub(super) static OBJECT: &[u8] = aya::include_bytes_aligned!("relay.bpf.o");
+static OBJECT: &[u8] = aya::include_bytes_aligned!("relay.bpf.o");
 
 /// The oldest kernel with TCX links: a program attached through a link lives only as long as
 /// the file descriptor, which is what ties it to the process.
@@ -78,7 +78,7 @@ impl FastPath {
     }
 }
 
-pub(super) fn take_map<M>(program: &mut Ebpf, name: &str) -> Result<M, Why>
+fn take_map<M>(program: &mut Ebpf, name: &str) -> Result<M, Why>
 where
     M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
 {
@@ -88,7 +88,7 @@ where
     M::try_from(map).map_err(|error| Why::Load(format!("map {name}: {error}")))
 }
 
-pub(super) fn check_kernel() -> Result<(), Why> {
+fn check_kernel() -> Result<(), Why> {
     let found = KernelVersion::current().map_err(|error| Why::KernelVersion(error.to_string()))?;
     if found < KernelVersion::new(OLDEST_KERNEL.0 as u8, OLDEST_KERNEL.1 as u8, 0) {
         return Err(Why::KernelTooOld {
@@ -99,10 +99,7 @@ pub(super) fn check_kernel() -> Result<(), Why> {
 }
 
 /// Turns an aya error into a [`Why`], recognising a missing capability anywhere in its chain.
-pub(super) fn classify(
-    error: &(dyn std::error::Error + 'static),
-    other: impl FnOnce(String) -> Why,
-) -> Why {
+fn classify(error: &(dyn std::error::Error + 'static), other: impl FnOnce(String) -> Why) -> Why {
     let mut detail = error.to_string();
     let mut source = error.source();
     let mut not_permitted = false;
@@ -133,7 +130,7 @@ pub(super) fn classify(
 
 /// The interfaces that carry `addresses`: for a wildcard, every Ethernet or loopback
 /// interface that is up and has an IPv4 address.
-pub(super) fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
+fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
     let found = ipv4_interfaces().map_err(Why::Interfaces)?;
     let mut chosen = BTreeSet::new();
     for address in addresses {
@@ -165,7 +162,7 @@ pub(super) fn interfaces_for(addresses: &[IpAddr]) -> Result<Vec<String>, Why> {
 }
 
 /// (interface name, IPv4 address) of every interface that is up.
-pub(super) fn ipv4_interfaces() -> io::Result<Vec<(String, Ipv4Addr)>> {
+fn ipv4_interfaces() -> io::Result<Vec<(String, Ipv4Addr)>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
