@@ -2,27 +2,34 @@
 //!
 //! # Layout
 //!
-//! Each layer uses only the ones listed above it:
+//! Each layer uses only the ones listed above it (the core comes right after the wire format:
+//! the configuration names its concepts, such as [`turn::Transport`], and the credential
+//! stores implement its [`turn::credentials::CredentialStore`]):
 //!
 //! - [`stun`]: the wire format. Parses datagrams in place, writes replies into caller-owned
 //!   buffers, checks MESSAGE-INTEGRITY and FINGERPRINT. Knows nothing of time or state.
-//! - [`config`]: TOML to a typed, validated [`config::Config`]. In `src/config/`: `mod.rs`
-//!   (`Config`, `from_toml`, `load`, defaults), `sections.rs` (the typed sections), `raw.rs`
-//!   (the keys as written, serde), `validate.rs` (raw to typed; every error names its key),
-//!   `units.rs` (bandwidth, port ranges, durations), `text.rs` (values written as strings),
-//!   `error.rs` (`ConfigError`, key paths), `redact.rs` (secrets kept out of `Debug`).
-//! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets, the Redis
-//!   store shared by many nodes).
 //! - [`turn`]: the sans-IO protocol core: allocations, permissions, channels, nonces, peer
 //!   policy. Driven with `now` and datagrams; never reads the clock or touches a socket.
 //!   `turn/mod.rs` holds the `Server` and names the files beside it, one idea each: `api.rs`
 //!   (the types the I/O layer exchanges with it), `datapath.rs` (the hot path), `table.rs`
 //!   (allocations and their deadlines), `request.rs` and `authenticate.rs`, one file per TURN
-//!   method (`allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`) and
-//!   `reply.rs`.
+//!   method (`allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`),
+//!   `reply.rs`, and `credentials.rs`: what it asks of a credential store, defined here so
+//!   that the core imports nothing above [`stun`].
+//! - [`config`]: TOML to a typed, validated [`config::Config`]. In `src/config/`: `mod.rs`
+//!   (`Config`, `from_toml`, `load`, defaults), `sections.rs` (the typed sections), `raw.rs`
+//!   (the keys as written, serde), `validate.rs` (raw to typed; every error names its key),
+//!   `units.rs` (bandwidth, port ranges, durations), `text.rs` (values written as strings),
+//!   `error.rs` (`ConfigError`, key paths), `redact.rs` (secrets kept out of `Debug`),
+//!   `reload.rs` (what a SIGHUP applies and what needs a restart, key by key).
+//! - [`auth`]: where long-term keys come from (static users, TURN REST API secrets, the Redis
+//!   store shared by many nodes): the implementations of the core's [`turn::credentials::CredentialStore`];
+//!   `auth/redis/` the Redis store, one idea a file (connection, key layout,
+//!   snapshot, load, follow, admin).
 //! - [`net`]: the tokio shell: one worker per core, listeners, relay sockets, timers, the
 //!   cluster (registry, quota leases), status snapshots; [`net::offload`], the kernel fast
-//!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables).
+//!   path (an eBPF program at TC ingress, its source `relay.bpf.c` beside it, and its tables:
+//!   `load.rs` attaches it, `entries.rs` writes its channel tables, `counters.rs` reads them).
 //!   `net/mod.rs` declares [`net::Node`] and [`net::NodeHandle`]; `node.rs` starts a node,
 //!   `handle.rs` answers for it, `command.rs` talks to the workers, `worker/` is one worker
 //!   (listeners, relay sockets, commands, timers, fast path, streams: a file each) and
@@ -42,9 +49,10 @@
 //! - [`load`]: the load generator `turnpike-load` (`src/bin/turnpike-load.rs`): relay,
 //!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
 //!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one
-//!   JSON line per run, with the server's CPU from /proc.
+//!   JSON line per run, with the server's CPU from /proc. Its command line is `load/cli/`.
 //! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
-//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust.
+//!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust; the
+//!   core targets' harness is `fuzzing/core/`, one file per part.
 //!
 //! The binary (`src/main.rs` the command line, `src/serve.rs` running the server with its
 //! signals and reload, `src/admin.rs` the store's commands) is the CLI on top: `serve`,

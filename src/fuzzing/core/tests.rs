@@ -1,0 +1,184 @@
+//! The core targets' own tests: the input format round-trips, every flavor validates, and
+//! short inputs reach the handlers, answer leases and get challenged.
+
+use crate::fuzzing::Input;
+use crate::stun::attr;
+
+use super::op::{FINGERPRINT, Op, USER_SHIFT};
+use super::setup::flavors;
+use super::{Harness, Mode};
+
+const ALLOCATE: u16 = 0x0003;
+const REFRESH: u16 = 0x0004;
+const CREATE_PERMISSION: u16 = 0x0008;
+const CHANNEL_BIND: u16 = 0x0009;
+
+fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
+    let mut out = typ.to_be_bytes().to_vec();
+    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
+    out.extend_from_slice(value);
+    out.resize(out.len().div_ceil(4) * 4, 0);
+    out
+}
+
+/// XOR-PEER-ADDRESS of 127.0.0.1:`port` for the transaction id `[tid; 12]`.
+fn peer(port: u16) -> Vec<u8> {
+    let [p0, p1] = (port ^ 0x2112).to_be_bytes();
+    attribute(
+        attr::XOR_PEER_ADDRESS,
+        &[0, 1, p0, p1, 127 ^ 0x21, 0x12, 0xA4, 1 ^ 0x42],
+    )
+}
+
+fn stun(tuple: u8, message_type: u16, tid: u8, flags: u8, attributes: &[u8]) -> Op<'_> {
+    Op::Stun {
+        tuple,
+        message_type,
+        tid,
+        flags,
+        attributes,
+    }
+}
+
+#[test]
+fn ops_round_trip_through_their_encoding() {
+    let ops = [
+        Op::Client {
+            tuple: 3,
+            data: b"\x40\x00\x00\x01x",
+        },
+        stun(1, 0x0113, 9, 0x81, b"attr"),
+        Op::Peer {
+            allocation: 2,
+            peer: 5,
+            port: 4000,
+            data: b"payload",
+        },
+        Op::Wait { millis: 1500 },
+        Op::WaitSeconds { seconds: 700 },
+        Op::Timeout,
+        Op::RelayOutcome { outcome: 1 },
+        Op::Lease {
+            pending: 1,
+            granted: false,
+        },
+        Op::Disconnect { tuple: 2 },
+        Op::Close { allocation: 7 },
+        Op::Revoke { name: 1 },
+        Op::Reload { flavor: 2 },
+        Op::Drain { on: true },
+        Op::Alternates { count: 3 },
+    ];
+    let mut bytes = Vec::new();
+    for op in &ops {
+        op.encode(&mut bytes);
+    }
+    let mut input = Input::new(&bytes);
+    let decoded: Vec<Op<'_>> = std::iter::from_fn(|| Op::decode(&mut input)).collect();
+    assert_eq!(decoded, ops);
+}
+
+#[test]
+fn every_flavor_validates() {
+    assert_eq!(flavors().len(), 4);
+    for flavor in 0..4 {
+        let _ = Harness::new(Mode::Unauthenticated, flavors(), flavor);
+    }
+}
+
+/// A signed session reaches every handler: allocation over UDP and TCP, permission, channel,
+/// relaying both ways, expiry, and the counters say so.
+#[test]
+fn an_authenticated_session_reaches_the_handlers() {
+    let mut harness = Harness::new(Mode::Authenticated, flavors(), 0);
+    let mut allocate = attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    allocate.extend(attribute(attr::LIFETIME, &700u32.to_be_bytes()));
+    let mut bind = attribute(attr::CHANNEL_NUMBER, &[0x40, 0x01, 0, 0]);
+    bind.extend(peer(7000));
+    let permission = peer(6000);
+    let delete = attribute(attr::LIFETIME, &[0; 4]);
+    let ops = [
+        stun(0, 0x0001, 1, FINGERPRINT, &[]),
+        stun(0, ALLOCATE, 2, FINGERPRINT, &allocate),
+        stun(2, ALLOCATE, 3, 1 << USER_SHIFT, &allocate),
+        stun(0, CREATE_PERMISSION, 4, 0, &permission),
+        stun(0, CHANNEL_BIND, 5, 0, &bind),
+        Op::Client {
+            tuple: 0,
+            data: b"\x40\x01\x00\x03abc",
+        },
+        Op::Peer {
+            allocation: 0,
+            peer: 2,
+            port: 7000,
+            data: b"from the peer",
+        },
+        Op::Peer {
+            allocation: 0,
+            peer: 2,
+            port: 6000,
+            data: b"as a Data indication",
+        },
+        stun(2, REFRESH, 6, 1 << USER_SHIFT, &delete),
+        Op::WaitSeconds { seconds: 800 },
+        Op::Timeout,
+    ];
+    for op in &ops {
+        harness.apply(op);
+    }
+    harness.finish();
+    let stats = harness.server.stats();
+    assert_eq!(stats.allocations_created, 2, "{stats:?}");
+    assert_eq!(stats.allocations_deleted, 1, "{stats:?}");
+    assert_eq!(stats.allocations_expired, 1, "{stats:?}");
+    assert_eq!(stats.to_peer_packets, 1, "{stats:?}");
+    assert_eq!(stats.to_client_packets, 2, "{stats:?}");
+    assert_eq!(harness.server.allocation_count(), 0);
+}
+
+/// With `[redis]` the Allocate waits for a lease: refused gives 486, granted an allocation.
+#[test]
+fn leases_are_answered() {
+    let mut harness = Harness::new(Mode::Authenticated, flavors(), 1);
+    let allocate = attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    for op in [
+        stun(0, ALLOCATE, 2, 0, &allocate),
+        Op::Lease {
+            pending: 0,
+            granted: false,
+        },
+        stun(1, ALLOCATE, 3, 0, &allocate),
+        Op::Lease {
+            pending: 0,
+            granted: true,
+        },
+        Op::Revoke { name: 0 },
+    ] {
+        harness.apply(&op);
+    }
+    harness.finish();
+    let stats = harness.server.stats();
+    assert_eq!(stats.quota_rejected, 1, "{stats:?}");
+    assert_eq!(stats.allocations_created, 1, "{stats:?}");
+    assert_eq!(stats.allocations_deleted, 1, "{stats:?}");
+    assert!(harness.leased.is_empty());
+}
+
+#[test]
+fn unauthenticated_messages_get_challenged() {
+    let mut harness = Harness::new(Mode::Unauthenticated, flavors(), 2);
+    for op in [
+        stun(0, ALLOCATE, 1, FINGERPRINT, &[]),
+        stun(3, 0x0001, 2, 0, &attribute(0x7777, b"unknown")),
+        Op::Client {
+            tuple: 2,
+            data: b"\x00\x01\x00\x00\x21\x12\xa4\x42abcdefghijkl\xff",
+        },
+    ] {
+        harness.apply(&op);
+    }
+    let stats = harness.server.stats();
+    assert_eq!(stats.error_responses, 2, "{stats:?}");
+    assert_eq!(stats.binding_requests, 2, "{stats:?}");
+    assert_eq!(stats.malformed, 1, "{stats:?}");
+}
