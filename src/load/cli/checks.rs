@@ -7,8 +7,17 @@ use crate::client::{ClientTls, Credentials, Transport};
 use crate::load::check_loopback;
 use crate::load::setup::TurnTarget;
 
-use super::run::Refusal;
 use super::{MAX_TOTAL_RATE, TransportArg, TurnArgs};
+
+/// A reason not to run at all.
+#[derive(Debug)]
+pub struct Refusal(pub String);
+
+impl From<String> for Refusal {
+    fn from(message: String) -> Self {
+        Refusal(message)
+    }
+}
 
 /// The TURN target of the common arguments, checked.
 pub(super) fn turn_target(args: &TurnArgs, plain: bool) -> Result<TurnTarget, Refusal> {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-pub use run::Refusal;
+pub use checks::Refusal;
 use values::{
     parse_clients, parse_concurrency, parse_drain, parse_linger, parse_rate, parse_size,
     parse_window,

@@ -15,7 +15,7 @@ use crate::load::report::{CpuSample, Report, round};
 use crate::load::setup::DataKind;
 use crate::load::{Pace, check_loopback, sys};
 
-use super::checks::{check_clients, check_total_rate, turn_target};
+use super::checks::{Refusal, check_clients, check_total_rate, turn_target};
 use super::{Cli, DataArg, Mode, TransportArg};
 
 /// Parses the command line and runs the mode: the process's exit code.
@@ -27,16 +27,6 @@ pub fn main() -> ExitCode {
             eprintln!("turnpike-load: error: {message}");
             ExitCode::from(2)
         }
-    }
-}
-
-/// A reason not to run at all.
-#[derive(Debug)]
-pub struct Refusal(pub String);
-
-impl From<String> for Refusal {
-    fn from(message: String) -> Self {
-        Refusal(message)
     }
 }
 
