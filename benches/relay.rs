@@ -169,7 +169,7 @@ fn allocate_with_channel(
         w.xor_address(attr::XOR_PEER_ADDRESS, PEER.parse().unwrap())
             .unwrap();
     });
-    let id = server.allocation_of(&tuple).expect("allocated").id;
+    let id = server.allocation_of(&tuple).expect("allocated").id();
     (tuple, id)
 }
 

@@ -76,13 +76,13 @@ pub fn created(redactor: &Redactor, worker: usize, core: &Server, id: crate::tur
     let Some(allocation) = core.allocation(id) else {
         return;
     };
-    let tuple: &FiveTuple = &allocation.tuple;
+    let tuple: &FiveTuple = &allocation.tuple();
     tracing::info!(
         allocation = %format_id(worker, id),
-        user = %redactor.user(&allocation.username),
+        user = %redactor.user(allocation.username()),
         transport = %tuple.transport,
         client = %redactor.addr(tuple.client),
-        relay = %allocation.relayed.map_or_else(String::new, |r| r.to_string()),
+        relay = %allocation.relayed().map_or_else(String::new, |r| r.to_string()),
         "allocation created"
     );
 }

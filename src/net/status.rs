@@ -52,22 +52,22 @@ pub struct TrafficInfo {
 
 impl AllocationInfo {
     pub fn new(worker: usize, core: &Server, allocation: &Allocation) -> Self {
-        let traffic = allocation.traffic;
+        let traffic = allocation.traffic();
         AllocationInfo {
-            id: format_id(worker, allocation.id),
-            user: crate::auth::user_id(&allocation.username).to_owned(),
-            username: allocation.username.to_string(),
+            id: format_id(worker, allocation.id()),
+            user: crate::auth::user_id(allocation.username()).to_owned(),
+            username: allocation.username().to_string(),
             client: ClientInfo {
-                transport: allocation.tuple.transport,
-                address: allocation.tuple.client,
-                server: allocation.tuple.server,
+                transport: allocation.tuple().transport,
+                address: allocation.tuple().client,
+                server: allocation.tuple().server,
             },
-            relay: allocation.relayed,
-            created: core.unix_time_of(allocation.created),
-            expires: core.unix_time_of(allocation.expires),
-            permissions: allocation.permissions.iter().map(|p| p.ip).collect(),
+            relay: allocation.relayed(),
+            created: core.unix_time_of(allocation.created()),
+            expires: core.unix_time_of(allocation.expires()),
+            permissions: allocation.permissions().iter().map(|p| p.ip).collect(),
             channels: allocation
-                .channels
+                .channels()
                 .iter()
                 .map(|c| ChannelInfo {
                     number: c.number,
@@ -121,13 +121,13 @@ impl WorkerSummary {
         };
         let mut ids: Vec<&str> = Vec::new();
         for allocation in core.allocations() {
-            let Some(relay) = allocation.relayed else {
+            let Some(relay) = allocation.relayed() else {
                 continue;
             };
-            summary.by_transport[transport_index(allocation.tuple.transport)] += 1;
+            summary.by_transport[transport_index(allocation.tuple().transport)] += 1;
             summary.by_family[usize::from(relay.is_ipv6())] += 1;
             if users {
-                ids.push(crate::auth::user_id(&allocation.username));
+                ids.push(crate::auth::user_id(allocation.username()));
             }
         }
         if users {
@@ -170,12 +170,12 @@ impl WorkerPage {
         };
         // The core lists its allocations by slot index, which is id order.
         let matching = core.allocations().filter(|a| {
-            a.relayed.is_some()
-                && after.is_none_or(|after| a.id > after)
+            a.relayed().is_some()
+                && after.is_none_or(|after| a.id() > after)
                 && request
                     .user
                     .as_deref()
-                    .is_none_or(|user| crate::auth::user_id(&a.username) == user)
+                    .is_none_or(|user| crate::auth::user_id(a.username()) == user)
         });
         for allocation in matching {
             if page.allocations.len() == request.limit {

@@ -80,35 +80,35 @@ pub struct Traffic {
 /// A TURN allocation.
 #[derive(Debug)]
 pub struct Allocation {
-    pub id: AllocationId,
-    pub tuple: FiveTuple,
-    pub username: Box<str>,
+    pub(super) id: AllocationId,
+    pub(super) tuple: FiveTuple,
+    pub(super) username: Box<str>,
     /// Whose quotas it counts against, and which kind of credential made it.
-    pub principal: Principal,
+    pub(super) principal: Principal,
     /// The expiry (unix seconds) of a REST username: once it has passed, the allocation's
     /// requests are refused with 401, while it relays on until its lifetime ends.
-    pub rest_expiry: Option<u64>,
-    pub key: Key,
+    pub(super) rest_expiry: Option<u64>,
+    pub(super) key: Key,
     /// The address the relay socket is bound to; `None` while the I/O layer opens it.
-    pub relayed: Option<SocketAddr>,
-    pub created: Instant,
-    pub expires: Instant,
-    pub permissions: Vec<Permission>,
-    pub channels: Vec<ChannelBinding>,
-    pub traffic: Traffic,
+    pub(super) relayed: Option<SocketAddr>,
+    pub(super) created: Instant,
+    pub(super) expires: Instant,
+    pub(super) permissions: Vec<Permission>,
+    pub(super) channels: Vec<ChannelBinding>,
+    pub(super) traffic: Traffic,
     /// The deadline this allocation is filed under in the core's timer index.
     pub(super) wake: Instant,
     /// The last answer sent, for retransmissions.
     pub(super) last_response: CachedResponse,
     /// The token of the port held back for a later allocation (EVEN-PORT with R).
-    pub reservation: Option<super::ReservationToken>,
+    pub(super) reservation: Option<super::ReservationToken>,
     /// This allocation's bandwidth limit, both directions together.
-    pub bandwidth: Option<ByteRate>,
+    pub(super) bandwidth: Option<ByteRate>,
     /// Whether the credential store set `bandwidth` (coturn's `max-bps`): a reload of
     /// `[limits] allocation-bandwidth` then leaves it alone.
     pub(super) bandwidth_from_store: bool,
     /// The limit over all of this user's allocations on the node.
-    pub user_bandwidth: Option<Arc<SharedByteRate>>,
+    pub(super) user_bandwidth: Option<Arc<SharedByteRate>>,
     /// The relay socket to open once the cluster lease is granted.
     pub(super) pending_open: Option<(super::Family, super::PortRequest)>,
     /// Holds a cluster lease, to give back when it ends.
@@ -116,6 +116,61 @@ pub struct Allocation {
     /// The channels (number, peer) the I/O layer was told to relay in the kernel
     /// ([`super::Event::Offload`]) and not yet told to stop.
     pub(super) offloaded: Vec<(u16, SocketAddr)>,
+}
+
+/// What the I/O layer, the status API and the fuzz harness may read of an allocation: a view
+/// of the core's state, never its key or its timers.
+impl Allocation {
+    pub fn id(&self) -> AllocationId {
+        self.id
+    }
+
+    pub fn tuple(&self) -> FiveTuple {
+        self.tuple
+    }
+
+    /// The username it was made with (a REST username whole, `<expiry>:<id>`).
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+
+    /// Whose quotas it counts against.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+
+    /// The address its relay socket is bound to; `None` while the I/O layer opens it.
+    pub fn relayed(&self) -> Option<SocketAddr> {
+        self.relayed
+    }
+
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    pub fn expires(&self) -> Instant {
+        self.expires
+    }
+
+    /// Its permissions, live or not yet cleaned up (each says when it expires).
+    pub fn permissions(&self) -> &[Permission] {
+        &self.permissions
+    }
+
+    /// Its channel bindings, relaying or cooling down (each says when it stops relaying).
+    pub fn channels(&self) -> &[ChannelBinding] {
+        &self.channels
+    }
+
+    /// What it has relayed.
+    pub fn traffic(&self) -> Traffic {
+        self.traffic
+    }
+
+    /// Whether a bandwidth limit (its own or its user's) applies to it.
+    pub fn bandwidth_limited(&self) -> bool {
+        self.bandwidth.is_some() || self.user_bandwidth.is_some()
+    }
 }
 
 #[derive(Debug, Default)]

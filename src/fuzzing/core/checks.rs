@@ -98,12 +98,12 @@ impl Harness {
             .allocation(allocation)
             .expect("relay for an allocation that is gone");
         assert_eq!(
-            alloc.tuple,
+            alloc.tuple(),
             five_tuple(t),
             "relay through another's allocation"
         );
         let relayed = alloc
-            .relayed
+            .relayed()
             .expect("relay before the relay socket is open");
         assert_eq!(self.relays.get(&allocation), Some(&relayed));
         assert!(
@@ -167,23 +167,23 @@ impl Harness {
         let mut relayed = 0;
         for a in self.server.allocations() {
             assert_eq!(
-                self.server.allocation_of(&a.tuple).map(|b| b.id),
-                Some(a.id)
+                self.server.allocation_of(&a.tuple()).map(|b| b.id()),
+                Some(a.id())
             );
             assert!(
                 a.live_permissions(self.now) <= max_permissions,
                 "too many permissions"
             );
-            assert!(a.channels.len() <= max_channels, "too many channels");
+            assert!(a.channels().len() <= max_channels, "too many channels");
             let next = a.next_deadline(self.now);
             assert!(
                 deadline.is_some_and(|d| d <= next),
                 "allocation {} due at {:?}, but the core wakes at {:?}",
-                a.id,
+                a.id(),
                 next - epoch(),
                 deadline.map(|d| d - epoch())
             );
-            relayed += usize::from(a.relayed.is_some());
+            relayed += usize::from(a.relayed().is_some());
         }
         if count == 0 {
             assert_eq!(deadline, None, "a deadline without allocations");

@@ -21,13 +21,17 @@ impl Harness {
         self.timer = self.server.poll_timeout();
         let now = self.now;
         for a in self.server.allocations() {
-            assert!(a.expires > now, "allocation {} outlived its lifetime", a.id);
             assert!(
-                a.permissions.iter().all(|p| p.expires > now),
+                a.expires() > now,
+                "allocation {} outlived its lifetime",
+                a.id()
+            );
+            assert!(
+                a.permissions().iter().all(|p| p.expires > now),
                 "expired permission kept"
             );
             assert!(
-                a.channels
+                a.channels()
                     .iter()
                     .all(|c| c.expires + CHANNEL_COOLDOWN > now),
                 "channel kept past its cool-down"
@@ -43,7 +47,7 @@ impl Harness {
             .pending_leases
             .remove(usize::from(pending) % self.pending_leases.len());
         let alive = self.server.allocation(id).is_some();
-        let tuple = self.server.allocation(id).map(|a| a.tuple);
+        let tuple = self.server.allocation(id).map(|a| a.tuple());
         let mut out = std::mem::take(&mut self.out);
         let answer = self.server.handle_lease(id, granted, &mut out);
         if granted && alive {
@@ -77,7 +81,7 @@ impl Harness {
     }
 
     pub(super) fn close(&mut self, selector: u8) {
-        let mut ids: Vec<AllocationId> = self.server.allocations().map(|a| a.id).collect();
+        let mut ids: Vec<AllocationId> = self.server.allocations().map(|a| a.id()).collect();
         ids.extend(self.closed.iter().copied());
         if ids.is_empty() {
             return;
@@ -92,14 +96,17 @@ impl Harness {
     pub(super) fn revoke(&mut self, selector: u8) {
         let mut names: Vec<String> = self.users.iter().map(|(n, _)| n.clone()).collect();
         names.push("carol".to_owned());
-        names.extend(self.server.allocations().map(|a| a.username.to_string()));
+        names.extend(self.server.allocations().map(|a| a.username().to_string()));
         let name = names[usize::from(selector) % names.len()].clone();
         self.server.revoke(std::slice::from_ref(&name));
         self.drain_events();
         // Revocation matches whole usernames: revoking the long-term user `carol` leaves the
         // REST credential `<expiry>:carol` alone (a REST id is not a long-term user name).
         for a in self.server.allocations() {
-            assert!(*a.username != name, "revoked allocation of {name} lives on");
+            assert!(
+                *a.username() != name,
+                "revoked allocation of {name} lives on"
+            );
         }
     }
 

@@ -46,7 +46,7 @@ impl Harness {
         match selector % 6 {
             0 => {
                 let ips: Vec<IpAddr> = alloc
-                    .map(|a| a.permissions.iter().map(|p| p.ip).collect())
+                    .map(|a| a.permissions().iter().map(|p| p.ip).collect())
                     .unwrap_or_default();
                 match ips.get(index % ips.len().max(1)) {
                     Some(&ip) => SocketAddr::new(ip, port),
@@ -55,7 +55,7 @@ impl Harness {
             }
             1 => {
                 let peers: Vec<SocketAddr> = alloc
-                    .map(|a| a.channels.iter().map(|c| c.peer).collect())
+                    .map(|a| a.channels().iter().map(|c| c.peer).collect())
                     .unwrap_or_default();
                 peers
                     .get(index % peers.len().max(1))
@@ -85,7 +85,7 @@ impl Harness {
             .server
             .allocation(id)
             .expect("forward from an allocation that is gone");
-        assert_eq!(to, alloc.tuple, "forward to another client");
+        assert_eq!(to, alloc.tuple(), "forward to another client");
         let peer = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         assert!(
             alloc.permits(peer.ip(), self.now),

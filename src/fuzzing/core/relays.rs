@@ -28,7 +28,7 @@ impl Harness {
                         .server
                         .allocation(allocation)
                         .expect("lease asked for an allocation that is gone");
-                    assert!(alloc.relayed.is_none() && limit > 0);
+                    assert!(alloc.relayed().is_none() && limit > 0);
                     self.pending_leases.push(allocation);
                 }
                 Event::ReleaseLease { allocation, .. } => {
@@ -47,14 +47,14 @@ impl Harness {
                         .server
                         .allocation(allocation)
                         .expect("Offload for an allocation that is gone");
-                    assert_eq!(alloc.tuple, client);
+                    assert_eq!(alloc.tuple(), client);
                     assert_eq!(
                         client.transport,
                         Transport::Udp,
                         "Offload of a stream client"
                     );
                     assert!(
-                        alloc.bandwidth.is_none() && alloc.user_bandwidth.is_none(),
+                        !alloc.bandwidth_limited(),
                         "Offload of a limited allocation"
                     );
                     assert!(
@@ -105,11 +105,11 @@ impl Harness {
                 .server
                 .allocation(*id)
                 .expect("relay socket left open after its allocation ended");
-            assert_eq!(alloc.relayed, Some(*addr));
+            assert_eq!(alloc.relayed(), Some(*addr));
         }
         for alloc in self.server.allocations() {
-            if let Some(relayed) = alloc.relayed {
-                assert_eq!(self.relays.get(&alloc.id), Some(&relayed));
+            if let Some(relayed) = alloc.relayed() {
+                assert_eq!(self.relays.get(&alloc.id()), Some(&relayed));
             }
         }
     }
@@ -125,8 +125,8 @@ impl Harness {
             .server
             .allocation(allocation)
             .expect("OpenRelay for an allocation that is gone");
-        assert!(alloc.relayed.is_none() && !self.relays.contains_key(&allocation));
-        let tuple = alloc.tuple;
+        assert!(alloc.relayed().is_none() && !self.relays.contains_key(&allocation));
+        let tuple = alloc.tuple();
         let ip = match family {
             Family::V4 => self.relay_v4.map(IpAddr::V4),
             Family::V6 => self.config.relay.address_v6.map(IpAddr::V6),

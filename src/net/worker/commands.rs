@@ -66,7 +66,7 @@ impl Worker {
                     && self
                         .core
                         .allocation(allocation)
-                        .is_some_and(|a| a.relayed.is_some());
+                        .is_some_and(|a| a.relayed().is_some());
                 let closed = listed && self.core.close(allocation);
                 if closed {
                     tracing::info!(allocation = %allocation, "allocation closed by the operator");

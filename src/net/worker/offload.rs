@@ -39,7 +39,7 @@ impl Worker {
         let Some(fast_path) = &self.fast_path else {
             return;
         };
-        let Some(relay) = self.core.allocation(allocation).and_then(|a| a.relayed) else {
+        let Some(relay) = self.core.allocation(allocation).and_then(|a| a.relayed()) else {
             return;
         };
         if !offload::carries(client.client, client.server, relay, peer) {
