@@ -660,3 +660,54 @@ fn a_wildcard_listener_is_carried_too() {
     let (carried, _, _) = server.stats().relayed_since(&before, "wildcard listener");
     assert_eq!(carried, 2 * ROUNDS as u64);
 }
+
+/// Issue 11: the program is attached once, at start, to the interfaces that carry the UDP
+/// listeners. A UDP listener a SIGHUP adds on another interface is opened (its traffic is
+/// relayed in user space), and the reload names it under `needs_restart` instead of leaving an
+/// operator to wonder why the fast path does not carry it. In a namespace of its own, with a
+/// veth pair inside it for "another interface".
+#[test]
+fn a_listener_added_on_another_interface_is_reported_for_the_fast_path() {
+    let netns = common::netns::NetNs::new("offrl");
+    netns.ip(&[
+        "link", "add", "tpd0", "type", "veth", "peer", "name", "tpd1",
+    ]);
+    netns.ip(&["link", "set", "tpd0", "up"]);
+    netns.ip(&["link", "set", "tpd1", "up"]);
+    netns.ip(&["address", "add", "10.78.0.1/24", "dev", "tpd0"]);
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let config = TestConfig {
+        transports: vec!["udp"],
+        offload: "on",
+        ..TestConfig::default()
+    };
+    let toml = common::base_config(&config, dir.path());
+    let server = Server::start_in_netns(&netns, &toml);
+    let path = server.config_path();
+    let fresh = format!("{toml}\n[[listen]]\ntransport = \"udp\"\naddress = \"10.78.0.1:3478\"\n");
+    std::fs::write(&path, fresh).expect("write the configuration");
+    server.signal(libc::SIGHUP);
+    let reloaded = server.wait_for_log("configuration reloaded", 1, Duration::from_secs(10));
+    assert_eq!(reloaded.len(), 1, "the reload was not logged");
+    let event: Value = serde_json::from_str(&reloaded[0]).expect("a JSON log line");
+    let needs_restart = event["fields"]["needs_restart"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        needs_restart.contains("the kernel fast path on tpd0"),
+        "the listener on tpd0 is not reported: {}",
+        reloaded[0]
+    );
+    assert!(
+        !needs_restart.contains("on lo"),
+        "lo is attached already: {}",
+        reloaded[0]
+    );
+    assert!(
+        server
+            .log_messages("listening")
+            .iter()
+            .any(|line| line.contains("10.78.0.1:3478")),
+        "the added listener was not opened"
+    );
+}

@@ -41,6 +41,7 @@ impl AllocationId {
     }
 
     /// The slot index: dense and small, so the I/O layer can keep its relay sockets in a `Vec`.
+    #[inline]
     pub fn index(self) -> usize {
         self.index as usize
     }
@@ -199,6 +200,7 @@ impl CachedResponse {
 impl Allocation {
     /// Charges `bytes` relayed at `now` to the allocation's and the user's bandwidth;
     /// `false` means the packet is over the limit and must be dropped. Free when unlimited.
+    #[inline]
     pub fn charge(&mut self, epoch: Instant, now: Instant, bytes: usize) -> bool {
         if self.bandwidth.is_none() && self.user_bandwidth.is_none() {
             return true;
@@ -220,6 +222,7 @@ impl Allocation {
     }
 
     /// Is there a live permission for `ip` (already canonical)?
+    #[inline]
     pub fn permits(&self, ip: IpAddr, now: Instant) -> bool {
         self.permissions
             .iter()
@@ -236,6 +239,7 @@ impl Allocation {
     }
 
     /// The live channel bound to `number`.
+    #[inline]
     pub fn channel(&self, number: u16, now: Instant) -> Option<&ChannelBinding> {
         self.channels
             .iter()
@@ -243,6 +247,7 @@ impl Allocation {
     }
 
     /// The number of the live channel bound to `peer`.
+    #[inline]
     pub fn channel_for_peer(&self, peer: SocketAddr, now: Instant) -> Option<u16> {
         self.channels
             .iter()
