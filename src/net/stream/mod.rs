@@ -3,6 +3,8 @@
 //! the worker that serves it goes through [`StreamHost`]: this module sees nothing else of it.
 
 mod limits;
+#[allow(dead_code)] // Wired into the accept path in the next step (issue 12, PROXY protocol).
+mod proxy;
 mod tls;
 mod writer;
 
