@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use common::netns::NetNs;
 use common::stun_client::StunClient;
 use common::{BINDING_REQUEST, Server, TestConfig};
-use turnpike::stun::{Method, attr};
 
 /// How often a running turnpike enumerates its host's addresses again (`net::HOST_ADDRESS_REFRESH`).
 const REFRESH: Duration = Duration::from_secs(5);
@@ -76,19 +75,6 @@ fn translated(peer: SocketAddr) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(ip), peer.port())
 }
 
-/// Allocates an IPv6 relay (REQUESTED-ADDRESS-FAMILY 0x02): its relayed address.
-fn allocate_v6(client: &mut StunClient) -> SocketAddr {
-    let answer = client.request(Method::ALLOCATE, &|w| {
-        w.requested_transport(17).expect("fits");
-        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
-            .expect("fits");
-    });
-    assert_eq!(answer.code, None, "IPv6 Allocate refused: {answer:?}");
-    answer
-        .xor_address(attr::XOR_RELAYED_ADDRESS)
-        .expect("an Allocate success has XOR-RELAYED-ADDRESS")
-}
-
 /// An answer as the table prints it.
 fn code(answer: Option<u16>) -> String {
     answer.map_or("200".to_owned(), |code| code.to_string())
@@ -104,7 +90,7 @@ fn ipv6_peers_outside_global_unicast_are_refused_and_their_data_dropped() {
          [peers]\nallow = []\n",
     );
     let mut client = StunClient::udp(server.addr("udp"), "[::1]:0", "alice", "wonderland");
-    let relayed = allocate_v6(&mut client);
+    let relayed = client.allocate_v6().expect("an IPv6 allocation");
     assert!(relayed.is_ipv6(), "{relayed}");
 
     // Send indications first, while no permission exists: whatever the policy says, nothing
@@ -328,7 +314,7 @@ fn wildcard_listeners_are_the_server_on_every_host_address() {
 
         let server6 = SocketAddr::from((Ipv6Addr::LOCALHOST, udp6));
         let mut client6 = StunClient::udp(server6, "[::1]:0", "alice", "wonderland");
-        allocate_v6(&mut client6);
+        client6.allocate_v6().expect("an IPv6 allocation");
         let ula = |port: u16| SocketAddr::from(("fd77::1".parse::<Ipv6Addr>().unwrap(), port));
         for (name, port) in [("udp [::]", udp6), ("udp 0.0.0.0", udp4)] {
             let answer = client6.permit(&[ula(port)]);

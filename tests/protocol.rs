@@ -322,13 +322,7 @@ fn ipv6_listener_and_ipv6_relay_carry_data_both_ways() {
         xor_addr(&binding, attr::XOR_MAPPED_ADDRESS),
         client.local_addr()
     );
-    let allocated = client.request(Method::ALLOCATE, &|w| {
-        w.requested_transport(17).unwrap();
-        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
-            .unwrap();
-    });
-    assert_eq!(allocated.code, None, "{allocated:?}");
-    let relayed = xor_addr(&allocated, attr::XOR_RELAYED_ADDRESS);
+    let relayed = client.allocate_v6().expect("an IPv6 allocation");
     assert_eq!(relayed.ip(), "::1".parse::<std::net::IpAddr>().unwrap());
     // An IPv4 peer on an IPv6 allocation is a family mismatch.
     assert_eq!(client.permit(&["127.0.0.1:9".parse().unwrap()]), Some(443));

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use common::http::{get_json, http};
 use common::stun_client::StunClient;
 use common::{Server, TestConfig, rest_credentials, tls, udp_echo_peer};
-use turnpike::stun::{Method, attr};
 
 /// How long the server may take to log the outcome of a reload.
 const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
@@ -372,16 +371,6 @@ fn sighup_opens_added_listeners_and_closes_removed_ones() {
     assert!(!server.log_messages("stopped listening").is_empty());
 }
 
-/// An IPv6 Allocate (REQUESTED-ADDRESS-FAMILY 0x02): `Ok` or the error code.
-fn allocate_v6(client: &mut StunClient) -> Result<(), u16> {
-    let answer = client.request(Method::ALLOCATE, &|w| {
-        w.requested_transport(17).expect("fits");
-        w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
-            .expect("fits");
-    });
-    answer.code.map_or(Ok(()), Err)
-}
-
 /// Issue 11: the relay addresses bind the workers' relay sockets at start. A SIGHUP that added
 /// `[relay] address-v6` used to be neither applied nor reported: the core then promised IPv6
 /// relays that no worker could open, and IPv6 Allocates got 508. Now the reload names the key
@@ -397,7 +386,7 @@ fn sighup_reports_relay_addresses_as_needing_a_restart() {
     let config_path = server.config_path();
     let alice = || StunClient::udp(udp, "127.0.0.1:0", "alice", "wonderland");
     assert_eq!(
-        allocate_v6(&mut alice()),
+        alice().allocate_v6().map(|_| ()),
         Err(440),
         "IPv6 before the reload"
     );
@@ -428,7 +417,7 @@ fn sighup_reports_relay_addresses_as_needing_a_restart() {
             "reload {round}: applied {applied:?}, expected {expected_applied:?}"
         );
         assert_eq!(
-            allocate_v6(&mut alice()),
+            alice().allocate_v6().map(|_| ()),
             Err(440),
             "IPv6 after reload {round}: the running server has no IPv6 relay address"
         );

@@ -46,21 +46,20 @@ macro_rules! key {
 
 /// Compares the running configuration with a fresh one, key by key.
 pub fn plan(running: &Config, fresh: &Config) -> Reload {
-    let mut reload = Reload {
-        config: fresh.clone(),
-        applied: Vec::new(),
-        restart: Vec::new(),
-    };
+    let (mut applied, mut restart) = (Vec::new(), Vec::new());
     let config = decide(running, fresh, &mut |key, effect, changed| {
         if changed {
             match effect {
-                Effect::Applied => reload.applied.push(key),
-                Effect::Restart => reload.restart.push(key),
+                Effect::Applied => applied.push(key),
+                Effect::Restart => restart.push(key),
             }
         }
     });
-    reload.config = config;
-    reload
+    Reload {
+        config,
+        applied,
+        restart,
+    }
 }
 
 /// Every key with its decision, in file order (for tests and documentation).

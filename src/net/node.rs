@@ -73,17 +73,22 @@ impl OffloadState {
         if mode == crate::config::Offload::Off {
             return Ok(OffloadState::Off);
         }
-        let addresses: Vec<IpAddr> = listeners
-            .iter()
-            .filter(|l| l.transport == Transport::Udp)
-            .map(|l| l.address.ip())
-            .chain(relay_v4.map(IpAddr::V4))
-            .collect();
-        match offload::FastPath::load(&addresses) {
+        match offload::FastPath::load(&Self::carried(listeners, relay_v4)) {
             Ok(fast_path) => Ok(OffloadState::Active(Arc::new(fast_path))),
             Err(why) if mode == crate::config::Offload::Auto => Ok(OffloadState::Unavailable(why)),
             Err(why) => Err(why),
         }
+    }
+
+    /// The addresses whose interfaces the fast path attaches to: the UDP listeners' and the
+    /// relay's (at start, and when a reload asks what an added listener would need).
+    pub(super) fn carried(listeners: &[BoundListener], relay_v4: Option<Ipv4Addr>) -> Vec<IpAddr> {
+        listeners
+            .iter()
+            .filter(|l| l.transport == Transport::Udp)
+            .map(|l| l.address.ip())
+            .chain(relay_v4.map(IpAddr::V4))
+            .collect()
     }
 
     /// The fast path, when active.

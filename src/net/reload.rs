@@ -1,7 +1,7 @@
 //! Reload: applies a new configuration to the running workers without dropping an
 //! allocation (listeners, credentials, limits, policy, TLS), and says what needs a restart.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,7 +12,10 @@ use crate::turn::{CoreConfig, HostAddresses, Nonces, ReflectionBudget};
 use super::host::{host_addresses, log_host_change};
 use super::settings::{core_config, peer_policy};
 use super::socket::{bind_tcp, bind_udp};
-use super::{BoundListener, Command, NodeHandle, Reconfiguration, offload, tls_acceptor, worker};
+use super::{
+    BoundListener, Command, NodeHandle, OffloadState, Reconfiguration, offload, tls_acceptor,
+    worker,
+};
 
 /// What a reload needs to rebuild the workers' settings.
 pub(super) struct ReloadContext {
@@ -173,11 +176,7 @@ impl NodeHandle {
         let Some(fast_path) = &self.fast_path else {
             return Vec::new();
         };
-        let addresses: Vec<IpAddr> = listeners
-            .iter()
-            .filter(|listener| listener.transport == Transport::Udp)
-            .map(|listener| listener.address.ip())
-            .collect();
+        let addresses = OffloadState::carried(listeners, self.reload.relay_v4);
         match offload::interfaces_for(&addresses) {
             Ok(wanted) => wanted
                 .into_iter()

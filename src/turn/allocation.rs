@@ -169,6 +169,7 @@ impl Allocation {
     }
 
     /// Whether a bandwidth limit (its own or its user's) applies to it.
+    #[inline]
     pub fn bandwidth_limited(&self) -> bool {
         self.bandwidth.is_some() || self.user_bandwidth.is_some()
     }
@@ -202,7 +203,7 @@ impl Allocation {
     /// `false` means the packet is over the limit and must be dropped. Free when unlimited.
     #[inline]
     pub fn charge(&mut self, epoch: Instant, now: Instant, bytes: usize) -> bool {
-        if self.bandwidth.is_none() && self.user_bandwidth.is_none() {
+        if !self.bandwidth_limited() {
             return true;
         }
         let now_ns = super::limits::nanos_since(epoch, now);
@@ -302,8 +303,7 @@ impl Allocation {
     pub fn offloadable(&self, now: Instant) -> impl Iterator<Item = (u16, SocketAddr)> + '_ {
         let eligible = self.tuple.transport == super::Transport::Udp
             && self.relayed.is_some()
-            && self.bandwidth.is_none()
-            && self.user_bandwidth.is_none();
+            && !self.bandwidth_limited();
         self.channels
             .iter()
             .filter(move |c| eligible && c.active(now) && self.permits(c.peer.ip(), now))

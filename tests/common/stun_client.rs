@@ -320,9 +320,23 @@ impl StunClient {
 
     /// Allocates a UDP relay: its relayed address, or the error code.
     pub fn allocate(&mut self) -> Result<SocketAddr, u16> {
-        let answer = self.request(Method::ALLOCATE, &|w| {
+        self.allocate_with(&|w| {
             w.requested_transport(17).expect("fits");
-        });
+        })
+    }
+
+    /// Allocates an IPv6 relay (REQUESTED-ADDRESS-FAMILY 0x02): its relayed address, or the
+    /// error code.
+    pub fn allocate_v6(&mut self) -> Result<SocketAddr, u16> {
+        self.allocate_with(&|w| {
+            w.requested_transport(17).expect("fits");
+            w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                .expect("fits");
+        })
+    }
+
+    fn allocate_with(&mut self, attrs: &dyn Fn(&mut MessageWriter<'_>)) -> Result<SocketAddr, u16> {
+        let answer = self.request(Method::ALLOCATE, attrs);
         match answer.code {
             None => Ok(answer
                 .xor_address(attr::XOR_RELAYED_ADDRESS)
