@@ -32,22 +32,35 @@ pub(in crate::net) enum Admission {
 /// The node's TCP/TLS listeners and how each admits connections; replaced whole when a reload
 /// changes them, before any listener it adds accepts.
 #[derive(Debug, Default)]
-pub(in crate::net) struct ProxyListeners(Vec<(Transport, SocketAddr, Option<Arc<[IpNet]>>)>);
+pub(in crate::net) struct ProxyListeners(Vec<ProxyListener>);
+
+/// A TCP/TLS listener's socket address, and the ranges its balancers send from (`None`: it
+/// takes clients directly).
+type ProxyListener = (Transport, SocketAddr, Option<Arc<[IpNet]>>);
 
 impl ProxyListeners {
-    /// The table for the listeners `bound`, configured by `listen`.
+    /// The table for the listeners `bound`, configured by `listen`. Each configured listener
+    /// is paired with one bound socket: the one with its address, or for a configured port 0
+    /// the first socket on its IP not paired yet (sockets are bound in configuration order, so
+    /// several port-0 listeners on one IP pair up in order).
     pub(in crate::net) fn new(listen: &[Listen], bound: &[BoundListener]) -> ProxyListeners {
-        ProxyListeners(
-            bound
-                .iter()
-                .filter(|b| b.transport != Transport::Udp)
-                .filter_map(|b| {
-                    let wanted = listen.iter().find(|w| b.is(w))?;
-                    let trusted = wanted.proxy_from.as_deref().map(Arc::from);
-                    Some((b.transport, b.address, trusted))
-                })
-                .collect(),
-        )
+        let mut paired = vec![false; bound.len()];
+        let mut table = Vec::new();
+        for wanted in listen.iter().filter(|w| w.transport != Transport::Udp) {
+            let free = |i: &usize| !paired[*i];
+            let exact = (0..bound.len()).filter(free).find(|&i| {
+                bound[i].transport == wanted.transport && bound[i].address == wanted.address
+            });
+            let Some(i) =
+                exact.or_else(|| (0..bound.len()).filter(free).find(|&i| bound[i].is(wanted)))
+            else {
+                continue;
+            };
+            paired[i] = true;
+            let trusted = wanted.proxy_from.as_deref().map(Arc::from);
+            table.push((bound[i].transport, bound[i].address, trusted));
+        }
+        ProxyListeners(table)
     }
 
     /// How the listener bound to `local` admits a connection.
@@ -221,6 +234,25 @@ mod tests {
             table.admission(Transport::Tls, "127.0.0.1:4000".parse().unwrap()),
             Admission::Closing
         );
+
+        // Port-0 listeners on one IP pair with the sockets in order.
+        let table = ProxyListeners::new(
+            &[
+                listen(Transport::Tcp, "127.0.0.1:0", Some("10.0.0.0/8")),
+                listen(Transport::Tcp, "127.0.0.1:0", None),
+                listen(Transport::Tcp, "127.0.0.1:0", Some("192.0.2.0/24")),
+            ],
+            &[
+                bound(Transport::Tcp, "127.0.0.1:4001"),
+                bound(Transport::Tcp, "127.0.0.1:4002"),
+                bound(Transport::Tcp, "127.0.0.1:4003"),
+            ],
+        );
+        let at =
+            |port: u16| table.admission(Transport::Tcp, SocketAddr::from(([127, 0, 0, 1], port)));
+        assert!(matches!(at(4001), Admission::Proxied(r) if r[0].to_string() == "10.0.0.0/8"));
+        assert_eq!(at(4002), Admission::Direct);
+        assert!(matches!(at(4003), Admission::Proxied(r) if r[0].to_string() == "192.0.2.0/24"));
     }
 
     #[tokio::test]
