@@ -56,7 +56,7 @@
 //!   core targets' harness is `fuzzing/core/`, one file per part.
 //!
 //! The binary (`src/main.rs` the command line, `src/serve.rs` running the server with its
-//! signals and reload, `src/admin.rs` the store's commands) is the CLI on top: `serve`,
+//! signals and reload, `src/startup.rs` what it prints once ready, `src/admin.rs` the store's commands) is the CLI on top: `serve`,
 //! `check-config`, `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
 //! `turnpike-load` (`src/bin/turnpike-load.rs`), runs [`load`].
 

@@ -107,10 +107,17 @@ pub(crate) fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()>
         .as_ref()
         .and_then(|r| r.node_id.clone())
         .unwrap_or_else(|| node.default_node_id());
+    // Used while `[http] token` is unset, which only a loopback address allows: the same
+    // token for the life of the process, reloads included, so an open dashboard keeps working.
+    let made_token = {
+        let mut bytes = [0u8; 24];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
     let mut api = None;
     if let (Some(listener), Some(settings)) = (http, &config.http) {
         let shared = Arc::new(turnpike::http::Api::new(
-            api_settings(&config, settings),
+            api_settings(&config, settings, &made_token),
             redis
                 .as_ref()
                 .map(|(store, client, layout)| turnpike::http::RedisAccess {
@@ -150,6 +157,15 @@ pub(crate) fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()>
         "ready"
     );
     notifier.ready();
+    let dashboard = config.http.as_ref().map(|http| {
+        let made = http.token.is_none().then_some(made_token.as_str());
+        (http_address[0], made)
+    });
+    print!(
+        "{}",
+        crate::startup::summary(&config, &node.listeners(), node.relay_v4(), dashboard)
+    );
+    let _ = std::io::Write::flush(&mut std::io::stdout());
     if let Some(interval) = notifier.watchdog_interval() {
         let notifier = turnpike_notify();
         runtime.spawn(async move {
@@ -175,7 +191,7 @@ pub(crate) fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()>
                 _ = usr1.recv() => log_counters(&counters_now(&handle).await, redis_health(store.as_deref())),
                 _ = hup.recv() => {
                     notifier.reloading();
-                    reload(path, &mut config, &handle, api.as_deref(), level.as_ref());
+                    reload(path, &mut config, &handle, api.as_deref(), level.as_ref(), &made_token);
                     notifier.ready();
                 }
             }
@@ -279,6 +295,7 @@ fn reload(
     handle: &NodeHandle,
     api: Option<&turnpike::http::Api>,
     level: Option<&LevelHandle>,
+    made_token: &str,
 ) {
     let fresh = match Config::load(path) {
         Ok(fresh) => fresh,
@@ -304,7 +321,8 @@ fn reload(
         tracing::warn!(%error, "could not change the log level");
     }
     if let (Some(api), Some(http)) = (api, &running.http) {
-        api.settings.store(Arc::new(api_settings(&running, http)));
+        api.settings
+            .store(Arc::new(api_settings(&running, http, made_token)));
     }
     if restart.is_empty() {
         tracing::info!(applied = ?plan.applied, "configuration reloaded");
@@ -314,10 +332,14 @@ fn reload(
     *config = running;
 }
 
-/// The HTTP API's reloadable settings. Its connections may take at most a quarter of the
-/// open-file limit in force (read again at each reload), so that it can never starve the relay
-/// of descriptors.
-fn api_settings(config: &Config, http: &turnpike::config::Http) -> turnpike::http::ApiSettings {
+/// The HTTP API's reloadable settings, with `made_token` as the token while `[http] token` is
+/// unset. Its connections may take at most a quarter of the open-file limit in force (read
+/// again at each reload), so that it can never starve the relay of descriptors.
+fn api_settings(
+    config: &Config,
+    http: &turnpike::config::Http,
+    made_token: &str,
+) -> turnpike::http::ApiSettings {
     let open_files = open_file_limit();
     let budget = usize::try_from(open_files / 4).unwrap_or(usize::MAX).max(1);
     let total = if http.max_connections > budget {
@@ -332,7 +354,7 @@ fn api_settings(config: &Config, http: &turnpike::config::Http) -> turnpike::htt
         http.max_connections
     };
     turnpike::http::ApiSettings {
-        token: http.token.clone(),
+        token: http.token.clone().unwrap_or_else(|| made_token.to_owned()),
         ice_urls: http.ice_urls.clone(),
         config_secrets: config.auth.secrets.clone(),
         max_rest_ttl: config.auth.max_rest_ttl,

@@ -428,7 +428,7 @@ fn decide_http(
     );
     let absent = Http {
         address: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        token: String::new(),
+        token: None,
         ice_urls: Vec::new(),
         public_metrics: false,
         max_connections: 0,

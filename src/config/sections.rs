@@ -37,8 +37,9 @@ impl Default for Log {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Http {
     pub address: SocketAddr,
-    /// Bearer token every API request must carry.
-    pub token: String,
+    /// Bearer token every API request must carry. `None` (a loopback `address` only): the
+    /// server makes one at start and prints the dashboard URL with it.
+    pub token: Option<String>,
     /// The URIs put in the `iceServers` the credential API returns.
     pub ice_urls: Vec<String>,
     /// Serve `/metrics` without the token.

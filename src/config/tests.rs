@@ -269,11 +269,28 @@ fn http_section() {
     let http = config.http.unwrap();
     assert_eq!(http.address, "127.0.0.1:9641".parse().unwrap());
     assert!(!format!("{http:?}").contains("0123456789abcdef"));
-    assert_refused(
-        "[http]\naddress = \"127.0.0.1:1\"",
-        "http.token",
-        "is required",
+    // Without a token only on a loopback address (one is made at start).
+    for loopback in ["127.0.0.1:1", "127.0.0.53:9641", "[::1]:9641"] {
+        let config = Config::from_toml(&format!("[http]\naddress = \"{loopback}\"")).unwrap();
+        assert_eq!(config.http.unwrap().token, None, "{loopback}");
+    }
+    assert_eq!(
+        Config::from_toml("[http]").unwrap().http.unwrap().token,
+        None
     );
+    for elsewhere in [
+        "0.0.0.0:9641",
+        "[::]:9641",
+        "192.0.2.7:9641",
+        "[::ffff:127.0.0.1]:9641",
+    ] {
+        assert_refused(
+            &format!("[http]\naddress = \"{elsewhere}\""),
+            "http.token",
+            "is required when http.address",
+        );
+    }
+    assert_refused("[http]\ntoken = \"\"", "http.token", "at least 16");
     assert_refused("[http]\ntoken = \"short\"", "http.token", "at least 16");
     assert_refused(
         "[http]\ntoken = \"0123456789abcdef0123\"\nice-urls = [\"http://x\"]",
@@ -504,6 +521,10 @@ fn example_file_parses() {
     assert!(config.peers.deny.is_empty());
     // The file's [limits] are the defaults it says they are.
     assert_eq!(config.limits, Limits::default());
+    // The dashboard is on, on loopback, with a token made at start.
+    let http = config.http.expect("the example enables [http]");
+    assert_eq!(http.address, "127.0.0.1:9641".parse().unwrap());
+    assert_eq!(http.token, None);
 }
 
 #[test]
@@ -1073,7 +1094,7 @@ fn sections_that_need_a_restart_keep_the_running_ones() {
     assert_eq!(config.redis, None);
     let http = config.http.as_ref().expect("the running [http] stays");
     assert_eq!(http.address.port(), 8080);
-    assert_eq!(http.token, "new-0123456789abcdef");
+    assert_eq!(http.token.as_deref(), Some("new-0123456789abcdef"));
     assert_eq!(config.log.level, "debug");
     // Removing [http] needs a restart too: the running one stays.
     let without = with("workers = 2\n[relay]\noffload = \"off\"\n");

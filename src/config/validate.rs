@@ -53,13 +53,23 @@ impl RawHttp {
         let address = self
             .address
             .map_or(SocketAddr::from(([127, 0, 0, 1], 9641)), |a| a.0);
-        let Some(token) = self.token else {
-            return Err(ConfigError::invalid(
-                "http.token",
-                "is required: the API issues and revokes credentials (generate one with `openssl rand -hex 32`)",
-            ));
+        let token = match self.token {
+            Some(token) => Some(token),
+            // Only this machine can reach a loopback API: a token made at start and printed
+            // once (the dashboard URL) is as safe as one in the file.
+            None if address.ip().is_loopback() => None,
+            None => {
+                return Err(ConfigError::invalid(
+                    "http.token",
+                    format!(
+                        "is required when http.address ({address}) is not a loopback address: the API issues and revokes credentials (generate one with `openssl rand -hex 32`)"
+                    ),
+                ));
+            }
         };
-        if token.len() < MIN_TOKEN_LEN || token.bytes().any(|b| !b.is_ascii_graphic()) {
+        if let Some(token) = &token
+            && (token.len() < MIN_TOKEN_LEN || token.bytes().any(|b| !b.is_ascii_graphic()))
+        {
             return Err(ConfigError::invalid(
                 "http.token",
                 format!(

@@ -337,6 +337,12 @@ impl Node {
         self.handle.listeners()
     }
 
+    /// The IPv4 address relay sockets are bound to (`[relay] address`, or the default-route
+    /// interface's when it is not set).
+    pub fn relay_v4(&self) -> Option<Ipv4Addr> {
+        self.handle.reload.relay_v4
+    }
+
     /// The node id used when `[redis] node-id` is not set: host name and first listener.
     pub fn default_node_id(&self) -> String {
         let first = self
