@@ -13,10 +13,10 @@ use std::sync::Arc;
 use base64::Engine;
 
 use crate::config::{Auth, UserCredential};
-use crate::stun::{hmac_sha1, long_term_key};
+use crate::stun::{hmac_sha1, long_term_key, long_term_key_sha256, userhash};
 pub use crate::turn::credentials::{
-    CredentialKind, CredentialStore, Key, Lookup, Principal, UserLimits, parse_rest_username,
-    user_id,
+    CredentialKind, CredentialStore, Key, Lookup, PasswordAlgorithm, Principal, UserLimits,
+    parse_rest_username, user_id,
 };
 
 /// Leeway, in seconds, beyond `[auth] max-rest-ttl` for an app backend whose clock runs ahead
@@ -25,12 +25,12 @@ pub use crate::turn::credentials::{
 pub const REST_CLOCK_SKEW: u64 = 300;
 
 /// The hex form of a key, as coturn's `turnadmin -k` prints it.
-pub fn key_hex(key: &Key) -> String {
+pub fn key_hex(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A key from 32 hex digits.
-pub fn parse_key_hex(text: &str) -> Option<Key> {
+/// An MD5 key from 32 hex digits.
+pub fn parse_key_hex(text: &str) -> Option<[u8; 16]> {
     crate::config::parse_key(text).ok()
 }
 
@@ -137,6 +137,7 @@ impl CredentialStore for Credentials {
         &self,
         username: &str,
         realm: &str,
+        algorithm: PasswordAlgorithm,
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
@@ -161,10 +162,10 @@ impl CredentialStore for Credentials {
             if disabled(username) {
                 return Lookup::Unknown;
             }
-            return statics.keys(username, realm, now_unix, candidate);
+            return statics.keys(username, realm, algorithm, now_unix, candidate);
         }
         let mut accepted = false;
-        let local = statics.keys(username, realm, now_unix, &mut |key, kind| {
+        let local = statics.keys(username, realm, algorithm, now_unix, &mut |key, kind| {
             accepted = candidate(key, kind);
             accepted
         });
@@ -181,7 +182,9 @@ impl CredentialStore for Credentials {
             if disabled(username) {
                 return Lookup::Unknown;
             }
-            candidate(key, CredentialKind::LongTerm);
+            if key.algorithm() == algorithm {
+                candidate(key, CredentialKind::LongTerm);
+            }
             return Lookup::Known;
         }
         let Some((expiry, _)) = parse_rest_username(username) else {
@@ -193,8 +196,45 @@ impl CredentialStore for Credentials {
         if let Err(refused) = check_rest_expiry(expiry, now_unix, statics.max_rest_ttl) {
             return refused;
         }
-        offer_rest_keys(&snapshot.secrets, username, realm, candidate);
+        offer_rest_keys(&snapshot.secrets, username, realm, algorithm, candidate);
         Lookup::Known
+    }
+
+    /// The configuration's users first, then the store's: the username found goes through
+    /// [`keys`](CredentialStore::keys), so revocation, `disabled` and a stale store apply as
+    /// they do to USERNAME.
+    fn keys_by_userhash(
+        &self,
+        hash: &[u8; 32],
+        realm: &str,
+        algorithm: PasswordAlgorithm,
+        now_unix: u64,
+        candidate: &mut dyn FnMut(&str, &Key, CredentialKind) -> bool,
+    ) -> Lookup {
+        let statics = self.statics.load();
+        if realm != statics.realm {
+            return Lookup::Unknown;
+        }
+        let snapshot = self.redis.as_ref().map(|store| store.snapshot());
+        let name = statics.userhashes.get(hash).or_else(|| {
+            snapshot
+                .as_ref()
+                .and_then(|snapshot| snapshot.userhashes.get(hash))
+        });
+        match name {
+            Some(name) => self.keys(name, realm, algorithm, now_unix, &mut |key, kind| {
+                candidate(name, key, kind)
+            }),
+            // Not found, but the store may have the user and cannot be trusted now.
+            None if self
+                .redis
+                .as_ref()
+                .is_some_and(|store| !store.usable(now_unix)) =>
+            {
+                Lookup::Unavailable
+            }
+            None => Lookup::Unknown,
+        }
     }
 
     fn withdrawn(&self, username: &str, kind: CredentialKind, now_unix: u64) -> bool {
@@ -238,34 +278,52 @@ impl CredentialStore for Credentials {
     }
 }
 
+/// The keys of a user of the configuration file.
+struct StaticUser {
+    md5: [u8; 16],
+    /// `None` for a user configured by its MD5 key: no SHA-256 key can be derived from it.
+    sha256: Option<[u8; 32]>,
+}
+
 /// Users, REST API secrets and `max-rest-ttl` from the configuration file.
 pub struct StaticCredentials {
     realm: String,
-    users: HashMap<String, Key>,
+    users: HashMap<String, StaticUser>,
+    /// USERHASH (SHA-256 of `name:realm`) → name, for every user.
+    userhashes: HashMap<[u8; 32], String>,
     secrets: Vec<Vec<u8>>,
     /// `[auth] max-rest-ttl` in seconds; it bounds Redis secrets' credentials too.
     max_rest_ttl: u64,
 }
 
 impl StaticCredentials {
-    /// Precomputes every static user's key for `realm`.
+    /// Precomputes every static user's keys and USERHASH for `realm`.
     pub fn new(auth: &Auth, realm: &str) -> Self {
-        let users = auth
+        let users: HashMap<String, StaticUser> = auth
             .users
             .iter()
             .map(|user| {
-                let key = match &user.credential {
-                    UserCredential::Password(password) => {
-                        long_term_key(&user.name, realm, password)
-                    }
-                    UserCredential::Key(key) => *key,
+                let keys = match &user.credential {
+                    UserCredential::Password(password) => StaticUser {
+                        md5: long_term_key(&user.name, realm, password),
+                        sha256: Some(long_term_key_sha256(&user.name, realm, password)),
+                    },
+                    UserCredential::Key(key) => StaticUser {
+                        md5: *key,
+                        sha256: None,
+                    },
                 };
-                (user.name.clone(), key)
+                (user.name.clone(), keys)
             })
+            .collect();
+        let userhashes = users
+            .keys()
+            .map(|name| (userhash(name, realm), name.clone()))
             .collect();
         StaticCredentials {
             realm: realm.to_owned(),
             users,
+            userhashes,
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
             max_rest_ttl: auth.max_rest_ttl.as_secs(),
         }
@@ -277,14 +335,21 @@ impl CredentialStore for StaticCredentials {
         &self,
         username: &str,
         realm: &str,
+        algorithm: PasswordAlgorithm,
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         if realm != self.realm {
             return Lookup::Unknown;
         }
-        if let Some(key) = self.users.get(username) {
-            candidate(key, CredentialKind::LongTerm);
+        if let Some(user) = self.users.get(username) {
+            let key = match algorithm {
+                PasswordAlgorithm::Md5 => Some(Key::Md5(user.md5)),
+                PasswordAlgorithm::Sha256 => user.sha256.map(Key::Sha256),
+            };
+            if let Some(key) = key {
+                candidate(&key, CredentialKind::LongTerm);
+            }
             return Lookup::Known;
         }
         if self.secrets.is_empty() {
@@ -296,24 +361,47 @@ impl CredentialStore for StaticCredentials {
         if let Err(refused) = check_rest_expiry(expiry, now_unix, self.max_rest_ttl) {
             return refused;
         }
-        offer_rest_keys(&self.secrets, username, realm, candidate);
+        offer_rest_keys(&self.secrets, username, realm, algorithm, candidate);
         Lookup::Known
+    }
+
+    fn keys_by_userhash(
+        &self,
+        hash: &[u8; 32],
+        realm: &str,
+        algorithm: PasswordAlgorithm,
+        now_unix: u64,
+        candidate: &mut dyn FnMut(&str, &Key, CredentialKind) -> bool,
+    ) -> Lookup {
+        match self.userhashes.get(hash) {
+            Some(name) if realm == self.realm => {
+                self.keys(name, realm, algorithm, now_unix, &mut |key, kind| {
+                    candidate(name, key, kind)
+                })
+            }
+            _ => Lookup::Unknown,
+        }
     }
 }
 
-/// Offers the key of a REST API username under each secret, in order, until one is taken.
+/// Offers the key of `algorithm` of a REST API username under each secret, in order, until one
+/// is taken. The password a secret derives is known here, so both algorithms can be offered.
 fn offer_rest_keys(
     secrets: &[Vec<u8>],
     username: &str,
     realm: &str,
+    algorithm: PasswordAlgorithm,
     candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
 ) {
     for secret in secrets {
         let password = rest_password(secret, username);
-        if candidate(
-            &long_term_key(username, realm, &password),
-            CredentialKind::Rest,
-        ) {
+        let key = match algorithm {
+            PasswordAlgorithm::Md5 => Key::Md5(long_term_key(username, realm, &password)),
+            PasswordAlgorithm::Sha256 => {
+                Key::Sha256(long_term_key_sha256(username, realm, &password))
+            }
+        };
+        if candidate(&key, CredentialKind::Rest) {
             break;
         }
     }
@@ -323,6 +411,11 @@ fn offer_rest_keys(
 mod tests {
     use super::*;
     use crate::config::User;
+
+    /// An MD5 key, as the store offers it.
+    fn md5_key(username: &str, realm: &str, password: &str) -> Key {
+        Key::Md5(long_term_key(username, realm, password))
+    }
 
     fn auth(secrets: &[&str]) -> Auth {
         let mut auth = crate::config::Config::default().auth;
@@ -342,7 +435,7 @@ mod tests {
 
     fn collect(store: &StaticCredentials, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k, _| {
+        let lookup = store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |k, _| {
             keys.push(*k);
             false
         });
@@ -352,7 +445,7 @@ mod tests {
     /// The kinds of the keys offered for `username`.
     fn kinds(store: &impl CredentialStore, username: &str, now: u64) -> Vec<CredentialKind> {
         let mut kinds = Vec::new();
-        store.keys(username, "r", now, &mut |_, kind| {
+        store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |_, kind| {
             kinds.push(kind);
             false
         });
@@ -366,16 +459,16 @@ mod tests {
             collect(&store, "alice", 0),
             (
                 Lookup::Known,
-                vec![long_term_key("alice", "r", "wonderland")]
+                vec![md5_key("alice", "r", "wonderland")]
             )
         );
         assert_eq!(
             collect(&store, "bob", 0),
-            (Lookup::Known, vec![long_term_key("bob", "r", "builder")])
+            (Lookup::Known, vec![md5_key("bob", "r", "builder")])
         );
         assert_eq!(collect(&store, "carol", 0), (Lookup::Unknown, vec![]));
         let mut called = false;
-        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_, _| {
+        let other_realm = store.keys("alice", "elsewhere", PasswordAlgorithm::Md5, 0, &mut |_, _| {
             called = true;
             true
         });
@@ -392,8 +485,8 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                long_term_key(username, "r", &rest_password(b"new", username)),
-                long_term_key(username, "r", &rest_password(b"old", username)),
+                md5_key(username, "r", &rest_password(b"new", username)),
+                md5_key(username, "r", &rest_password(b"old", username)),
             ]
         );
         assert_eq!(collect(&store, username, 1_700_000_101).0, Lookup::Expired);
@@ -434,7 +527,7 @@ mod tests {
 
     fn offered(store: &impl CredentialStore, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k, _| {
+        let lookup = store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |k, _| {
             keys.push(*k);
             false
         });
@@ -446,12 +539,12 @@ mod tests {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
             s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+                .insert("carol".into(), md5_key("carol", "r", "pw"));
             s.secrets = vec![b"redis-new".to_vec(), b"redis-old".to_vec()];
         });
         assert_eq!(
             offered(&credentials, "carol", now),
-            (Lookup::Known, vec![long_term_key("carol", "r", "pw")])
+            (Lookup::Known, vec![md5_key("carol", "r", "pw")])
         );
         // A config user is answered from the config alone.
         assert_eq!(offered(&credentials, "alice", now).1.len(), 1);
@@ -459,7 +552,7 @@ mod tests {
         let username = "1700000100:dave";
         let (lookup, keys) = offered(&credentials, username, now);
         assert_eq!(lookup, Lookup::Known);
-        let key = |secret: &[u8]| long_term_key(username, "r", &rest_password(secret, username));
+        let key = |secret: &[u8]| md5_key(username, "r", &rest_password(secret, username));
         assert_eq!(
             keys,
             vec![key(b"config"), key(b"redis-new"), key(b"redis-old")]
@@ -476,7 +569,7 @@ mod tests {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
             s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+                .insert("carol".into(), md5_key("carol", "r", "pw"));
             s.revoked.insert("1700000100:dave".into(), 1_700_000_100);
             s.overrides.insert(
                 "carol".into(),
@@ -508,7 +601,7 @@ mod tests {
         let now = 1_700_000_000;
         let (credentials, store) = layered(now, |s| {
             s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+                .insert("carol".into(), md5_key("carol", "r", "pw"));
         });
         store.set_connected(false);
         // Within stale-for (60 s) the snapshot still serves...
@@ -571,11 +664,11 @@ mod tests {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
             s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+                .insert("carol".into(), md5_key("carol", "r", "pw"));
             // A stored user whose name has the form of a REST username.
             s.users.insert(
                 "1700000100:zed".into(),
-                long_term_key("1700000100:zed", "r", "pw"),
+                md5_key("1700000100:zed", "r", "pw"),
             );
             s.secrets = vec![b"redis".to_vec()];
         });
@@ -610,7 +703,7 @@ mod tests {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
             s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+                .insert("carol".into(), md5_key("carol", "r", "pw"));
             s.defaults.allocations = Some(7);
             for name in ["carol", "alice", "dave"] {
                 s.overrides.insert(

@@ -3,7 +3,7 @@
 
 use redis::aio::MultiplexedConnection;
 
-use crate::auth::{Key, key_hex};
+use crate::auth::key_hex;
 use crate::clock::unix_now;
 use crate::config::RedisSchema;
 
@@ -89,8 +89,8 @@ impl Admin {
             .collect())
     }
 
-    /// Adds or replaces a user's long-term key.
-    pub async fn add_user(&mut self, name: &str, key: &Key) -> redis::RedisResult<()> {
+    /// Adds or replaces a user's long-term (MD5) key.
+    pub async fn add_user(&mut self, name: &str, key: &[u8; 16]) -> redis::RedisResult<()> {
         let hex = key_hex(key);
         let _: redis::Value = match self.layout.schema() {
             RedisSchema::Turnpike => {

@@ -24,6 +24,10 @@ impl Layout {
         self.schema
     }
 
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
     /// turnpike: HASH secret → creation time; coturn: SET of secrets.
     pub(super) fn secrets(&self) -> String {
         match self.schema {

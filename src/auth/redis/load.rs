@@ -137,6 +137,7 @@ pub async fn load(
         .into_iter()
         .filter_map(|(name, expiry)| Some((String::from_utf8(name).ok()?, expiry as u64)))
         .collect();
+    snapshot.index_userhashes(layout.realm());
     Ok(snapshot)
 }
 
@@ -146,7 +147,8 @@ fn user_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, Key)> {
         .ok()
         .and_then(|k| parse_key_hex(k.trim()));
     match key {
-        Some(key) => Some((name, key)),
+        // coturn's layout holds the MD5 key; no SHA-256 key can be derived from it.
+        Some(key) => Some((name, Key::Md5(key))),
         None => {
             tracing::warn!("ignoring a user in Redis whose key is not 32 hex digits");
             None
