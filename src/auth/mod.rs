@@ -445,10 +445,16 @@ mod tests {
     /// The kinds of the keys offered for `username`.
     fn kinds(store: &impl CredentialStore, username: &str, now: u64) -> Vec<CredentialKind> {
         let mut kinds = Vec::new();
-        store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |_, kind| {
-            kinds.push(kind);
-            false
-        });
+        store.keys(
+            username,
+            "r",
+            PasswordAlgorithm::Md5,
+            now,
+            &mut |_, kind| {
+                kinds.push(kind);
+                false
+            },
+        );
         kinds
     }
 
@@ -457,10 +463,7 @@ mod tests {
         let store = StaticCredentials::new(&auth(&[]), "r");
         assert_eq!(
             collect(&store, "alice", 0),
-            (
-                Lookup::Known,
-                vec![md5_key("alice", "r", "wonderland")]
-            )
+            (Lookup::Known, vec![md5_key("alice", "r", "wonderland")])
         );
         assert_eq!(
             collect(&store, "bob", 0),
@@ -468,10 +471,16 @@ mod tests {
         );
         assert_eq!(collect(&store, "carol", 0), (Lookup::Unknown, vec![]));
         let mut called = false;
-        let other_realm = store.keys("alice", "elsewhere", PasswordAlgorithm::Md5, 0, &mut |_, _| {
-            called = true;
-            true
-        });
+        let other_realm = store.keys(
+            "alice",
+            "elsewhere",
+            PasswordAlgorithm::Md5,
+            0,
+            &mut |_, _| {
+                called = true;
+                true
+            },
+        );
         assert_eq!(other_realm, Lookup::Unknown);
         assert!(!called);
     }
@@ -538,8 +547,7 @@ mod tests {
     fn redis_users_and_secrets_come_after_the_config() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.secrets = vec![b"redis-new".to_vec(), b"redis-old".to_vec()];
         });
         assert_eq!(
@@ -568,8 +576,7 @@ mod tests {
     fn revoked_and_disabled_users_do_not_authenticate() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.revoked.insert("1700000100:dave".into(), 1_700_000_100);
             s.overrides.insert(
                 "carol".into(),
@@ -600,8 +607,7 @@ mod tests {
     fn a_stale_store_refuses_instead_of_allowing() {
         let now = 1_700_000_000;
         let (credentials, store) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
         });
         store.set_connected(false);
         // Within stale-for (60 s) the snapshot still serves...
@@ -663,8 +669,7 @@ mod tests {
     fn keys_say_which_kind_of_credential_they_stand_for() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             // A stored user whose name has the form of a REST username.
             s.users.insert(
                 "1700000100:zed".into(),
@@ -702,8 +707,7 @@ mod tests {
     fn overrides_name_long_term_users_not_rest_ids() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.defaults.allocations = Some(7);
             for name in ["carol", "alice", "dave"] {
                 s.overrides.insert(

@@ -353,7 +353,13 @@ mod tests {
             decode_password_algorithm(&[0, 9, 0, 2, 7, 7]),
             Ok((9, &[7, 7][..]))
         );
-        for bad in [&[][..], &[0, 1], &[0, 1, 0], &[0, 1, 0, 1], &[0, 1, 0, 0, 0]] {
+        for bad in [
+            &[][..],
+            &[0, 1],
+            &[0, 1, 0],
+            &[0, 1, 0, 1],
+            &[0, 1, 0, 0, 0],
+        ] {
             assert_eq!(
                 decode_password_algorithm(bad),
                 Err(StunError::BadAttributeLength),

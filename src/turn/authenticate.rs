@@ -89,11 +89,7 @@ impl Server {
             let expired =
                 alloc.rest_expiry.is_some_and(|expiry| expiry < now_unix) && !is_delete(msg);
             // The allocation's requests use the password algorithm it was made with.
-            if !withdrawn
-                && !expired
-                && key.algorithm() == claim.algorithm
-                && verify(&key)
-            {
+            if !withdrawn && !expired && key.algorithm() == claim.algorithm && verify(&key) {
                 self.source_proven(now, tuple);
                 return Ok(Authenticated {
                     signing: Signing {

@@ -45,7 +45,8 @@ pub(super) fn read_claim<'a>(msg: &Message<'a>) -> Result<Claim<'a>, &'static st
         (Some(_), Some(_)) => return Err("Both USERNAME and USERHASH"),
         (Some(Err(_)), None) | (None, None) => return Err("Missing USERNAME, REALM or NONCE"),
     };
-    let (Some(Ok(realm)), Some(nonce)) = (text(attr::REALM, attr::MAX_TEXT_LEN), msg.get(attr::NONCE))
+    let (Some(Ok(realm)), Some(nonce)) =
+        (text(attr::REALM, attr::MAX_TEXT_LEN), msg.get(attr::NONCE))
     else {
         return Err("Missing USERNAME, REALM or NONCE");
     };
@@ -107,9 +108,13 @@ mod tests {
     /// A request with `attributes` and MESSAGE-INTEGRITY-SHA256 (or MESSAGE-INTEGRITY).
     fn request(attributes: &[(u16, &[u8])], sha256: bool) -> Vec<u8> {
         let mut buf = vec![0u8; 512];
-        let mut w =
-            MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Request, TransactionId([1; 12]))
-                .unwrap();
+        let mut w = MessageWriter::new(
+            &mut buf,
+            Method::ALLOCATE,
+            Class::Request,
+            TransactionId([1; 12]),
+        )
+        .unwrap();
         for (typ, value) in attributes {
             w.attribute(*typ, value).unwrap();
         }
@@ -206,7 +211,10 @@ mod tests {
     fn userhash_instead_of_username() {
         let hash = [7u8; 32];
         assert_eq!(
-            claim(&[(attr::USERHASH, &hash), REALM, OUR_NONCE, SHA256, OFFERED], true),
+            claim(
+                &[(attr::USERHASH, &hash), REALM, OUR_NONCE, SHA256, OFFERED],
+                true
+            ),
             Ok(format!("Hash({hash:?}) Sha256 Sha256"))
         );
         assert_eq!(

@@ -1722,8 +1722,10 @@ fn an_unavailable_store_gets_500_and_config_users_still_work() {
 fn overrides_from_the_store_set_the_users_quota() {
     let mut h = redis_backed(
         |s| {
-            s.users
-                .insert("carol".into(), crate::auth::Key::Md5(long_term_key("carol", REALM, "pw")));
+            s.users.insert(
+                "carol".into(),
+                crate::auth::Key::Md5(long_term_key("carol", REALM, "pw")),
+            );
             s.overrides.insert(
                 "carol".into(),
                 crate::auth::redis::UserOverride {
