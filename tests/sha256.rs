@@ -611,3 +611,158 @@ fn rest_password(username: &str) -> String {
     mac.update(username.as_bytes());
     base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
 }
+
+/// The answer code to a stun-types Allocate with SHA-256 naming `who` (a fresh socket, a fresh
+/// nonce), after deleting the allocation again if it was made.
+fn sha256_allocate(server: &Server, who: Who<'_>, password: &str) -> u16 {
+    let mut raw = Raw::new(server.addr("udp"));
+    let nonce = raw.nonce();
+    let name = match who {
+        Who::Name(name) | Who::Hash(name) => name,
+    };
+    let by_hash = matches!(who, Who::Hash(_));
+    let request = theirs(0x003, raw.tid(), who, password, &nonce, &[UDP]);
+    let got = code(&raw.ask(&request).expect("an answer"));
+    if got == 0 {
+        let lifetime = 0u32.to_be_bytes();
+        let who = if by_hash {
+            Who::Hash(name)
+        } else {
+            Who::Name(name)
+        };
+        let delete = theirs(
+            0x004,
+            raw.tid(),
+            who,
+            password,
+            &nonce,
+            &[(attr::LIFETIME, &lifetime)],
+        );
+        raw.ask(&delete);
+    }
+    got
+}
+
+/// Polls `check` every 50 ms for up to 10 s until it holds.
+fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Redis users: `turnpike user add` stores the SHA-256 key next to the MD5 one (schema
+/// turnpike, `P:users-sha256:R`), coturn's layout takes `.../key-sha256` next to `.../key`;
+/// such users allocate with SHA-256 by USERNAME and by USERHASH, a user with the MD5 key alone
+/// gets 401 for SHA-256 and allocates with MD5; removing the user removes both keys.
+#[test]
+fn redis_users_with_a_sha256_key() {
+    use common::redis::RedisServer;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    for schema in ["turnpike", "coturn"] {
+        let server = Server::with(&TestConfig {
+            transports: vec!["udp"],
+            extra: format!(
+                "[limits]\nunauthenticated-rate = 0\n\n[redis]\nurl = {url:?}\nschema = {schema:?}\n"
+            ),
+            ..TestConfig::default()
+        });
+        let (erin, frank) = (format!("erin-{schema}"), format!("frank-{schema}"));
+        if schema == "turnpike" {
+            let ran = common::run_turnpike(
+                &[],
+                &[
+                    "user",
+                    "add",
+                    &erin,
+                    "--password",
+                    "erin-pw",
+                    "--redis",
+                    &url,
+                    "--realm",
+                    REALM,
+                ],
+                Duration::from_secs(30),
+            );
+            assert!(ran.succeeded(), "user add: {ran:?}");
+            assert!(ran.stdout.contains("SHA-256 key"), "{}", ran.stdout);
+            let stored = redis.cli(&["HGET", &format!("turnpike:users-sha256:{REALM}"), &erin]);
+            let expected: String = long_term_key_sha256(&erin, REALM, "erin-pw")
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            assert_eq!(stored.trim(), expected);
+            redis.cli(&[
+                "HSET",
+                &format!("turnpike:users:{REALM}"),
+                &frank,
+                &hex(&long_term_key(&frank, REALM, "frank-pw")),
+            ]);
+        } else {
+            let user =
+                |name: &str, suffix: &str| format!("turn/realm/{REALM}/user/{name}/{suffix}");
+            redis.cli(&[
+                "SET",
+                &user(&erin, "key-sha256"),
+                &hex(&long_term_key_sha256(&erin, REALM, "erin-pw")),
+            ]);
+            redis.cli(&[
+                "SET",
+                &user(&erin, "key"),
+                &hex(&long_term_key(&erin, REALM, "erin-pw")),
+            ]);
+            redis.cli(&[
+                "SET",
+                &user(&frank, "key"),
+                &hex(&long_term_key(&frank, REALM, "frank-pw")),
+            ]);
+        }
+        // Written behind the admin commands' back: tell the nodes.
+        redis.cli(&["PUBLISH", "turnpike:events", "reload"]);
+        eventually(&format!("{schema}: erin allocates with SHA-256"), || {
+            sha256_allocate(&server, Who::Name(&erin), "erin-pw") == 0
+        });
+        assert_eq!(
+            sha256_allocate(&server, Who::Hash(&erin), "erin-pw"),
+            0,
+            "{schema}: erin by USERHASH"
+        );
+        eventually(&format!("{schema}: frank known"), || {
+            StunClient::udp(server.addr("udp"), "127.0.0.1:0", &frank, "frank-pw")
+                .allocate()
+                .is_ok()
+        });
+        assert_eq!(
+            sha256_allocate(&server, Who::Name(&frank), "frank-pw"),
+            401,
+            "{schema}: frank has no SHA-256 key"
+        );
+        assert_eq!(
+            sha256_allocate(&server, Who::Name(&erin), "wrong"),
+            401,
+            "{schema}: wrong password"
+        );
+        if schema == "turnpike" {
+            let ran = common::run_turnpike(
+                &[],
+                &["user", "remove", &erin, "--redis", &url, "--realm", REALM],
+                Duration::from_secs(30),
+            );
+            assert!(ran.succeeded(), "user remove: {ran:?}");
+            let left = redis.cli(&["HEXISTS", &format!("turnpike:users-sha256:{REALM}"), &erin]);
+            assert_eq!(left.trim(), "0", "the SHA-256 key goes with the user");
+            eventually("erin removed", || {
+                sha256_allocate(&server, Who::Name(&erin), "erin-pw") == 401
+            });
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

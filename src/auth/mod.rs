@@ -34,6 +34,19 @@ pub fn parse_key_hex(text: &str) -> Option<[u8; 16]> {
     crate::config::parse_key(text).ok()
 }
 
+/// A SHA-256 key from 64 hex digits.
+pub fn parse_sha256_key_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(key)
+}
+
 /// Whether a REST username expiring at `expiry` may authenticate at `now_unix`: not expired,
 /// and not expiring further ahead than `max_ttl` seconds (plus [`REST_CLOCK_SKEW`]).
 pub fn check_rest_expiry(expiry: u64, now_unix: u64, max_ttl: u64) -> Result<(), Lookup> {
@@ -182,8 +195,14 @@ impl CredentialStore for Credentials {
             if disabled(username) {
                 return Lookup::Unknown;
             }
-            if key.algorithm() == algorithm {
-                candidate(key, CredentialKind::LongTerm);
+            let key = match algorithm {
+                PasswordAlgorithm::Md5 => Some(*key).filter(|k| k.algorithm() == algorithm),
+                PasswordAlgorithm::Sha256 => {
+                    snapshot.sha256_keys.get(username).map(|k| Key::Sha256(*k))
+                }
+            };
+            if let Some(key) = key {
+                candidate(&key, CredentialKind::LongTerm);
             }
             return Lookup::Known;
         }
@@ -541,6 +560,108 @@ mod tests {
             false
         });
         (lookup, keys)
+    }
+
+    /// The SHA-256 keys offered for `username` (by name, or by its USERHASH when `by_hash`),
+    /// with the name the store found.
+    fn sha256_keys(
+        store: &impl CredentialStore,
+        username: &str,
+        by_hash: bool,
+        now: u64,
+    ) -> (Lookup, Vec<(String, Key)>) {
+        let mut keys = Vec::new();
+        let lookup = if by_hash {
+            store.keys_by_userhash(
+                &userhash(username, "r"),
+                "r",
+                PasswordAlgorithm::Sha256,
+                now,
+                &mut |name, k, _| {
+                    keys.push((name.to_owned(), *k));
+                    false
+                },
+            )
+        } else {
+            store.keys(
+                username,
+                "r",
+                PasswordAlgorithm::Sha256,
+                now,
+                &mut |k, _| {
+                    keys.push((username.to_owned(), *k));
+                    false
+                },
+            )
+        };
+        (lookup, keys)
+    }
+
+    #[test]
+    fn sha256_keys_exist_where_a_password_is_known() {
+        let now = 1_700_000_000;
+        let (credentials, store) = layered(now, |s| {
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.sha256_keys
+                .insert("carol".into(), long_term_key_sha256("carol", "r", "pw"));
+            s.users.insert("dan".into(), md5_key("dan", "r", "pw"));
+            // A SHA-256 key without its user authenticates nobody.
+            s.sha256_keys
+                .insert("ghost".into(), long_term_key_sha256("ghost", "r", "pw"));
+            s.index_userhashes("r");
+        });
+        let sha =
+            |name: &str, password: &str| Key::Sha256(long_term_key_sha256(name, "r", password));
+        for by_hash in [false, true] {
+            // Config user with a password: both keys; by its key: MD5 only.
+            assert_eq!(
+                sha256_keys(&credentials, "alice", by_hash, now),
+                (
+                    Lookup::Known,
+                    vec![("alice".into(), sha("alice", "wonderland"))]
+                )
+            );
+            assert_eq!(
+                sha256_keys(&credentials, "bob", by_hash, now),
+                (Lookup::Known, vec![])
+            );
+            // Redis users: with a stored SHA-256 key, and without.
+            assert_eq!(
+                sha256_keys(&credentials, "carol", by_hash, now),
+                (Lookup::Known, vec![("carol".into(), sha("carol", "pw"))])
+            );
+            assert_eq!(
+                sha256_keys(&credentials, "dan", by_hash, now),
+                (Lookup::Known, vec![])
+            );
+            assert_eq!(sha256_keys(&credentials, "ghost", by_hash, now).1, vec![]);
+        }
+        // A REST username: by name both algorithms, by hash unknown.
+        let rest = "1700000100:erin";
+        let password = rest_password(b"config", rest);
+        assert_eq!(
+            sha256_keys(&credentials, rest, false, now),
+            (Lookup::Known, vec![(rest.into(), sha(rest, &password))])
+        );
+        assert_eq!(
+            sha256_keys(&credentials, rest, true, now),
+            (Lookup::Unknown, vec![])
+        );
+        // A store that cannot be trusted: a hash it might know is refused, not unknown.
+        store.set_connected(false);
+        assert_eq!(
+            sha256_keys(&credentials, "zed", true, now + 3600).0,
+            Lookup::Unavailable
+        );
+        assert_eq!(parse_sha256_key_hex(&"ab".repeat(32)), Some([0xab; 32]));
+        for bad in [
+            "ab".repeat(31),
+            "ab".repeat(33),
+            "zz".repeat(32),
+            "é".repeat(32),
+        ] {
+            assert_eq!(parse_sha256_key_hex(&bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use redis::aio::MultiplexedConnection;
 
-use crate::auth::{Key, parse_key_hex};
+use crate::auth::{Key, parse_key_hex, parse_sha256_key_hex};
 use crate::clock::unix_now;
 use crate::config::RedisSchema;
 
@@ -39,6 +39,16 @@ pub async fn load(
                 .into_iter()
                 .filter_map(|(name, key)| user_entry(name, &key))
                 .collect();
+            let sha256: Pairs = timed(
+                redis::cmd("HGETALL")
+                    .arg(layout.users_sha256())
+                    .query_async(conn),
+            )
+            .await?;
+            snapshot.sha256_keys = sha256
+                .into_iter()
+                .filter_map(|(name, key)| sha256_entry(name, &key))
+                .collect();
         }
         RedisSchema::Coturn => {
             let mut secrets: Vec<Vec<u8>> = timed(
@@ -68,6 +78,17 @@ pub async fn load(
                 if let Some((name, key)) =
                     value.and_then(|v| user_entry(name.as_bytes().to_vec(), &v))
                 {
+                    let sha256: Option<Vec<u8>> = timed(
+                        redis::cmd("GET")
+                            .arg(layout.coturn_user_sha256(&name))
+                            .query_async(conn),
+                    )
+                    .await?;
+                    if let Some((name, key)) =
+                        sha256.and_then(|v| sha256_entry(name.as_bytes().to_vec(), &v))
+                    {
+                        snapshot.sha256_keys.insert(name, key);
+                    }
                     snapshot.users.insert(name, key);
                 }
             }
@@ -151,6 +172,20 @@ fn user_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, Key)> {
         Some(key) => Some((name, Key::Md5(key))),
         None => {
             tracing::warn!("ignoring a user in Redis whose key is not 32 hex digits");
+            None
+        }
+    }
+}
+
+fn sha256_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, [u8; 32])> {
+    let name = String::from_utf8(name).ok()?;
+    let key = std::str::from_utf8(key)
+        .ok()
+        .and_then(|k| parse_sha256_key_hex(k.trim()));
+    match key {
+        Some(key) => Some((name, key)),
+        None => {
+            tracing::warn!("ignoring a user's SHA-256 key in Redis that is not 64 hex digits");
             None
         }
     }
