@@ -239,14 +239,9 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// The HMAC input for the integrity attribute at `at` (`attr_len` bytes, header included):
-    /// the header with its length field ending just after that attribute, the attributes
-    /// before it; and the value the attribute carries.
-    fn covered(
-        &self,
-        at: usize,
-        attr_len: usize,
-    ) -> Result<([u8; HEADER_LEN], &'a [u8], &'a [u8]), StunError> {
+    /// The HMAC input for the integrity attribute at `at` (`attr_len` bytes, header included)
+    /// and the value it carries.
+    fn covered(&self, at: usize, attr_len: usize) -> Result<Covered<'a>, StunError> {
         let mut header = *self
             .buf
             .first_chunk::<HEADER_LEN>()
@@ -311,6 +306,10 @@ impl<'a> Iterator for Attributes<'a> {
         })
     }
 }
+
+/// What an integrity attribute covers: the header with its length field ending just after the
+/// attribute, the attributes before it; and the value the attribute carries.
+type Covered<'a> = ([u8; HEADER_LEN], &'a [u8], &'a [u8]);
 
 /// Type and value length of the attribute whose header starts at `pos`.
 fn attribute_header(buf: &[u8], pos: usize) -> Option<(u16, usize)> {

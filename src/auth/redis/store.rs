@@ -33,7 +33,8 @@ pub struct Snapshot {
     pub secrets: Vec<Vec<u8>>,
     pub users: HashMap<String, Key>,
     /// The SHA-256 keys of those of [`Snapshot::users`] that have one (stored next to the MD5
-    /// key, see [`super::layout`]); a name here but not in `users` authenticates nobody.
+    /// key: `P:users-sha256:R`, coturn's `.../key-sha256`); a name here but not in `users`
+    /// authenticates nobody.
     pub sha256_keys: HashMap<String, [u8; 32]>,
     /// USERHASH (SHA-256 of `name:realm`) → name, for every user: see [`Snapshot::index_userhashes`].
     pub userhashes: HashMap<[u8; 32], String>,
