@@ -46,16 +46,23 @@ const MD5: [u8; 4] = [0, 1, 0, 0];
 /// has for it.
 const KEYED: (&str, &str) = ("keyed", "by-key");
 
-/// Alice (password), keyed (MD5 key only) and REST secret `s3cret`.
+/// The user `keyed256` (password "both-keys"), configured by `key` and `sha256-key`.
+const KEYED256: (&str, &str) = ("keyed256", "both-keys");
+
+/// Alice (password), keyed (MD5 key only), keyed256 (both keys) and REST secret `s3cret`.
 fn server() -> Server {
-    let key: String = long_term_key(KEYED.0, REALM, KEYED.1)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let key = hex(&long_term_key(KEYED.0, REALM, KEYED.1));
+    let (md5, sha256) = (
+        hex(&long_term_key(KEYED256.0, REALM, KEYED256.1)),
+        hex(&long_term_key_sha256(KEYED256.0, REALM, KEYED256.1)),
+    );
     Server::with(&TestConfig {
         transports: vec!["udp"],
         secrets: vec!["s3cret"],
-        extra: format!("[[auth.users]]\nname = {:?}\nkey = {key:?}\n", KEYED.0),
+        extra: format!(
+            "[[auth.users]]\nname = {:?}\nkey = {key:?}\n\n[[auth.users]]\nname = {:?}\nkey = {md5:?}\nsha256-key = {sha256:?}\n",
+            KEYED.0, KEYED256.0
+        ),
         ..TestConfig::default()
     })
 }
@@ -320,6 +327,29 @@ fn an_md5_client_is_answered_as_before() {
     keyed
         .allocate()
         .expect("an MD5-key user allocates with MD5");
+}
+
+/// A user configured by `key` and `sha256-key` (no password in the file) uses either algorithm,
+/// by USERNAME or USERHASH; one with `key` alone only MD5.
+#[test]
+fn a_user_configured_by_keys_uses_sha256_with_its_sha256_key() {
+    let server = server();
+    assert_eq!(
+        sha256_allocate(&server, Who::Name(KEYED256.0), KEYED256.1),
+        0
+    );
+    assert_eq!(
+        sha256_allocate(&server, Who::Hash(KEYED256.0), KEYED256.1),
+        0
+    );
+    assert_eq!(
+        sha256_allocate(&server, Who::Name(KEYED256.0), "wrong"),
+        401
+    );
+    let mut md5 = StunClient::udp(server.addr("udp"), "127.0.0.1:0", KEYED256.0, KEYED256.1);
+    md5.allocate().expect("and MD5");
+    assert_eq!(sha256_allocate(&server, Who::Name(KEYED.0), KEYED.1), 401);
+    assert_eq!(sha256_allocate(&server, Who::Hash(KEYED.0), KEYED.1), 401);
 }
 
 /// A request signed by turnpike's writer: `attributes`, then MESSAGE-INTEGRITY-SHA256 under

@@ -300,7 +300,8 @@ impl CredentialStore for Credentials {
 /// The keys of a user of the configuration file.
 struct StaticUser {
     md5: [u8; 16],
-    /// `None` for a user configured by its MD5 key: no SHA-256 key can be derived from it.
+    /// `None` for a user configured by its MD5 key alone (no `sha256-key`): no SHA-256 key can
+    /// be derived from the MD5 one.
     sha256: Option<[u8; 32]>,
 }
 
@@ -327,9 +328,9 @@ impl StaticCredentials {
                         md5: long_term_key(&user.name, realm, password),
                         sha256: Some(long_term_key_sha256(&user.name, realm, password)),
                     },
-                    UserCredential::Key(key) => StaticUser {
-                        md5: *key,
-                        sha256: None,
+                    UserCredential::Key { md5, sha256 } => StaticUser {
+                        md5: *md5,
+                        sha256: *sha256,
                     },
                 };
                 (user.name.clone(), keys)
@@ -446,7 +447,10 @@ mod tests {
             },
             User {
                 name: "bob".into(),
-                credential: UserCredential::Key(long_term_key("bob", "r", "builder")),
+                credential: UserCredential::Key {
+                    md5: long_term_key("bob", "r", "builder"),
+                    sha256: None,
+                },
             },
         ];
         auth

@@ -197,7 +197,7 @@ impl Harness {
                     UserCredential::Password(password) => {
                         stun::long_term_key(&user.name, &config.realm, password)
                     }
-                    UserCredential::Key(key) => *key,
+                    UserCredential::Key { md5, .. } => *md5,
                 };
                 (user.name.clone(), key)
             })
