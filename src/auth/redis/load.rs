@@ -163,29 +163,28 @@ pub async fn load(
 }
 
 fn user_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, Key)> {
-    let name = String::from_utf8(name).ok()?;
-    let key = std::str::from_utf8(key)
-        .ok()
-        .and_then(|k| parse_key_hex(k.trim()));
-    match key {
-        // coturn's layout holds the MD5 key; no SHA-256 key can be derived from it.
-        Some(key) => Some((name, Key::Md5(key))),
-        None => {
-            tracing::warn!("ignoring a user in Redis whose key is not 32 hex digits");
-            None
-        }
-    }
+    // coturn's layout holds the MD5 key; no SHA-256 key can be derived from it.
+    let (name, key) = hex_entry(name, key, parse_key_hex, "32")?;
+    Some((name, Key::Md5(key)))
 }
 
 fn sha256_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, [u8; 32])> {
+    hex_entry(name, key, parse_sha256_key_hex, "64")
+}
+
+/// A user's name and a hex key `parse` reads (`digits` long, for the warning when it cannot).
+fn hex_entry<K>(
+    name: Vec<u8>,
+    key: &[u8],
+    parse: fn(&str) -> Option<K>,
+    digits: &str,
+) -> Option<(String, K)> {
     let name = String::from_utf8(name).ok()?;
-    let key = std::str::from_utf8(key)
-        .ok()
-        .and_then(|k| parse_sha256_key_hex(k.trim()));
+    let key = std::str::from_utf8(key).ok().and_then(|k| parse(k.trim()));
     match key {
         Some(key) => Some((name, key)),
         None => {
-            tracing::warn!("ignoring a user's SHA-256 key in Redis that is not 64 hex digits");
+            tracing::warn!("ignoring a user key in Redis that is not {digits} hex digits");
             None
         }
     }
