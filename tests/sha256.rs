@@ -573,6 +573,58 @@ fn every_error_has_the_rfc_code() {
             ),
             401,
         ),
+        (
+            "USERHASH repeated: the first one (unknown) counts",
+            ours(
+                raw.tid(),
+                &[
+                    (attr::USERHASH, &carol_hash),
+                    (attr::USERHASH, &alice_hash),
+                    realm,
+                    nonce_attr,
+                    sha,
+                    offered,
+                    UDP,
+                ],
+                &alice_sha,
+                32,
+            ),
+            401,
+        ),
+        (
+            "PASSWORD-ALGORITHMS of 100 entries",
+            ours(
+                raw.tid(),
+                &[
+                    user,
+                    realm,
+                    nonce_attr,
+                    sha,
+                    (attr::PASSWORD_ALGORITHMS, &OFFERED.repeat(50)),
+                    UDP,
+                ],
+                &alice_sha,
+                32,
+            ),
+            400,
+        ),
+        (
+            "another realm",
+            ours(
+                raw.tid(),
+                &[
+                    user,
+                    (attr::REALM, b"elsewhere"),
+                    nonce_attr,
+                    sha,
+                    offered,
+                    UDP,
+                ],
+                &long_term_key_sha256("alice", "elsewhere", "wonderland"),
+                32,
+            ),
+            401,
+        ),
     ];
     for (what, request, expected) in &cases {
         let answer = raw
@@ -795,4 +847,54 @@ fn redis_users_with_a_sha256_key() {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The new 400s (a bid-down here) are answers to unauthenticated requests: over UDP they are
+/// charged to the source's reflection budget like a 401, and beyond it dropped and counted.
+#[test]
+fn bad_algorithm_answers_are_charged_to_the_reflection_budget() {
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        extra: "[limits]\nunauthenticated-rate = 1\nunauthenticated-burst = 3\n".into(),
+        ..TestConfig::default()
+    });
+    let mut raw = Raw::new(server.addr("udp"));
+    let nonce = raw.nonce();
+    raw.socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let before = server.stats();
+    let started = std::time::Instant::now();
+    let mut answered = 0;
+    for _ in 0..10 {
+        let request = ours(
+            raw.tid(),
+            &[
+                (attr::USERNAME, b"alice"),
+                (attr::REALM, REALM.as_bytes()),
+                (attr::NONCE, nonce.as_bytes()),
+                (attr::PASSWORD_ALGORITHM, &MD5),
+                (attr::PASSWORD_ALGORITHMS, &MD5),
+                UDP,
+            ],
+            &long_term_key("alice", REALM, "wonderland"),
+            32,
+        );
+        raw.socket.send_to(&request, raw.server).unwrap();
+        let mut buf = [0u8; 1500];
+        if let Ok((n, _)) = raw.socket.recv_from(&mut buf) {
+            assert_eq!(code(&buf[..n]), 400);
+            answered += 1;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let dropped = server.stats().since(&before, "rate_limited");
+    eprintln!("10 bid-down requests in {seconds:.2} s: {answered} answered, {dropped} dropped");
+    // The burst (3, one spent on the 401) and at most one a second after it.
+    assert!(answered >= 1, "the budget answers some");
+    assert!(
+        answered as f64 <= 2.0 + seconds.ceil(),
+        "{answered} answers in {seconds:.2} s"
+    );
+    assert_eq!(dropped, 10 - answered);
 }
