@@ -381,6 +381,21 @@ fn ours(tid: [u8; 12], attributes: &[(u16, &[u8])], key: &[u8], mac_len: usize) 
     bytes
 }
 
+/// An Allocate signed with full MESSAGE-INTEGRITY-SHA256 under `key`, naming its user by `who`
+/// (USERNAME and/or USERHASH), with REALM, `nonce`, PASSWORD-ALGORITHM SHA-256 and the offered
+/// PASSWORD-ALGORITHMS.
+fn sha256_request(tid: [u8; 12], who: &[(u16, &[u8])], nonce: &str, key: &[u8]) -> Vec<u8> {
+    let mut attributes = who.to_vec();
+    attributes.extend([
+        (attr::REALM, REALM.as_bytes()),
+        (attr::NONCE, nonce.as_bytes()),
+        (attr::PASSWORD_ALGORITHM, &SHA256[..]),
+        (attr::PASSWORD_ALGORITHMS, &OFFERED[..]),
+        UDP,
+    ]);
+    ours(tid, &attributes, key, 32)
+}
+
 #[test]
 fn every_error_has_the_rfc_code() {
     let server = server();
@@ -466,21 +481,16 @@ fn every_error_has_the_rfc_code() {
         ),
         (
             "MESSAGE-INTEGRITY-SHA256 under a wrong key",
-            ours(
-                raw.tid(),
-                &[user, realm, nonce_attr, sha, offered, UDP],
-                &[7; 32],
-                32,
-            ),
+            sha256_request(raw.tid(), &[user], &nonce, &[7; 32]),
             401,
         ),
         (
             "the MD5 key under SHA-256",
-            ours(
+            sha256_request(
                 raw.tid(),
-                &[user, realm, nonce_attr, sha, offered, UDP],
+                &[user],
+                &nonce,
                 &long_term_key("alice", REALM, "wonderland"),
-                32,
             ),
             401,
         ),
@@ -496,36 +506,21 @@ fn every_error_has_the_rfc_code() {
         ),
         (
             "USERHASH of an unknown user",
-            ours(
+            sha256_request(
                 raw.tid(),
-                &[
-                    (attr::USERHASH, &carol_hash),
-                    realm,
-                    nonce_attr,
-                    sha,
-                    offered,
-                    UDP,
-                ],
+                &[(attr::USERHASH, &carol_hash)],
+                &nonce,
                 &long_term_key_sha256("carol", REALM, "pw"),
-                32,
             ),
             401,
         ),
         (
             "USERNAME and USERHASH",
-            ours(
+            sha256_request(
                 raw.tid(),
-                &[
-                    user,
-                    (attr::USERHASH, &alice_hash),
-                    realm,
-                    nonce_attr,
-                    sha,
-                    offered,
-                    UDP,
-                ],
+                &[user, (attr::USERHASH, &alice_hash)],
+                &nonce,
                 &alice_sha,
-                32,
             ),
             400,
         ),
@@ -548,46 +543,26 @@ fn every_error_has_the_rfc_code() {
         ),
         (
             "a user with an MD5 key only, asking for SHA-256",
-            ours(
-                raw.tid(),
-                &[keyed, realm, nonce_attr, sha, offered, UDP],
-                &keyed_sha,
-                32,
-            ),
+            sha256_request(raw.tid(), &[keyed], &nonce, &keyed_sha),
             401,
         ),
         (
             "a REST username by USERHASH",
-            ours(
+            sha256_request(
                 raw.tid(),
-                &[
-                    (attr::USERHASH, &rest_hash),
-                    realm,
-                    nonce_attr,
-                    sha,
-                    offered,
-                    UDP,
-                ],
+                &[(attr::USERHASH, &rest_hash)],
+                &nonce,
                 &long_term_key_sha256(&rest_name, REALM, &rest_password(&rest_name)),
-                32,
             ),
             401,
         ),
         (
             "USERHASH repeated: the first one (unknown) counts",
-            ours(
+            sha256_request(
                 raw.tid(),
-                &[
-                    (attr::USERHASH, &carol_hash),
-                    (attr::USERHASH, &alice_hash),
-                    realm,
-                    nonce_attr,
-                    sha,
-                    offered,
-                    UDP,
-                ],
+                &[(attr::USERHASH, &carol_hash), (attr::USERHASH, &alice_hash)],
+                &nonce,
                 &alice_sha,
-                32,
             ),
             401,
         ),
@@ -640,18 +615,11 @@ fn every_error_has_the_rfc_code() {
     assert_eq!(server.stats().since(&before, "allocations_created"), 0);
 
     // The same REST username by USERNAME with SHA-256 allocates: its password is derivable.
-    let rest = ours(
+    let rest = sha256_request(
         raw.tid(),
-        &[
-            (attr::USERNAME, rest_name.as_bytes()),
-            realm,
-            nonce_attr,
-            sha,
-            offered,
-            UDP,
-        ],
+        &[(attr::USERNAME, rest_name.as_bytes())],
+        &nonce,
         &long_term_key_sha256(&rest_name, REALM, &rest_password(&rest_name)),
-        32,
     );
     assert_eq!(
         code(&raw.ask(&rest).unwrap()),
