@@ -694,6 +694,17 @@ fn stale_nonce_gets_438_then_the_retry_succeeds() {
     let response = h.send(client.tuple, &request).unwrap();
     assert_eq!(response.code, Some(438));
     assert_ne!(response.attr(attr::NONCE), old_nonce);
+    // The expired nonce's 438 keeps the nonce cookie and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4).
+    assert!(
+        response
+            .attr(attr::NONCE)
+            .unwrap()
+            .starts_with(b"obMatJos2AAAD")
+    );
+    assert_eq!(
+        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
+        [0, 2, 0, 0, 0, 1, 0, 0]
+    );
     client.learn(&response);
     assert_eq!(
         client.call(&mut h, Method::REFRESH, |_| {}).class,
