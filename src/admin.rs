@@ -9,7 +9,7 @@ use turnpike::auth::redis::{Admin, Layout, UserOverride};
 use turnpike::auth::{escape_name, is_control_or_format, key_hex, parse_rest_username};
 use turnpike::clock::unix_now;
 use turnpike::config::{Bandwidth, Config, Redis, RedisSchema, redact_url};
-use turnpike::stun::long_term_key;
+use turnpike::stun::{long_term_key, long_term_key_sha256};
 
 /// Where the store is: the server's configuration, or a URL.
 #[derive(Args)]
@@ -37,7 +37,8 @@ pub enum SecretCommand {
 
 #[derive(Subcommand)]
 pub enum UserCommand {
-    /// Add a user (or change its password). Only the long-term key is stored.
+    /// Add a user (or change its password). Only the long-term keys are stored (MD5 and,
+    /// next to it, SHA-256).
     Add {
         name: String,
         #[arg(long)]
@@ -187,15 +188,17 @@ pub fn user(args: &StoreArgs, command: UserCommand) -> anyhow::Result<()> {
                     bail!("the password is empty");
                 }
                 let key = long_term_key(&name, &store.realm, &password);
+                let sha256 = long_term_key_sha256(&name, &store.realm, &password);
                 store
                     .admin
-                    .add_user(&name, &key)
+                    .add_user(&name, &key, &sha256)
                     .await
                     .with_context(|| failed("cannot add the user"))?;
                 println!(
-                    "added user {name:?} in realm {:?} (key {})",
+                    "added user {name:?} in realm {:?} (key {}, SHA-256 key {})",
                     store.realm,
-                    key_hex(&key)
+                    key_hex(&key),
+                    key_hex(&sha256)
                 );
             }
             UserCommand::Remove { name } => {

@@ -38,9 +38,10 @@ enum Difference {
     /// The first MESSAGE-INTEGRITY is not 20 bytes. RFC 8489 §14.5: its value is the 20-byte
     /// HMAC-SHA1; turnpike refuses the message, stun-types only fails to validate it later.
     IntegrityLength,
-    /// MESSAGE-INTEGRITY-SHA256 present. RFC 8489 §14.6: turnpike does not implement it (it is a
-    /// comprehension-required type it answers with 420), so it is an ordinary attribute to
-    /// turnpike and an ending one to stun-types.
+    /// MESSAGE-INTEGRITY-SHA256 present. RFC 8489 §9, §14.6: when it comes first, turnpike
+    /// ignores what follows it but FINGERPRINT (a later MESSAGE-INTEGRITY too) and requires 16
+    /// to 32 bytes in multiples of 4; stun-types reads on to a later MESSAGE-INTEGRITY and
+    /// checks the length only when validating.
     IntegritySha256,
     /// After MESSAGE-INTEGRITY, an attribute other than FINGERPRINT, then more. RFC 8489 §14.5:
     /// agents ignore what follows MESSAGE-INTEGRITY except MESSAGE-INTEGRITY-SHA256 and
@@ -510,8 +511,8 @@ fn hand_made_messages_differ_only_where_an_rfc_says() {
     assert_eq!(ours(&short_mi, &key), Err(StunError::BadAttributeLength));
     assert_eq!(theirs(&short_mi, &key).unwrap().integrity, Some(false));
 
-    // MESSAGE-INTEGRITY-SHA256 before MESSAGE-INTEGRITY: RFC 8489 §14.6, which turnpike does
-    // not implement: it lists the SHA-256 attribute as any other, and verifies the SHA-1 one.
+    // MESSAGE-INTEGRITY-SHA256 before MESSAGE-INTEGRITY: RFC 8489 §9: turnpike ignores what
+    // follows it (SOFTWARE, MESSAGE-INTEGRITY) but FINGERPRINT.
     let sha256 = hand_made(
         &[
             (attr::MESSAGE_INTEGRITY_SHA256, &[7; 32]),
@@ -522,8 +523,13 @@ fn hand_made_messages_differ_only_where_an_rfc_says() {
     );
     assert_eq!(differences(&sha256), [Difference::IntegritySha256]);
     let mine = ours(&sha256, &key).unwrap();
-    assert_eq!(mine.attributes.len(), 4);
-    assert_eq!(mine.integrity, Some(true));
+    let types: Vec<u16> = mine.attributes.iter().map(|a| a.0).collect();
+    assert_eq!(types, [attr::MESSAGE_INTEGRITY_SHA256, attr::FINGERPRINT]);
+    assert_eq!(mine.integrity, None);
+    assert_eq!(
+        Message::parse(&sha256).unwrap().integrity_sha256_len(),
+        Some(32)
+    );
 
     // Something after MESSAGE-INTEGRITY, then FINGERPRINT: RFC 8489 §14.5. turnpike ignores
     // the attribute but still checks and lists FINGERPRINT.

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use base64::Engine;
 
 use crate::config::{Auth, UserCredential};
-use crate::stun::{hmac_sha1, long_term_key};
+use crate::stun::{hmac_sha1, long_term_key, long_term_key_sha256, userhash};
 pub use crate::turn::credentials::{
-    CredentialKind, CredentialStore, Key, Lookup, Principal, UserLimits, parse_rest_username,
-    user_id,
+    CredentialKind, CredentialStore, Key, Lookup, PasswordAlgorithm, Principal, UserLimits,
+    parse_rest_username, user_id,
 };
 
 /// Leeway, in seconds, beyond `[auth] max-rest-ttl` for an app backend whose clock runs ahead
@@ -25,13 +25,26 @@ pub use crate::turn::credentials::{
 pub const REST_CLOCK_SKEW: u64 = 300;
 
 /// The hex form of a key, as coturn's `turnadmin -k` prints it.
-pub fn key_hex(key: &Key) -> String {
+pub fn key_hex(key: &[u8]) -> String {
     key.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// A key from 32 hex digits.
-pub fn parse_key_hex(text: &str) -> Option<Key> {
+/// An MD5 key from 32 hex digits.
+pub fn parse_key_hex(text: &str) -> Option<[u8; 16]> {
     crate::config::parse_key(text).ok()
+}
+
+/// A SHA-256 key from 64 hex digits.
+pub fn parse_sha256_key_hex(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut key = [0u8; 32];
+    for (byte, pair) in key.iter_mut().zip(text.as_bytes().chunks_exact(2)) {
+        let pair = std::str::from_utf8(pair).ok()?;
+        *byte = u8::from_str_radix(pair, 16).ok()?;
+    }
+    Some(key)
 }
 
 /// Whether a REST username expiring at `expiry` may authenticate at `now_unix`: not expired,
@@ -137,6 +150,7 @@ impl CredentialStore for Credentials {
         &self,
         username: &str,
         realm: &str,
+        algorithm: PasswordAlgorithm,
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
@@ -161,10 +175,10 @@ impl CredentialStore for Credentials {
             if disabled(username) {
                 return Lookup::Unknown;
             }
-            return statics.keys(username, realm, now_unix, candidate);
+            return statics.keys(username, realm, algorithm, now_unix, candidate);
         }
         let mut accepted = false;
-        let local = statics.keys(username, realm, now_unix, &mut |key, kind| {
+        let local = statics.keys(username, realm, algorithm, now_unix, &mut |key, kind| {
             accepted = candidate(key, kind);
             accepted
         });
@@ -181,7 +195,15 @@ impl CredentialStore for Credentials {
             if disabled(username) {
                 return Lookup::Unknown;
             }
-            candidate(key, CredentialKind::LongTerm);
+            let key = match algorithm {
+                PasswordAlgorithm::Md5 => Some(*key).filter(|k| k.algorithm() == algorithm),
+                PasswordAlgorithm::Sha256 => {
+                    snapshot.sha256_keys.get(username).map(|k| Key::Sha256(*k))
+                }
+            };
+            if let Some(key) = key {
+                candidate(&key, CredentialKind::LongTerm);
+            }
             return Lookup::Known;
         }
         let Some((expiry, _)) = parse_rest_username(username) else {
@@ -193,8 +215,45 @@ impl CredentialStore for Credentials {
         if let Err(refused) = check_rest_expiry(expiry, now_unix, statics.max_rest_ttl) {
             return refused;
         }
-        offer_rest_keys(&snapshot.secrets, username, realm, candidate);
+        offer_rest_keys(&snapshot.secrets, username, realm, algorithm, candidate);
         Lookup::Known
+    }
+
+    /// The configuration's users first, then the store's: the username found goes through
+    /// [`keys`](CredentialStore::keys), so revocation, `disabled` and a stale store apply as
+    /// they do to USERNAME.
+    fn keys_by_userhash(
+        &self,
+        hash: &[u8; 32],
+        realm: &str,
+        algorithm: PasswordAlgorithm,
+        now_unix: u64,
+        candidate: &mut dyn FnMut(&str, &Key, CredentialKind) -> bool,
+    ) -> Lookup {
+        let statics = self.statics.load();
+        if realm != statics.realm {
+            return Lookup::Unknown;
+        }
+        let snapshot = self.redis.as_ref().map(|store| store.snapshot());
+        let name = statics.userhashes.get(hash).or_else(|| {
+            snapshot
+                .as_ref()
+                .and_then(|snapshot| snapshot.userhashes.get(hash))
+        });
+        match name {
+            Some(name) => self.keys(name, realm, algorithm, now_unix, &mut |key, kind| {
+                candidate(name, key, kind)
+            }),
+            // Not found, but the store may have the user and cannot be trusted now.
+            None if self
+                .redis
+                .as_ref()
+                .is_some_and(|store| !store.usable(now_unix)) =>
+            {
+                Lookup::Unavailable
+            }
+            None => Lookup::Unknown,
+        }
     }
 
     fn withdrawn(&self, username: &str, kind: CredentialKind, now_unix: u64) -> bool {
@@ -238,34 +297,53 @@ impl CredentialStore for Credentials {
     }
 }
 
+/// The keys of a user of the configuration file.
+struct StaticUser {
+    md5: [u8; 16],
+    /// `None` for a user configured by its MD5 key alone (no `sha256-key`): no SHA-256 key can
+    /// be derived from the MD5 one.
+    sha256: Option<[u8; 32]>,
+}
+
 /// Users, REST API secrets and `max-rest-ttl` from the configuration file.
 pub struct StaticCredentials {
     realm: String,
-    users: HashMap<String, Key>,
+    users: HashMap<String, StaticUser>,
+    /// USERHASH (SHA-256 of `name:realm`) → name, for every user.
+    userhashes: HashMap<[u8; 32], String>,
     secrets: Vec<Vec<u8>>,
     /// `[auth] max-rest-ttl` in seconds; it bounds Redis secrets' credentials too.
     max_rest_ttl: u64,
 }
 
 impl StaticCredentials {
-    /// Precomputes every static user's key for `realm`.
+    /// Precomputes every static user's keys and USERHASH for `realm`.
     pub fn new(auth: &Auth, realm: &str) -> Self {
-        let users = auth
+        let users: HashMap<String, StaticUser> = auth
             .users
             .iter()
             .map(|user| {
-                let key = match &user.credential {
-                    UserCredential::Password(password) => {
-                        long_term_key(&user.name, realm, password)
-                    }
-                    UserCredential::Key(key) => *key,
+                let keys = match &user.credential {
+                    UserCredential::Password(password) => StaticUser {
+                        md5: long_term_key(&user.name, realm, password),
+                        sha256: Some(long_term_key_sha256(&user.name, realm, password)),
+                    },
+                    UserCredential::Key { md5, sha256 } => StaticUser {
+                        md5: *md5,
+                        sha256: *sha256,
+                    },
                 };
-                (user.name.clone(), key)
+                (user.name.clone(), keys)
             })
+            .collect();
+        let userhashes = users
+            .keys()
+            .map(|name| (userhash(name, realm), name.clone()))
             .collect();
         StaticCredentials {
             realm: realm.to_owned(),
             users,
+            userhashes,
             secrets: auth.secrets.iter().map(|s| s.as_bytes().to_vec()).collect(),
             max_rest_ttl: auth.max_rest_ttl.as_secs(),
         }
@@ -277,14 +355,21 @@ impl CredentialStore for StaticCredentials {
         &self,
         username: &str,
         realm: &str,
+        algorithm: PasswordAlgorithm,
         now_unix: u64,
         candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
     ) -> Lookup {
         if realm != self.realm {
             return Lookup::Unknown;
         }
-        if let Some(key) = self.users.get(username) {
-            candidate(key, CredentialKind::LongTerm);
+        if let Some(user) = self.users.get(username) {
+            let key = match algorithm {
+                PasswordAlgorithm::Md5 => Some(Key::Md5(user.md5)),
+                PasswordAlgorithm::Sha256 => user.sha256.map(Key::Sha256),
+            };
+            if let Some(key) = key {
+                candidate(&key, CredentialKind::LongTerm);
+            }
             return Lookup::Known;
         }
         if self.secrets.is_empty() {
@@ -296,24 +381,47 @@ impl CredentialStore for StaticCredentials {
         if let Err(refused) = check_rest_expiry(expiry, now_unix, self.max_rest_ttl) {
             return refused;
         }
-        offer_rest_keys(&self.secrets, username, realm, candidate);
+        offer_rest_keys(&self.secrets, username, realm, algorithm, candidate);
         Lookup::Known
+    }
+
+    fn keys_by_userhash(
+        &self,
+        hash: &[u8; 32],
+        realm: &str,
+        algorithm: PasswordAlgorithm,
+        now_unix: u64,
+        candidate: &mut dyn FnMut(&str, &Key, CredentialKind) -> bool,
+    ) -> Lookup {
+        match self.userhashes.get(hash) {
+            Some(name) if realm == self.realm => {
+                self.keys(name, realm, algorithm, now_unix, &mut |key, kind| {
+                    candidate(name, key, kind)
+                })
+            }
+            _ => Lookup::Unknown,
+        }
     }
 }
 
-/// Offers the key of a REST API username under each secret, in order, until one is taken.
+/// Offers the key of `algorithm` of a REST API username under each secret, in order, until one
+/// is taken. The password a secret derives is known here, so both algorithms can be offered.
 fn offer_rest_keys(
     secrets: &[Vec<u8>],
     username: &str,
     realm: &str,
+    algorithm: PasswordAlgorithm,
     candidate: &mut dyn FnMut(&Key, CredentialKind) -> bool,
 ) {
     for secret in secrets {
         let password = rest_password(secret, username);
-        if candidate(
-            &long_term_key(username, realm, &password),
-            CredentialKind::Rest,
-        ) {
+        let key = match algorithm {
+            PasswordAlgorithm::Md5 => Key::Md5(long_term_key(username, realm, &password)),
+            PasswordAlgorithm::Sha256 => {
+                Key::Sha256(long_term_key_sha256(username, realm, &password))
+            }
+        };
+        if candidate(&key, CredentialKind::Rest) {
             break;
         }
     }
@@ -323,6 +431,11 @@ fn offer_rest_keys(
 mod tests {
     use super::*;
     use crate::config::User;
+
+    /// An MD5 key, as the store offers it.
+    fn md5_key(username: &str, realm: &str, password: &str) -> Key {
+        Key::Md5(long_term_key(username, realm, password))
+    }
 
     fn auth(secrets: &[&str]) -> Auth {
         let mut auth = crate::config::Config::default().auth;
@@ -334,7 +447,10 @@ mod tests {
             },
             User {
                 name: "bob".into(),
-                credential: UserCredential::Key(long_term_key("bob", "r", "builder")),
+                credential: UserCredential::Key {
+                    md5: long_term_key("bob", "r", "builder"),
+                    sha256: None,
+                },
             },
         ];
         auth
@@ -342,7 +458,7 @@ mod tests {
 
     fn collect(store: &StaticCredentials, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k, _| {
+        let lookup = store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |k, _| {
             keys.push(*k);
             false
         });
@@ -352,10 +468,16 @@ mod tests {
     /// The kinds of the keys offered for `username`.
     fn kinds(store: &impl CredentialStore, username: &str, now: u64) -> Vec<CredentialKind> {
         let mut kinds = Vec::new();
-        store.keys(username, "r", now, &mut |_, kind| {
-            kinds.push(kind);
-            false
-        });
+        store.keys(
+            username,
+            "r",
+            PasswordAlgorithm::Md5,
+            now,
+            &mut |_, kind| {
+                kinds.push(kind);
+                false
+            },
+        );
         kinds
     }
 
@@ -364,21 +486,24 @@ mod tests {
         let store = StaticCredentials::new(&auth(&[]), "r");
         assert_eq!(
             collect(&store, "alice", 0),
-            (
-                Lookup::Known,
-                vec![long_term_key("alice", "r", "wonderland")]
-            )
+            (Lookup::Known, vec![md5_key("alice", "r", "wonderland")])
         );
         assert_eq!(
             collect(&store, "bob", 0),
-            (Lookup::Known, vec![long_term_key("bob", "r", "builder")])
+            (Lookup::Known, vec![md5_key("bob", "r", "builder")])
         );
         assert_eq!(collect(&store, "carol", 0), (Lookup::Unknown, vec![]));
         let mut called = false;
-        let other_realm = store.keys("alice", "elsewhere", 0, &mut |_, _| {
-            called = true;
-            true
-        });
+        let other_realm = store.keys(
+            "alice",
+            "elsewhere",
+            PasswordAlgorithm::Md5,
+            0,
+            &mut |_, _| {
+                called = true;
+                true
+            },
+        );
         assert_eq!(other_realm, Lookup::Unknown);
         assert!(!called);
     }
@@ -392,8 +517,8 @@ mod tests {
         assert_eq!(
             keys,
             vec![
-                long_term_key(username, "r", &rest_password(b"new", username)),
-                long_term_key(username, "r", &rest_password(b"old", username)),
+                md5_key(username, "r", &rest_password(b"new", username)),
+                md5_key(username, "r", &rest_password(b"old", username)),
             ]
         );
         assert_eq!(collect(&store, username, 1_700_000_101).0, Lookup::Expired);
@@ -434,24 +559,125 @@ mod tests {
 
     fn offered(store: &impl CredentialStore, username: &str, now: u64) -> (Lookup, Vec<Key>) {
         let mut keys = Vec::new();
-        let lookup = store.keys(username, "r", now, &mut |k, _| {
+        let lookup = store.keys(username, "r", PasswordAlgorithm::Md5, now, &mut |k, _| {
             keys.push(*k);
             false
         });
         (lookup, keys)
     }
 
+    /// The SHA-256 keys offered for `username` (by name, or by its USERHASH when `by_hash`),
+    /// with the name the store found.
+    fn sha256_keys(
+        store: &impl CredentialStore,
+        username: &str,
+        by_hash: bool,
+        now: u64,
+    ) -> (Lookup, Vec<(String, Key)>) {
+        let mut keys = Vec::new();
+        let lookup = if by_hash {
+            store.keys_by_userhash(
+                &userhash(username, "r"),
+                "r",
+                PasswordAlgorithm::Sha256,
+                now,
+                &mut |name, k, _| {
+                    keys.push((name.to_owned(), *k));
+                    false
+                },
+            )
+        } else {
+            store.keys(
+                username,
+                "r",
+                PasswordAlgorithm::Sha256,
+                now,
+                &mut |k, _| {
+                    keys.push((username.to_owned(), *k));
+                    false
+                },
+            )
+        };
+        (lookup, keys)
+    }
+
+    #[test]
+    fn sha256_keys_exist_where_a_password_is_known() {
+        let now = 1_700_000_000;
+        let (credentials, store) = layered(now, |s| {
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
+            s.sha256_keys
+                .insert("carol".into(), long_term_key_sha256("carol", "r", "pw"));
+            s.users.insert("dan".into(), md5_key("dan", "r", "pw"));
+            // A SHA-256 key without its user authenticates nobody.
+            s.sha256_keys
+                .insert("ghost".into(), long_term_key_sha256("ghost", "r", "pw"));
+            s.index_userhashes("r");
+        });
+        let sha =
+            |name: &str, password: &str| Key::Sha256(long_term_key_sha256(name, "r", password));
+        for by_hash in [false, true] {
+            // Config user with a password: both keys; by its key: MD5 only.
+            assert_eq!(
+                sha256_keys(&credentials, "alice", by_hash, now),
+                (
+                    Lookup::Known,
+                    vec![("alice".into(), sha("alice", "wonderland"))]
+                )
+            );
+            assert_eq!(
+                sha256_keys(&credentials, "bob", by_hash, now),
+                (Lookup::Known, vec![])
+            );
+            // Redis users: with a stored SHA-256 key, and without.
+            assert_eq!(
+                sha256_keys(&credentials, "carol", by_hash, now),
+                (Lookup::Known, vec![("carol".into(), sha("carol", "pw"))])
+            );
+            assert_eq!(
+                sha256_keys(&credentials, "dan", by_hash, now),
+                (Lookup::Known, vec![])
+            );
+            assert_eq!(sha256_keys(&credentials, "ghost", by_hash, now).1, vec![]);
+        }
+        // A REST username: by name both algorithms, by hash unknown.
+        let rest = "1700000100:erin";
+        let password = rest_password(b"config", rest);
+        assert_eq!(
+            sha256_keys(&credentials, rest, false, now),
+            (Lookup::Known, vec![(rest.into(), sha(rest, &password))])
+        );
+        assert_eq!(
+            sha256_keys(&credentials, rest, true, now),
+            (Lookup::Unknown, vec![])
+        );
+        // A store that cannot be trusted: a hash it might know is refused, not unknown.
+        store.set_connected(false);
+        assert_eq!(
+            sha256_keys(&credentials, "zed", true, now + 3600).0,
+            Lookup::Unavailable
+        );
+        assert_eq!(parse_sha256_key_hex(&"ab".repeat(32)), Some([0xab; 32]));
+        for bad in [
+            "ab".repeat(31),
+            "ab".repeat(33),
+            "zz".repeat(32),
+            "é".repeat(32),
+        ] {
+            assert_eq!(parse_sha256_key_hex(&bad), None, "{bad}");
+        }
+    }
+
     #[test]
     fn redis_users_and_secrets_come_after_the_config() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.secrets = vec![b"redis-new".to_vec(), b"redis-old".to_vec()];
         });
         assert_eq!(
             offered(&credentials, "carol", now),
-            (Lookup::Known, vec![long_term_key("carol", "r", "pw")])
+            (Lookup::Known, vec![md5_key("carol", "r", "pw")])
         );
         // A config user is answered from the config alone.
         assert_eq!(offered(&credentials, "alice", now).1.len(), 1);
@@ -459,7 +685,7 @@ mod tests {
         let username = "1700000100:dave";
         let (lookup, keys) = offered(&credentials, username, now);
         assert_eq!(lookup, Lookup::Known);
-        let key = |secret: &[u8]| long_term_key(username, "r", &rest_password(secret, username));
+        let key = |secret: &[u8]| md5_key(username, "r", &rest_password(secret, username));
         assert_eq!(
             keys,
             vec![key(b"config"), key(b"redis-new"), key(b"redis-old")]
@@ -475,8 +701,7 @@ mod tests {
     fn revoked_and_disabled_users_do_not_authenticate() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.revoked.insert("1700000100:dave".into(), 1_700_000_100);
             s.overrides.insert(
                 "carol".into(),
@@ -507,8 +732,7 @@ mod tests {
     fn a_stale_store_refuses_instead_of_allowing() {
         let now = 1_700_000_000;
         let (credentials, store) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
         });
         store.set_connected(false);
         // Within stale-for (60 s) the snapshot still serves...
@@ -570,12 +794,11 @@ mod tests {
     fn keys_say_which_kind_of_credential_they_stand_for() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             // A stored user whose name has the form of a REST username.
             s.users.insert(
                 "1700000100:zed".into(),
-                long_term_key("1700000100:zed", "r", "pw"),
+                md5_key("1700000100:zed", "r", "pw"),
             );
             s.secrets = vec![b"redis".to_vec()];
         });
@@ -609,8 +832,7 @@ mod tests {
     fn overrides_name_long_term_users_not_rest_ids() {
         let now = 1_700_000_000;
         let (credentials, _) = layered(now, |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", "r", "pw"));
+            s.users.insert("carol".into(), md5_key("carol", "r", "pw"));
             s.defaults.allocations = Some(7);
             for name in ["carol", "alice", "dave"] {
                 s.overrides.insert(

@@ -129,6 +129,7 @@ pub(super) struct RawUser {
     pub(super) name: String,
     pub(super) password: Option<String>,
     pub(super) key: Option<String>,
+    pub(super) sha256_key: Option<String>,
 }
 
 #[derive(Default, Deserialize)]

@@ -320,15 +320,24 @@ impl fmt::Debug for User {
 pub enum UserCredential {
     /// The plain password; the key is MD5(name:realm:password).
     Password(String),
-    /// The key itself, MD5(name:realm:password), written as 32 hex digits.
-    Key([u8; 16]),
+    /// The keys themselves, so that the password need not be stored: MD5(name:realm:password)
+    /// written as 32 hex digits (`key`), and optionally SHA-256(name:realm:password) as 64
+    /// (`sha256-key`); without it the user can use the MD5 password algorithm only.
+    Key {
+        md5: [u8; 16],
+        sha256: Option<[u8; 32]>,
+    },
 }
 
 impl fmt::Debug for UserCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             UserCredential::Password(_) => f.debug_tuple("Password").field(&Redacted).finish(),
-            UserCredential::Key(_) => f.debug_tuple("Key").field(&Redacted).finish(),
+            UserCredential::Key { sha256, .. } => f
+                .debug_struct("Key")
+                .field("md5", &Redacted)
+                .field("sha256", &sha256.map(|_| Redacted))
+                .finish(),
         }
     }
 }

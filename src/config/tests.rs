@@ -437,6 +437,7 @@ fn full_file_parses() {
             [[auth.users]]
             name = "keyed:user"
             key = "0123456789ABCDEFfedcba9876543210"
+            sha256-key = "00112233445566778899aabbccddeeff00112233445566778899AABBCCDDEEFF"
 
             [peers]
             allow = ["127.0.0.1/32", "::1", "10.1.2.3/8"]
@@ -490,10 +491,17 @@ fn full_file_parses() {
             },
             User {
                 name: "keyed:user".into(),
-                credential: UserCredential::Key([
-                    0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98, 0x76,
-                    0x54, 0x32, 0x10
-                ]),
+                credential: UserCredential::Key {
+                    md5: [
+                        0x01, 0x23, 0x45, 0x67, 0x89, 0xab, 0xcd, 0xef, 0xfe, 0xdc, 0xba, 0x98,
+                        0x76, 0x54, 0x32, 0x10
+                    ],
+                    sha256: Some([
+                        0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb,
+                        0xcc, 0xdd, 0xee, 0xff, 0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77,
+                        0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff
+                    ]),
+                },
             },
         ]
     );
@@ -892,6 +900,43 @@ fn auth_values_are_checked() {
         &user("name = \"a\"\nkey = \"0000000000000000000000000000000g\""),
         "auth.users[0].key",
         "not a hex digit",
+    );
+    let key = "key = \"00000000000000000000000000000000\"";
+    for (sha256, problem) in [
+        (
+            "abc",
+            "64 hex digits (SHA-256 of name:realm:password), got 3 characters",
+        ),
+        (&"0".repeat(65)[..], "got 65 characters"),
+        (&format!("{}g", "0".repeat(63))[..], "got 64 characters"),
+        (&"é".repeat(32)[..], "got 32 characters"),
+    ] {
+        assert_refused(
+            &user(&format!("name = \"a\"\n{key}\nsha256-key = {sha256:?}")),
+            "auth.users[0].sha256-key",
+            problem,
+        );
+    }
+    assert_refused(
+        &user(&format!(
+            "name = \"a\"\npassword = \"p\"\nsha256-key = \"{}\"",
+            "0".repeat(64)
+        )),
+        "auth.users[0].sha256-key",
+        "goes with `key`",
+    );
+    assert_refused(
+        &user(&format!(
+            "name = \"a\"\nsha256-key = \"{}\"",
+            "0".repeat(64)
+        )),
+        "auth.users[0]",
+        "exactly one of `password` and `key`",
+    );
+    assert_refused(
+        &user(&format!("name = \"a\"\n{key}\nsha256-key = 7")),
+        "auth.users[0].sha256-key",
+        "invalid type",
     );
     assert_refused(
         &user(&format!("name = \"{}\"\npassword = \"p\"", "n".repeat(509))),

@@ -527,7 +527,27 @@ impl RawAuth {
                     format!("user {:?} is already defined by auth.users[{j}]", raw.name),
                 ));
             }
+            let sha256 = raw
+                .sha256_key
+                .map(|key| {
+                    crate::auth::parse_sha256_key_hex(&key).ok_or_else(|| {
+                        ConfigError::invalid(
+                            format!("{path}.sha256-key"),
+                            format!(
+                                "expected 64 hex digits (SHA-256 of name:realm:password), got {} characters",
+                                key.chars().count()
+                            ),
+                        )
+                    })
+                })
+                .transpose()?;
             let credential = match (raw.password, raw.key) {
+                (Some(_), _) if sha256.is_some() => {
+                    return Err(ConfigError::invalid(
+                        format!("{path}.sha256-key"),
+                        "goes with `key`: with `password` the SHA-256 key is derived from it",
+                    ));
+                }
                 (Some(password), None) => {
                     if password.is_empty() {
                         return Err(ConfigError::invalid(
@@ -537,10 +557,11 @@ impl RawAuth {
                     }
                     UserCredential::Password(password)
                 }
-                (None, Some(key)) => UserCredential::Key(
-                    parse_key(&key)
+                (None, Some(key)) => UserCredential::Key {
+                    md5: parse_key(&key)
                         .map_err(|problem| ConfigError::invalid(format!("{path}.key"), problem))?,
-                ),
+                    sha256,
+                },
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(ConfigError::invalid(
                         path,

@@ -56,6 +56,10 @@ pub const MAX_TEXT_LEN: usize = 763;
 pub const FAMILY_IPV4: u8 = 0x01;
 pub const FAMILY_IPV6: u8 = 0x02;
 
+/// PASSWORD-ALGORITHM numbers (RFC 8489 §18.5): MD5 and SHA-256, neither with parameters.
+pub const ALGORITHM_MD5: u16 = 0x0001;
+pub const ALGORITHM_SHA256: u16 = 0x0002;
+
 /// Whether an agent that does not understand attribute type `t` must reject the message.
 pub fn is_comprehension_required(t: u16) -> bool {
     t < 0x8000
@@ -102,6 +106,23 @@ pub fn decode_requested_transport(value: &[u8]) -> Result<u8, StunError> {
 pub fn decode_address_family(value: &[u8]) -> Result<u8, StunError> {
     let [family, _, _, _] = exact::<4>(value)?;
     Ok(family)
+}
+
+/// Decodes PASSWORD-ALGORITHM (RFC 8489 §14.12) into the algorithm number and its parameters;
+/// the parameters' length field must match the value's size (padding is already stripped).
+pub fn decode_password_algorithm(value: &[u8]) -> Result<(u16, &[u8]), StunError> {
+    let (&[a0, a1, l0, l1], parameters) = value
+        .split_first_chunk::<4>()
+        .ok_or(StunError::BadAttributeLength)?;
+    if usize::from(u16::from_be_bytes([l0, l1])) != parameters.len() {
+        return Err(StunError::BadAttributeLength);
+    }
+    Ok((u16::from_be_bytes([a0, a1]), parameters))
+}
+
+/// Decodes USERHASH (RFC 8489 §14.4): 32 bytes.
+pub fn decode_userhash(value: &[u8]) -> Result<[u8; 32], StunError> {
+    exact::<32>(value)
 }
 
 /// Decodes EVEN-PORT: whether the R bit (reserve the next port too) is set.
@@ -212,6 +233,8 @@ pub(crate) fn decode_every_way(value: &[u8], tid: &TransactionId) {
     let _ = decode_reservation_token(value);
     let _ = decode_text(value, MAX_TEXT_LEN);
     let _ = decode_error_code(value);
+    let _ = decode_password_algorithm(value);
+    let _ = decode_userhash(value);
 }
 
 #[cfg(test)]
@@ -316,6 +339,40 @@ mod tests {
         );
         assert_eq!(
             decode_error_code(&[0, 0, 4]),
+            Err(StunError::BadAttributeLength)
+        );
+    }
+
+    #[test]
+    fn password_algorithm_and_userhash() {
+        assert_eq!(
+            decode_password_algorithm(&[0, 2, 0, 0]),
+            Ok((ALGORITHM_SHA256, &[][..]))
+        );
+        assert_eq!(
+            decode_password_algorithm(&[0, 9, 0, 2, 7, 7]),
+            Ok((9, &[7, 7][..]))
+        );
+        for bad in [
+            &[][..],
+            &[0, 1],
+            &[0, 1, 0],
+            &[0, 1, 0, 1],
+            &[0, 1, 0, 0, 0],
+        ] {
+            assert_eq!(
+                decode_password_algorithm(bad),
+                Err(StunError::BadAttributeLength),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(decode_userhash(&[3; 32]), Ok([3; 32]));
+        assert_eq!(
+            decode_userhash(&[3; 31]),
+            Err(StunError::BadAttributeLength)
+        );
+        assert_eq!(
+            decode_userhash(&[3; 33]),
             Err(StunError::BadAttributeLength)
         );
     }

@@ -4,7 +4,7 @@
 use subtle::ConstantTimeEq;
 
 use super::attr::{self, is_comprehension_required};
-use super::integrity::{fingerprint, hmac_sha1};
+use super::integrity::{fingerprint, hmac_sha1, hmac_sha256};
 use super::{
     Class, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES, MAX_UNKNOWN_REPORTED, Method, StunError,
     TransactionId, padded_len, read_u16, read_u32, visits,
@@ -24,10 +24,14 @@ pub struct Message<'a> {
     tid: TransactionId,
     /// Offset of the first MESSAGE-INTEGRITY attribute header.
     integrity: Option<usize>,
+    /// Offset of the first MESSAGE-INTEGRITY-SHA256 attribute header (a MESSAGE-INTEGRITY
+    /// after it is ignored).
+    integrity_sha256: Option<usize>,
     /// Offset of the FINGERPRINT attribute header (always the last attribute).
     fingerprint: Option<usize>,
-    /// End of the attributes that count, FINGERPRINT aside: just after MESSAGE-INTEGRITY if
-    /// present, else just before FINGERPRINT, else the end of the message.
+    /// End of the attributes that count, FINGERPRINT aside: just after the first of
+    /// MESSAGE-INTEGRITY and MESSAGE-INTEGRITY-SHA256 if present, else just before FINGERPRINT,
+    /// else the end of the message.
     counted_end: usize,
 }
 
@@ -65,7 +69,8 @@ pub fn message_class(buf: &[u8]) -> Option<Class> {
 
 impl<'a> Message<'a> {
     /// Parses `buf`, which must hold exactly one STUN message, and validates every attribute's
-    /// framing, MESSAGE-INTEGRITY's length, FINGERPRINT's position and value. More than
+    /// framing, the lengths of MESSAGE-INTEGRITY (20) and MESSAGE-INTEGRITY-SHA256 (16 to 32, a
+    /// multiple of 4: RFC 8489 §14.6), FINGERPRINT's position and value. More than
     /// [`MAX_ATTRIBUTES`] attributes (those after MESSAGE-INTEGRITY included) is
     /// [`StunError::TooManyAttributes`]: the walk stops where the one too many starts, so
     /// parsing reads at most [`MAX_ATTRIBUTES`] attribute headers, then the CRC of FINGERPRINT.
@@ -82,6 +87,7 @@ impl<'a> Message<'a> {
         let (method, class) = split_type(u16::from_be_bytes([t0, t1]));
 
         let mut integrity = None;
+        let mut integrity_sha256 = None;
         let mut fingerprint_at = None;
         let mut counted_end = buf.len();
         let mut pos = HEADER_LEN;
@@ -107,16 +113,28 @@ impl<'a> Message<'a> {
                         return Err(StunError::BadAttributeLength);
                     }
                     fingerprint_at = Some(pos);
-                    if integrity.is_none() {
+                    if integrity.is_none() && integrity_sha256.is_none() {
                         counted_end = pos;
                     }
                 }
-                attr::MESSAGE_INTEGRITY if integrity.is_none() => {
+                // RFC 8489 §9: what follows MESSAGE-INTEGRITY is ignored but
+                // MESSAGE-INTEGRITY-SHA256 and FINGERPRINT; what follows MESSAGE-INTEGRITY-SHA256
+                // alone is ignored but FINGERPRINT (so a later MESSAGE-INTEGRITY too).
+                attr::MESSAGE_INTEGRITY if integrity.is_none() && integrity_sha256.is_none() => {
                     if value_len != 20 {
                         return Err(StunError::BadAttributeLength);
                     }
                     integrity = Some(pos);
                     counted_end = next;
+                }
+                attr::MESSAGE_INTEGRITY_SHA256 if integrity_sha256.is_none() => {
+                    if !(16..=32).contains(&value_len) || value_len % 4 != 0 {
+                        return Err(StunError::BadAttributeLength);
+                    }
+                    integrity_sha256 = Some(pos);
+                    if integrity.is_none() {
+                        counted_end = next;
+                    }
                 }
                 _ => {}
             }
@@ -136,6 +154,7 @@ impl<'a> Message<'a> {
             class,
             tid: TransactionId(tid),
             integrity,
+            integrity_sha256,
             fingerprint: fingerprint_at,
             counted_end,
         })
@@ -174,8 +193,16 @@ impl<'a> Message<'a> {
         self.attributes().find(|a| a.typ == typ).map(|a| a.value)
     }
 
+    /// Does the message carry MESSAGE-INTEGRITY?
     pub fn has_integrity(&self) -> bool {
         self.integrity.is_some()
+    }
+
+    /// The length of the MESSAGE-INTEGRITY-SHA256 value that counts (32, or 16 to 28 when
+    /// truncated), if the message carries one.
+    pub fn integrity_sha256_len(&self) -> Option<usize> {
+        let at = self.integrity_sha256?;
+        read_u16(self.buf, at + 2).map(usize::from)
     }
 
     pub fn has_fingerprint(&self) -> bool {
@@ -186,13 +213,41 @@ impl<'a> Message<'a> {
     /// or the [`long_term_key`](super::long_term_key). `BadIntegrity` if absent or wrong.
     pub fn check_integrity(&self, key: &[u8]) -> Result<(), StunError> {
         let at = self.integrity.ok_or(StunError::BadIntegrity)?;
+        let (header, body, expected) = self.covered(at, INTEGRITY_ATTR_LEN)?;
+        let mac = hmac_sha1(key, &[&header, body]);
+        if bool::from(mac.as_slice().ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(StunError::BadIntegrity)
+        }
+    }
+
+    /// Checks MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256, RFC 8489 §14.6) under `key`: a truncated
+    /// value is compared with as many leading bytes of the HMAC. `BadIntegrity` if absent or
+    /// wrong. Whether a truncated value is acceptable is the usage's call (TURN: see
+    /// [`Message::integrity_sha256_len`]).
+    pub fn check_integrity_sha256(&self, key: &[u8]) -> Result<(), StunError> {
+        let at = self.integrity_sha256.ok_or(StunError::BadIntegrity)?;
+        let len = self.integrity_sha256_len().ok_or(StunError::BadIntegrity)?;
+        let (header, body, expected) = self.covered(at, 4 + len)?;
+        let mac = hmac_sha256(key, &[&header, body]);
+        let mac = mac.get(..len).ok_or(StunError::BadIntegrity)?;
+        if bool::from(mac.ct_eq(expected)) {
+            Ok(())
+        } else {
+            Err(StunError::BadIntegrity)
+        }
+    }
+
+    /// The HMAC input for the integrity attribute at `at` (`attr_len` bytes, header included)
+    /// and the value it carries.
+    fn covered(&self, at: usize, attr_len: usize) -> Result<Covered<'a>, StunError> {
         let mut header = *self
             .buf
             .first_chunk::<HEADER_LEN>()
             .ok_or(StunError::BadIntegrity)?;
-        // The HMAC covers a header whose length field ends just after MESSAGE-INTEGRITY.
-        let covered_len = u16::try_from(at + INTEGRITY_ATTR_LEN - HEADER_LEN)
-            .map_err(|_| StunError::BadIntegrity)?;
+        let covered_len =
+            u16::try_from(at + attr_len - HEADER_LEN).map_err(|_| StunError::BadIntegrity)?;
         let [l0, l1] = covered_len.to_be_bytes();
         header[2] = l0;
         header[3] = l1;
@@ -202,14 +257,9 @@ impl<'a> Message<'a> {
             .ok_or(StunError::BadIntegrity)?;
         let expected = self
             .buf
-            .get(at + 4..at + INTEGRITY_ATTR_LEN)
+            .get(at + 4..at + attr_len)
             .ok_or(StunError::BadIntegrity)?;
-        let mac = hmac_sha1(key, &[&header, body]);
-        if bool::from(mac.as_slice().ct_eq(expected)) {
-            Ok(())
-        } else {
-            Err(StunError::BadIntegrity)
-        }
+        Ok((header, body, expected))
     }
 
     /// Comprehension-required attribute types (< 0x8000) for which `known` is false, each type
@@ -256,6 +306,10 @@ impl<'a> Iterator for Attributes<'a> {
         })
     }
 }
+
+/// What an integrity attribute covers: the header with its length field ending just after the
+/// attribute, the attributes before it; and the value the attribute carries.
+type Covered<'a> = ([u8; HEADER_LEN], &'a [u8], &'a [u8]);
 
 /// Type and value length of the attribute whose header starts at `pos`.
 fn attribute_header(buf: &[u8], pos: usize) -> Option<(u16, usize)> {
@@ -509,6 +563,110 @@ mod tests {
         buf.extend_from_slice(&MAGIC_COOKIE.to_be_bytes());
         buf.extend_from_slice(&[7; 12]);
         buf
+    }
+
+    /// RFC 8489 Appendix B.1 (erratum 6268): USERHASH, the nonce cookie, PASSWORD-ALGORITHM and
+    /// MESSAGE-INTEGRITY-SHA256 under the SHA-256 key of the OpaqueString-processed password.
+    #[test]
+    fn rfc8489_sha256_request() {
+        use crate::stun::{long_term_key_sha256, userhash};
+        let msg = Message::parse(REQUEST_SHA256).unwrap();
+        assert_eq!(msg.method(), Method::BINDING);
+        assert_eq!(
+            msg.get(USERHASH),
+            Some(&userhash(LONG_TERM_USERNAME, LONG_TERM_REALM)[..])
+        );
+        assert_eq!(msg.get(NONCE), Some(SHA256_NONCE));
+        assert_eq!(msg.get(REALM), Some(LONG_TERM_REALM.as_bytes()));
+        assert_eq!(
+            msg.get(PASSWORD_ALGORITHM).map(decode_password_algorithm),
+            Some(Ok((ALGORITHM_SHA256, &[][..])))
+        );
+        assert!(!msg.has_integrity());
+        assert_eq!(msg.integrity_sha256_len(), Some(32));
+        let key = long_term_key_sha256(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD);
+        assert_eq!(msg.check_integrity_sha256(&key), Ok(()));
+        // Not under the MD5 key, nor as HMAC-SHA1.
+        let md5 = long_term_key(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD);
+        assert_eq!(
+            msg.check_integrity_sha256(&md5),
+            Err(StunError::BadIntegrity)
+        );
+        assert_eq!(msg.check_integrity(&key), Err(StunError::BadIntegrity));
+        // Any bit changed in what it covers breaks it.
+        for at in [HEADER_LEN + 5, HEADER_LEN + 40, REQUEST_SHA256.len() - 40] {
+            let mut buf = REQUEST_SHA256.to_vec();
+            buf[at] ^= 1;
+            let msg = Message::parse(&buf).unwrap();
+            assert_eq!(
+                msg.check_integrity_sha256(&key),
+                Err(StunError::BadIntegrity)
+            );
+        }
+    }
+
+    #[test]
+    fn sha256_integrity_lengths_and_order() {
+        // Truncated to 16..=28 in steps of 4: parsed, and the prefix checked.
+        let key = [9u8; 32];
+        let mut full = vec![0u8; 128];
+        let mut w = crate::stun::MessageWriter::new(
+            &mut full,
+            Method::ALLOCATE,
+            Class::Request,
+            TransactionId([3; 12]),
+        )
+        .unwrap();
+        w.attribute(USERNAME, b"u").unwrap();
+        w.message_integrity_sha256(&key).unwrap();
+        let n = w.finish();
+        full.truncate(n);
+        let mac = full[n - 32..].to_vec();
+        for len in [16usize, 20, 24, 28] {
+            let mut buf = full[..n - 32].to_vec();
+            buf[n - 34..n - 32].copy_from_slice(&(len as u16).to_be_bytes());
+            buf.extend_from_slice(&mac[..len]);
+            let body = (buf.len() - HEADER_LEN) as u16;
+            buf[2..4].copy_from_slice(&body.to_be_bytes());
+            // The HMAC covers a length field ending after the shorter attribute: re-sign.
+            let covered = &buf[..buf.len() - len - 4];
+            let mac = crate::stun::hmac_sha256(&key, &[covered]);
+            let end = buf.len();
+            buf[end - len..].copy_from_slice(&mac[..len]);
+            let msg = Message::parse(&buf).unwrap();
+            assert_eq!(msg.integrity_sha256_len(), Some(len));
+            assert_eq!(msg.check_integrity_sha256(&key), Ok(()), "{len}");
+        }
+        // Shorter than 16, longer than 32 or not a multiple of 4: malformed.
+        for len in [0usize, 4, 12, 18, 36] {
+            let buf = raw_message(&[(USERNAME, b"u"), (MESSAGE_INTEGRITY_SHA256, &vec![0; len])]);
+            assert_eq!(
+                Message::parse(&buf).map(|_| ()),
+                Err(StunError::BadAttributeLength),
+                "{len}"
+            );
+        }
+        // MESSAGE-INTEGRITY, then MESSAGE-INTEGRITY-SHA256: both count; USERNAME after MI is
+        // ignored. MESSAGE-INTEGRITY-SHA256 first: a later MESSAGE-INTEGRITY is ignored.
+        let both = raw_message(&[
+            (MESSAGE_INTEGRITY, &[0; 20]),
+            (USERNAME, b"x"),
+            (MESSAGE_INTEGRITY_SHA256, &[0; 32]),
+        ]);
+        let msg = Message::parse(&both).unwrap();
+        assert!(msg.has_integrity());
+        assert_eq!(msg.integrity_sha256_len(), Some(32));
+        assert_eq!(msg.get(USERNAME), None);
+        let sha_first = raw_message(&[
+            (MESSAGE_INTEGRITY_SHA256, &[0; 32]),
+            (MESSAGE_INTEGRITY, &[0; 20]),
+            (USERNAME, b"x"),
+        ]);
+        let msg = Message::parse(&sha_first).unwrap();
+        assert!(!msg.has_integrity());
+        assert_eq!(msg.integrity_sha256_len(), Some(32));
+        assert_eq!(msg.get(USERNAME), None);
+        assert_eq!(msg.attributes().count(), 1);
     }
 
     #[test]
@@ -788,6 +946,7 @@ mod tests {
         if let Ok(msg) = Message::parse(buf) {
             let tid = msg.transaction_id();
             let _ = msg.check_integrity(b"key");
+            let _ = msg.check_integrity_sha256(b"key");
             let _ = msg.unknown_required(|_| false).count();
             for a in msg.attributes() {
                 decode_every_way(a.value, &tid);
@@ -799,8 +958,9 @@ mod tests {
     /// past the framing checks; sometimes with a valid FINGERPRINT, sometimes with one byte
     /// changed afterwards.
     fn structured(rng: &mut XorShift, buf: &mut Vec<u8>) {
-        const TYPES: [u16; 12] = [
+        const TYPES: [u16; 13] = [
             MESSAGE_INTEGRITY,
+            MESSAGE_INTEGRITY_SHA256,
             FINGERPRINT,
             XOR_MAPPED_ADDRESS,
             XOR_PEER_ADDRESS,

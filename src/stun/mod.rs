@@ -13,7 +13,7 @@ mod proptests;
 mod test_vectors;
 
 pub use channel::{ChannelData, Frame, frame_len, write_channel_data_header};
-pub use integrity::{hmac_sha1, long_term_key};
+pub use integrity::{hmac_sha1, hmac_sha256, long_term_key, long_term_key_sha256, userhash};
 pub use message::{Attributes, Message, RawAttribute, message_class, message_len};
 pub use writer::MessageWriter;
 
@@ -54,7 +54,7 @@ pub enum StunError {
     BadAttributeValue,
     #[error("FINGERPRINT does not match or is not the last attribute")]
     BadFingerprint,
-    #[error("MESSAGE-INTEGRITY is missing or does not match")]
+    #[error("MESSAGE-INTEGRITY (or -SHA256) is missing or does not match")]
     BadIntegrity,
     #[error("output buffer too small, or message would exceed the STUN size limit")]
     BufferTooSmall,

@@ -167,7 +167,7 @@ fn written() -> impl Strategy<Value = Written> {
     let family_types =
         prop::sample::select(vec![REQUESTED_ADDRESS_FAMILY, ADDITIONAL_ADDRESS_FAMILY]);
     let raw_type = any::<u16>().prop_filter("written by their own methods", |t| {
-        *t != MESSAGE_INTEGRITY && *t != FINGERPRINT
+        ![MESSAGE_INTEGRITY, MESSAGE_INTEGRITY_SHA256, FINGERPRINT].contains(t)
     });
     prop_oneof![
         (xor_types, socket_addr()).prop_map(|(t, a)| Written::XorAddress(t, a)),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use super::attr::{self, encode_address};
-use super::integrity::{fingerprint, hmac_sha1};
+use super::integrity::{fingerprint, hmac_sha1, hmac_sha256};
 use super::message::message_type;
 use super::{
     Class, HEADER_LEN, MAGIC_COOKIE, MAX_ATTRIBUTES, Method, StunError, TransactionId, padded_len,
@@ -128,6 +128,20 @@ impl<'b> MessageWriter<'b> {
         let value = self
             .buf
             .get_mut(start + 4..start + 24)
+            .ok_or(StunError::BufferTooSmall)?;
+        copy(value, &mac)
+    }
+
+    /// Appends MESSAGE-INTEGRITY-SHA256 (HMAC-SHA256 under `key`, full 32 bytes) over
+    /// everything written so far (RFC 8489 §14.6).
+    pub fn message_integrity_sha256(&mut self, key: &[u8]) -> Result<(), StunError> {
+        let start = self.len;
+        self.reserve(attr::MESSAGE_INTEGRITY_SHA256, 32, 0)?;
+        let covered = self.buf.get(..start).ok_or(StunError::BufferTooSmall)?;
+        let mac = hmac_sha256(key, &[covered]);
+        let value = self
+            .buf
+            .get_mut(start + 4..start + 36)
             .ok_or(StunError::BufferTooSmall)?;
         copy(value, &mac)
     }
@@ -283,6 +297,24 @@ mod tests {
         w.message_integrity(&key).unwrap();
         let n = w.finish();
         assert_eq!(&buf[..n], REQUEST_LONG_TERM);
+    }
+
+    /// RFC 8489 B.1 (erratum 6268), written with the ordinary API: byte for byte.
+    #[test]
+    fn rfc8489_sha256_request_round_trip() {
+        use crate::stun::{long_term_key_sha256, userhash};
+        let tid = Message::parse(REQUEST_SHA256).unwrap().transaction_id();
+        let mut buf = [0u8; 256];
+        let mut w = MessageWriter::new(&mut buf, Method::BINDING, Class::Request, tid).unwrap();
+        w.attribute(USERHASH, &userhash(LONG_TERM_USERNAME, LONG_TERM_REALM))
+            .unwrap();
+        w.attribute(NONCE, SHA256_NONCE).unwrap();
+        w.attribute(REALM, LONG_TERM_REALM.as_bytes()).unwrap();
+        w.attribute(PASSWORD_ALGORITHM, &[0, 2, 0, 0]).unwrap();
+        let key = long_term_key_sha256(LONG_TERM_USERNAME, LONG_TERM_REALM, LONG_TERM_PASSWORD);
+        w.message_integrity_sha256(&key).unwrap();
+        let n = w.finish();
+        assert_eq!(&buf[..n], REQUEST_SHA256);
     }
 
     #[test]

@@ -87,10 +87,13 @@ impl Server {
             (None, None) => PortRequest::Any,
         };
         let lifetime = self.lifetime(msg, false)?;
-        let username = msg
-            .get(attr::USERNAME)
-            .and_then(|v| attr::decode_text(v, 513).ok())
-            .unwrap_or_default();
+        let username = match &auth.hashed_username {
+            Some(name) => name,
+            None => msg
+                .get(attr::USERNAME)
+                .and_then(|v| attr::decode_text(v, attr::MAX_USERNAME_LEN).ok())
+                .unwrap_or_default(),
+        };
         let user = Principal::new(auth.kind, username);
         let rest_expiry = match auth.kind {
             CredentialKind::Rest => {
@@ -133,7 +136,7 @@ impl Server {
             username: username.into(),
             principal: user.clone(),
             rest_expiry,
-            key: auth.key,
+            signing: auth.signing,
             relayed: None,
             created: now,
             expires: now + lifetime,
@@ -202,7 +205,7 @@ impl Server {
         }
         let tuple = alloc.tuple;
         let tid = alloc.last_response.tid?;
-        let key = alloc.key;
+        let key = alloc.signing;
         self.remove_allocation(allocation, EndReason::Failed);
         self.events
             .retain(|e| *e != Event::CloseRelay { allocation });
@@ -228,7 +231,7 @@ impl Server {
         let alloc = self.allocation_mut(allocation)?;
         let tuple = alloc.tuple;
         let tid = alloc.last_response.tid?;
-        let key = alloc.key;
+        let key = alloc.signing;
         let relayed = match result {
             Ok(addr) => addr,
             Err(error) => {

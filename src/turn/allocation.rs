@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
-use super::credentials::{Key, Principal};
+use super::credentials::{Principal, Signing};
 use crate::stun::TransactionId;
 
 use super::FiveTuple;
@@ -89,7 +89,7 @@ pub struct Allocation {
     /// The expiry (unix seconds) of a REST username: once it has passed, the allocation's
     /// requests are refused with 401, while it relays on until its lifetime ends.
     pub(super) rest_expiry: Option<u64>,
-    pub(super) key: Key,
+    pub(super) signing: Signing,
     /// The address the relay socket is bound to; `None` while the I/O layer opens it.
     pub(super) relayed: Option<SocketAddr>,
     pub(super) created: Instant,

@@ -1,18 +1,24 @@
-//! Authentication: the long-term credential mechanism with stateless nonces, the 401/438
-//! challenge, and the reflection budget charged for each answer to an unauthenticated source.
+//! Authentication: the long-term credential mechanism with stateless nonces, MD5 and SHA-256
+//! keys, USERNAME or USERHASH, the 401/438 challenge, and the reflection budget charged for each
+//! answer to an unauthenticated source.
 
 use std::time::Instant;
 
 use super::Transport;
-use super::credentials::{CredentialKind, Key, Lookup};
+use super::credentials::{CredentialKind, Integrity, Key, Lookup, Signing};
+use super::password::{Claim, Identity, OFFERED_ALGORITHMS, read_claim};
 use super::reply::write_message;
 use super::{ClientAction, FiveTuple, RequestError, Server, limits};
-use crate::stun::{Class, Message, Method, TransactionId, attr};
+use crate::stun::{self, Class, Message, Method, TransactionId, attr};
 
 /// What authentication established about a request.
 pub(super) struct Authenticated {
-    pub(super) key: Key,
+    /// The key that verified it and the integrity attribute its response carries.
+    pub(super) signing: Signing,
     pub(super) kind: CredentialKind,
+    /// The username a USERHASH stood for, when the request named its user so and has no
+    /// allocation yet (an Allocate needs the name); `None` for USERNAME.
+    pub(super) hashed_username: Option<Box<str>>,
 }
 
 impl Server {
@@ -26,7 +32,7 @@ impl Server {
     ) -> Result<Authenticated, ClientAction> {
         let method = msg.method();
         let tid = msg.transaction_id();
-        if !msg.has_integrity() {
+        if !msg.has_integrity() && msg.integrity_sha256_len().is_none() {
             return Err(self.reply_challenge(
                 now,
                 out,
@@ -36,24 +42,26 @@ impl Server {
                 RequestError::Unauthorized,
             ));
         }
-        let text = |typ, max| msg.get(typ).map(|v| attr::decode_text(v, max));
-        let (Some(Ok(username)), Some(Ok(realm)), Some(nonce)) = (
-            text(attr::USERNAME, 513),
-            text(attr::REALM, 763),
-            msg.get(attr::NONCE),
-        ) else {
-            if !self.may_answer_unauthenticated(now, tuple) {
-                return Err(ClientAction::None);
+        let claim = match read_claim(msg) {
+            Ok(claim) => claim,
+            Err(why) => {
+                if !self.may_answer_unauthenticated(now, tuple) {
+                    return Err(ClientAction::None);
+                }
+                return Err(self.reply_error(
+                    out,
+                    method,
+                    tid,
+                    RequestError::BadRequest(why),
+                    None,
+                ));
             }
-            return Err(self.reply_error(
-                out,
-                method,
-                tid,
-                RequestError::BadRequest("Missing USERNAME, REALM or NONCE"),
-                None,
-            ));
         };
-        if self.nonces.check(now, tuple.client.ip(), nonce).is_err() {
+        if self
+            .nonces
+            .check(now, tuple.client.ip(), claim.nonce)
+            .is_err()
+        {
             self.stats.stale_nonces += 1;
             return Err(self.reply_challenge(
                 now,
@@ -64,22 +72,32 @@ impl Server {
                 RequestError::StaleNonce,
             ));
         }
+        let verify = |key: &Key| match claim.integrity {
+            Integrity::Sha1 => msg.check_integrity(key.as_bytes()).is_ok(),
+            Integrity::Sha256 => msg.check_integrity_sha256(key.as_bytes()).is_ok(),
+        };
         let existing = self.allocation_of(tuple);
         if let Some(alloc) = existing
-            && &*alloc.username == username
+            && names(&claim, &alloc.username)
         {
             let now_unix = self.unix_time(now);
             let kind = alloc.principal.kind;
-            let withdrawn = self.credentials.withdrawn(username, kind, now_unix);
+            let key = alloc.signing.key;
+            let withdrawn = self.credentials.withdrawn(&alloc.username, kind, now_unix);
             // An expired REST username authenticates no more requests (the allocation relays
             // on until its lifetime ends), except the one that deletes it early.
             let expired =
                 alloc.rest_expiry.is_some_and(|expiry| expiry < now_unix) && !is_delete(msg);
-            if !withdrawn && !expired && msg.check_integrity(&alloc.key).is_ok() {
+            // The allocation's requests use the password algorithm it was made with.
+            if !withdrawn && !expired && key.algorithm() == claim.algorithm && verify(&key) {
                 self.source_proven(now, tuple);
                 return Ok(Authenticated {
-                    key: alloc.key,
+                    signing: Signing {
+                        key,
+                        integrity: claim.integrity,
+                    },
                     kind,
+                    hashed_username: None,
                 });
             }
             self.stats.auth_failures += 1;
@@ -94,17 +112,34 @@ impl Server {
         }
         let mut found = None;
         let mut lookup = Lookup::Unknown;
-        if realm == self.config.realm {
+        if claim.realm == self.config.realm {
             let now_unix = self.unix_time(now);
-            lookup = self
-                .credentials
-                .keys(username, realm, now_unix, &mut |key, kind| {
-                    let ok = msg.check_integrity(key).is_ok();
-                    if ok {
-                        found = Some((*key, kind));
-                    }
-                    ok
-                });
+            let (realm, algorithm) = (claim.realm, claim.algorithm);
+            lookup = match claim.identity {
+                Identity::Name(username) => {
+                    self.credentials
+                        .keys(username, realm, algorithm, now_unix, &mut |key, kind| {
+                            let ok = verify(key);
+                            if ok {
+                                found = Some((*key, kind, None));
+                            }
+                            ok
+                        })
+                }
+                Identity::Hash(hash) => self.credentials.keys_by_userhash(
+                    &hash,
+                    realm,
+                    algorithm,
+                    now_unix,
+                    &mut |username, key, kind| {
+                        let ok = verify(key);
+                        if ok {
+                            found = Some((*key, kind, Some(username.into())));
+                        }
+                        ok
+                    },
+                ),
+            };
         }
         if found.is_none() && lookup == Lookup::Unavailable {
             // The credential store cannot be trusted now: refuse rather than allow.
@@ -113,9 +148,10 @@ impl Server {
             }
             return Err(self.reply_error(out, method, tid, RequestError::ServerError, None));
         }
-        let Some((key, kind)) = found else {
-            // Unknown user, expired or too long-lived REST username, or wrong password: the
-            // client learns nothing more than 401.
+        let Some((key, kind, hashed_username)) = found else {
+            // Unknown user, expired or too long-lived REST username, wrong password, a user
+            // without a key of the algorithm picked (configured by MD5 key only): the client
+            // learns nothing more than 401.
             self.stats.auth_failures += 1;
             return Err(self.reply_challenge(
                 now,
@@ -127,6 +163,10 @@ impl Server {
             ));
         };
         self.source_proven(now, tuple);
+        let signing = Signing {
+            key,
+            integrity: claim.integrity,
+        };
         if existing.is_some() {
             // Valid credentials, but not the ones this allocation was made with.
             return Err(self.reply_error(
@@ -134,10 +174,14 @@ impl Server {
                 method,
                 tid,
                 RequestError::WrongCredentials,
-                Some(&key),
+                Some(&signing),
             ));
         }
-        Ok(Authenticated { key, kind })
+        Ok(Authenticated {
+            signing,
+            kind,
+            hashed_username,
+        })
     }
 
     /// May a request without valid credentials from `tuple` be answered now? Over UDP, where
@@ -168,8 +212,9 @@ impl Server {
         self.node.sources.prove(tuple.client.ip(), self.nanos(now));
     }
 
-    /// 401 or 438 with REALM and a fresh NONCE, without MESSAGE-INTEGRITY or reason phrase;
-    /// nothing when the source is over its unauthenticated rate.
+    /// 401 or 438 with REALM, a fresh NONCE and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4), without
+    /// MESSAGE-INTEGRITY or reason phrase; nothing when the source is over its unauthenticated
+    /// rate.
     fn reply_challenge(
         &mut self,
         now: Instant,
@@ -191,11 +236,20 @@ impl Server {
         match write_message(out, method, Class::Error, tid, "", None, |w| {
             w.error_code(error.code(), "")?;
             w.attribute(attr::REALM, realm.as_bytes())?;
-            w.attribute(attr::NONCE, &nonce)
+            w.attribute(attr::NONCE, &nonce)?;
+            w.attribute(attr::PASSWORD_ALGORITHMS, &OFFERED_ALGORITHMS)
         }) {
             Ok(n) => ClientAction::Reply(n),
             Err(_) => ClientAction::None,
         }
+    }
+}
+
+/// Does `claim` name the user `username`: by that name, or by its USERHASH?
+fn names(claim: &Claim<'_>, username: &str) -> bool {
+    match claim.identity {
+        Identity::Name(name) => name == username,
+        Identity::Hash(hash) => stun::userhash(username, claim.realm) == hash,
     }
 }
 

@@ -54,6 +54,6 @@ impl Server {
         }
         self.reschedule(id, now);
         self.sync_offloads(id, now);
-        self.reply_success(out, Method::CHANNEL_BIND, tid, &auth.key)
+        self.reply_success(out, Method::CHANNEL_BIND, tid, &auth.signing)
     }
 }

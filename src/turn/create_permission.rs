@@ -39,7 +39,7 @@ impl Server {
         }
         self.reschedule(id, now);
         self.sync_offloads(id, now);
-        self.reply_success(out, Method::CREATE_PERMISSION, tid, &auth.key)
+        self.reply_success(out, Method::CREATE_PERMISSION, tid, &auth.signing)
     }
 
     /// 508 when the peers of a CreatePermission would take the allocation past its limit of

@@ -36,6 +36,7 @@ mod datapath;
 mod error;
 pub mod limits;
 pub mod nonce;
+mod password;
 pub mod policy;
 mod refresh;
 mod reply;

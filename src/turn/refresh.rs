@@ -46,7 +46,7 @@ impl Server {
             Method::REFRESH,
             msg.transaction_id(),
             &self.config.software,
-            &auth.key,
+            &auth.signing,
             |w| w.u32(attr::LIFETIME, lifetime.as_secs() as u32),
         )
         .map_err(|_| RequestError::ServerError)?;

@@ -1,7 +1,7 @@
 //! Replies: success and error responses written into the caller's buffer, each counted in the
 //! cell of [`Stats::responses`](super::Stats::responses) for its method and code.
 
-use super::credentials::Key;
+use super::credentials::{Integrity, Signing};
 use super::request::is_known_attribute;
 use super::{ClientAction, RESPONSE_CODES, RequestError, Server};
 use crate::stun::{self, Class, Message, MessageWriter, Method, StunError, TransactionId, attr};
@@ -29,7 +29,7 @@ impl Server {
         out: &mut [u8],
         method: Method,
         tid: TransactionId,
-        key: &Key,
+        key: &Signing,
     ) -> Result<ClientAction, RequestError> {
         let n = write_response(out, method, tid, &self.config.software, key, |_| Ok(()))
             .map_err(|_| RequestError::ServerError)?;
@@ -43,7 +43,7 @@ impl Server {
         method: Method,
         tid: TransactionId,
         error: RequestError,
-        key: Option<&Key>,
+        key: Option<&Signing>,
     ) -> ClientAction {
         match self.write_error(out, method, tid, error, key) {
             0 => ClientAction::None,
@@ -57,7 +57,7 @@ impl Server {
         method: Method,
         tid: TransactionId,
         error: RequestError,
-        key: Option<&Key>,
+        key: Option<&Signing>,
     ) -> usize {
         self.count_error(method, error);
         let software = if key.is_some() {
@@ -78,7 +78,7 @@ impl Server {
     pub(super) fn reply_unknown_attributes(
         &mut self,
         msg: &Message<'_>,
-        key: Option<&Key>,
+        key: Option<&Signing>,
         out: &mut [u8],
     ) -> ClientAction {
         self.stats.error_responses += 1;
@@ -137,7 +137,7 @@ pub(super) fn write_response(
     method: Method,
     tid: TransactionId,
     software: &str,
-    key: &Key,
+    key: &Signing,
     attributes: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), StunError>,
 ) -> Result<usize, StunError> {
     write_message(
@@ -157,7 +157,7 @@ pub(super) fn write_message(
     class: Class,
     tid: TransactionId,
     software: &str,
-    key: Option<&Key>,
+    key: Option<&Signing>,
     attributes: impl FnOnce(&mut MessageWriter<'_>) -> Result<(), StunError>,
 ) -> Result<usize, StunError> {
     let mut w = MessageWriter::new(out, method, class, tid)?;
@@ -165,8 +165,17 @@ pub(super) fn write_message(
     if !software.is_empty() {
         w.attribute(attr::SOFTWARE, software.as_bytes())?;
     }
-    if let Some(key) = key {
-        w.message_integrity(key)?;
+    // The response carries the integrity attribute of the request (RFC 8489 §9.2.4).
+    match key {
+        Some(Signing {
+            key,
+            integrity: Integrity::Sha1,
+        }) => w.message_integrity(key.as_bytes())?,
+        Some(Signing {
+            key,
+            integrity: Integrity::Sha256,
+        }) => w.message_integrity_sha256(key.as_bytes())?,
+        None => {}
     }
     w.fingerprint()?;
     Ok(w.finish())

@@ -117,7 +117,7 @@ impl Server {
             Err(reply) => return reply,
         };
         if msg.unknown_required(is_known_attribute).next().is_some() {
-            return self.reply_unknown_attributes(msg, Some(&auth.key), out);
+            return self.reply_unknown_attributes(msg, Some(&auth.signing), out);
         }
         let result = match method {
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth),
@@ -127,7 +127,7 @@ impl Server {
         };
         match result {
             Ok(reply) => reply,
-            Err(error) => self.reply_error(out, method, tid, error, Some(&auth.key)),
+            Err(error) => self.reply_error(out, method, tid, error, Some(&auth.signing)),
         }
     }
 }
@@ -157,5 +157,8 @@ pub(super) fn is_known_attribute(typ: u16) -> bool {
             | attr::PRIORITY
             | attr::USE_CANDIDATE
             | attr::PADDING
+            | attr::MESSAGE_INTEGRITY_SHA256
+            | attr::PASSWORD_ALGORITHM
+            | attr::USERHASH
     )
 }

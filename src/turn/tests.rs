@@ -447,11 +447,25 @@ fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
     let response = h.send(udp(CLIENT), &buf[..n]).unwrap();
     assert_eq!(response.code, Some(401));
     assert_eq!(response.attr(attr::REALM).unwrap(), REALM.as_bytes());
-    assert!(response.attr(attr::NONCE).is_some());
+    assert!(
+        response
+            .attr(attr::NONCE)
+            .unwrap()
+            .starts_with(b"obMatJos2AAAD")
+    );
+    assert_eq!(
+        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
+        [0, 2, 0, 0, 0, 1, 0, 0]
+    );
     assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
     assert!(response.attr(attr::SOFTWARE).is_none());
-    // Header, ERROR-CODE without phrase, REALM, a 16-character NONCE, FINGERPRINT.
-    assert_eq!(response.bytes.len(), 20 + 8 + (4 + 16) + (4 + 16) + 8);
+    // Header, ERROR-CODE without phrase, REALM, a 29-character NONCE (cookie, feature bits,
+    // 16 characters of time and MAC; 32 with padding), PASSWORD-ALGORITHMS (SHA-256, MD5),
+    // FINGERPRINT: 104 bytes (76 before SHA-256 support).
+    assert_eq!(
+        response.bytes.len(),
+        20 + 8 + (4 + 16) + (4 + 32) + (4 + 8) + 8
+    );
     assert_eq!(h.server.allocation_count(), 0);
     assert!(h.server.poll_timeout().is_none());
 }
@@ -680,6 +694,17 @@ fn stale_nonce_gets_438_then_the_retry_succeeds() {
     let response = h.send(client.tuple, &request).unwrap();
     assert_eq!(response.code, Some(438));
     assert_ne!(response.attr(attr::NONCE), old_nonce);
+    // The expired nonce's 438 keeps the nonce cookie and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4).
+    assert!(
+        response
+            .attr(attr::NONCE)
+            .unwrap()
+            .starts_with(b"obMatJos2AAAD")
+    );
+    assert_eq!(
+        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
+        [0, 2, 0, 0, 0, 1, 0, 0]
+    );
     client.learn(&response);
     assert_eq!(
         client.call(&mut h, Method::REFRESH, |_| {}).class,
@@ -1708,8 +1733,10 @@ fn an_unavailable_store_gets_500_and_config_users_still_work() {
 fn overrides_from_the_store_set_the_users_quota() {
     let mut h = redis_backed(
         |s| {
-            s.users
-                .insert("carol".into(), long_term_key("carol", REALM, "pw"));
+            s.users.insert(
+                "carol".into(),
+                crate::auth::Key::Md5(long_term_key("carol", REALM, "pw")),
+            );
             s.overrides.insert(
                 "carol".into(),
                 crate::auth::redis::UserOverride {

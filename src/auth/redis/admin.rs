@@ -3,7 +3,7 @@
 
 use redis::aio::MultiplexedConnection;
 
-use crate::auth::{Key, key_hex};
+use crate::auth::key_hex;
 use crate::clock::unix_now;
 use crate::config::RedisSchema;
 
@@ -89,25 +89,42 @@ impl Admin {
             .collect())
     }
 
-    /// Adds or replaces a user's long-term key.
-    pub async fn add_user(&mut self, name: &str, key: &Key) -> redis::RedisResult<()> {
-        let hex = key_hex(key);
+    /// Adds or replaces a user's long-term keys: the MD5 one, and the SHA-256 one next to it
+    /// (both derived from the password by the caller).
+    pub async fn add_user(
+        &mut self,
+        name: &str,
+        md5: &[u8; 16],
+        sha256: &[u8; 32],
+    ) -> redis::RedisResult<()> {
+        let (md5, sha256) = (key_hex(md5), key_hex(sha256));
         let _: redis::Value = match self.layout.schema() {
             RedisSchema::Turnpike => {
                 timed(
-                    redis::cmd("HSET")
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HSET")
                         .arg(self.layout.users())
                         .arg(name)
-                        .arg(hex)
+                        .arg(md5)
+                        .cmd("HSET")
+                        .arg(self.layout.users_sha256())
+                        .arg(name)
+                        .arg(sha256)
                         .query_async(&mut self.conn),
                 )
                 .await?
             }
             RedisSchema::Coturn => {
                 timed(
-                    redis::cmd("SET")
+                    redis::pipe()
+                        .atomic()
+                        .cmd("SET")
                         .arg(self.layout.coturn_user(name))
-                        .arg(hex)
+                        .arg(md5)
+                        .cmd("SET")
+                        .arg(self.layout.coturn_user_sha256(name))
+                        .arg(sha256)
                         .query_async(&mut self.conn),
                 )
                 .await?
@@ -119,21 +136,32 @@ impl Admin {
     pub async fn remove_user(&mut self, name: &str) -> redis::RedisResult<bool> {
         let removed: i64 = match self.layout.schema() {
             RedisSchema::Turnpike => {
-                timed(
-                    redis::cmd("HDEL")
+                let (removed, _): (i64, i64) = timed(
+                    redis::pipe()
+                        .atomic()
+                        .cmd("HDEL")
                         .arg(self.layout.users())
+                        .arg(name)
+                        .cmd("HDEL")
+                        .arg(self.layout.users_sha256())
                         .arg(name)
                         .query_async(&mut self.conn),
                 )
-                .await?
+                .await?;
+                removed
             }
             RedisSchema::Coturn => {
-                timed(
-                    redis::cmd("DEL")
+                let (removed, _): (i64, i64) = timed(
+                    redis::pipe()
+                        .atomic()
+                        .cmd("DEL")
                         .arg(self.layout.coturn_user(name))
+                        .cmd("DEL")
+                        .arg(self.layout.coturn_user_sha256(name))
                         .query_async(&mut self.conn),
                 )
-                .await?
+                .await?;
+                removed
             }
         };
         self.announce(EVENT_RELOAD).await?;

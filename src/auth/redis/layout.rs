@@ -24,6 +24,10 @@ impl Layout {
         self.schema
     }
 
+    pub fn realm(&self) -> &str {
+        &self.realm
+    }
+
     /// turnpike: HASH secret → creation time; coturn: SET of secrets.
     pub(super) fn secrets(&self) -> String {
         match self.schema {
@@ -37,9 +41,21 @@ impl Layout {
         format!("{}:users:{}", self.prefix, self.realm)
     }
 
+    /// turnpike: HASH name → hex SHA-256 key (64 hex digits), next to [`Layout::users`]: the
+    /// users that may use the SHA-256 password algorithm.
+    pub(super) fn users_sha256(&self) -> String {
+        format!("{}:users-sha256:{}", self.prefix, self.realm)
+    }
+
     /// coturn: one STRING per user holding the hex key.
     pub(super) fn coturn_user(&self, name: &str) -> String {
         format!("turn/realm/{}/user/{name}/key", self.realm)
+    }
+
+    /// coturn (an addition of turnpike's; coturn ignores it): one STRING per user holding the
+    /// hex SHA-256 key, next to its `key`.
+    pub(super) fn coturn_user_sha256(&self, name: &str) -> String {
+        format!("turn/realm/{}/user/{name}/key-sha256", self.realm)
     }
 
     /// coturn: what comes before the user name in a user key (unescaped, to strip it).

@@ -3,7 +3,7 @@
 
 use redis::aio::MultiplexedConnection;
 
-use crate::auth::{Key, parse_key_hex};
+use crate::auth::{Key, parse_key_hex, parse_sha256_key_hex};
 use crate::clock::unix_now;
 use crate::config::RedisSchema;
 
@@ -39,6 +39,16 @@ pub async fn load(
                 .into_iter()
                 .filter_map(|(name, key)| user_entry(name, &key))
                 .collect();
+            let sha256: Pairs = timed(
+                redis::cmd("HGETALL")
+                    .arg(layout.users_sha256())
+                    .query_async(conn),
+            )
+            .await?;
+            snapshot.sha256_keys = sha256
+                .into_iter()
+                .filter_map(|(name, key)| sha256_entry(name, &key))
+                .collect();
         }
         RedisSchema::Coturn => {
             let mut secrets: Vec<Vec<u8>> = timed(
@@ -68,6 +78,17 @@ pub async fn load(
                 if let Some((name, key)) =
                     value.and_then(|v| user_entry(name.as_bytes().to_vec(), &v))
                 {
+                    let sha256: Option<Vec<u8>> = timed(
+                        redis::cmd("GET")
+                            .arg(layout.coturn_user_sha256(&name))
+                            .query_async(conn),
+                    )
+                    .await?;
+                    if let Some((name, key)) =
+                        sha256.and_then(|v| sha256_entry(name.as_bytes().to_vec(), &v))
+                    {
+                        snapshot.sha256_keys.insert(name, key);
+                    }
                     snapshot.users.insert(name, key);
                 }
             }
@@ -137,18 +158,33 @@ pub async fn load(
         .into_iter()
         .filter_map(|(name, expiry)| Some((String::from_utf8(name).ok()?, expiry as u64)))
         .collect();
+    snapshot.index_userhashes(layout.realm());
     Ok(snapshot)
 }
 
 fn user_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, Key)> {
+    // coturn's layout holds the MD5 key; no SHA-256 key can be derived from it.
+    let (name, key) = hex_entry(name, key, parse_key_hex, "32")?;
+    Some((name, Key::Md5(key)))
+}
+
+fn sha256_entry(name: Vec<u8>, key: &[u8]) -> Option<(String, [u8; 32])> {
+    hex_entry(name, key, parse_sha256_key_hex, "64")
+}
+
+/// A user's name and a hex key `parse` reads (`digits` long, for the warning when it cannot).
+fn hex_entry<K>(
+    name: Vec<u8>,
+    key: &[u8],
+    parse: fn(&str) -> Option<K>,
+    digits: &str,
+) -> Option<(String, K)> {
     let name = String::from_utf8(name).ok()?;
-    let key = std::str::from_utf8(key)
-        .ok()
-        .and_then(|k| parse_key_hex(k.trim()));
+    let key = std::str::from_utf8(key).ok().and_then(|k| parse(k.trim()));
     match key {
         Some(key) => Some((name, key)),
         None => {
-            tracing::warn!("ignoring a user in Redis whose key is not 32 hex digits");
+            tracing::warn!("ignoring a user key in Redis that is not {digits} hex digits");
             None
         }
     }

@@ -32,6 +32,12 @@ pub struct Snapshot {
     /// Newest first: all verify, the first issues.
     pub secrets: Vec<Vec<u8>>,
     pub users: HashMap<String, Key>,
+    /// The SHA-256 keys of those of [`Snapshot::users`] that have one (stored next to the MD5
+    /// key: `P:users-sha256:R`, coturn's `.../key-sha256`); a name here but not in `users`
+    /// authenticates nobody.
+    pub sha256_keys: HashMap<String, [u8; 32]>,
+    /// USERHASH (SHA-256 of `name:realm`) → name, for every user: see [`Snapshot::index_userhashes`].
+    pub userhashes: HashMap<[u8; 32], String>,
     pub overrides: HashMap<String, UserOverride>,
     /// Username → expiry (unix seconds) of the credential it revokes.
     pub revoked: HashMap<String, u64>,
@@ -52,6 +58,16 @@ impl Snapshot {
             limits.disabled = o.disabled;
         }
         limits
+    }
+
+    /// Fills [`Snapshot::userhashes`] from the users, for `realm`: done once per load, so that
+    /// a request with USERHASH finds its user with one lookup.
+    pub fn index_userhashes(&mut self, realm: &str) {
+        self.userhashes = self
+            .users
+            .keys()
+            .map(|name| (crate::stun::userhash(name, realm), name.clone()))
+            .collect();
     }
 
     /// Is `username` revoked at `now_unix`?

@@ -27,7 +27,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::auth::{Credentials, Key, StaticCredentials};
+use crate::auth::{Credentials, StaticCredentials};
+
+/// An MD5 long-term key, as the fuzzed clients sign with.
+type Key = [u8; 16];
 use crate::config::{Config, Transport, UserCredential};
 use crate::fuzzing::Input;
 use crate::net::{BoundListener, core_config, peer_policy};
@@ -194,7 +197,7 @@ impl Harness {
                     UserCredential::Password(password) => {
                         stun::long_term_key(&user.name, &config.realm, password)
                     }
-                    UserCredential::Key(key) => *key,
+                    UserCredential::Key { md5, .. } => *md5,
                 };
                 (user.name.clone(), key)
             })
