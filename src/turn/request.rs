@@ -78,10 +78,13 @@ impl Server {
     ) -> ClientAction {
         let method = msg.method();
         let tid = msg.transaction_id();
+        // RFC 6062's methods are known only while TCP allocations are granted.
+        let tcp_method = matches!(method, Method::CONNECT | Method::CONNECTION_BIND);
         if !matches!(
             method,
             Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
-        ) {
+        ) && !(tcp_method && self.config.tcp_relay)
+        {
             if !self.may_answer_unauthenticated(now, tuple) {
                 return ClientAction::None;
             }
@@ -123,6 +126,8 @@ impl Server {
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth),
             Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
+            Method::CONNECT => self.connect(now, tuple, msg, &auth),
+            Method::CONNECTION_BIND => self.connection_bind(tuple, msg, &auth),
             _ => self.channel_bind(now, tuple, msg, &auth, out),
         };
         match result {
@@ -157,5 +162,6 @@ pub(super) fn is_known_attribute(typ: u16) -> bool {
             | attr::PRIORITY
             | attr::USE_CANDIDATE
             | attr::PADDING
+            | attr::CONNECTION_ID
     )
 }

@@ -85,6 +85,20 @@ impl Harness {
                 self.check_relay(t, data, allocation, peer, payload);
                 None
             }
+            // One worker: the connection is its own core's to bind.
+            ClientAction::BindConnection {
+                connection,
+                username,
+                key,
+                tid,
+            } => {
+                let result = self
+                    .server
+                    .bind_connection(connection, &username, &key)
+                    .map(|_| ());
+                let n = self.server.write_bind_answer(tid, &key, result, &mut out);
+                (n > 0).then(|| out[..n].to_vec())
+            }
         };
         self.out = out;
         self.drain_events();

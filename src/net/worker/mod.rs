@@ -230,6 +230,19 @@ impl Worker {
                     }
                 }
             }
+            ClientAction::BindConnection { tid, key, .. } => {
+                let n = self.core.write_bind_answer(
+                    tid,
+                    &key,
+                    Err(crate::turn::RequestError::BadRequest(
+                        "Unknown CONNECTION-ID",
+                    )),
+                    &mut self.out,
+                );
+                let out = std::mem::take(&mut self.out);
+                self.send_to_client(&tuple, &out[..n]);
+                self.out = out;
+            }
         }
         self.after_core_call(now);
     }
@@ -284,6 +297,31 @@ impl Worker {
                         super::audit::created(&self.redactor, self.index, &self.core, allocation);
                     }
                 }
+                Event::OpenTcpRelay { allocation, .. } => {
+                    let mut out = std::mem::take(&mut self.event_out);
+                    if let Some((tuple, n)) = self.core.handle_relay_opened(
+                        now,
+                        allocation,
+                        Err(crate::turn::RelayOpenError::NoPort),
+                        &mut out,
+                    ) {
+                        self.send_to_client(&tuple, &out[..n]);
+                    }
+                    self.event_out = out;
+                }
+                Event::Connect { connection, .. } => {
+                    let mut out = std::mem::take(&mut self.event_out);
+                    if let Some((tuple, n)) = self.core.handle_connect_result(
+                        now,
+                        connection,
+                        Err(crate::turn::ConnectError::Failed),
+                        &mut out,
+                    ) {
+                        self.send_to_client(&tuple, &out[..n]);
+                    }
+                    self.event_out = out;
+                }
+                Event::CloseConnection { .. } => {}
                 Event::AcquireLease {
                     allocation,
                     user,
