@@ -205,6 +205,8 @@ pub struct Ended {
     pub created: Instant,
     pub traffic: Traffic,
     pub reason: EndReason,
+    /// A TCP allocation (RFC 6062); its splices' traffic is the I/O layer's to add.
+    pub tcp: bool,
 }
 
 /// Why the I/O layer could not open a relay socket.

@@ -21,6 +21,7 @@ use crate::stun::{Class, Message, Method, TransactionId, attr};
 #[derive(Debug, Clone)]
 pub struct BoundConnection {
     pub allocation: AllocationId,
+    pub connection: ConnectionId,
     pub peer: std::net::SocketAddr,
     /// The allocation's bandwidth limit, shared by all its spliced connections (both
     /// directions together).
@@ -110,6 +111,7 @@ impl Server {
         self.stats.tcp_connections_bound += 1;
         Ok(BoundConnection {
             allocation,
+            connection,
             peer,
             bandwidth,
             user_bandwidth,

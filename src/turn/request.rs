@@ -79,12 +79,15 @@ impl Server {
         let method = msg.method();
         let tid = msg.transaction_id();
         // RFC 6062's methods are known only while TCP allocations are granted.
-        let tcp_method = matches!(method, Method::CONNECT | Method::CONNECTION_BIND);
-        if !matches!(
-            method,
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
-        ) && !(tcp_method && self.config.tcp_relay)
-        {
+        let known = match method {
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => true,
+            Method::CONNECT | Method::CONNECTION_BIND => self.config.tcp_relay,
+            _ => false,
+        };
+        if !known {
             if !self.may_answer_unauthenticated(now, tuple) {
                 return ClientAction::None;
             }

@@ -124,6 +124,7 @@ impl Server {
                 created: allocation.created,
                 traffic: allocation.traffic,
                 reason,
+                tcp: allocation.tcp.is_some(),
             })));
         }
         self.events.push_back(Event::CloseRelay { allocation: id });

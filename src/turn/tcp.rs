@@ -152,6 +152,20 @@ impl Server {
         }
     }
 
+    /// The instant rate limits count from (shared by the workers), for the I/O layer's splices.
+    pub fn epoch(&self) -> Instant {
+        self.config.epoch
+    }
+
+    /// Adds bytes a TCP splice on this worker relayed to the counters (the allocation's are the
+    /// I/O layer's: its splices may run on any worker).
+    pub fn credit_tcp_relayed(&mut self, to_peer: u64, to_client: u64) {
+        self.stats.tcp_to_peer_bytes += to_peer;
+        self.stats.tcp_to_client_bytes += to_client;
+        self.stats.to_peer_bytes += to_peer;
+        self.stats.to_client_bytes += to_client;
+    }
+
     /// Live TCP peer connections (connecting, pending or bound) on this worker.
     pub fn tcp_connection_count(&self) -> usize {
         self.connections.len()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Why a connection was refused a slot.
-pub(super) enum Refused {
+pub(in crate::net) enum Refused {
     /// The node has `max-tcp-connections`.
     Node,
     /// The client's source has `max-tcp-connections-per-source`.
@@ -15,13 +15,13 @@ pub(super) enum Refused {
 
 /// One of the node's `max-tcp-connections` and of its source's
 /// `max-tcp-connections-per-source`, given back when dropped.
-pub(super) struct ConnectionSlot {
+pub(in crate::net) struct ConnectionSlot {
     limits: Arc<StreamLimits>,
     source: IpAddr,
 }
 
 impl ConnectionSlot {
-    pub(super) fn take(
+    pub(in crate::net) fn take(
         limits: &Arc<StreamLimits>,
         client: IpAddr,
     ) -> Result<ConnectionSlot, Refused> {

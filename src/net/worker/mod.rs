@@ -9,6 +9,7 @@ mod listeners;
 mod offload;
 mod relays;
 mod streams;
+mod tcp_relays;
 mod timers;
 
 use std::cell::{Cell, RefCell};
@@ -41,6 +42,7 @@ use listeners::{listener_for, udp_listener_loop};
 use offload::Offloaded;
 pub use relays::RelaySettings;
 use relays::{RelaySocket, relay_loop};
+pub use tcp_relays::BindAnswer;
 use timers::timer_loop;
 
 /// Largest UDP payload.
@@ -59,6 +61,8 @@ pub struct Context {
     pub streams: Arc<StreamLimits>,
     pub published: Arc<std::sync::Mutex<WorkerCounters>>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    /// Every worker's command channel, by index (this one's too).
+    pub peers: Arc<[tokio::sync::mpsc::UnboundedSender<Command>]>,
     /// Where lease requests go (with `[redis]`).
     pub cluster: Option<tokio::sync::mpsc::UnboundedSender<LeaseRequest>>,
     /// The kernel fast path, when active (shared by the workers; its tables are written on
@@ -116,6 +120,12 @@ pub(super) struct Worker {
     /// Allocations with channels in the kernel's tables (control path only).
     offloaded: foldhash::HashMap<AllocationId, Offloaded>,
     publications: u32,
+    /// Every worker's command channel, by index.
+    peers: Arc<[tokio::sync::mpsc::UnboundedSender<Command>]>,
+    /// TCP allocations' sockets and peer connections (RFC 6062).
+    tcp_relays: tcp_relays::TcpRelays,
+    /// Stream connections whose ConnectionBind is being answered.
+    handovers: foldhash::HashMap<FiveTuple, super::stream::Handover>,
 }
 
 pub(super) type Shared = Rc<RefCell<Worker>>;
@@ -164,6 +174,9 @@ impl Worker {
                 fast_path: context.fast_path,
                 offloaded: foldhash::HashMap::default(),
                 publications: 0,
+                peers: context.peers,
+                tcp_relays: tcp_relays::TcpRelays::default(),
+                handovers: foldhash::HashMap::default(),
             })
         }))
     }
@@ -230,19 +243,12 @@ impl Worker {
                     }
                 }
             }
-            ClientAction::BindConnection { tid, key, .. } => {
-                let n = self.core.write_bind_answer(
-                    tid,
-                    &key,
-                    Err(crate::turn::RequestError::BadRequest(
-                        "Unknown CONNECTION-ID",
-                    )),
-                    &mut self.out,
-                );
-                let out = std::mem::take(&mut self.out);
-                self.send_to_client(&tuple, &out[..n]);
-                self.out = out;
-            }
+            ClientAction::BindConnection {
+                connection,
+                username,
+                key,
+                tid,
+            } => self.start_bind(tuple, connection, username, key, tid),
         }
         self.after_core_call(now);
     }
@@ -297,31 +303,27 @@ impl Worker {
                         super::audit::created(&self.redactor, self.index, &self.core, allocation);
                     }
                 }
-                Event::OpenTcpRelay { allocation, .. } => {
+                Event::OpenTcpRelay { allocation, family } => {
+                    let result = self.open_tcp_relay(allocation, family);
+                    let opened = result.is_ok();
                     let mut out = std::mem::take(&mut self.event_out);
-                    if let Some((tuple, n)) = self.core.handle_relay_opened(
-                        now,
-                        allocation,
-                        Err(crate::turn::RelayOpenError::NoPort),
-                        &mut out,
-                    ) {
+                    if let Some((tuple, n)) = self
+                        .core
+                        .handle_relay_opened(now, allocation, result, &mut out)
+                    {
                         self.send_to_client(&tuple, &out[..n]);
                     }
                     self.event_out = out;
-                }
-                Event::Connect { connection, .. } => {
-                    let mut out = std::mem::take(&mut self.event_out);
-                    if let Some((tuple, n)) = self.core.handle_connect_result(
-                        now,
-                        connection,
-                        Err(crate::turn::ConnectError::Failed),
-                        &mut out,
-                    ) {
-                        self.send_to_client(&tuple, &out[..n]);
+                    if opened {
+                        super::audit::created(&self.redactor, self.index, &self.core, allocation);
                     }
-                    self.event_out = out;
                 }
-                Event::CloseConnection { .. } => {}
+                Event::Connect {
+                    allocation,
+                    connection,
+                    peer,
+                } => self.start_connect(now, allocation, connection, peer),
+                Event::CloseConnection { connection, .. } => self.close_connection(connection),
                 Event::AcquireLease {
                     allocation,
                     user,
@@ -344,6 +346,14 @@ impl Worker {
                 }
                 Event::Ended(mut ended) => {
                     self.end_offload(&mut ended);
+                    if let Some((to_peer, to_client, peer_chunks, client_chunks)) =
+                        self.tcp_traffic(ended.allocation)
+                    {
+                        ended.traffic.to_peer_bytes += to_peer;
+                        ended.traffic.to_client_bytes += to_client;
+                        ended.traffic.to_peer_packets += peer_chunks;
+                        ended.traffic.to_client_packets += client_chunks;
+                    }
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
                 Event::Offload {
@@ -360,6 +370,7 @@ impl Worker {
                 } => self.unoffload(allocation, channel, peer),
                 Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
+                    self.close_tcp_relay(allocation);
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
                     self.flush_to_peers();
                     if let Some(slot) = self.relays.get_mut(allocation.index()) {
