@@ -577,3 +577,99 @@ fn peer_connections_count_against_the_per_source_cap() {
         "refused at accept"
     );
 }
+
+/// coturn's `turnutils_uclient -T` (TCP relay; it implies `-y`, client to client: each client
+/// Connects to its partner's relayed address, which announces the connection to the partner
+/// with a ConnectionAttempt, and both bind data connections) over `transport`; every message
+/// must come back.
+fn uclient_tcp_relay(transport: &'static str) {
+    let server = tcp_server(vec![transport], "");
+    let program = common::require_tool("turnutils_uclient");
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let addr = server.addr(transport);
+    let mut args: Vec<String> = vec!["-T".into()];
+    if transport == "tls" {
+        args.push("-S".into());
+    }
+    args.extend(
+        [
+            "-u",
+            "alice",
+            "-w",
+            "wonderland",
+            "-m",
+            "4",
+            "-n",
+            "20",
+            "-l",
+            "170",
+            "-p",
+            &addr.port().to_string(),
+            &addr.ip().to_string(),
+        ]
+        .map(String::from),
+    );
+    let before = server.stats();
+    let log = dir.path().join("uclient.log");
+    let (stdout, stderr) = common::output_file(&log);
+    let started = Instant::now();
+    let mut child = std::process::Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn turnutils_uclient");
+    let status = common::wait_bounded(&mut child, Duration::from_secs(60));
+    let output = std::fs::read_to_string(&log).unwrap_or_default();
+    let tail: Vec<&str> = output.lines().rev().take(20).collect();
+    let context = format!(
+        "turnutils_uclient {}\n{}",
+        args.join(" "),
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}; {context}");
+    let summary = common::uclient::parse_summary(&output)
+        .unwrap_or_else(|| panic!("no statistics; {context}"));
+    let stats = server.stats();
+    eprintln!(
+        "{transport}: {summary:?} in {:?}; connections opened {} bound {}, bytes to peer {} to client {}",
+        started.elapsed(),
+        stats.since(&before, "tcp_relay_opened"),
+        stats.since(&before, "tcp_relay_bound"),
+        stats.since(&before, "tcp_relay_to_peer_bytes"),
+        stats.since(&before, "tcp_relay_to_client_bytes"),
+    );
+    assert!(summary.sent > 0, "{context}");
+    assert_eq!(summary.received, summary.sent, "{context}");
+    assert_eq!(summary.lost, 0, "{context}");
+    // Each client connects to every other's relayed address (4 × 3), whose relay accepts
+    // and announces the connection: both ends bind a data connection.
+    let opened = stats.since(&before, "tcp_relay_opened");
+    let bound = stats.since(&before, "tcp_relay_bound");
+    let expired = stats.since(&before, "tcp_relay_bind_timeouts");
+    assert!(opened >= 4, "{opened} opened; {context}");
+    if transport == "tcp" {
+        assert_eq!(summary.sent, 80, "{context}");
+        assert_eq!(bound, opened, "{context}");
+    } else {
+        // Over TLS uclient opens each connection with a randomly chosen TLS context, some of
+        // them TLS 1.0/1.1 without signature_algorithms, which rustls refuses; it retries a
+        // control connection but sometimes gives a data connection up ("11 connections are
+        // completed, not enough") and never sends its ConnectionBind: the server closes that
+        // peer connection at the 30 s deadline. Every other one binds and relays.
+        assert!(bound + 2 >= opened, "{bound} of {opened} bound; {context}");
+        assert_eq!(bound + expired, opened, "{context}");
+    }
+    assert!(stats.since(&before, "tcp_relay_to_peer_bytes") >= summary.sent * 170);
+}
+
+#[test]
+fn coturn_uclient_relays_over_tcp_allocations_on_tcp() {
+    uclient_tcp_relay("tcp");
+}
+
+#[test]
+fn coturn_uclient_relays_over_tcp_allocations_on_tls() {
+    uclient_tcp_relay("tls");
+}

@@ -307,6 +307,9 @@ impl Worker {
             } else {
                 Err(RequestError::BadRequest("Unknown CONNECTION-ID"))
             };
+            if let Err(error) = &answer {
+                tracing::debug!(%connection, %error, "ConnectionBind refused");
+            }
             let mut worker = shared.borrow_mut();
             let mut out = std::mem::take(&mut worker.event_out);
             let result = answer.as_ref().map(|_| ()).map_err(|e| *e);
