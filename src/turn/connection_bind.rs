@@ -118,6 +118,20 @@ impl Server {
         })
     }
 
+    /// [`Server::bind_connection`] and [`Server::write_bind_answer`] in one, for a lone core
+    /// that minted the id itself (the unit tests, the fuzz harness).
+    pub fn bind_and_answer(
+        &mut self,
+        connection: ConnectionId,
+        username: &str,
+        key: &Key,
+        tid: TransactionId,
+        out: &mut [u8],
+    ) -> usize {
+        let result = self.bind_connection(connection, username, key).map(|_| ());
+        self.write_bind_answer(tid, key, result, out)
+    }
+
     /// Writes the answer to the ConnectionBind `tid` (signed with `key`) into `out` and
     /// returns its length: success, or the error [`Server::bind_connection`] gave.
     pub fn write_bind_answer(

@@ -224,13 +224,9 @@ impl Harness {
                 key,
                 tid,
             } => {
-                let result = self
-                    .server
-                    .bind_connection(connection, &username, &key)
-                    .map(|_| ());
-                let n = self
-                    .server
-                    .write_bind_answer(tid, &key, result, &mut self.out);
+                let n =
+                    self.server
+                        .bind_and_answer(connection, &username, &key, tid, &mut self.out);
                 Some(self.out[..n].to_vec())
             }
         };

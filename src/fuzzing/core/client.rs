@@ -92,11 +92,9 @@ impl Harness {
                 key,
                 tid,
             } => {
-                let result = self
+                let n = self
                     .server
-                    .bind_connection(connection, &username, &key)
-                    .map(|_| ());
-                let n = self.server.write_bind_answer(tid, &key, result, &mut out);
+                    .bind_and_answer(connection, &username, &key, tid, &mut out);
                 (n > 0).then(|| out[..n].to_vec())
             }
         };

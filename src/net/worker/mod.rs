@@ -290,33 +290,11 @@ impl Worker {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
                         .and_then(|bound| self.install_relay(allocation, bound));
-                    let opened = result.is_ok();
-                    let mut out = std::mem::take(&mut self.event_out);
-                    if let Some((tuple, n)) = self
-                        .core
-                        .handle_relay_opened(now, allocation, result, &mut out)
-                    {
-                        self.send_to_client(&tuple, &out[..n]);
-                    }
-                    self.event_out = out;
-                    if opened {
-                        super::audit::created(&self.redactor, self.index, &self.core, allocation);
-                    }
+                    self.relay_opened(now, allocation, result);
                 }
                 Event::OpenTcpRelay { allocation, family } => {
                     let result = self.open_tcp_relay(allocation, family);
-                    let opened = result.is_ok();
-                    let mut out = std::mem::take(&mut self.event_out);
-                    if let Some((tuple, n)) = self
-                        .core
-                        .handle_relay_opened(now, allocation, result, &mut out)
-                    {
-                        self.send_to_client(&tuple, &out[..n]);
-                    }
-                    self.event_out = out;
-                    if opened {
-                        super::audit::created(&self.redactor, self.index, &self.core, allocation);
-                    }
+                    self.relay_opened(now, allocation, result);
                 }
                 Event::Connect {
                     allocation,
@@ -383,6 +361,28 @@ impl Worker {
         }
         if self.core.take_new_deadline() {
             self.timer.notify_one();
+        }
+    }
+
+    /// Tells the core how opening an allocation's relay went, sends the Allocate's answer, and
+    /// logs the allocation once it is granted.
+    fn relay_opened(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        result: Result<SocketAddr, crate::turn::RelayOpenError>,
+    ) {
+        let opened = result.is_ok();
+        let mut out = std::mem::take(&mut self.event_out);
+        if let Some((tuple, n)) = self
+            .core
+            .handle_relay_opened(now, allocation, result, &mut out)
+        {
+            self.send_to_client(&tuple, &out[..n]);
+        }
+        self.event_out = out;
+        if opened {
+            super::audit::created(&self.redactor, self.index, &self.core, allocation);
         }
     }
 

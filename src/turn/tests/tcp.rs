@@ -9,8 +9,7 @@ const DATA_CLIENT: &str = "198.51.100.20:5002";
 fn tcp(client: &str) -> FiveTuple {
     FiveTuple {
         transport: Transport::Tcp,
-        client: client.parse().unwrap(),
-        server: SERVER.parse().unwrap(),
+        ..udp(client)
     }
 }
 
@@ -87,6 +86,16 @@ fn bind(
             w.attribute(attr::CONNECTION_ID, id).unwrap();
         }
     })
+}
+
+/// Alice's ConnectionBind for `id` on a new TCP connection.
+fn bind_alice(h: &mut Harness, id: ConnectionId) -> Response {
+    bind(
+        h,
+        tcp(DATA_CLIENT),
+        ("alice", "wonderland"),
+        &[&id.0.to_be_bytes()],
+    )
 }
 
 #[test]
@@ -251,13 +260,7 @@ fn an_unbound_connection_is_closed_thirty_seconds_after_it_opened() {
     h.drain_events();
     assert_eq!(h.closed_connections, vec![id]);
     assert_eq!(h.server.stats().tcp_bind_timeouts, 1);
-    let late = bind(
-        &mut h,
-        tcp(DATA_CLIENT),
-        ("alice", "wonderland"),
-        &[&id.0.to_be_bytes()],
-    );
-    assert_eq!(late.code, Some(400));
+    assert_eq!(bind_alice(&mut h, id).code, Some(400));
 }
 
 #[test]
@@ -338,13 +341,7 @@ fn deleting_a_tcp_allocation_forgets_its_connections() {
     });
     assert_eq!(deleted.class, Class::Success);
     assert_eq!(h.server.tcp_connection_count(), 0);
-    let late = bind(
-        &mut h,
-        tcp(DATA_CLIENT),
-        ("alice", "wonderland"),
-        &[&id.0.to_be_bytes()],
-    );
-    assert_eq!(late.code, Some(400));
+    assert_eq!(bind_alice(&mut h, id).code, Some(400));
 }
 
 #[test]
