@@ -673,3 +673,41 @@ fn coturn_uclient_relays_over_tcp_allocations_on_tcp() {
 fn coturn_uclient_relays_over_tcp_allocations_on_tls() {
     uclient_tcp_relay("tls");
 }
+
+/// `check-config` on a file with `[relay]` `tcp = <value>` (UDP and TCP listeners by default,
+/// or only a UDP one): whether it passed, and what it printed.
+fn check_config(value: &str, udp_only: bool) -> (bool, String) {
+    let dir = tempfile::tempdir().expect("a tempdir");
+    let path = dir.path().join("tcp.toml");
+    let listen = if udp_only {
+        "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:3478\"\n"
+    } else {
+        ""
+    };
+    let toml =
+        format!("{listen}[relay]\naddress = \"127.0.0.1\"\noffload = \"off\"\ntcp = {value}\n");
+    std::fs::write(&path, toml).expect("write the configuration");
+    let path = path.to_str().expect("a UTF-8 path");
+    let ran = common::run_turnpike(&[], &["check-config", "-c", path], WAIT);
+    (ran.succeeded(), ran.printed())
+}
+
+#[test]
+fn check_config_validates_relay_tcp_and_says_what_it_does() {
+    for bad in ["\"yes\"", "1", "[true]"] {
+        let (ok, printed) = check_config(bad, false);
+        assert!(!ok, "tcp = {bad} passed: {printed}");
+        assert!(printed.contains("relay.tcp: invalid type"), "{printed}");
+    }
+    let (ok, printed) = check_config("true", false);
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains("tcp relay: on: TCP and TLS clients"),
+        "{printed}"
+    );
+    let (ok, printed) = check_config("true", true);
+    assert!(ok, "{printed}");
+    assert!(printed.contains("no TCP or TLS listener"), "{printed}");
+    let (ok, printed) = check_config("false", false);
+    assert!(ok && printed.contains("tcp relay: off"), "{printed}");
+}
