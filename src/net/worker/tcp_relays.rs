@@ -167,6 +167,8 @@ impl Worker {
         peer: SocketAddr,
     ) {
         let Some(relay) = self.tcp_relays.allocations.get(&allocation) else {
+            // No listener, so no relayed address to connect from: the Connect fails.
+            self.connect_done(now, connection, Err(ConnectError::Failed));
             return;
         };
         let local = relay.local;
