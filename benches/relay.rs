@@ -91,6 +91,7 @@ fn core(now: Instant) -> Server {
         epoch: now,
         unix_at_epoch: 1_700_000_000,
         offload: false,
+        tcp_relay: false,
     };
     // The benchmark's peers are documentation addresses; nothing is sent anywhere.
     let policy = PeerPolicy::new(vec!["203.0.113.0/24".parse().unwrap()], vec![]);

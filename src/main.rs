@@ -137,6 +137,19 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
             );
         }
     }
+    let streams = config
+        .listen
+        .iter()
+        .any(|l| l.transport != turnpike::config::Transport::Udp);
+    match (config.relay.tcp, streams) {
+        (false, _) => println!("tcp relay: off: TCP allocations get 442"),
+        (true, true) => println!(
+            "tcp relay: on: TCP and TLS clients may allocate TCP relays (RFC 6062); open the relay ports for TCP too"
+        ),
+        (true, false) => println!(
+            "tcp relay: on, but no TCP or TLS listener: TCP allocations need one (over UDP they get 400)"
+        ),
+    }
     let listeners: Vec<turnpike::net::BoundListener> = config
         .listen
         .iter()

@@ -417,6 +417,12 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         stream_timeouts = counters.workers.stream_timeouts,
         stream_write_timeouts = counters.workers.stream_write_timeouts,
         proxy_refused = counters.workers.proxy_refused,
+        tcp_relay_opened = core.tcp_connections_opened,
+        tcp_relay_failed = core.tcp_connections_failed,
+        tcp_relay_bound = core.tcp_connections_bound,
+        tcp_relay_bind_timeouts = core.tcp_bind_timeouts,
+        tcp_relay_to_peer_bytes = core.tcp_to_peer_bytes,
+        tcp_relay_to_client_bytes = core.tcp_to_client_bytes,
         offload_carried = counters.offload_carried,
         "stats"
     );

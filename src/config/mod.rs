@@ -123,6 +123,7 @@ impl Default for Config {
                 default_lifetime: DEFAULT_LIFETIME,
                 max_lifetime: DEFAULT_MAX_LIFETIME,
                 offload: Offload::Auto,
+                tcp: false,
             },
             auth: Auth {
                 secrets: Vec::new(),

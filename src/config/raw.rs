@@ -110,6 +110,7 @@ pub(super) struct RawRelay {
     pub(super) default_lifetime: Option<Text<Duration>>,
     pub(super) max_lifetime: Option<Text<Duration>>,
     pub(super) offload: Option<Text<Offload>>,
+    pub(super) tcp: Option<bool>,
 }
 
 #[derive(Default, Deserialize)]

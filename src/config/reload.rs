@@ -177,6 +177,7 @@ fn decide_relay(
         default_lifetime,
         max_lifetime,
         offload,
+        tcp,
     } = fresh;
     Relay {
         // Each worker's relay sockets are bound on the addresses it started with.
@@ -212,6 +213,9 @@ fn decide_relay(
         ),
         // The program is loaded and attached once, at start.
         offload: key!(visit, "relay.offload", Restart, running.offload, *offload),
+        // Asked at each Allocate; TCP allocations made before a reload that turns it off
+        // go on until they end.
+        tcp: key!(visit, "relay.tcp", Applied, running.tcp, *tcp),
     }
 }
 

@@ -234,6 +234,8 @@ pub struct Relay {
     pub max_lifetime: Duration,
     /// Whether channel traffic of UDP clients is relayed by the kernel fast path.
     pub offload: Offload,
+    /// Whether TCP allocations (RFC 6062) are granted; off by default.
+    pub tcp: bool,
 }
 
 /// `[relay] offload`: whether the kernel fast path (an eBPF program at TC ingress) relays

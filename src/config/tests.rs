@@ -54,6 +54,21 @@ fn relay_offload_takes_auto_off_on_and_nothing_else() {
     assert!(repeated.contains("duplicate key"), "{repeated:?}");
 }
 
+#[test]
+fn relay_tcp_is_a_boolean_off_by_default() {
+    assert!(!Config::from_toml("").unwrap().relay.tcp);
+    assert!(Config::from_toml("[relay]\ntcp = true").unwrap().relay.tcp);
+    assert!(!Config::from_toml("[relay]\ntcp = false").unwrap().relay.tcp);
+    for (text, needle) in [
+        ("[relay]\ntcp = \"yes\"", "invalid type: string \"yes\""),
+        ("[relay]\ntcp = 1", "invalid type: integer `1`"),
+    ] {
+        assert_refused(text, "relay.tcp", needle);
+    }
+    let repeated = error("[relay]\ntcp = true\ntcp = false").to_string();
+    assert!(repeated.contains("duplicate key"), "{repeated:?}");
+}
+
 /// Asserts that the `[limits]` key `key` (`limits.<name>`) refuses, naming itself, values
 /// that are not a u32, and a second occurrence of itself.
 fn assert_limits_u32_refuses_what_is_not_one(key: &str) {

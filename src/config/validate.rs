@@ -482,6 +482,7 @@ impl RawRelay {
             default_lifetime,
             max_lifetime,
             offload: self.offload.map_or_else(Offload::default, |o| o.0),
+            tcp: self.tcp.unwrap_or(false),
         })
     }
 }

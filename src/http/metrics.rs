@@ -196,6 +196,28 @@ impl prometheus_client::collector::Collector for Scrape {
             "TCP/TLS connections refused at max-tcp-connections-per-source",
             counters_now.workers.tcp_rejected_per_source,
         )?;
+        counters(
+            &mut encoder,
+            "turnpike_tcp_relay_connections",
+            "Peer connections of TCP allocations (RFC 6062), by outcome: opened (Connect or accepted from a permitted peer), failed (Connect answered 447 or 508), bound to a data connection, closed unbound after 30 s",
+            "outcome",
+            &[
+                ("opened", core.tcp_connections_opened),
+                ("failed", core.tcp_connections_failed),
+                ("bound", core.tcp_connections_bound),
+                ("bind_timeout", core.tcp_bind_timeouts),
+            ],
+        )?;
+        counters(
+            &mut encoder,
+            "turnpike_tcp_relayed_bytes",
+            "Bytes spliced between data connections and peer connections of TCP allocations, by direction (also in turnpike_relayed_bytes)",
+            "direction",
+            &[
+                ("to_peer", core.tcp_to_peer_bytes),
+                ("to_client", core.tcp_to_client_bytes),
+            ],
+        )?;
         counter(
             &mut encoder,
             "turnpike_stream_timeouts",

@@ -83,6 +83,7 @@ pub fn created(redactor: &Redactor, worker: usize, core: &Server, id: crate::tur
         transport = %tuple.transport,
         client = %redactor.addr(tuple.client),
         relay = %allocation.relayed().map_or_else(String::new, |r| r.to_string()),
+        relay_transport = if allocation.is_tcp() { "tcp" } else { "udp" },
         "allocation created"
     );
 }
@@ -96,6 +97,7 @@ pub fn ended(redactor: &Redactor, worker: usize, ended: &Ended, now: Instant) {
         transport = %ended.tuple.transport,
         client = %redactor.addr(ended.tuple.client),
         relay = %ended.relayed,
+        relay_transport = if ended.tcp { "tcp" } else { "udp" },
         duration_s = duration.as_secs_f64(),
         to_peer_bytes = ended.traffic.to_peer_bytes,
         to_client_bytes = ended.traffic.to_client_bytes,

@@ -69,6 +69,16 @@ pub enum Command {
         allocation: crate::turn::AllocationId,
         granted: bool,
     },
+    /// Hand the pending peer connection `connection` (RFC 6062) over to a data connection on
+    /// another worker (or this one) whose ConnectionBind authenticated as `username` / `key`.
+    BindConnection {
+        connection: crate::turn::ConnectionId,
+        username: Box<str>,
+        key: crate::turn::credentials::Signing,
+        reply: oneshot::Sender<super::worker::BindAnswer>,
+    },
+    /// A spliced TCP connection of one of this worker's allocations ended.
+    TcpConnectionClosed(crate::turn::ConnectionId),
     /// Reply with the worker's counters as they are now.
     Counters(oneshot::Sender<WorkerCounters>),
     /// Reply with the counters and a count of the allocations (user ids too when `users`).

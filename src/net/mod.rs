@@ -23,6 +23,7 @@ mod settings;
 mod socket;
 pub mod status;
 mod stream;
+mod tcp_relay;
 mod worker;
 
 use std::net::SocketAddr;

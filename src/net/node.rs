@@ -202,6 +202,7 @@ impl Node {
             v6: config.relay.address_v6.map(IpAddr::V6),
             ports: config.relay.ports,
             reservations: Arc::new(Reservations::default()),
+            tcp_ports: Arc::default(),
         };
 
         let limits = &config.limits;
@@ -219,11 +220,15 @@ impl Node {
         let (shutdown, stop) = watch::channel(false);
         let mut threads = Vec::new();
         let mut counters = Vec::new();
-        let mut commands = Vec::new();
+        // Every worker can reach every other (a ConnectionBind may arrive on any of them).
+        let (commands, mut receivers): (Vec<_>, Vec<_>) = (0..workers)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let peers: Arc<[_]> = commands.clone().into();
         for (index, sockets) in sockets.into_iter().enumerate() {
             let mut secret = [0u8; 32];
             rand::rng().fill_bytes(&mut secret);
-            let core = Server::new(
+            let mut core = Server::new(
                 core_config.clone(),
                 credentials.clone(),
                 policy.clone(),
@@ -231,13 +236,13 @@ impl Node {
                 node_limits.clone(),
                 secret,
             );
+            core.set_worker_index(index);
             let relay = relay_settings.clone();
             let tls = tls.clone();
             let stop = stop.clone();
             let published = Arc::new(Mutex::new(WorkerCounters::default()));
             counters.push(published.clone());
-            let (command_tx, command_rx) = tokio::sync::mpsc::unbounded_channel();
-            commands.push(command_tx);
+            let command_rx = receivers.remove(0);
             let context = worker::Context {
                 index,
                 redactor: audit::Redactor::new(config.log.redact, &config.realm),
@@ -245,6 +250,7 @@ impl Node {
                 streams: streams.clone(),
                 published,
                 commands: command_rx,
+                peers: peers.clone(),
                 cluster: cluster_link.clone(),
                 fast_path: fast_path.clone(),
             };

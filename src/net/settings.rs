@@ -36,6 +36,7 @@ pub(crate) fn core_config(
         epoch,
         unix_at_epoch,
         offload: false,
+        tcp_relay: config.relay.tcp,
     }
 }
 

@@ -22,6 +22,8 @@ pub struct AllocationInfo {
     pub client: ClientInfo,
     /// The relayed address (as bound; the advertised one differs behind a 1:1 NAT).
     pub relay: Option<SocketAddr>,
+    /// What it relays: `udp`, or `tcp` for a TCP allocation (RFC 6062).
+    pub relay_transport: Transport,
     /// Unix seconds.
     pub created: u64,
     pub expires: u64,
@@ -63,6 +65,11 @@ impl AllocationInfo {
                 server: allocation.tuple().server,
             },
             relay: allocation.relayed(),
+            relay_transport: if allocation.is_tcp() {
+                Transport::Tcp
+            } else {
+                Transport::Udp
+            },
             created: core.unix_time_of(allocation.created()),
             expires: core.unix_time_of(allocation.expires()),
             permissions: allocation.permissions().iter().map(|p| p.ip).collect(),

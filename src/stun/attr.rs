@@ -133,6 +133,11 @@ pub fn decode_even_port(value: &[u8]) -> Result<bool, StunError> {
     }
 }
 
+/// Decodes CONNECTION-ID (RFC 6062 §6.2.1: a 32-bit number).
+pub fn decode_connection_id(value: &[u8]) -> Result<u32, StunError> {
+    exact::<4>(value).map(u32::from_be_bytes)
+}
+
 /// Decodes RESERVATION-TOKEN.
 pub fn decode_reservation_token(value: &[u8]) -> Result<[u8; 8], StunError> {
     exact::<8>(value)

@@ -76,6 +76,12 @@ impl Method {
     pub const DATA: Method = Method(0x007);
     pub const CREATE_PERMISSION: Method = Method(0x008);
     pub const CHANNEL_BIND: Method = Method(0x009);
+    /// RFC 6062 §6.1: a TCP connection to a peer, from a TCP allocation's relayed address.
+    pub const CONNECT: Method = Method(0x00A);
+    /// RFC 6062 §6.1: binds a new client connection to a peer connection.
+    pub const CONNECTION_BIND: Method = Method(0x00B);
+    /// RFC 6062 §6.1: a peer connected to a TCP allocation's relayed address.
+    pub const CONNECTION_ATTEMPT: Method = Method(0x00C);
 }
 
 /// The class of a STUN message (RFC 8489 §5).

@@ -37,9 +37,7 @@ impl Server {
             .ok_or(RequestError::BadRequest("Missing REQUESTED-TRANSPORT"))?;
         let transport = attr::decode_requested_transport(transport)
             .map_err(|_| RequestError::BadRequest("Malformed REQUESTED-TRANSPORT"))?;
-        if transport != 17 {
-            return Err(RequestError::UnsupportedTransport);
-        }
+        let tcp = self.requested_tcp(tuple, msg, transport)?;
         let token = msg.get(attr::RESERVATION_TOKEN);
         let even_port = msg.get(attr::EVEN_PORT);
         let family_attr = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
@@ -155,6 +153,7 @@ impl Server {
             pending_open: None,
             leased: false,
             offloaded: Vec::new(),
+            tcp: tcp.then(Default::default),
         });
         if self.config.cluster_leases && lease_limit > 0 {
             if let Some(alloc) = self.allocation_mut(id) {
@@ -166,11 +165,8 @@ impl Server {
                 limit: lease_limit,
             });
         } else {
-            self.events.push_back(Event::OpenRelay {
-                allocation: id,
-                family,
-                port,
-            });
+            let open = self.open_relay_event(id, family, port);
+            self.events.push_back(open);
         }
         Ok(ClientAction::None)
     }
@@ -196,11 +192,8 @@ impl Server {
         let (family, port) = alloc.pending_open.take()?;
         if granted {
             alloc.leased = true;
-            self.events.push_back(Event::OpenRelay {
-                allocation,
-                family,
-                port,
-            });
+            let open = self.open_relay_event(allocation, family, port);
+            self.events.push_back(open);
             return None;
         }
         let tuple = alloc.tuple;

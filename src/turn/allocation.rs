@@ -117,6 +117,8 @@ pub struct Allocation {
     /// The channels (number, peer) the I/O layer was told to relay in the kernel
     /// ([`super::Event::Offload`]) and not yet told to stop.
     pub(super) offloaded: Vec<(u16, SocketAddr)>,
+    /// The peer connections of a TCP allocation (RFC 6062); `None` for a UDP one.
+    pub(super) tcp: Option<super::tcp::TcpRelay>,
 }
 
 /// What the I/O layer, the status API and the fuzz harness may read of an allocation: a view
@@ -166,6 +168,11 @@ impl Allocation {
     /// What it has relayed.
     pub fn traffic(&self) -> Traffic {
         self.traffic
+    }
+
+    /// Whether it relays TCP (RFC 6062) rather than UDP.
+    pub fn is_tcp(&self) -> bool {
+        self.tcp.is_some()
     }
 
     /// Whether a bandwidth limit (its own or its user's) applies to it.
@@ -320,8 +327,10 @@ impl Allocation {
                 c.expires + CHANNEL_COOLDOWN
             }
         });
+        let connections = self.tcp.as_ref().and_then(|tcp| tcp.next_deadline());
         permissions
             .chain(channels)
+            .chain(connections)
             .fold(self.expires, |earliest, t| earliest.min(t))
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 #[cfg(doc)]
 use super::Server;
 use super::credentials::Principal;
-use super::{AllocationId, AllocationLedger, Quota, SourceLimiter, Traffic};
+use super::{AllocationId, AllocationLedger, ConnectionId, Quota, SourceLimiter, Traffic};
 
 /// How a client reaches the server: the transport of a listener and of a 5-tuple.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
@@ -106,8 +106,29 @@ pub enum Event {
         family: Family,
         port: PortRequest,
     },
-    /// The allocation has ended: close its relay socket.
+    /// The allocation has ended: close its relay socket (for a TCP allocation: its listening
+    /// socket and every peer and data connection of it).
     CloseRelay { allocation: AllocationId },
+    /// Open a listening TCP relay socket for a TCP allocation (RFC 6062 §5.1), then call
+    /// [`Server::handle_relay_opened`].
+    OpenTcpRelay {
+        allocation: AllocationId,
+        family: Family,
+    },
+    /// Connect from the relayed address of `allocation` to `peer` (RFC 6062 §5.2), within
+    /// [`CONNECT_TIMEOUT`](super::CONNECT_TIMEOUT), then call
+    /// [`Server::handle_connect_result`].
+    Connect {
+        allocation: AllocationId,
+        connection: ConnectionId,
+        peer: SocketAddr,
+    },
+    /// Close this peer connection (not bound within
+    /// [`BIND_DEADLINE`](super::BIND_DEADLINE)).
+    CloseConnection {
+        allocation: AllocationId,
+        connection: ConnectionId,
+    },
     /// Ask the cluster for one of `user`'s at most `limit` allocation leases, then call
     /// [`Server::handle_lease`]. The Allocate waits meanwhile; relaying never does.
     AcquireLease {
@@ -184,6 +205,8 @@ pub struct Ended {
     pub created: Instant,
     pub traffic: Traffic,
     pub reason: EndReason,
+    /// A TCP allocation (RFC 6062); its splices' traffic is the I/O layer's to add.
+    pub tcp: bool,
 }
 
 /// Why the I/O layer could not open a relay socket.
@@ -207,6 +230,15 @@ pub enum ClientAction {
         allocation: AllocationId,
         peer: SocketAddr,
         payload: Range<usize>,
+    },
+    /// An authenticated ConnectionBind (RFC 6062 §5.4): ask the core of worker
+    /// `connection.worker()` to [`Server::bind_connection`], then answer with
+    /// [`Server::write_bind_answer`]; on success this connection becomes a data connection.
+    BindConnection {
+        connection: ConnectionId,
+        username: Box<str>,
+        key: super::credentials::Signing,
+        tid: crate::stun::TransactionId,
     },
 }
 
@@ -248,6 +280,8 @@ pub struct CoreConfig {
     pub unix_at_epoch: u64,
     /// Announce relayable channels with [`Event::Offload`] (the kernel fast path is active).
     pub offload: bool,
+    /// Grant TCP allocations (RFC 6062), `[relay] tcp`.
+    pub tcp_relay: bool,
 }
 
 /// Plain counters; the I/O layer sums them over workers when asked.
@@ -282,6 +316,19 @@ pub struct Stats {
     pub quota_rejected: u64,
     /// 508 answers.
     pub capacity_rejected: u64,
+    /// TCP peer connections opened for TCP allocations (Connect, or accepted from a permitted
+    /// peer).
+    pub tcp_connections_opened: u64,
+    /// Connects that failed (447) or found no room (508).
+    pub tcp_connections_failed: u64,
+    /// Peer connections bound to a client data connection.
+    pub tcp_connections_bound: u64,
+    /// Peer connections closed because no ConnectionBind came within 30 s.
+    pub tcp_bind_timeouts: u64,
+    /// Bytes spliced from client data connections to peers (also in `to_peer_bytes`).
+    pub tcp_to_peer_bytes: u64,
+    /// Bytes spliced from peers to client data connections (also in `to_client_bytes`).
+    pub tcp_to_client_bytes: u64,
     /// Responses sent, by method ([`RESPONSE_METHODS`]) and code ([`RESPONSE_CODES`]).
     pub responses: [[u64; RESPONSE_CODES.len()]; RESPONSE_METHODS.len()],
 }
@@ -330,6 +377,12 @@ impl Stats {
         self.rate_limited_node += other.rate_limited_node;
         self.quota_rejected += other.quota_rejected;
         self.capacity_rejected += other.capacity_rejected;
+        self.tcp_connections_opened += other.tcp_connections_opened;
+        self.tcp_connections_failed += other.tcp_connections_failed;
+        self.tcp_connections_bound += other.tcp_connections_bound;
+        self.tcp_bind_timeouts += other.tcp_bind_timeouts;
+        self.tcp_to_peer_bytes += other.tcp_to_peer_bytes;
+        self.tcp_to_client_bytes += other.tcp_to_client_bytes;
     }
 }
 

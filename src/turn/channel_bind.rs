@@ -16,6 +16,10 @@ impl Server {
         out: &mut [u8],
     ) -> Result<ClientAction, RequestError> {
         let (id, relayed) = self.relayed_allocation(tuple)?;
+        // RFC 6062 relays a TCP allocation's data over its connections only: no channels.
+        if self.allocation(id).is_some_and(|a| a.is_tcp()) {
+            return Err(RequestError::BadRequest("ChannelBind on a TCP allocation"));
+        }
         let tid = msg.transaction_id();
         let number = msg
             .get(attr::CHANNEL_NUMBER)

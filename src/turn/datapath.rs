@@ -122,7 +122,11 @@ impl Server {
         let Some(alloc) = self.allocation_mut(id) else {
             return ClientAction::None;
         };
-        if alloc.relayed.is_none_or(|relayed| relayed == peer) || !alloc.permits(peer.ip(), now) {
+        // A TCP allocation relays over its connections only (RFC 6062 §4).
+        if alloc.relayed.is_none_or(|relayed| relayed == peer)
+            || alloc.tcp.is_some()
+            || !alloc.permits(peer.ip(), now)
+        {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }

@@ -27,6 +27,12 @@ pub enum RequestError {
     UnsupportedTransport,
     #[error("peer address family mismatch")]
     PeerAddressFamilyMismatch,
+    /// RFC 6062 §5.2: a connection to this peer is being made, pending or active.
+    #[error("connection already exists")]
+    ConnectionAlreadyExists,
+    /// RFC 6062 §5.2: the connection to the peer failed or timed out.
+    #[error("connection timeout or failure")]
+    ConnectionFailed,
     #[error("allocation quota reached")]
     AllocationQuotaReached,
     #[error("server error")]
@@ -50,6 +56,8 @@ impl RequestError {
             RequestError::WrongCredentials => 441,
             RequestError::UnsupportedTransport => 442,
             RequestError::PeerAddressFamilyMismatch => 443,
+            RequestError::ConnectionAlreadyExists => 446,
+            RequestError::ConnectionFailed => 447,
             RequestError::AllocationQuotaReached => 486,
             RequestError::ServerError => 500,
             RequestError::InsufficientCapacity => 508,
@@ -70,6 +78,8 @@ impl RequestError {
             RequestError::WrongCredentials => "Wrong Credentials",
             RequestError::UnsupportedTransport => "Unsupported Transport Protocol",
             RequestError::PeerAddressFamilyMismatch => "Peer Address Family Mismatch",
+            RequestError::ConnectionAlreadyExists => "Connection Already Exists",
+            RequestError::ConnectionFailed => "Connection Timeout or Failure",
             RequestError::AllocationQuotaReached => "Allocation Quota Reached",
             RequestError::ServerError => "Server Error",
             RequestError::InsufficientCapacity => "Insufficient Capacity",

@@ -43,6 +43,11 @@ impl ByteRate {
         }
     }
 
+    /// The rate, in bits per second.
+    pub fn bits_per_second(&self) -> u64 {
+        self.bits_per_second
+    }
+
     /// Charges `bytes` at `now_ns` (nanoseconds since the core's epoch) if the rate allows.
     pub fn allow(&mut self, now_ns: u64, bytes: usize) -> bool {
         match next_tat(
@@ -83,6 +88,19 @@ impl SharedByteRate {
                 next_tat(tat, now_ns, increment, SECOND)
             })
             .is_ok()
+    }
+
+    /// Charges `bytes` at `now_ns` whatever the rate, and returns how many nanoseconds the
+    /// sender must wait before sending them for the rate to hold (0: at once). For a TCP
+    /// splice, which cannot drop what it relays: it waits instead.
+    pub fn delay(&self, now_ns: u64, bytes: usize) -> u64 {
+        let increment = transmit_ns(bytes, self.bits_per_second);
+        let step = |tat: u64| tat.max(now_ns).saturating_add(increment);
+        let previous = self
+            .tat
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| Some(step(tat)))
+            .unwrap_or_else(|tat| tat);
+        step(previous).saturating_sub(now_ns.saturating_add(SECOND))
     }
 }
 

@@ -21,6 +21,7 @@
 //! - `request.rs`: STUN requests dispatched by method, retransmissions, Binding;
 //! - `authenticate.rs`: long-term credentials, nonces, the 401/438 challenge, reflection budget;
 //! - `allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`: one TURN method each;
+//! - `tcp.rs` (TCP allocations' peer connections, RFC 6062), `connect.rs`, `connection_bind.rs`;
 //! - `reply.rs`: writing responses, and counting each by method and code;
 //! - `allocation.rs` (one allocation's permissions, channels, traffic), `limits.rs` (quotas,
 //!   rates), `policy.rs` (which peers), `nonce.rs`, `error.rs` (error codes).
@@ -30,6 +31,8 @@ mod allocation;
 mod api;
 mod authenticate;
 mod channel_bind;
+mod connect;
+mod connection_bind;
 mod create_permission;
 pub mod credentials;
 mod datapath;
@@ -42,6 +45,7 @@ mod refresh;
 mod reply;
 mod request;
 mod table;
+mod tcp;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -59,6 +63,8 @@ pub use api::{
     MAX_REQUEST_LEN, NodeLimits, PEER_HEADROOM, PEER_TAILROOM, PeerAction, PortRequest,
     RESPONSE_CODES, RESPONSE_METHODS, RelayOpenError, ReservationToken, Stats, Transport,
 };
+pub use connect::ConnectError;
+pub use connection_bind::BoundConnection;
 pub use error::RequestError;
 pub use limits::{
     AllocationLedger, Alternate, ByteRate, Quota, QuotaError, ReflectionBudget, SharedByteRate,
@@ -66,6 +72,7 @@ pub use limits::{
 };
 pub use nonce::Nonces;
 pub use policy::{HostAddresses, PeerPolicy};
+pub use tcp::{BIND_DEADLINE, CONNECT_TIMEOUT, ConnectionId};
 
 use table::Slot;
 
@@ -93,6 +100,11 @@ pub struct Server {
     /// A deadline was filed since [`Server::take_new_deadline`] was last asked.
     new_deadline: bool,
     stats: Stats,
+    /// This worker's index, the top byte of the connection ids it mints (RFC 6062).
+    worker_tag: u32,
+    connection_counter: u32,
+    /// The allocation of each TCP peer connection.
+    connections: FastMap<ConnectionId, AllocationId>,
 }
 
 impl Server {
@@ -124,6 +136,9 @@ impl Server {
             events: VecDeque::new(),
             new_deadline: false,
             stats: Stats::default(),
+            worker_tag: 0,
+            connection_counter: 0,
+            connections: FastMap::default(),
         }
     }
 

@@ -78,10 +78,16 @@ impl Server {
     ) -> ClientAction {
         let method = msg.method();
         let tid = msg.transaction_id();
-        if !matches!(
-            method,
-            Method::ALLOCATE | Method::REFRESH | Method::CREATE_PERMISSION | Method::CHANNEL_BIND
-        ) {
+        // RFC 6062's methods are known only while TCP allocations are granted.
+        let known = match method {
+            Method::ALLOCATE
+            | Method::REFRESH
+            | Method::CREATE_PERMISSION
+            | Method::CHANNEL_BIND => true,
+            Method::CONNECT | Method::CONNECTION_BIND => self.config.tcp_relay,
+            _ => false,
+        };
+        if !known {
             if !self.may_answer_unauthenticated(now, tuple) {
                 return ClientAction::None;
             }
@@ -123,6 +129,8 @@ impl Server {
             Method::ALLOCATE => self.allocate(now, tuple, msg, &auth),
             Method::REFRESH => self.refresh(now, tuple, msg, &auth, out),
             Method::CREATE_PERMISSION => self.create_permission(now, tuple, msg, &auth, out),
+            Method::CONNECT => self.connect(now, tuple, msg, &auth),
+            Method::CONNECTION_BIND => self.connection_bind(tuple, msg, &auth),
             _ => self.channel_bind(now, tuple, msg, &auth, out),
         };
         match result {
@@ -160,5 +168,6 @@ pub(super) fn is_known_attribute(typ: u16) -> bool {
             | attr::MESSAGE_INTEGRITY_SHA256
             | attr::PASSWORD_ALGORITHM
             | attr::USERHASH
+            | attr::CONNECTION_ID
     )
 }

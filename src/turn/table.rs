@@ -97,6 +97,9 @@ impl Server {
             });
         }
         self.free_slots.push(id.index);
+        if let Some(tcp) = &allocation.tcp {
+            self.forget_connections(&tcp.connections);
+        }
         for &(channel, peer) in &allocation.offloaded {
             self.events.push_back(Event::Unoffload {
                 allocation: id,
@@ -121,6 +124,7 @@ impl Server {
                 created: allocation.created,
                 traffic: allocation.traffic,
                 reason,
+                tcp: allocation.tcp.is_some(),
             })));
         }
         self.events.push_back(Event::CloseRelay { allocation: id });
@@ -189,6 +193,10 @@ impl Server {
                 self.remove_allocation(id, EndReason::Expired);
                 continue;
             }
+            self.expire_connections(id, now);
+            let Some(allocation) = self.allocation_mut(id) else {
+                continue;
+            };
             let next = allocation.expire(now);
             allocation.wake = next;
             self.timers.insert((next, id));

@@ -30,6 +30,10 @@ struct Harness {
     lease_events: Vec<Event>,
     /// The kernel table as the Offload/Unoffload events built it.
     offloaded: std::collections::BTreeSet<(AllocationId, u16, SocketAddr)>,
+    /// TCP connections asked for by Event::Connect and not answered yet (RFC 6062).
+    connects: Vec<(ConnectionId, SocketAddr)>,
+    /// TCP connections the core asked to close.
+    closed_connections: Vec<ConnectionId>,
 }
 
 /// What the client saw in a response.
@@ -127,6 +131,7 @@ impl Harness {
             epoch: now,
             unix_at_epoch: 1_700_000_000,
             offload: false,
+            tcp_relay: false,
         };
         tweak(&mut core);
         // Peers in the tests live in TEST-NET-3, which the built-in policy refuses; no packet is
@@ -143,6 +148,8 @@ impl Harness {
             lease: None,
             lease_events: Vec::new(),
             offloaded: std::collections::BTreeSet::new(),
+            connects: Vec::new(),
+            closed_connections: Vec::new(),
         }
     }
 
@@ -195,6 +202,9 @@ impl Harness {
     fn drain_events(&mut self) {
         while let Some(event) = self.server.poll_event() {
             self.apply_offload(&event);
+            if let Event::CloseConnection { connection, .. } = event {
+                self.closed_connections.push(connection);
+            }
         }
     }
 
@@ -207,6 +217,18 @@ impl Harness {
             ClientAction::Reply(n) => Some(self.out[..n].to_vec()),
             ClientAction::None => None,
             ClientAction::Relay { .. } => panic!("unexpected relay"),
+            // One core: the connection is its own to bind.
+            ClientAction::BindConnection {
+                connection,
+                username,
+                key,
+                tid,
+            } => {
+                let n =
+                    self.server
+                        .bind_and_answer(connection, &username, &key, tid, &mut self.out);
+                Some(self.out[..n].to_vec())
+            }
         };
         while let Some(event) = self.server.poll_event() {
             self.apply_offload(&event);
@@ -226,7 +248,20 @@ impl Harness {
                 self.lease_events.push(event.clone());
                 continue;
             }
-            if let Event::OpenRelay { allocation, .. } = event {
+            if let Event::Connect {
+                connection, peer, ..
+            } = event
+            {
+                self.connects.push((connection, peer));
+                continue;
+            }
+            if let Event::CloseConnection { connection, .. } = event {
+                self.closed_connections.push(connection);
+                continue;
+            }
+            if let Event::OpenRelay { allocation, .. } | Event::OpenTcpRelay { allocation, .. } =
+                event
+            {
                 let result = match self.fail_open {
                     Some(e) => Err(e),
                     None => {
@@ -2148,3 +2183,5 @@ mod offload_properties {
         assert!(plain.offloaded.is_empty());
     }
 }
+
+mod tcp;

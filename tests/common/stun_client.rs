@@ -332,6 +332,16 @@ impl StunClient {
         }
     }
 
+    /// The connection as a raw byte stream, and the bytes read past the last frame: a TCP
+    /// relay's data connection once its ConnectionBind succeeded (RFC 6062 §5.4).
+    pub fn into_raw(self) -> (RawStream, Vec<u8>) {
+        match self.link {
+            Link::Udp { .. } => panic!("not a stream client"),
+            Link::Tcp { stream, unread } => (RawStream::Tcp(stream), unread),
+            Link::Tls { stream, unread } => (RawStream::Tls(stream), unread),
+        }
+    }
+
     /// Whether the server closes the TCP or TLS connection by `deadline` (frames meanwhile are
     /// skipped).
     pub fn closed_by(&mut self, deadline: Instant) -> bool {
@@ -480,5 +490,48 @@ fn read_stream(stream: &mut impl Read, buf: &mut [u8], unread: &mut Vec<u8>) -> 
             None
         }
         Err(e) => panic!("read from the server: {e}"),
+    }
+}
+
+/// A TCP or TLS connection carrying raw bytes (a TCP relay's data connection).
+pub enum RawStream {
+    Tcp(TcpStream),
+    Tls(Box<super::tls::TlsStream>),
+}
+
+impl RawStream {
+    pub fn set_read_timeout(&self, timeout: Duration) {
+        let socket = match self {
+            RawStream::Tcp(stream) => stream,
+            RawStream::Tls(stream) => &stream.sock,
+        };
+        socket
+            .set_read_timeout(Some(timeout))
+            .expect("set a timeout");
+    }
+}
+
+impl Read for RawStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(stream) => stream.read(buf),
+            RawStream::Tls(stream) => stream.read(buf),
+        }
+    }
+}
+
+impl Write for RawStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            RawStream::Tcp(stream) => stream.write(buf),
+            RawStream::Tls(stream) => stream.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            RawStream::Tcp(stream) => stream.flush(),
+            RawStream::Tls(stream) => stream.flush(),
+        }
     }
 }

@@ -88,6 +88,18 @@ impl Harness {
                 self.check_relay(t, data, allocation, peer, payload);
                 None
             }
+            // One worker: the connection is its own core's to bind.
+            ClientAction::BindConnection {
+                connection,
+                username,
+                key,
+                tid,
+            } => {
+                let n = self
+                    .server
+                    .bind_and_answer(connection, &username, &key, tid, &mut out);
+                (n > 0).then(|| out[..n].to_vec())
+            }
         };
         self.out = out;
         self.drain_events();

@@ -21,6 +21,20 @@ impl Harness {
                     family,
                     port,
                 } => self.open_relay(allocation, family, port),
+                Event::OpenTcpRelay { allocation, family } => {
+                    self.open_relay(allocation, family, PortRequest::Any)
+                }
+                // No peer listens: every Connect fails, as to a closed port.
+                Event::Connect { connection, .. } => {
+                    let mut out = vec![0u8; 2048];
+                    let _ = self.server.handle_connect_result(
+                        self.now,
+                        connection,
+                        Err(crate::turn::ConnectError::Failed),
+                        &mut out,
+                    );
+                }
+                Event::CloseConnection { .. } => {}
                 Event::AcquireLease {
                     allocation, limit, ..
                 } => {

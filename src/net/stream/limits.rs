@@ -11,7 +11,7 @@ use super::super::BoundListener;
 use super::proxied::{Admission, ProxyListeners};
 
 /// Why a connection was refused a slot.
-pub(super) enum Refused {
+pub(in crate::net) enum Refused {
     /// The node has `max-tcp-connections`.
     Node,
     /// The client's source has `max-tcp-connections-per-source`.
@@ -20,14 +20,14 @@ pub(super) enum Refused {
 
 /// One of the node's `max-tcp-connections` and (once the client is known) of its source's
 /// `max-tcp-connections-per-source`, given back when dropped.
-pub(super) struct ConnectionSlot {
+pub(in crate::net) struct ConnectionSlot {
     limits: Arc<StreamLimits>,
     source: Option<IpAddr>,
 }
 
 impl ConnectionSlot {
     /// A slot for a connection from `client`: the node's and its source's.
-    pub(super) fn take(
+    pub(in crate::net) fn take(
         limits: &Arc<StreamLimits>,
         client: IpAddr,
     ) -> Result<ConnectionSlot, Refused> {

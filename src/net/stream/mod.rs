@@ -23,8 +23,9 @@ use crate::turn::FiveTuple;
 use super::accept::AcceptBackoff;
 use super::socket::normalize;
 
+pub(in crate::net) use limits::ConnectionSlot;
+use limits::Refused;
 pub(crate) use limits::StreamLimits;
-use limits::{ConnectionSlot, Refused};
 use proxied::Admission;
 pub(in crate::net) use tls::SharedAcceptor;
 pub use tls::tls_acceptor;
@@ -57,8 +58,10 @@ pub(super) trait StreamHost {
     /// protocol header can name a client twice), and this one is to be closed.
     fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>) -> bool;
     /// Handles one complete message from the client (STUN or ChannelData). Payloads it
-    /// queues for peers go out at [`StreamHost::flush`], which ends each batch.
-    fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]);
+    /// queues for peers go out at [`StreamHost::flush`], which ends each batch. A
+    /// [`Handover`] means the message asked to make this a data connection (RFC 6062 §5.4):
+    /// nothing more is read as STUN until it is answered.
+    fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]) -> Option<Handover>;
     /// The client sent something that is not STUN/TURN: counted, and the connection closes.
     fn malformed(&self);
     /// Ends a batch of received messages: what they queued for peers goes out.
@@ -67,6 +70,35 @@ pub(super) trait StreamHost {
     fn allocated(&self, tuple: &FiveTuple) -> bool;
     /// The connection ended: the host forgets its writer and the core its allocation.
     fn closed(&self, now: Instant, tuple: &FiveTuple);
+}
+
+/// The answer to a ConnectionBind: once its response is queued, `Some` splice to run with the
+/// whole connection (it is a data connection now), or `None` (refused: the connection closes
+/// after the error response).
+pub(in crate::net) type Handover = tokio::sync::oneshot::Receiver<Option<Splicer>>;
+
+/// Runs a data connection's splice, given the connection and the bytes the client sent after
+/// its ConnectionBind.
+pub(in crate::net) type Splicer = Box<
+    dyn FnOnce(
+        Box<dyn ClientIo>,
+        Vec<u8>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>,
+>;
+
+/// A client connection, TCP or TLS, as a splice takes it.
+pub(in crate::net) trait ClientIo: AsyncRead + AsyncWrite + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin> ClientIo for T {}
+
+/// How [`read_loop`] ended.
+enum ReadEnd {
+    /// The client closed, failed, or sent what is not STUN/TURN.
+    Closed,
+    /// The idle timeout.
+    TimedOut,
+    /// A ConnectionBind is being answered; the bytes that followed it.
+    Handover(Handover, Vec<u8>),
 }
 
 /// What a worker's stream connections counted, for its published counters.
@@ -289,7 +321,7 @@ async fn serve<S>(
     tuple: FiveTuple,
     idle: Duration,
 ) where
-    S: AsyncRead + AsyncWrite + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
 {
     let (mut reader, writer_half) = tokio::io::split(stream);
     let writer = Rc::new(StreamWriter::new());
@@ -299,20 +331,37 @@ async fn serve<S>(
         return;
     }
     let write_task = tokio::task::spawn_local(write_loop(writer.clone(), writer_half, idle));
-    let timed_out = read_loop(host, &mut reader, &writer, tuple, idle).await;
-    writer.close();
-    if timed_out {
-        increment(&counters.timeouts);
+    let ended = read_loop(host, &mut reader, &writer, tuple, idle).await;
+    let splice = match ended {
+        ReadEnd::Closed => None,
+        ReadEnd::TimedOut => {
+            increment(&counters.timeouts);
+            None
+        }
+        // Answered by the worker that holds the peer connection, within its answer time.
+        ReadEnd::Handover(answer, early) => match tokio::time::timeout(idle, answer).await {
+            Ok(Ok(Some(splicer))) => Some((splicer, early)),
+            _ => None,
+        },
+    };
+    if splice.is_some() {
+        // The success response goes out; the connection is not shut down after it.
+        writer.hand_over();
     }
+    writer.close();
     host.closed(Instant::now(), &tuple);
-    let _ = write_task.await;
+    let half = write_task.await;
     if writer.stalled() {
         increment(&counters.write_timeouts);
     }
+    if let (Some((splicer, early)), Ok(Some(half))) = (splice, half) {
+        let stream = reader.unsplit(half);
+        splicer(Box::new(stream), early).await;
+    }
 }
 
-/// Reads and handles the client's frames until the connection ends; `true` when it ended by
-/// the idle timeout.
+/// Reads and handles the client's frames until the connection ends, by the idle timeout, or
+/// by a ConnectionBind.
 ///
 /// Deadlines: a client without an allocation must send a complete message every `idle`; one
 /// with an allocation may stay silent, but a message it has started must be complete within
@@ -323,7 +372,7 @@ async fn read_loop<R>(
     writer: &StreamWriter,
     tuple: FiveTuple,
     idle: Duration,
-) -> bool
+) -> ReadEnd
 where
     R: AsyncRead + Unpin,
 {
@@ -353,7 +402,7 @@ where
                     Err(_) => {
                         host.malformed();
                         host.flush();
-                        return false;
+                        return ReadEnd::Closed;
                     }
                 };
                 if advance > pending.len() {
@@ -363,14 +412,18 @@ where
                     paused = true;
                     break;
                 }
-                host.received(now, tuple, &pending[..message]);
+                let handover = host.received(now, tuple, &pending[..message]);
                 start += advance;
                 last_message = now;
+                if let Some(answer) = handover {
+                    host.flush();
+                    return ReadEnd::Handover(answer, buf[start..filled].to_vec());
+                }
             }
             host.flush();
         }
         if writer.is_closed() {
-            return false;
+            return ReadEnd::Closed;
         }
         if paused {
             writer.wait_for_room().await;
@@ -387,7 +440,7 @@ where
         start = 0;
         if filled == buf.len() {
             if buf.len() >= MAX_FRAME {
-                return false;
+                return ReadEnd::Closed;
             }
             buf.resize((buf.len() * 2).min(MAX_FRAME), 0);
             needed_large = now;
@@ -425,10 +478,10 @@ where
         match read {
             None => {
                 if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return true;
+                    return ReadEnd::TimedOut;
                 }
             }
-            Some(Ok(0) | Err(_)) => return false,
+            Some(Ok(0) | Err(_)) => return ReadEnd::Closed,
             Some(Ok(n)) => {
                 if filled == 0 {
                     partial_since = Some(Instant::now());

@@ -61,6 +61,9 @@ pub struct StreamWriter {
     closed: Cell<bool>,
     /// The writer gave up: its output made no progress for `stream-idle-timeout`.
     stalled: Cell<bool>,
+    /// The connection becomes a data connection once the queue is out: the writer gives its
+    /// half back instead of shutting it down.
+    handed_over: Cell<bool>,
 }
 
 impl StreamWriter {
@@ -74,6 +77,7 @@ impl StreamWriter {
             reader_paused: Cell::new(false),
             closed: Cell::new(false),
             stalled: Cell::new(false),
+            handed_over: Cell::new(false),
         }
     }
 
@@ -144,6 +148,12 @@ impl StreamWriter {
         self.reader_paused.set(false);
     }
 
+    /// Makes [`write_loop`] give its half back, not shut it down, when it ends (a ConnectionBind
+    /// was granted: the connection goes on as a data connection).
+    pub(super) fn hand_over(&self) {
+        self.handed_over.set(true);
+    }
+
     /// Closes the connection's output: what is queued is still written, then the writer ends.
     pub(super) fn close(&self) {
         self.closed.set(true);
@@ -153,8 +163,13 @@ impl StreamWriter {
 
 /// Writes what the connection's queue gets until the reader closes it, the client goes away,
 /// or the output makes no progress for `idle` (a client that does not read cannot hold its
-/// connection and queue: it is closed, and [`StreamWriter::stalled`] says why).
-pub(super) async fn write_loop<W>(writer: Rc<StreamWriter>, mut half: W, idle: Duration)
+/// connection and queue: it is closed, and [`StreamWriter::stalled`] says why). Gives the half
+/// back when it was [handed over](StreamWriter::hand_over) and all went out.
+pub(super) async fn write_loop<W>(
+    writer: Rc<StreamWriter>,
+    mut half: W,
+    idle: Duration,
+) -> Option<W>
 where
     W: AsyncWrite + Unpin,
 {
@@ -195,15 +210,21 @@ where
     };
     writer.closed.set(true);
     writer.in_flight.set(0);
-    match ended {
+    let handed_over = match ended {
+        Ok(()) if writer.handed_over.get() => Some(half),
         Ok(()) => {
             // A TLS close_notify; bounded, as the client may not read it.
             let _ = tokio::time::timeout(idle, half.shutdown()).await;
+            None
         }
-        Err(WriteEnd::Stalled) => writer.stalled.set(true),
-        Err(WriteEnd::Failed) => {}
-    }
+        Err(WriteEnd::Stalled) => {
+            writer.stalled.set(true);
+            None
+        }
+        Err(WriteEnd::Failed) => None,
+    };
     writer.reader.notify_one();
+    handed_over
 }
 
 /// Why the writer stopped early.

@@ -55,6 +55,22 @@ impl Worker {
                     });
                 }
             }
+            Command::BindConnection {
+                connection,
+                username,
+                key,
+                reply,
+            } => {
+                let answer = self.hand_over_peer(connection, &username, &key);
+                if let Err(Ok(handoff)) = reply.send(answer) {
+                    // The asker gave up: the connection is not bound after all.
+                    drop(handoff);
+                    self.core.handle_tcp_connection_closed(connection);
+                }
+            }
+            Command::TcpConnectionClosed(connection) => {
+                self.core.handle_tcp_connection_closed(connection);
+            }
             Command::RemoveListener(transport, address) => {
                 self.remove_listener(transport, address);
             }

@@ -9,6 +9,7 @@ mod listeners;
 mod offload;
 mod relays;
 mod streams;
+mod tcp_relays;
 mod timers;
 
 use std::cell::{Cell, RefCell};
@@ -41,6 +42,7 @@ use listeners::{listener_for, udp_listener_loop};
 use offload::Offloaded;
 pub use relays::RelaySettings;
 use relays::{RelaySocket, relay_loop};
+pub use tcp_relays::BindAnswer;
 use timers::timer_loop;
 
 /// Largest UDP payload.
@@ -59,6 +61,8 @@ pub struct Context {
     pub streams: Arc<StreamLimits>,
     pub published: Arc<std::sync::Mutex<WorkerCounters>>,
     pub commands: tokio::sync::mpsc::UnboundedReceiver<Command>,
+    /// Every worker's command channel, by index (this one's too).
+    pub peers: Arc<[tokio::sync::mpsc::UnboundedSender<Command>]>,
     /// Where lease requests go (with `[redis]`).
     pub cluster: Option<tokio::sync::mpsc::UnboundedSender<LeaseRequest>>,
     /// The kernel fast path, when active (shared by the workers; its tables are written on
@@ -116,6 +120,12 @@ pub(super) struct Worker {
     /// Allocations with channels in the kernel's tables (control path only).
     offloaded: foldhash::HashMap<AllocationId, Offloaded>,
     publications: u32,
+    /// Every worker's command channel, by index.
+    peers: Arc<[tokio::sync::mpsc::UnboundedSender<Command>]>,
+    /// TCP allocations' sockets and peer connections (RFC 6062).
+    tcp_relays: tcp_relays::TcpRelays,
+    /// Stream connections whose ConnectionBind is being answered.
+    handovers: foldhash::HashMap<FiveTuple, super::stream::Handover>,
 }
 
 pub(super) type Shared = Rc<RefCell<Worker>>;
@@ -164,6 +174,9 @@ impl Worker {
                 fast_path: context.fast_path,
                 offloaded: foldhash::HashMap::default(),
                 publications: 0,
+                peers: context.peers,
+                tcp_relays: tcp_relays::TcpRelays::default(),
+                handovers: foldhash::HashMap::default(),
             })
         }))
     }
@@ -230,6 +243,12 @@ impl Worker {
                     }
                 }
             }
+            ClientAction::BindConnection {
+                connection,
+                username,
+                key,
+                tid,
+            } => self.start_bind(tuple, connection, username, key, tid),
         }
         self.after_core_call(now);
     }
@@ -271,19 +290,18 @@ impl Worker {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
                         .and_then(|bound| self.install_relay(allocation, bound));
-                    let opened = result.is_ok();
-                    let mut out = std::mem::take(&mut self.event_out);
-                    if let Some((tuple, n)) = self
-                        .core
-                        .handle_relay_opened(now, allocation, result, &mut out)
-                    {
-                        self.send_to_client(&tuple, &out[..n]);
-                    }
-                    self.event_out = out;
-                    if opened {
-                        super::audit::created(&self.redactor, self.index, &self.core, allocation);
-                    }
+                    self.relay_opened(now, allocation, result);
                 }
+                Event::OpenTcpRelay { allocation, family } => {
+                    let result = self.open_tcp_relay(allocation, family);
+                    self.relay_opened(now, allocation, result);
+                }
+                Event::Connect {
+                    allocation,
+                    connection,
+                    peer,
+                } => self.start_connect(now, allocation, connection, peer),
+                Event::CloseConnection { connection, .. } => self.close_connection(connection),
                 Event::AcquireLease {
                     allocation,
                     user,
@@ -306,6 +324,14 @@ impl Worker {
                 }
                 Event::Ended(mut ended) => {
                     self.end_offload(&mut ended);
+                    if let Some((to_peer, to_client, peer_chunks, client_chunks)) =
+                        self.tcp_traffic(ended.allocation)
+                    {
+                        ended.traffic.to_peer_bytes += to_peer;
+                        ended.traffic.to_client_bytes += to_client;
+                        ended.traffic.to_peer_packets += peer_chunks;
+                        ended.traffic.to_client_packets += client_chunks;
+                    }
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }
                 Event::Offload {
@@ -322,6 +348,7 @@ impl Worker {
                 } => self.unoffload(allocation, channel, peer),
                 Event::ReleaseLease { allocation, .. } => self.release_lease(allocation),
                 Event::CloseRelay { allocation } => {
+                    self.close_tcp_relay(allocation);
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
                     self.flush_to_peers();
                     if let Some(slot) = self.relays.get_mut(allocation.index()) {
@@ -334,6 +361,28 @@ impl Worker {
         }
         if self.core.take_new_deadline() {
             self.timer.notify_one();
+        }
+    }
+
+    /// Tells the core how opening an allocation's relay went, sends the Allocate's answer, and
+    /// logs the allocation once it is granted.
+    fn relay_opened(
+        &mut self,
+        now: Instant,
+        allocation: AllocationId,
+        result: Result<SocketAddr, crate::turn::RelayOpenError>,
+    ) {
+        let opened = result.is_ok();
+        let mut out = std::mem::take(&mut self.event_out);
+        if let Some((tuple, n)) = self
+            .core
+            .handle_relay_opened(now, allocation, result, &mut out)
+        {
+            self.send_to_client(&tuple, &out[..n]);
+        }
+        self.event_out = out;
+        if opened {
+            super::audit::created(&self.redactor, self.index, &self.core, allocation);
         }
     }
 

@@ -32,6 +32,8 @@ pub struct RelaySettings {
     pub v6: Option<IpAddr>,
     pub ports: PortRange,
     pub reservations: Arc<Reservations>,
+    /// The relayed addresses of TCP allocations (RFC 6062), shared by the workers.
+    pub tcp_ports: Arc<super::super::tcp_relay::TcpPorts>,
 }
 
 /// A relay socket, in the worker's [`RelayPoller`] under its allocation's slot index.

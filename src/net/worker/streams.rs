@@ -8,7 +8,7 @@ use std::time::Instant;
 use crate::config::Transport;
 use crate::turn::FiveTuple;
 
-use super::super::stream::{self, StreamHost, StreamWriter};
+use super::super::stream::{self, Handover, StreamHost, StreamWriter};
 use super::{Shared, Worker};
 
 impl Worker {
@@ -57,8 +57,10 @@ impl StreamHost for RefCell<Worker> {
         true
     }
 
-    fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]) {
-        self.borrow_mut().handle_client(now, tuple, message);
+    fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]) -> Option<Handover> {
+        let mut worker = self.borrow_mut();
+        worker.handle_client(now, tuple, message);
+        worker.take_handover(&tuple)
     }
 
     fn malformed(&self) {
