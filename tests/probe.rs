@@ -314,7 +314,7 @@ fn a_tls_certificate_for_another_name_is_diagnosed() {
     let mut args = credentials.to_vec();
     args.extend(["--insecure", &url]);
     let (ran, _) = probe(&args);
-    assert_all_passed(&ran, &[url.clone()]);
+    assert_all_passed(&ran, std::slice::from_ref(&url));
 }
 
 #[test]
@@ -583,4 +583,26 @@ fn bad_command_lines_exit_2_naming_the_problem() {
         assert!(ran.stdout.is_empty(), "{args:?}: {}", ran.stdout);
         assert!(took < Duration::from_secs(5), "{args:?}: {took:?}");
     }
+}
+
+#[test]
+fn a_relay_address_the_peer_policy_refuses_is_diagnosed() {
+    // No [peers] allow: the relayed addresses on 127.0.0.1 are refused as peers, as a relay on
+    // a private address is refused by default.
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        allow: vec![],
+        ..TestConfig::default()
+    });
+    let url = format!("turn:{}", server.addr("udp"));
+    let (ran, _) = probe(&["--user", "alice", "--password", "wonderland", &url]);
+    let text = failure(&ran, "permissions");
+    assert!(ran.stdout.contains("ok     allocate"), "{}", ran.stdout);
+    assert!(text.contains("403"), "{text}");
+    assert!(
+        text.contains("the server's peer policy refuses 127.0.0.1 (403)")
+            && text.contains("a private or special-purpose one")
+            && text.contains("[peers] allow = [\"127.0.0.1/32\"]"),
+        "{text}"
+    );
 }

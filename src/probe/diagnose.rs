@@ -171,8 +171,12 @@ pub(crate) fn allocate(error: &ClientError, target: &Target<'_>, rest: bool) -> 
 /// failed.
 pub(crate) fn permission(error: &ClientError, peer: SocketAddr, target: &Target<'_>) -> String {
     match error {
+        ClientError::Response { code: 403, .. } if is_private(peer.ip()) => format!(
+            "the server's peer policy refuses {ip} (403), the other allocation's relayed address: the relay's own address is a private or special-purpose one, refused as any such peer is: give the relay a public address ([relay] address, or public-address behind a 1:1 NAT; coturn: relay-ip, external-ip), or for a test on one network allow it (turnpike: [peers] allow = [\"{ip}/32\"]; coturn: allowed-peer-ip)",
+            ip = peer.ip()
+        ),
         ClientError::Response { code: 403, .. } => format!(
-            "the server's peer policy refuses {} (403), the other allocation's relayed address: allow it (turnpike: [peers] allow; coturn: allowed-peer-ip / allow-loopback-peers), or give the relay a public address",
+            "the server's peer policy refuses {} (403), the other allocation's relayed address: allow it (turnpike: [peers] allow; coturn: allowed-peer-ip)",
             peer.ip()
         ),
         ClientError::Response { code, reason, .. } => {

@@ -324,7 +324,8 @@ async fn relay_steps(
 
 /// Sends `count` datagrams from `first` to `second` through a channel, each echoed back by
 /// `second` in a Send indication to `a` (the first's relayed address), one at a time, each
-/// waited for at most `wait`. Stops early when none of the first few gets through.
+/// waited for at most `wait`. Stops early when none of the first few gets through, or once
+/// more are lost than the relay step allows (its outcome is known then).
 async fn exchange(
     first: &mut Client,
     second: &mut Client,
@@ -335,7 +336,9 @@ async fn exchange(
     let mut rtt = Rtt::default();
     let tag: u64 = rand::random();
     for seq in 0..count {
-        if seq >= GIVE_UP_AFTER && (rtt.a_to_b == 0 || rtt.b_to_a == 0) {
+        let lost = rtt.sent - rtt.b_to_a;
+        let nothing_through = seq >= GIVE_UP_AFTER && (rtt.a_to_b == 0 || rtt.b_to_a == 0);
+        if nothing_through || lost * 100 > count * MAX_LOSS_PERCENT {
             break;
         }
         let mut payload = [0u8; 24];
