@@ -606,3 +606,19 @@ fn a_relay_address_the_peer_policy_refuses_is_diagnosed() {
         "{text}"
     );
 }
+
+#[test]
+fn a_rest_lifetime_beyond_the_servers_limit_is_not_called_clock_skew() {
+    // turnpike's max-rest-ttl is a day: a username valid for 3 days is refused, and every
+    // expiry up to a day ahead accepted, with the clocks agreeing.
+    let server = Server::with(&TestConfig::rest());
+    let url = format!("turn:{}", server.addr("udp"));
+    let (ran, _) = probe(&["--secret", "s3cret", "--ttl", "3days", &url]);
+    let text = failure(&ran, "allocate");
+    assert!(
+        text.contains("refuses REST usernames valid for 3days, though the clocks agree")
+            && text.contains("max-rest-ttl"),
+        "{text}"
+    );
+    assert!(!text.contains("clock skew"), "{text}");
+}

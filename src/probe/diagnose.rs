@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn relay_addresses_peers_cannot_reach_are_called_private() {
         let relayed: SocketAddr = "10.0.0.5:50000".parse().unwrap();
-        let text = relay_unreachable(relayed, "198.51.100.1".parse().unwrap());
+        let text = relay_unreachable(relayed, "1.1.1.1".parse().unwrap());
         assert!(text.contains("10.0.0.5 is a private address"), "{text}");
         let text = relay_unreachable(relayed, "10.0.0.1".parse().unwrap());
         assert!(!text.contains("private"), "{text}");

@@ -2,7 +2,8 @@
 //! whose expiry is not yet past by its own clock (and, on turnpike, not too far ahead), and
 //! refuses every expiry when the secret is wrong. So the probe tries expiries around its own
 //! clock: when one is accepted, the earliest accepted expiry is the server's clock, found by
-//! bisection, and its distance from this machine's clock is the skew.
+//! bisection, and its distance from this machine's clock is the skew (none: the expiry was
+//! refused for lying further ahead than the server allows).
 
 use std::time::Duration;
 
@@ -126,6 +127,13 @@ pub(crate) async fn investigate(connector: &Connector<'_>, identity: &Identity) 
     // it read during the last tries: compared with this machine's clock now, to the minute.
     let skew = Identity::clock(*clock_offset) - accepted;
     let minutes = (skew.unsigned_abs() + 30) / 60;
+    if minutes <= 1 {
+        // The clocks agree: the first expiry was refused for lying too far ahead.
+        return format!(
+            "the server refuses REST usernames valid for {}, though the clocks agree (to about a minute): its longest REST lifetime is shorter (turnpike: [auth] max-rest-ttl, a day by default): use a shorter --ttl, and have the backend mint shorter-lived credentials",
+            humantime::format_duration(*ttl)
+        );
+    }
     let size = humantime::format_duration(Duration::from_secs(minutes * 60));
     let which = if skew > 0 { "ahead of" } else { "behind" };
     format!(
