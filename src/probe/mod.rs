@@ -30,8 +30,8 @@ const MAX_CLOCK_OFFSET: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The command line of `turnpike probe`.
 #[derive(clap::Args, Debug)]
 pub struct ProbeArgs {
-    /// TURN server URIs: turn:HOST[:PORT][?transport=udp|tcp] (UDP by default, port 3478) or
-    /// turns:HOST[:PORT] (TLS over TCP, port 5349).
+    /// TURN server URIs: `turn:HOST[:PORT][?transport=udp|tcp]` (UDP by default, port 3478) or
+    /// `turns:HOST[:PORT]` (TLS over TCP, port 5349).
     #[arg(required = true, value_name = "URL")]
     pub urls: Vec<String>,
     /// Long-term credentials: the user name (with --password).
