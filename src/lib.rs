@@ -51,7 +51,7 @@
 //!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
 //!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one
 //!   JSON line per run, with the server's CPU from /proc. Its command line is `load/cli/`.
-//! - [`probe`]: `turnpike probe`, a self-test of any TURN server on [`client`]: Binding, two
+//! - [`probe`]: the `probe` command, a self-test of any TURN server on [`client`]: Binding, two
 //!   allocations relaying to each other, round-trip times, and a likely cause for each failure
 //!   (`url.rs` RFC 7065 URIs, `steps.rs`, `diagnose.rs`, `skew.rs` for REST clock skew,
 //!   `report.rs`).
@@ -61,7 +61,7 @@
 //!
 //! The binary (`src/main.rs` the command line, `src/serve.rs` running the server with its
 //! signals and reload, `src/admin.rs` the store's commands) is the CLI on top: `serve`,
-//! `check-config`, `credentials`, `probe`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
+//! `check-config`, `credentials`, and `secret`/`user`/`revoke` for the Redis store. A second binary,
 //! `turnpike-load` (`src/bin/turnpike-load.rs`), runs [`load`].
 
 pub mod auth;
