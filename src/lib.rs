@@ -51,6 +51,10 @@
 //!   allocation-rate and hold modes on [`client`] for the handshakes, a batched UDP data path
 //!   (epoll, `recvmmsg`/`sendmmsg`), an echo peer and a plain UDP forwarder for reference; one
 //!   JSON line per run, with the server's CPU from /proc. Its command line is `load/cli/`.
+//! - [`probe`]: the `probe` command, a self-test of any TURN server on [`client`]: Binding, two
+//!   allocations relaying to each other, round-trip times, and a likely cause for each failure
+//!   (`url.rs` RFC 7065 URIs, `steps.rs`, `diagnose.rs`, `skew.rs` for REST clock skew,
+//!   `report.rs`).
 //! - `fuzzing` (hidden, not part of the API): the bodies of the cargo-fuzz targets in `fuzz/`,
 //!   in the library so that `tests/fuzz_corpus.rs` replays the corpora on stable Rust; the
 //!   core targets' harness is `fuzzing/core/`, one file per part.
@@ -71,5 +75,6 @@ pub mod load;
 pub mod logbuf;
 pub mod net;
 pub mod notify;
+pub mod probe;
 pub mod stun;
 pub mod turn;

@@ -1,5 +1,5 @@
-//! The `turnpike` command: serve, check a configuration, issue REST API credentials, and
-//! administer the shared Redis store.
+//! The `turnpike` command: serve, check a configuration, issue REST API credentials, probe a
+//! TURN server, and administer the shared Redis store.
 
 mod admin;
 mod serve;
@@ -58,6 +58,11 @@ enum Command {
         #[arg(long = "uri")]
         uris: Vec<String>,
     },
+    /// Test a TURN server from this machine: for each turn:/turns: URI, a Binding, two
+    /// authenticated allocations relaying datagrams to each other, round-trip times and loss,
+    /// with the likely cause of each failure. Exit status 0 when all passed, 1 when a step
+    /// failed, 2 for a bad command line.
+    Probe(turnpike::probe::ProbeArgs),
     /// TURN REST API secrets in the shared Redis store.
     Secret {
         #[command(subcommand)]
@@ -109,6 +114,7 @@ fn main() -> ExitCode {
             ttl,
             uris,
         } => credentials(secret, config, user, ttl, uris),
+        Command::Probe(args) => return turnpike::probe::run(args),
         Command::Secret { command, store } => admin::secret(&store, command),
         Command::User { command, store } => admin::user(&store, command),
         Command::Revoke { username, store } => admin::revoke(&store, &username),

@@ -275,6 +275,14 @@ impl Server {
         }
     }
 
+    /// Starts coturn's `turnserver` configured by [`base_config`], whatever
+    /// `TURNPIKE_TEST_BACKEND` says: for tests that run a client against both servers.
+    pub fn coturn_with(config: &TestConfig) -> Server {
+        let dir = tempfile::tempdir().expect("create a tempdir");
+        let toml = base_config(config, dir.path());
+        coturn::start(&toml, dir)
+    }
+
     /// The first listener of `transport` ("udp", "tcp" or "tls").
     pub fn addr(&self, transport: &str) -> SocketAddr {
         self.listeners
