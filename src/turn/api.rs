@@ -100,13 +100,15 @@ pub enum PortRequest {
 /// Something the I/O layer must do, from [`Server::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Open a UDP relay socket for `allocation`, then call [`Server::handle_relay_opened`].
+    /// Open a UDP relay socket of `family` for `allocation`, then call
+    /// [`Server::handle_relay_opened`]. A dual allocation (RFC 8656 §7.2) asks for two, IPv4
+    /// then IPv6, the second once the first's result is in.
     OpenRelay {
         allocation: AllocationId,
         family: Family,
         port: PortRequest,
     },
-    /// The allocation has ended: close its relay socket.
+    /// The allocation has ended: close its relay socket (both, for a dual allocation).
     CloseRelay { allocation: AllocationId },
     /// Ask the cluster for one of `user`'s at most `limit` allocation leases, then call
     /// [`Server::handle_lease`]. The Allocate waits meanwhile; relaying never does.
@@ -181,6 +183,8 @@ pub struct Ended {
     pub username: Box<str>,
     pub tuple: FiveTuple,
     pub relayed: SocketAddr,
+    /// A dual allocation's second relayed address (IPv6).
+    pub dual: Option<SocketAddr>,
     pub created: Instant,
     pub traffic: Traffic,
     pub reason: EndReason,

@@ -122,7 +122,7 @@ impl Server {
         let Some(alloc) = self.allocation_mut(id) else {
             return ClientAction::None;
         };
-        if alloc.relayed.is_none_or(|relayed| relayed == peer) || !alloc.permits(peer.ip(), now) {
+        if alloc.relayed.is_none() || alloc.is_relayed(peer) || !alloc.permits(peer.ip(), now) {
             self.stats.dropped_no_permission += 1;
             return ClientAction::None;
         }

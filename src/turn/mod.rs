@@ -22,6 +22,7 @@
 //! - `authenticate.rs`: long-term credentials, nonces, the 401/438 challenge, reflection budget;
 //! - `allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`: one TURN method each;
 //! - `reply.rs`: writing responses, and counting each by method and code;
+//! - `families.rs`: dual-stack allocations (ADDITIONAL-ADDRESS-FAMILY, ADDRESS-ERROR-CODE);
 //! - `allocation.rs` (one allocation's permissions, channels, traffic), `limits.rs` (quotas,
 //!   rates), `policy.rs` (which peers), `nonce.rs`, `error.rs` (error codes).
 
@@ -34,6 +35,7 @@ mod create_permission;
 pub mod credentials;
 mod datapath;
 mod error;
+mod families;
 pub mod limits;
 pub mod nonce;
 pub mod policy;
