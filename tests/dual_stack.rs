@@ -95,11 +95,19 @@ fn a_dual_allocation_relays_to_ipv4_and_ipv6_peers_by_send_and_by_channel() {
         for (peer, addr, relay) in [(&peer4, addr4, relay4), (&peer6, addr6, relay6)] {
             // Send indication out, from the relayed address of the peer's family...
             client.send_indication(addr, b"sent");
-            assert_eq!(receive(peer), (b"sent".to_vec(), relay), "{transport} {addr}");
+            assert_eq!(
+                receive(peer),
+                (b"sent".to_vec(), relay),
+                "{transport} {addr}"
+            );
             // ... and the peer's answer back as a Data indication.
             peer.send_to(b"data back", relay).unwrap();
             let back = client.recv_data(Instant::now() + WAIT);
-            assert_eq!(back.as_deref(), Some(&b"data back"[..]), "{transport} {addr}");
+            assert_eq!(
+                back.as_deref(),
+                Some(&b"data back"[..]),
+                "{transport} {addr}"
+            );
         }
         for (number, peer, addr, relay) in [
             (0x4000, &peer4, addr4, relay4),
@@ -138,12 +146,16 @@ fn a_dual_allocation_relays_to_ipv4_and_ipv6_peers_by_send_and_by_channel() {
     let created = server.wait_for_log("allocation created", 2, WAIT);
     assert_eq!(created.len(), 2, "{created:?}");
     assert!(
-        created.iter().all(|line| line.contains("\"relay_v6\":\"[::1]:")),
+        created
+            .iter()
+            .all(|line| line.contains("\"relay_v6\":\"[::1]:")),
         "{created:?}"
     );
     let ended = server.wait_for_log("allocation ended", 2, WAIT);
     assert!(
-        ended.iter().all(|line| line.contains("\"relay_v6\":\"[::1]:")),
+        ended
+            .iter()
+            .all(|line| line.contains("\"relay_v6\":\"[::1]:")),
         "{ended:?}"
     );
     let relayed = server.stats();
@@ -162,7 +174,10 @@ fn refresh_keeps_both_addresses_and_deletion_or_a_closed_connection_frees_both()
     let server = dual_server();
     let mut client = client(&server, "udp");
     let [relay4, relay6] = dual_relays(&client.allocate_dual());
-    assert!(!free(relay4) && !free(relay6), "both relay sockets are open");
+    assert!(
+        !free(relay4) && !free(relay6),
+        "both relay sockets are open"
+    );
     // RFC 8656 §8.2: a REQUESTED-ADDRESS-FAMILY the allocation has is no 443; one lifetime.
     for family in [2u8, 1] {
         let answer = client.request(Method::REFRESH, &|w| {
@@ -191,7 +206,10 @@ fn refresh_keeps_both_addresses_and_deletion_or_a_closed_connection_frees_both()
     }
     assert!(free(relay4) && free(relay6), "closed with the connection");
     let ended = server.wait_for_log("allocation ended", 2, WAIT);
-    assert!(ended.last().unwrap().contains("connection closed"), "{ended:?}");
+    assert!(
+        ended.last().unwrap().contains("connection closed"),
+        "{ended:?}"
+    );
 }
 
 fn client_on_tcp(server: &Server) -> StunClient {
@@ -249,11 +267,19 @@ fn invalid_dual_requests_get_the_rfc_codes_and_leave_nothing() {
         ),
         ("an unknown family", &[3, 0, 0, 0], &|_| {}, 440),
         ("truncated", &[2, 0], &|_| {}, 400),
-        ("oversized", &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], &|_| {}, 400),
+        (
+            "oversized",
+            &[2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            &|_| {},
+            400,
+        ),
         (
             "repeated",
             &[2, 0, 0, 0],
-            &|w| w.attribute(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]).unwrap(),
+            &|w| {
+                w.attribute(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                    .unwrap()
+            },
             400,
         ),
         (
@@ -281,10 +307,17 @@ fn invalid_dual_requests_get_the_rfc_codes_and_leave_nothing() {
         });
         assert_eq!(answer.code, Some(code), "{case}: {answer:?}");
     }
-    assert!(allocations(&server).is_empty(), "an error left an allocation");
+    assert!(
+        allocations(&server).is_empty(),
+        "an error left an allocation"
+    );
     // Wrong credentials: 401 before anything else, and nothing kept.
-    let mut stranger =
-        StunClient::udp(server.addr("udp"), "127.0.0.1:0", "alice", "not-the-password");
+    let mut stranger = StunClient::udp(
+        server.addr("udp"),
+        "127.0.0.1:0",
+        "alice",
+        "not-the-password",
+    );
     assert_eq!(stranger.allocate_dual().code, Some(401));
     // The same client then gets its dual allocation, and a second Allocate on its 5-tuple 437.
     dual_relays(&client.allocate_dual());
@@ -319,7 +352,9 @@ fn a_family_without_a_free_port_gets_address_error_code_508() {
         .find_map(|_| {
             let v6 = UdpSocket::bind("[::1]:0").ok()?;
             let port = v6.local_addr().ok()?.port();
-            UdpSocket::bind(("127.0.0.1", port)).ok().map(|_| (v6, port))
+            UdpSocket::bind(("127.0.0.1", port))
+                .ok()
+                .map(|_| (v6, port))
         })
         .expect("a port free on both loopbacks");
     let server = Server::start(&dual_config(port..=port, ""));
@@ -380,4 +415,44 @@ fn coturn_uclient_dual_allocation_relays_every_packet() {
             .all(|line| line.contains("\"relay_v6\":\"[::1]:")),
         "every uclient allocation is dual: {created:?}"
     );
+}
+
+/// With the kernel fast path on (root here), a dual allocation's IPv4 channel is carried by
+/// the kernel, keyed by the IPv4 relayed address, and its IPv6 channel by user space (the
+/// fast path carries IPv4 only): both relay every datagram from the right address.
+#[test]
+fn the_fast_path_carries_the_ipv4_channel_and_user_space_the_ipv6_one() {
+    const ROUNDS: usize = 10;
+    let toml =
+        dual_config(common::RELAY_PORTS, "").replace("offload = \"off\"", "offload = \"on\"");
+    assert!(toml.contains("offload = \"on\""), "{toml}");
+    let server = Server::start(&toml);
+    let mut client = client(&server, "udp");
+    let [relay4, relay6] = dual_relays(&client.allocate_dual());
+    let (peer4, addr4) = peer("127.0.0.1");
+    let (peer6, addr6) = peer("::1");
+    let before = server.stats();
+    for (number, peer, addr, relay) in [
+        (0x4000, &peer4, addr4, relay4),
+        (0x4001, &peer6, addr6, relay6),
+    ] {
+        assert_eq!(client.bind(number, addr), None);
+        for round in 0..ROUNDS {
+            let data = vec![round as u8; 100 + round];
+            client.send_channel_data(number, &data);
+            assert_eq!(receive(peer), (data.clone(), relay), "channel {number:#x}");
+            peer.send_to(&data, relay).unwrap();
+            let frame = client.recv_frame(Instant::now() + WAIT).expect("back");
+            let back = ChannelData::parse(&frame).expect("ChannelData");
+            assert_eq!((back.number, back.payload), (number, &data[..]));
+        }
+    }
+    let after = server.stats();
+    let carried = after.since(&before, "offload_carried");
+    let relayed =
+        after.since(&before, "to_peer_packets") + after.since(&before, "to_client_packets");
+    eprintln!("fast path carried {carried} of {relayed} relayed datagrams");
+    // The IPv4 channel's datagrams, both ways, and none of the IPv6 one's.
+    assert_eq!(carried, 2 * ROUNDS as u64);
+    assert_eq!(relayed, 4 * ROUNDS as u64);
 }
