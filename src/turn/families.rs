@@ -182,8 +182,8 @@ impl Allocation {
         })
     }
 
-    /// The relayed address that reaches `peer` (see [`Relayed::for_peer`]); `None` while the
-    /// relay socket is being opened.
+    /// The relayed address that reaches `peer`: on a dual allocation the one of the peer's
+    /// family, else the only one; `None` while the relay socket is being opened.
     pub fn relayed_for(&self, peer: &SocketAddr) -> Option<SocketAddr> {
         self.relayed_pair().map(|r| r.for_peer(peer))
     }

@@ -154,7 +154,8 @@ fn invalid_combinations_get_400_and_unknown_families_440() {
     let mut h = dual_harness();
     let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
     let aaf = attr::ADDITIONAL_ADDRESS_FAMILY;
-    let cases: [(&str, u16, &[u8], &dyn Fn(&mut MessageWriter<'_>), u16); 9] = [
+    type Extra<'a> = &'a dyn Fn(&mut MessageWriter<'_>);
+    let cases: [(&str, u16, &[u8], Extra<'_>, u16); 9] = [
         // §7.2 step 9: IPv4 as the additional family.
         ("IPv4", aaf, &[1, 0, 0, 0], &|_| {}, 400),
         // Step 6: with REQUESTED-ADDRESS-FAMILY.
