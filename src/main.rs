@@ -126,6 +126,7 @@ fn main() -> ExitCode {
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     println!("{}: ok", path.display());
+    println!("{}", relay_families(&config));
     let listeners: Vec<turnpike::net::BoundListener> = config
         .listen
         .iter()
@@ -157,6 +158,23 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `check-config` says of the relay address families: which Allocates get which
+/// relayed addresses (RFC 8656 §7.2).
+fn relay_families(config: &Config) -> String {
+    let v4 = config.relay.address.map_or_else(
+        || "the default route's address".to_owned(),
+        |a| a.to_string(),
+    );
+    match config.relay.address_v6 {
+        Some(v6) => format!(
+            "relay: IPv4 {v4}, IPv6 {v6}: IPv4, IPv6 and dual-stack allocations (ADDITIONAL-ADDRESS-FAMILY)"
+        ),
+        None => format!(
+            "relay: IPv4 {v4}, no IPv6 (relay.address-v6): IPv6 Allocates get 440, dual-stack ones their IPv4 address and ADDRESS-ERROR-CODE 440"
+        ),
+    }
 }
 
 fn credentials(

@@ -443,3 +443,32 @@ fn the_fast_path_carries_the_ipv4_channel_and_user_space_the_ipv6_one() {
     assert_eq!(carried, 2 * ROUNDS as u64);
     assert_eq!(relayed, 4 * ROUNDS as u64);
 }
+
+/// `check-config` says which allocations the relay addresses serve: dual-stack ones with
+/// `address-v6`, and what a dual-stack Allocate gets without it.
+#[test]
+fn check_config_names_the_relay_families() {
+    let dir = tempfile::tempdir().expect("a tempdir");
+    let with_v6 = dual_config(common::RELAY_PORTS, "");
+    let without_v6 = with_v6.replace("address-v6 = \"::1\"\n", "");
+    for (toml, expected) in [
+        (
+            &with_v6,
+            "relay: IPv4 127.0.0.1, IPv6 ::1: IPv4, IPv6 and dual-stack allocations",
+        ),
+        (
+            &without_v6,
+            "no IPv6 (relay.address-v6): IPv6 Allocates get 440, dual-stack ones their IPv4 address and ADDRESS-ERROR-CODE 440",
+        ),
+    ] {
+        let path = dir.path().join("turnpike.toml");
+        std::fs::write(&path, toml).unwrap();
+        let ran = common::run_turnpike(
+            &[],
+            &["check-config", "-c", path.to_str().unwrap()],
+            Duration::from_secs(30),
+        );
+        assert!(ran.succeeded(), "{}", ran.printed());
+        assert!(ran.stdout.contains(expected), "{}", ran.printed());
+    }
+}
