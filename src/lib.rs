@@ -33,8 +33,9 @@
 //!   `net/mod.rs` declares [`net::Node`] and [`net::NodeHandle`]; `node.rs` starts a node,
 //!   `handle.rs` answers for it, `command.rs` talks to the workers, `worker/` is one worker
 //!   (listeners, relay sockets, commands, timers, fast path, streams: a file each) and
-//!   `stream/` its TCP/TLS clients (framing and reading; `writer.rs` the output queue), which
-//!   ask the worker only through the `StreamHost` trait.
+//!   `stream/` its TCP/TLS clients (framing and reading; `writer.rs` the output queue;
+//!   `proxy.rs` and `proxied.rs` the PROXY protocol header of listeners behind a load
+//!   balancer), which ask the worker only through the `StreamHost` trait.
 //! - [`http`]: the HTTP API (credentials, status, allocations, metrics, dashboard), off the
 //!   packet path.
 //! - [`notify`]: sd_notify for systemd. [`clock`]: the wall clock, read by the I/O layers

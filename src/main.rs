@@ -121,12 +121,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: validates the file and says what `[relay] offload` will come to here (it
-/// loads and attaches the program for a moment to find out, then detaches it).
+/// `check-config`: validates the file, says which allocations the relay addresses serve,
+/// names the listeners that expect a PROXY protocol header and from whom, and says what `[relay] offload` will come to here (it loads and
+/// attaches the program for a moment to find out, then detaches it).
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     println!("{}: ok", path.display());
     println!("{}", relay_families(&config));
+    for (i, listen) in config.listen.iter().enumerate() {
+        if let Some(from) = &listen.proxy_from {
+            let from: Vec<String> = from.iter().map(ToString::to_string).collect();
+            println!(
+                "listen[{i}] ({listen}): PROXY protocol: each connection must come from {} and open with a version 1 or 2 header naming the client",
+                from.join(", ")
+            );
+        }
+    }
     let listeners: Vec<turnpike::net::BoundListener> = config
         .listen
         .iter()

@@ -394,6 +394,7 @@ fn log_counters(counters: &NodeCounters, redis: &str) {
         tcp_rejected_per_source = counters.workers.tcp_rejected_per_source,
         stream_timeouts = counters.workers.stream_timeouts,
         stream_write_timeouts = counters.workers.stream_write_timeouts,
+        proxy_refused = counters.workers.proxy_refused,
         offload_carried = counters.offload_carried,
         "stats"
     );

@@ -66,3 +66,43 @@ fn a_bad_configuration_is_refused_with_its_reason() {
         "the reason should name the unknown key; printed: {printed}"
     );
 }
+
+/// `check-config` names each PROXY protocol listener and its balancers, and refuses a bad
+/// `proxy-from` naming the key.
+#[test]
+fn check_config_shows_and_checks_proxy_protocol_listeners() {
+    let dir = tempfile::tempdir().expect("create a tempdir");
+    let path = dir.path().join("turnpike.toml");
+    let run = |listener: &str| {
+        let toml = format!(
+            "[[listen]]\ntransport = \"udp\"\naddress = \"127.0.0.1:3478\"\n\
+             [[listen]]\ntransport = \"tcp\"\naddress = \"127.0.0.1:3478\"\n{listener}\n\
+             [relay]\naddress = \"127.0.0.1\"\noffload = \"off\"\n"
+        );
+        std::fs::write(&path, toml).expect("write the config");
+        let ran = common::run_turnpike(
+            &[],
+            &["check-config", "-c", path.to_str().expect("a UTF-8 path")],
+            Duration::from_secs(20),
+        );
+        let status = ran.status.expect("check-config returns");
+        (status.success(), ran.printed())
+    };
+    let (ok, printed) = run("proxy-protocol = true\nproxy-from = [\"10.0.0.0/8\", \"192.0.2.7\"]");
+    assert!(ok, "{printed}");
+    assert!(
+        printed.contains(
+            "listen[1] (tcp 127.0.0.1:3478): PROXY protocol: each connection must come from 10.0.0.0/8, 192.0.2.7/32"
+        ),
+        "{printed}"
+    );
+    let (ok, printed) = run("proxy-protocol = true\nproxy-from = [\"10.0.0.0/33\"]");
+    assert!(!ok, "{printed}");
+    assert!(printed.contains("listen[1].proxy-from[0]"), "{printed}");
+    let (ok, printed) = run("proxy-protocol = true");
+    assert!(!ok, "{printed}");
+    assert!(
+        printed.contains("listen[1].proxy-from: required with proxy-protocol = true"),
+        "{printed}"
+    );
+}

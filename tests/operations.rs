@@ -213,6 +213,7 @@ fn status_and_allocations_describe_a_known_scenario() {
         "rejected_per_source",
         "timeouts",
         "write_timeouts",
+        "proxy_refused",
     ] {
         assert_eq!(status["tcp"][count], 0, "tcp.{count}: {status}");
     }
@@ -723,6 +724,7 @@ fn metrics_parse_and_match_the_traffic() {
         "turnpike_tcp_rejected_per_source_total",
         "turnpike_stream_timeouts_total",
         "turnpike_stream_write_timeouts_total",
+        "turnpike_proxy_refused_total",
     ] {
         expect(name, &[], "counter", 0.0);
     }

@@ -146,14 +146,8 @@ impl Default for Config {
 fn default_listeners() -> Vec<Listen> {
     let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT);
     vec![
-        Listen {
-            transport: Transport::Udp,
-            address,
-        },
-        Listen {
-            transport: Transport::Tcp,
-            address,
-        },
+        Listen::new(Transport::Udp, address),
+        Listen::new(Transport::Tcp, address),
     ]
 }
 

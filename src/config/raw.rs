@@ -88,6 +88,9 @@ pub(super) struct RawLimits {
 pub(super) struct RawListen {
     pub(super) transport: Transport,
     pub(super) address: Text<SocketAddr>,
+    #[serde(default)]
+    pub(super) proxy_protocol: bool,
+    pub(super) proxy_from: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]

@@ -183,10 +183,25 @@ impl Default for Limits {
 }
 
 /// One listening socket for client traffic.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listen {
     pub transport: Transport,
     pub address: SocketAddr,
+    /// `proxy-protocol = true` (TCP and TLS only): every connection must open with a PROXY
+    /// protocol header (version 1 or 2) naming the real client, and may come only from
+    /// `proxy-from`, the balancers' addresses. `None`: connections are the clients'.
+    pub proxy_from: Option<Vec<IpNet>>,
+}
+
+impl Listen {
+    /// A listener without the PROXY protocol.
+    pub fn new(transport: Transport, address: SocketAddr) -> Listen {
+        Listen {
+            transport,
+            address,
+            proxy_from: None,
+        }
+    }
 }
 
 impl fmt::Display for Listen {

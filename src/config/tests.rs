@@ -432,14 +432,8 @@ fn full_file_parses() {
     assert_eq!(
         config.listen,
         [
-            Listen {
-                transport: Transport::Udp,
-                address: "0.0.0.0:3478".parse().unwrap(),
-            },
-            Listen {
-                transport: Transport::Tls,
-                address: "[::]:5349".parse().unwrap(),
-            },
+            Listen::new(Transport::Udp, "0.0.0.0:3478".parse().unwrap()),
+            Listen::new(Transport::Tls, "[::]:5349".parse().unwrap()),
         ]
     );
     assert_eq!(
@@ -576,6 +570,70 @@ fn top_level_values_are_checked() {
     assert!(Config::from_toml(&format!("realm = \"{}\"", "r".repeat(763))).is_ok());
     assert_refused("workers = 1025", "workers", "maximum of 1024");
     assert!(Config::from_toml("workers = 1024").is_ok());
+}
+
+#[test]
+fn proxy_protocol_listeners_name_their_balancers() {
+    let listener = |extra: &str| {
+        format!("[[listen]]\ntransport = \"tcp\"\naddress = \"0.0.0.0:3478\"\n{extra}")
+    };
+    let config = Config::from_toml(&listener(
+        "proxy-protocol = true\nproxy-from = [\"10.0.0.0/8\", \"192.0.2.7\", \"2001:db8::/32\"]",
+    ))
+    .unwrap();
+    let ranges: Vec<String> = config.listen[0]
+        .proxy_from
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(ranges, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
+    let plain = Config::from_toml(&listener("proxy-protocol = false")).unwrap();
+    assert_eq!(plain.listen[0].proxy_from, None);
+
+    assert_refused(
+        &listener("proxy-protocol = true"),
+        "listen[0].proxy-from",
+        "required with proxy-protocol = true",
+    );
+    assert_refused(
+        &listener("proxy-protocol = true\nproxy-from = []"),
+        "listen[0].proxy-from",
+        "is empty",
+    );
+    assert_refused(
+        &listener("proxy-from = [\"10.0.0.0/8\"]"),
+        "listen[0].proxy-from",
+        "proxy-protocol is not true",
+    );
+    assert_refused(
+        &listener("proxy-protocol = true\nproxy-from = [\"10.0.0.0/8\", \"balancer\"]"),
+        "listen[0].proxy-from[1]",
+        "balancer",
+    );
+    assert_refused(
+        &listener("proxy-protocol = \"yes\"\nproxy-from = [\"10.0.0.0/8\"]"),
+        "listen[0].proxy-protocol",
+        "invalid type",
+    );
+    assert_refused(
+        "[[listen]]\ntransport = \"udp\"\naddress = \"0.0.0.0:3478\"\n\
+         proxy-protocol = true\nproxy-from = [\"10.0.0.0/8\"]",
+        "listen[0].proxy-protocol",
+        "tcp and tls listeners, not udp",
+    );
+    let many: Vec<String> = (0..257)
+        .map(|i| format!("\"10.0.{}.{}\"", i / 256, i % 256))
+        .collect();
+    assert_refused(
+        &listener(&format!(
+            "proxy-protocol = true\nproxy-from = [{}]",
+            many.join(", ")
+        )),
+        "listen[0].proxy-from",
+        "257 ranges; the maximum is 256",
+    );
 }
 
 #[test]

@@ -7,7 +7,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::error::ConfigError;
-use super::raw::{RawAuth, RawConfig, RawHttp, RawLimits, RawLog, RawRedis, RawRelay};
+use super::raw::{RawAuth, RawConfig, RawHttp, RawLimits, RawListen, RawLog, RawRedis, RawRelay};
 use super::redact::redact_url;
 use super::sections::{
     Auth, Http, Limits, Listen, Log, Offload, Peers, Redis, RedisSchema, Relay, TlsFiles, User,
@@ -249,11 +249,9 @@ impl RawConfig {
             None => default_listeners(),
             Some(raw) => raw
                 .into_iter()
-                .map(|l| Listen {
-                    transport: l.transport,
-                    address: l.address.0,
-                })
-                .collect(),
+                .enumerate()
+                .map(|(i, l)| l.validate(i))
+                .collect::<Result<_, _>>()?,
         };
         check_listeners(&listen)?;
         let tls = self.tls.map(|tls| TlsFiles {
@@ -308,6 +306,60 @@ fn check_length(key: &str, value: &str, max: usize) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+/// The most ranges `proxy-from` may list: a handful of balancers' subnets is the use; a list
+/// of thousands is a mistake (it is searched on every accept).
+const MAX_PROXY_RANGES: usize = 256;
+
+impl RawListen {
+    fn validate(self, i: usize) -> Result<Listen, ConfigError> {
+        let key = |name: &str| format!("listen[{i}].{name}");
+        let proxy_from = match (self.proxy_protocol, self.proxy_from) {
+            (false, None) => None,
+            (false, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    key("proxy-from"),
+                    "set, but proxy-protocol is not true; add proxy-protocol = true or remove proxy-from",
+                ));
+            }
+            (true, _) if self.transport == Transport::Udp => {
+                return Err(ConfigError::invalid(
+                    key("proxy-protocol"),
+                    "the PROXY protocol is for tcp and tls listeners, not udp",
+                ));
+            }
+            (true, None) => {
+                return Err(ConfigError::invalid(
+                    key("proxy-from"),
+                    "required with proxy-protocol = true: the addresses or ranges of the balancers allowed to send the header (e.g. [\"10.0.0.0/8\"])",
+                ));
+            }
+            (true, Some(texts)) => {
+                if texts.is_empty() {
+                    return Err(ConfigError::invalid(
+                        key("proxy-from"),
+                        "is empty: with proxy-protocol = true it must name the balancers allowed to send the header",
+                    ));
+                }
+                if texts.len() > MAX_PROXY_RANGES {
+                    return Err(ConfigError::invalid(
+                        key("proxy-from"),
+                        format!(
+                            "lists {} ranges; the maximum is {MAX_PROXY_RANGES}",
+                            texts.len()
+                        ),
+                    ));
+                }
+                Some(parse_ranges(&key("proxy-from"), &texts)?)
+            }
+        };
+        Ok(Listen {
+            transport: self.transport,
+            address: self.address.0,
+            proxy_from,
+        })
+    }
 }
 
 fn check_listeners(listen: &[Listen]) -> Result<(), ConfigError> {

@@ -233,6 +233,12 @@ impl prometheus_client::collector::Collector for Scrape {
             "TCP/TLS clients closed because their output made no progress for stream-idle-timeout",
             counters_now.workers.stream_write_timeouts,
         )?;
+        counter(
+            &mut encoder,
+            "turnpike_proxy_refused",
+            "Connections to a proxy-protocol listener closed before they carried a client (source not in proxy-from, missing or invalid header)",
+            counters_now.workers.proxy_refused,
+        )?;
         let redis_up = api.redis.as_ref().map_or(0, |r| {
             i64::from(r.store.health(unix_now()) == Health::Connected)
         });

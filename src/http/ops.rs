@@ -174,6 +174,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             "rejected_per_source": counters.workers.tcp_rejected_per_source,
             "timeouts": counters.workers.stream_timeouts,
             "write_timeouts": counters.workers.stream_write_timeouts,
+            "proxy_refused": counters.workers.proxy_refused,
         },
         "redis": {
             "configured": api.redis.is_some(),

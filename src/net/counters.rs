@@ -18,6 +18,10 @@ pub struct WorkerCounters {
     /// TCP/TLS clients closed because their queued output made no progress for
     /// `stream-idle-timeout` (a client that does not read).
     pub stream_write_timeouts: u64,
+    /// Connections to a `proxy-protocol` listener closed before they carried a client: from a
+    /// source outside `proxy-from`, without a valid PROXY protocol header, or naming a client
+    /// another connection has.
+    pub proxy_refused: u64,
     /// Relayed frames dropped because the TCP/TLS client's output queue was full.
     pub dropped_stream_full: u64,
     /// Datagrams the kernel refused to send (UDP socket buffer full), to clients or peers.
@@ -33,6 +37,7 @@ impl WorkerCounters {
         self.tcp_rejected_per_source += other.tcp_rejected_per_source;
         self.stream_timeouts += other.stream_timeouts;
         self.stream_write_timeouts += other.stream_write_timeouts;
+        self.proxy_refused += other.proxy_refused;
         self.dropped_stream_full += other.dropped_stream_full;
         self.dropped_send_failed += other.dropped_send_failed;
     }

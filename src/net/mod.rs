@@ -57,6 +57,16 @@ pub struct BoundListener {
     pub address: SocketAddr,
 }
 
+impl BoundListener {
+    /// Is this the socket bound for `wanted`? A configured port 0 matches whatever port it was
+    /// given.
+    pub(crate) fn is(&self, wanted: &crate::config::Listen) -> bool {
+        wanted.transport == self.transport
+            && (wanted.address == self.address
+                || (wanted.address.port() == 0 && wanted.address.ip() == self.address.ip()))
+    }
+}
+
 /// A running server: its listeners and worker threads.
 pub struct Node {
     handle: NodeHandle,

@@ -213,6 +213,7 @@ impl Node {
         let (lease_tx, lease_rx) = tokio::sync::mpsc::unbounded_channel();
         let cluster_link = config.redis.as_ref().map(|_| lease_tx.clone());
         let streams = Arc::new(StreamLimits::new(limits));
+        streams.set_proxies(&config.listen, &listeners);
         let tls = Arc::new(arc_swap::ArcSwapOption::from(tls.map(Arc::new)));
 
         let (shutdown, stop) = watch::channel(false);

@@ -40,12 +40,7 @@ impl NodeHandle {
     /// changed. Connections already accepted on a removed TCP/TLS listener go on.
     fn apply_listeners(&self, config: &Config) -> Result<Vec<BoundListener>, String> {
         let current = self.listeners();
-        // A configured port 0 matches whatever port it was given.
-        let matches = |wanted: &crate::config::Listen, bound: &BoundListener| {
-            wanted.transport == bound.transport
-                && (wanted.address == bound.address
-                    || (wanted.address.port() == 0 && wanted.address.ip() == bound.address.ip()))
-        };
+        let matches = |wanted: &crate::config::Listen, bound: &BoundListener| bound.is(wanted);
         let removed: Vec<BoundListener> = current
             .iter()
             .filter(|bound| !config.listen.iter().any(|w| matches(w, bound)))
@@ -92,6 +87,13 @@ impl NodeHandle {
                 sockets,
             ));
         }
+        // Before an added listener accepts, and as a removed one stops: how each admits.
+        let all: Vec<BoundListener> = kept
+            .iter()
+            .copied()
+            .chain(opened.iter().map(|(bound, _)| *bound))
+            .collect();
+        self.streams.set_proxies(&config.listen, &all);
         for (bound, sockets) in opened {
             for (worker, socket) in sockets.into_iter().enumerate() {
                 self.commander.send_to(

@@ -131,6 +131,27 @@ impl StunClient {
         Self::new(link, username, password)
     }
 
+    /// A client on a TCP connection already open (e.g. one a PROXY protocol header was
+    /// written to).
+    pub fn over_tcp(stream: TcpStream, username: &str, password: &str) -> Self {
+        stream.set_nodelay(true).expect("set TCP_NODELAY");
+        let link = Link::Tcp {
+            stream,
+            unread: Vec::new(),
+        };
+        Self::new(link, username, password)
+    }
+
+    /// A client doing TLS on a TCP connection already open (handshake done here; any
+    /// certificate accepted).
+    pub fn over_tls(stream: TcpStream, username: &str, password: &str) -> Self {
+        let link = Link::Tls {
+            stream: Box::new(super::tls::connect_over(stream)),
+            unread: Vec::new(),
+        };
+        Self::new(link, username, password)
+    }
+
     /// The UDP socket (UDP clients only), e.g. to shrink its receive buffer.
     pub fn udp_socket(&self) -> &UdpSocket {
         match &self.link {

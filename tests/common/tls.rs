@@ -88,10 +88,18 @@ pub fn client_hello() -> Vec<u8> {
 /// Connects to `addr` and completes the TLS handshake (SNI `localhost`) within
 /// [`HANDSHAKE_TIMEOUT`]; fails the test otherwise.
 pub fn connect(addr: SocketAddr) -> TlsStream {
-    let conn = client();
     let tcp = TcpStream::connect_timeout(&addr, HANDSHAKE_TIMEOUT)
         .unwrap_or_else(|e| panic!("connect to {addr}: {e}"));
     tcp.set_nodelay(true).expect("set TCP_NODELAY");
+    connect_over(tcp)
+}
+
+/// Completes the TLS handshake (SNI `localhost`) on a connection already open (and perhaps
+/// already written to, e.g. a PROXY protocol header) within [`HANDSHAKE_TIMEOUT`]; fails the
+/// test otherwise.
+pub fn connect_over(tcp: TcpStream) -> TlsStream {
+    let conn = client();
+    let addr = tcp.peer_addr().expect("a connected stream");
     let mut stream = rustls::StreamOwned::new(conn, tcp);
     let deadline = Instant::now() + HANDSHAKE_TIMEOUT;
     while stream.conn.is_handshaking() {

@@ -1,9 +1,14 @@
 //! The limits on stream connections (`max-tcp-connections`, `-per-source`,
 //! `stream-idle-timeout`), shared by the workers, and the slot each accepted connection holds.
 
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::config::{Listen, Transport};
+
+use super::super::BoundListener;
+use super::proxied::{Admission, ProxyListeners};
 
 /// Why a connection was refused a slot.
 pub(super) enum Refused {
@@ -13,53 +18,72 @@ pub(super) enum Refused {
     Source,
 }
 
-/// One of the node's `max-tcp-connections` and of its source's
+/// One of the node's `max-tcp-connections` and (once the client is known) of its source's
 /// `max-tcp-connections-per-source`, given back when dropped.
 pub(super) struct ConnectionSlot {
     limits: Arc<StreamLimits>,
-    source: IpAddr,
+    source: Option<IpAddr>,
 }
 
 impl ConnectionSlot {
+    /// A slot for a connection from `client`: the node's and its source's.
     pub(super) fn take(
         limits: &Arc<StreamLimits>,
         client: IpAddr,
     ) -> Result<ConnectionSlot, Refused> {
+        let mut slot = Self::take_node(limits)?;
+        slot.count_source(client)?;
+        Ok(slot)
+    }
+
+    /// The node's slot only, for a connection whose client is not known yet (a PROXY protocol
+    /// header will name it): [`ConnectionSlot::count_source`] follows.
+    pub(super) fn take_node(limits: &Arc<StreamLimits>) -> Result<ConnectionSlot, Refused> {
         limits
             .live
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |live| {
                 (live < limits.max_connections.load(Ordering::Relaxed)).then_some(live + 1)
             })
             .map_err(|_| Refused::Node)?;
+        Ok(ConnectionSlot {
+            limits: limits.clone(),
+            source: None,
+        })
+    }
+
+    /// Counts the connection under `client`'s source; refused when the source has its cap
+    /// (the slot, dropped, then gives the node's back).
+    pub(super) fn count_source(&mut self, client: IpAddr) -> Result<(), Refused> {
+        debug_assert!(self.source.is_none(), "a connection has one source");
         let source = source_of(client);
-        let cap = limits.max_per_source.load(Ordering::Relaxed);
-        let mut sources = limits.sources.lock().unwrap_or_else(|e| e.into_inner());
+        let cap = self.limits.max_per_source.load(Ordering::Relaxed);
+        let mut sources = self
+            .limits
+            .sources
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let count = sources.get(&source).copied().unwrap_or(0);
         if cap != 0 && count >= cap {
-            drop(sources);
-            limits.live.fetch_sub(1, Ordering::Relaxed);
             return Err(Refused::Source);
         }
         sources.insert(source, count + 1);
-        Ok(ConnectionSlot {
-            limits: limits.clone(),
-            source,
-        })
+        self.source = Some(source);
+        Ok(())
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
-        {
+        if let Some(source) = self.source {
             let mut sources = self
                 .limits
                 .sources
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
-            if let Some(count) = sources.get_mut(&self.source) {
+            if let Some(count) = sources.get_mut(&source) {
                 *count -= 1;
                 if *count == 0 {
-                    sources.remove(&self.source);
+                    sources.remove(&source);
                 }
             }
         }
@@ -79,6 +103,8 @@ pub(crate) struct StreamLimits {
     /// lives while its count is above zero, so there are at most `live` of them. Keyed
     /// (SipHash): the keys are chosen by remote hosts.
     pub sources: Mutex<std::collections::HashMap<IpAddr, u32>>,
+    /// Which listeners expect a PROXY protocol header, and from whom (read at accept).
+    proxies: arc_swap::ArcSwap<ProxyListeners>,
 }
 
 impl StreamLimits {
@@ -91,7 +117,20 @@ impl StreamLimits {
             ),
             live: AtomicU32::new(0),
             sources: Mutex::new(std::collections::HashMap::new()),
+            proxies: arc_swap::ArcSwap::from_pointee(ProxyListeners::default()),
         }
+    }
+
+    /// Says how the listeners `bound` (configured by `listen`) admit connections: at start,
+    /// and on a reload before any listener it adds accepts.
+    pub(crate) fn set_proxies(&self, listen: &[Listen], bound: &[BoundListener]) {
+        self.proxies
+            .store(Arc::new(ProxyListeners::new(listen, bound)));
+    }
+
+    /// How the listener bound to `local` admits the connection it just accepted.
+    pub(super) fn admission(&self, transport: Transport, local: SocketAddr) -> Admission {
+        self.proxies.load().admission(transport, local)
     }
 
     /// Takes the reloadable values of `limits`; connections already open stay.

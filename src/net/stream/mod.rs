@@ -3,6 +3,8 @@
 //! the worker that serves it goes through [`StreamHost`]: this module sees nothing else of it.
 
 mod limits;
+mod proxied;
+mod proxy;
 mod tls;
 mod writer;
 
@@ -23,6 +25,7 @@ use super::socket::normalize;
 
 pub(crate) use limits::StreamLimits;
 use limits::{ConnectionSlot, Refused};
+use proxied::Admission;
 pub(in crate::net) use tls::SharedAcceptor;
 pub use tls::tls_acceptor;
 use writer::write_loop;
@@ -50,8 +53,9 @@ const MAX_FRAME: usize = stun::HEADER_LEN + 65_535 + 4;
 /// thread, never while another call is under way.
 pub(super) trait StreamHost {
     /// A connection was accepted: frames for `tuple` go to `writer` until
-    /// [`StreamHost::closed`].
-    fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>);
+    /// [`StreamHost::closed`]. `false`: another connection has `tuple` (only a PROXY
+    /// protocol header can name a client twice), and this one is to be closed.
+    fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>) -> bool;
     /// Handles one complete message from the client (STUN or ChannelData). Payloads it
     /// queues for peers go out at [`StreamHost::flush`], which ends each batch.
     fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]);
@@ -72,6 +76,7 @@ pub(super) struct StreamCounters {
     rejected_per_source: Cell<u64>,
     timeouts: Cell<u64>,
     write_timeouts: Cell<u64>,
+    proxy_refused: Cell<u64>,
 }
 
 impl StreamCounters {
@@ -95,6 +100,12 @@ impl StreamCounters {
     pub fn write_timeouts(&self) -> u64 {
         self.write_timeouts.get()
     }
+
+    /// Connections to a `proxy-protocol` listener closed before they carried a client: from a
+    /// source outside `proxy-from`, or without a valid PROXY protocol header.
+    pub fn proxy_refused(&self) -> u64 {
+        self.proxy_refused.get()
+    }
 }
 
 fn increment(counter: &Cell<u64>) {
@@ -116,6 +127,9 @@ pub(super) async fn accept_loop<H: StreamHost + 'static>(
         Transport::Tcp
     };
     let mut backoff = AcceptBackoff::new("TURN TCP/TLS", MAX_ACCEPT_BACKOFF);
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
     loop {
         let (stream, client) = match listener.accept().await {
             Ok(accepted) => {
@@ -128,7 +142,23 @@ pub(super) async fn accept_loop<H: StreamHost + 'static>(
             }
         };
         let client = normalize(client);
-        let slot = match ConnectionSlot::take(&limits, client.ip()) {
+        let admission = limits.admission(transport, local);
+        let slot = match &admission {
+            Admission::Direct => ConnectionSlot::take(&limits, client.ip()),
+            Admission::Proxied(ranges) => {
+                if !proxied::trusted(ranges, client.ip()) {
+                    // Only the balancers may say who the client is.
+                    increment(&counters.proxy_refused);
+                    tracing::debug!(%client, "PROXY protocol listener: source not in proxy-from");
+                    continue;
+                }
+                // The source is counted once the header names the client.
+                ConnectionSlot::take_node(&limits)
+            }
+            // A reload is removing the listener.
+            Admission::Closing => continue,
+        };
+        let slot = match slot {
             Ok(slot) => slot,
             // Over a limit: closed at once, before any TLS work.
             Err(Refused::Node) => {
@@ -145,7 +175,7 @@ pub(super) async fn accept_loop<H: StreamHost + 'static>(
         };
         let _ = stream.set_nodelay(true);
         limit_unsent(&stream);
-        let tuple = FiveTuple {
+        let mut tuple = FiveTuple {
             transport,
             client,
             server: normalize(server),
@@ -162,22 +192,72 @@ pub(super) async fn accept_loop<H: StreamHost + 'static>(
         };
         let idle = limits.idle_timeout();
         tokio::task::spawn_local(async move {
-            let _slot = slot;
-            match tls {
-                None => serve(&*host, &counters, stream, tuple, idle).await,
-                Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
-                    Ok(Ok(mut stream)) => {
-                        stream.get_mut().1.set_buffer_limit(Some(TLS_UNSENT));
-                        serve(&*host, &counters, stream, tuple, idle).await
+            let mut slot = slot;
+            match admission {
+                Admission::Proxied(_) => {
+                    let mut stream = stream;
+                    // The header must arrive within the idle timeout of the accept.
+                    let (addresses, rest) = match tokio::time::timeout(
+                        idle,
+                        proxied::read_header(&mut stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(header)) => header,
+                        Ok(Err(error)) => {
+                            increment(&counters.proxy_refused);
+                            tracing::debug!(%error, balancer = %client, "PROXY protocol header refused");
+                            return;
+                        }
+                        Err(_) => {
+                            increment(&counters.timeouts);
+                            tracing::debug!(balancer = %client, "PROXY protocol header timed out");
+                            return;
+                        }
+                    };
+                    // LOCAL/UNKNOWN (a balancer's health check): the connection's own
+                    // addresses stand.
+                    if let Some((source, _)) = addresses {
+                        tuple.client = normalize(source);
                     }
-                    Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
-                    Err(_) => {
-                        increment(&counters.timeouts);
-                        tracing::debug!("TLS handshake timed out");
+                    if slot.count_source(tuple.client.ip()).is_err() {
+                        increment(&counters.rejected_per_source);
+                        return;
                     }
-                },
+                    let stream = proxied::Prefixed::new(rest, stream);
+                    start(&*host, &counters, stream, tuple, tls, idle).await;
+                }
+                _ => start(&*host, &counters, stream, tuple, tls, idle).await,
             }
+            drop(slot);
         });
+    }
+}
+
+/// Serves an accepted connection: the TLS handshake first (within `idle`) when `tls` is set.
+async fn start<S>(
+    host: &impl StreamHost,
+    counters: &StreamCounters,
+    stream: S,
+    tuple: FiveTuple,
+    tls: Option<Arc<tokio_rustls::TlsAcceptor>>,
+    idle: Duration,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + 'static,
+{
+    match tls {
+        None => serve(host, counters, stream, tuple, idle).await,
+        Some(acceptor) => match tokio::time::timeout(idle, acceptor.accept(stream)).await {
+            Ok(Ok(mut stream)) => {
+                stream.get_mut().1.set_buffer_limit(Some(TLS_UNSENT));
+                serve(host, counters, stream, tuple, idle).await
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "TLS handshake failed"),
+            Err(_) => {
+                increment(&counters.timeouts);
+                tracing::debug!("TLS handshake timed out");
+            }
+        },
     }
 }
 
@@ -213,7 +293,11 @@ async fn serve<S>(
 {
     let (mut reader, writer_half) = tokio::io::split(stream);
     let writer = Rc::new(StreamWriter::new());
-    host.opened(tuple, writer.clone());
+    if !host.opened(tuple, writer.clone()) {
+        // A PROXY protocol header named a client another connection of this worker has.
+        increment(&counters.proxy_refused);
+        return;
+    }
     let write_task = tokio::task::spawn_local(write_loop(writer.clone(), writer_half, idle));
     let timed_out = read_loop(host, &mut reader, &writer, tuple, idle).await;
     writer.close();

@@ -48,8 +48,13 @@ impl Worker {
 }
 
 impl StreamHost for RefCell<Worker> {
-    fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>) {
-        self.borrow_mut().streams.insert(tuple, writer);
+    fn opened(&self, tuple: FiveTuple, writer: Rc<StreamWriter>) -> bool {
+        let streams = &mut self.borrow_mut().streams;
+        if streams.contains_key(&tuple) {
+            return false;
+        }
+        streams.insert(tuple, writer);
+        true
     }
 
     fn received(&self, now: Instant, tuple: FiveTuple, message: &[u8]) {

@@ -34,6 +34,7 @@ impl Worker {
             tcp_rejected_per_source: self.stream_counters.rejected_per_source(),
             stream_timeouts: self.stream_counters.timeouts(),
             stream_write_timeouts: self.stream_counters.write_timeouts(),
+            proxy_refused: self.stream_counters.proxy_refused(),
             dropped_stream_full: self.dropped_stream_full.get(),
             dropped_send_failed: self.dropped_send_failed.get(),
         }
