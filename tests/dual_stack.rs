@@ -239,7 +239,8 @@ fn invalid_dual_requests_get_the_rfc_codes_and_leave_nothing() {
     let aaf = attr::ADDITIONAL_ADDRESS_FAMILY;
     let v6: &[u8] = &[2, 0, 0, 0];
     // (case, value, another attribute, code)
-    let cases: [(&str, &[u8], Option<(u16, &[u8])>, u16); 10] = [
+    type Case<'a> = (&'a str, &'a [u8], Option<(u16, &'a [u8])>, u16);
+    let cases: [Case<'_>; 10] = [
         // RFC 8656 §7.2 step 9: IPv4 is not an additional family.
         ("IPv4 as the additional family", &[1, 0, 0, 0], None, 400),
         // Steps 6, 5 and 8.

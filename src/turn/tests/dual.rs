@@ -155,7 +155,8 @@ fn invalid_combinations_get_400_and_unknown_families_440() {
     let aaf = attr::ADDITIONAL_ADDRESS_FAMILY;
     let v6: &[u8] = &[2, 0, 0, 0];
     // (case, value, another attribute, code); the hostile encodings are in tests/dual_stack.rs.
-    let cases: [(&str, &[u8], Option<(u16, &[u8])>, u16); 6] = [
+    type Case<'a> = (&'a str, &'a [u8], Option<(u16, &'a [u8])>, u16);
+    let cases: [Case<'_>; 6] = [
         // §7.2 step 9: IPv4 as the additional family.
         ("IPv4", &[1, 0, 0, 0], None, 400),
         // Step 6, step 5, step 8.
