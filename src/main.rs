@@ -128,12 +128,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// `check-config`: validates the file, names the listeners that expect a PROXY protocol
-/// header and from whom, and says what `[relay] offload` will come to here (it loads and
+/// `check-config`: validates the file, says which allocations the relay addresses serve,
+/// names the listeners that expect a PROXY protocol header and from whom, and says what `[relay] offload` will come to here (it loads and
 /// attaches the program for a moment to find out, then detaches it).
 fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     println!("{}: ok", path.display());
+    println!("{}", relay_families(&config));
     for (i, listen) in config.listen.iter().enumerate() {
         if let Some(from) = &listen.proxy_from {
             let from: Vec<String> = from.iter().map(ToString::to_string).collect();
@@ -187,6 +188,23 @@ fn check_config(path: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// What `check-config` says of the relay address families: which Allocates get which
+/// relayed addresses (RFC 8656 §7.2).
+fn relay_families(config: &Config) -> String {
+    let v4 = config.relay.address.map_or_else(
+        || "the default route's address".to_owned(),
+        |a| a.to_string(),
+    );
+    match config.relay.address_v6 {
+        Some(v6) => format!(
+            "relay: IPv4 {v4}, IPv6 {v6}: IPv4, IPv6 and dual-stack allocations (ADDITIONAL-ADDRESS-FAMILY)"
+        ),
+        None => format!(
+            "relay: IPv4 {v4}, no IPv6 (relay.address-v6): IPv6 Allocates get 440, dual-stack ones their IPv4 address and ADDRESS-ERROR-CODE 440"
+        ),
+    }
 }
 
 fn credentials(

@@ -84,6 +84,8 @@ pub fn created(redactor: &Redactor, worker: usize, core: &Server, id: crate::tur
         client = %redactor.addr(tuple.client),
         relay = %allocation.relayed().map_or_else(String::new, |r| r.to_string()),
         relay_transport = if allocation.is_tcp() { "tcp" } else { "udp" },
+        // A dual allocation's second relayed address; absent from other allocations' lines.
+        relay_v6 = allocation.relayed_addresses().nth(1).map(tracing::field::display),
         "allocation created"
     );
 }
@@ -98,6 +100,7 @@ pub fn ended(redactor: &Redactor, worker: usize, ended: &Ended, now: Instant) {
         client = %redactor.addr(ended.tuple.client),
         relay = %ended.relayed,
         relay_transport = if ended.tcp { "tcp" } else { "udp" },
+        relay_v6 = ended.dual.map(tracing::field::display),
         duration_s = duration.as_secs_f64(),
         to_peer_bytes = ended.traffic.to_peer_bytes,
         to_client_bytes = ended.traffic.to_client_bytes,

@@ -20,10 +20,13 @@ pub struct AllocationInfo {
     pub user: String,
     pub username: String,
     pub client: ClientInfo,
-    /// The relayed address (as bound; the advertised one differs behind a 1:1 NAT).
+    /// The relayed address (as bound; the advertised one differs behind a 1:1 NAT); a dual
+    /// allocation's IPv4 one.
     pub relay: Option<SocketAddr>,
     /// What it relays: `udp`, or `tcp` for a TCP allocation (RFC 6062).
     pub relay_transport: Transport,
+    /// Every relayed address: two for a dual allocation (RFC 8656 §7.2), IPv4 first.
+    pub relays: Vec<SocketAddr>,
     /// Unix seconds.
     pub created: u64,
     pub expires: u64,
@@ -70,6 +73,7 @@ impl AllocationInfo {
             } else {
                 Transport::Udp
             },
+            relays: allocation.relayed_addresses().collect(),
             created: core.unix_time_of(allocation.created()),
             expires: core.unix_time_of(allocation.expires()),
             permissions: allocation.permissions().iter().map(|p| p.ip).collect(),
@@ -101,7 +105,7 @@ pub struct WorkerSummary {
     /// Allocations with a relay socket (those the allocation list shows), by client transport
     /// in [`TRANSPORTS`] order.
     pub by_transport: [u64; 3],
-    /// The same allocations by relay family: IPv4, IPv6.
+    /// The same allocations by relay family: IPv4, IPv6 (a dual allocation counts in both).
     pub by_family: [u64; 2],
     /// The distinct user ids of those allocations, sorted (when asked for).
     pub users: Option<Vec<Box<str>>>,
@@ -128,11 +132,13 @@ impl WorkerSummary {
         };
         let mut ids: Vec<&str> = Vec::new();
         for allocation in core.allocations() {
-            let Some(relay) = allocation.relayed() else {
+            if allocation.relayed().is_none() {
                 continue;
-            };
+            }
             summary.by_transport[transport_index(allocation.tuple().transport)] += 1;
-            summary.by_family[usize::from(relay.is_ipv6())] += 1;
+            for relay in allocation.relayed_addresses() {
+                summary.by_family[usize::from(relay.is_ipv6())] += 1;
+            }
             if users {
                 ids.push(crate::auth::user_id(allocation.username()));
             }

@@ -33,6 +33,9 @@ pub const PADDING: u16 = 0x0026;
 pub const RESPONSE_PORT: u16 = 0x0027;
 pub const CONNECTION_ID: u16 = 0x002A;
 pub const ADDITIONAL_ADDRESS_FAMILY: u16 = 0x8000;
+/// ADDITIONAL-ADDRESS-FAMILY under the code point of draft-ietf-tram-turnbis (before RFC
+/// 8656 moved it to 0x8000), which coturn 4.6 still sends and reads.
+pub const ADDITIONAL_ADDRESS_FAMILY_DRAFT: u16 = 0x8032;
 pub const ADDRESS_ERROR_CODE: u16 = 0x8001;
 pub const PASSWORD_ALGORITHMS: u16 = 0x8002;
 pub const ALTERNATE_DOMAIN: u16 = 0x8003;
@@ -162,6 +165,17 @@ pub fn decode_error_code(value: &[u8]) -> Result<(u16, &str), StunError> {
         return Err(StunError::BadAttributeValue);
     }
     Ok((class * 100 + number, decode_text(reason, MAX_TEXT_LEN)?))
+}
+
+/// Decodes ADDRESS-ERROR-CODE (RFC 8656 §18.13): the family it is about, the code, the reason.
+pub fn decode_address_error_code(value: &[u8]) -> Result<(u8, u16, &str), StunError> {
+    let (&[family, ..], _) = value
+        .split_first_chunk::<4>()
+        .ok_or(StunError::BadAttributeLength)?;
+    let mut error = [0u8; 4];
+    error[2..].copy_from_slice(&value[2..4]);
+    let (code, _) = decode_error_code(&error)?;
+    Ok((family, code, decode_text(&value[4..], MAX_TEXT_LEN)?))
 }
 
 /// The value bytes of an address attribute, as written on the wire.
@@ -326,6 +340,28 @@ mod tests {
             Err(StunError::BadAttributeLength)
         );
         assert!(decode_text(&[b'a'; 513], MAX_USERNAME_LEN).is_ok());
+    }
+
+    #[test]
+    fn address_error_code() {
+        let mut value = vec![FAMILY_IPV6, 0, 4, 40];
+        value.extend_from_slice(b"Address Family not Supported");
+        assert_eq!(
+            decode_address_error_code(&value),
+            Ok((FAMILY_IPV6, 440, "Address Family not Supported"))
+        );
+        assert_eq!(
+            decode_address_error_code(&[FAMILY_IPV4, 0, 5, 8]),
+            Ok((FAMILY_IPV4, 508, ""))
+        );
+        assert_eq!(
+            decode_address_error_code(&[FAMILY_IPV6, 0, 4]),
+            Err(StunError::BadAttributeLength)
+        );
+        assert_eq!(
+            decode_address_error_code(&[FAMILY_IPV6, 0, 1, 0]),
+            Err(StunError::BadAttributeValue)
+        );
     }
 
     #[test]

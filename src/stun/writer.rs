@@ -77,16 +77,33 @@ impl<'b> MessageWriter<'b> {
 
     /// Appends ERROR-CODE; `code` must be in 300..=699.
     pub fn error_code(&mut self, code: u16, reason: &str) -> Result<(), StunError> {
+        self.coded(attr::ERROR_CODE, 0, code, reason)
+    }
+
+    /// Appends ADDRESS-ERROR-CODE (RFC 8656 §18.13): ERROR-CODE's layout, with the address
+    /// family it is about (`attr::FAMILY_IPV4` or `FAMILY_IPV6`) in the first byte.
+    pub fn address_error_code(
+        &mut self,
+        family: u8,
+        code: u16,
+        reason: &str,
+    ) -> Result<(), StunError> {
+        self.coded(attr::ADDRESS_ERROR_CODE, family, code, reason)
+    }
+
+    /// An error code attribute: `first` (zero in ERROR-CODE), a reserved byte, class, number,
+    /// reason; `code` must be in 300..=699.
+    fn coded(&mut self, typ: u16, first: u8, code: u16, reason: &str) -> Result<(), StunError> {
         if !(300..=699).contains(&code) {
             return Err(StunError::BadAttributeValue);
         }
         // Both fit in a byte: class is 3..=6 and number is 0..=99.
         let [class, number] = [(code / 100) as u8, (code % 100) as u8];
-        let value = self.reserve(attr::ERROR_CODE, 4 + reason.len(), 0)?;
+        let value = self.reserve(typ, 4 + reason.len(), 0)?;
         let (head, text) = value
             .split_first_chunk_mut::<4>()
             .ok_or(StunError::BufferTooSmall)?;
-        *head = [0, 0, class, number];
+        *head = [first, 0, class, number];
         copy(text, reason.as_bytes())
     }
 
@@ -464,5 +481,26 @@ mod tests {
         let n = w.finish();
         assert_eq!(n, 20 + 65_532);
         assert!(Message::parse(&big[..n]).is_ok());
+    }
+
+    #[test]
+    fn address_error_code_round_trip() {
+        let mut buf = [0u8; 128];
+        let tid = VECTOR_TID;
+        let mut w = MessageWriter::new(&mut buf, Method::ALLOCATE, Class::Success, tid).unwrap();
+        w.address_error_code(attr::FAMILY_IPV6, 440, "Address Family not Supported")
+            .unwrap();
+        assert_eq!(
+            w.address_error_code(attr::FAMILY_IPV6, 700, ""),
+            Err(StunError::BadAttributeValue)
+        );
+        let n = w.finish();
+        let msg = Message::parse(&buf[..n]).unwrap();
+        let value = msg.get(attr::ADDRESS_ERROR_CODE).unwrap();
+        assert_eq!(&value[..4], &[attr::FAMILY_IPV6, 0, 4, 40]);
+        assert_eq!(
+            attr::decode_address_error_code(value),
+            Ok((attr::FAMILY_IPV6, 440, "Address Family not Supported"))
+        );
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 use super::allocation::CachedResponse;
 use super::authenticate::Authenticated;
 use super::credentials::{CredentialKind, Principal};
+use super::families::{self, Dual, DualStep};
 use super::reply::write_response;
 use super::{
     Allocation, AllocationId, ByteRate, ClientAction, EndReason, Event, Family, FiveTuple,
@@ -41,9 +42,22 @@ impl Server {
         let token = msg.get(attr::RESERVATION_TOKEN);
         let even_port = msg.get(attr::EVEN_PORT);
         let family_attr = msg.get(attr::REQUESTED_ADDRESS_FAMILY);
+        let additional = families::additional_attribute(msg)?;
+        // RFC 8656 §7.2 step 5.
         if token.is_some() && (even_port.is_some() || family_attr.is_some()) {
             return Err(RequestError::BadRequest(
                 "RESERVATION-TOKEN with EVEN-PORT or REQUESTED-ADDRESS-FAMILY",
+            ));
+        }
+        if token.is_some() && additional.is_some() {
+            return Err(RequestError::BadRequest(
+                "RESERVATION-TOKEN with ADDITIONAL-ADDRESS-FAMILY",
+            ));
+        }
+        // Step 6.
+        if family_attr.is_some() && additional.is_some() {
+            return Err(RequestError::BadRequest(
+                "REQUESTED-ADDRESS-FAMILY with ADDITIONAL-ADDRESS-FAMILY",
             ));
         }
         let family = match family_attr.map(attr::decode_address_family) {
@@ -83,6 +97,11 @@ impl Server {
                 }
             }
             (None, None) => PortRequest::Any,
+        };
+        // Steps 8 and 9: a dual allocation.
+        let dual = match additional {
+            Some(value) => families::dual_request(value, port, &self.config)?,
+            None => Dual::default(),
         };
         let lifetime = self.lifetime(msg, false)?;
         let username = match &auth.hashed_username {
@@ -136,6 +155,7 @@ impl Server {
             rest_expiry,
             signing: auth.signing,
             relayed: None,
+            dual,
             created: now,
             expires: now + lifetime,
             permissions: Vec::new(),
@@ -221,6 +241,10 @@ impl Server {
         result: Result<SocketAddr, RelayOpenError>,
         out: &mut [u8],
     ) -> Option<(FiveTuple, usize)> {
+        let result = match self.dual_opened(allocation, result) {
+            DualStep::Wait => return None,
+            DualStep::Answer(result) => result,
+        };
         let alloc = self.allocation_mut(allocation)?;
         let tuple = alloc.tuple;
         let tid = alloc.last_response.tid?;
@@ -245,6 +269,7 @@ impl Server {
         alloc.relayed = Some(relayed);
         let lifetime = alloc.expires.saturating_duration_since(now);
         let token = alloc.reservation;
+        let (second, address_error) = (alloc.dual.relayed, alloc.dual.error);
         let advertised = self.advertised(relayed);
         let n = write_response(
             out,
@@ -254,6 +279,11 @@ impl Server {
             &key,
             |w| {
                 w.xor_address(attr::XOR_RELAYED_ADDRESS, advertised)?;
+                // A dual allocation's IPv6 address, after the IPv4 one (RFC 8656 §7.2).
+                if let Some(second) = second {
+                    w.xor_address(attr::XOR_RELAYED_ADDRESS, second)?;
+                }
+                families::write_address_error(w, address_error)?;
                 w.u32(attr::LIFETIME, lifetime.as_secs() as u32)?;
                 if let Some(token) = token {
                     w.attribute(attr::RESERVATION_TOKEN, &token.0)?;

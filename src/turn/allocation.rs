@@ -90,8 +90,11 @@ pub struct Allocation {
     /// requests are refused with 401, while it relays on until its lifetime ends.
     pub(super) rest_expiry: Option<u64>,
     pub(super) signing: Signing,
-    /// The address the relay socket is bound to; `None` while the I/O layer opens it.
+    /// The address the relay socket is bound to; `None` while the I/O layer opens it. On a
+    /// dual allocation, the IPv4 one (or the IPv6 one if IPv4 had no port).
     pub(super) relayed: Option<SocketAddr>,
+    /// The second relayed address of a dual allocation (RFC 8656 §7.2), in `families.rs`.
+    pub(super) dual: super::families::Dual,
     pub(super) created: Instant,
     pub(super) expires: Instant,
     pub(super) permissions: Vec<Permission>,
@@ -142,7 +145,8 @@ impl Allocation {
         &self.principal
     }
 
-    /// The address its relay socket is bound to; `None` while the I/O layer opens it.
+    /// The address its relay socket is bound to; `None` while the I/O layer opens it. A dual
+    /// allocation has a second one: see [`Allocation::relayed_addresses`].
     pub fn relayed(&self) -> Option<SocketAddr> {
         self.relayed
     }

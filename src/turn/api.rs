@@ -100,14 +100,16 @@ pub enum PortRequest {
 /// Something the I/O layer must do, from [`Server::poll_event`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// Open a UDP relay socket for `allocation`, then call [`Server::handle_relay_opened`].
+    /// Open a UDP relay socket of `family` for `allocation`, then call
+    /// [`Server::handle_relay_opened`]. A dual allocation (RFC 8656 §7.2) asks for two, IPv4
+    /// then IPv6, the second once the first's result is in.
     OpenRelay {
         allocation: AllocationId,
         family: Family,
         port: PortRequest,
     },
-    /// The allocation has ended: close its relay socket (for a TCP allocation: its listening
-    /// socket and every peer and data connection of it).
+    /// The allocation has ended: close its relay socket (both, for a dual allocation; for a
+    /// TCP allocation: its listening socket and every peer and data connection of it).
     CloseRelay { allocation: AllocationId },
     /// Open a listening TCP relay socket for a TCP allocation (RFC 6062 §5.1), then call
     /// [`Server::handle_relay_opened`].
@@ -202,6 +204,8 @@ pub struct Ended {
     pub username: Box<str>,
     pub tuple: FiveTuple,
     pub relayed: SocketAddr,
+    /// A dual allocation's second relayed address (IPv6).
+    pub dual: Option<SocketAddr>,
     pub created: Instant,
     pub traffic: Traffic,
     pub reason: EndReason,

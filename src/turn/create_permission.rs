@@ -5,6 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use super::authenticate::Authenticated;
+use super::families::Relayed;
 use super::{AllocationId, ClientAction, Family, FiveTuple, RequestError, Server, canonical_addr};
 use crate::stun::{Message, Method, TransactionId, attr};
 
@@ -76,30 +77,32 @@ impl Server {
         Ok(())
     }
 
-    /// The allocation of `tuple` and its relayed address; 437 when there is none.
+    /// The allocation of `tuple` and its relayed addresses; 437 when there is none.
     pub(super) fn relayed_allocation(
         &self,
         tuple: &FiveTuple,
-    ) -> Result<(AllocationId, SocketAddr), RequestError> {
+    ) -> Result<(AllocationId, Relayed), RequestError> {
         let id = *self
             .by_tuple
             .get(tuple)
             .ok_or(RequestError::AllocationMismatch)?;
         let relayed = self
             .allocation(id)
-            .and_then(|a| a.relayed)
+            .and_then(|a| a.relayed_pair())
             .ok_or(RequestError::AllocationMismatch)?;
         Ok((id, relayed))
     }
 
     /// May the allocation relayed on `relayed` talk to `peer`? Policy first (403 whatever the
-    /// family), then the family (443), both on the canonical form of the address.
+    /// family), then the family (443; a dual allocation has both), both on the canonical form
+    /// of the address.
     pub(super) fn check_peer(
         &self,
         peer: SocketAddr,
-        relayed: SocketAddr,
+        relayed: Relayed,
     ) -> Result<(), RequestError> {
         let canonical = canonical_addr(peer);
+        let relayed = relayed.for_peer(&canonical);
         if !self.policy.permits_ip(canonical.ip()) {
             return Err(RequestError::Forbidden("Peer address not allowed"));
         }

@@ -123,7 +123,8 @@ impl Server {
             return ClientAction::None;
         };
         // A TCP allocation relays over its connections only (RFC 6062 §4).
-        if alloc.relayed.is_none_or(|relayed| relayed == peer)
+        if alloc.relayed.is_none()
+            || alloc.is_relayed(peer)
             || alloc.tcp.is_some()
             || !alloc.permits(peer.ip(), now)
         {

@@ -23,6 +23,7 @@
 //! - `allocate.rs`, `refresh.rs`, `create_permission.rs`, `channel_bind.rs`: one TURN method each;
 //! - `tcp.rs` (TCP allocations' peer connections, RFC 6062), `connect.rs`, `connection_bind.rs`;
 //! - `reply.rs`: writing responses, and counting each by method and code;
+//! - `families.rs`: dual-stack allocations (ADDITIONAL-ADDRESS-FAMILY, ADDRESS-ERROR-CODE);
 //! - `allocation.rs` (one allocation's permissions, channels, traffic), `limits.rs` (quotas,
 //!   rates), `policy.rs` (which peers), `nonce.rs`, `error.rs` (error codes).
 
@@ -37,6 +38,7 @@ mod create_permission;
 pub mod credentials;
 mod datapath;
 mod error;
+mod families;
 pub mod limits;
 pub mod nonce;
 mod password;

@@ -21,17 +21,20 @@ impl Server {
             .get(tuple)
             .ok_or(RequestError::AllocationMismatch)?;
         let lifetime = self.lifetime(msg, true)?;
-        let relayed_family = self
-            .allocation(id)
-            .and_then(|a| a.relayed)
-            .map(|a| Family::of(&a));
         if let Some(family) = msg.get(attr::REQUESTED_ADDRESS_FAMILY) {
             let requested = match attr::decode_address_family(family) {
                 Ok(0x01) => Family::V4,
                 Ok(0x02) => Family::V6,
                 _ => return Err(RequestError::PeerAddressFamilyMismatch),
             };
-            if Some(requested) != relayed_family {
+            // RFC 8656 §8.2: 443 when the family is not the allocation's. A dual allocation has
+            // both; its two relayed addresses share one lifetime, so a Refresh naming either
+            // family refreshes (or, with LIFETIME 0, deletes) the allocation whole.
+            let has = self.allocation(id).is_some_and(|a| {
+                a.relayed_addresses()
+                    .any(|relayed| Family::of(&relayed) == requested)
+            });
+            if !has {
                 return Err(RequestError::PeerAddressFamilyMismatch);
             }
         }

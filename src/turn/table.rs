@@ -121,6 +121,7 @@ impl Server {
                 username: allocation.username,
                 tuple: allocation.tuple,
                 relayed,
+                dual: allocation.dual.relayed,
                 created: allocation.created,
                 traffic: allocation.traffic,
                 reason,

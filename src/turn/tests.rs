@@ -16,6 +16,7 @@ const REALM: &str = "turnpike.test";
 const CLIENT: &str = "198.51.100.20:5000";
 const SERVER: &str = "192.0.2.1:3478";
 const RELAY_IP: &str = "192.0.2.1";
+const RELAY_IP_V6: &str = "2001:db8::1";
 const PEER: &str = "203.0.113.5:6000";
 
 struct Harness {
@@ -24,6 +25,8 @@ struct Harness {
     next_port: u16,
     out: Vec<u8>,
     fail_open: Option<RelayOpenError>,
+    /// The same for IPv6 relay sockets only (a dual allocation's second one).
+    fail_open_v6: Option<RelayOpenError>,
     /// How the "cluster" answers lease requests; `None` leaves them pending.
     lease: Option<bool>,
     /// Lease events seen, in order.
@@ -145,6 +148,7 @@ impl Harness {
             next_port: 50_000,
             out: vec![0; 2048],
             fail_open: None,
+            fail_open_v6: None,
             lease: None,
             lease_events: Vec::new(),
             offloaded: std::collections::BTreeSet::new(),
@@ -259,22 +263,30 @@ impl Harness {
                 self.closed_connections.push(connection);
                 continue;
             }
-            if let Event::OpenRelay { allocation, .. } | Event::OpenTcpRelay { allocation, .. } =
-                event
+            if let Event::OpenRelay {
+                allocation, family, ..
+            }
+            | Event::OpenTcpRelay { allocation, family } = event
             {
-                let result = match self.fail_open {
+                let (fail, ip) = match family {
+                    Family::V4 => (self.fail_open, RELAY_IP),
+                    Family::V6 => (self.fail_open.or(self.fail_open_v6), RELAY_IP_V6),
+                };
+                let result = match fail {
                     Some(e) => Err(e),
                     None => {
                         self.next_port += 2;
-                        Ok(SocketAddr::new(RELAY_IP.parse().unwrap(), self.next_port))
+                        Ok(SocketAddr::new(ip.parse().unwrap(), self.next_port))
                     }
                 };
-                let (to, n) = self
-                    .server
-                    .handle_relay_opened(self.now, allocation, result, &mut self.out)
-                    .expect("a response to the allocate");
-                assert_eq!(to, tuple);
-                reply = Some(self.out[..n].to_vec());
+                // A dual allocation's first socket is answered once its second is open.
+                if let Some((to, n)) =
+                    self.server
+                        .handle_relay_opened(self.now, allocation, result, &mut self.out)
+                {
+                    assert_eq!(to, tuple);
+                    reply = Some(self.out[..n].to_vec());
+                }
             }
         }
         reply.map(|bytes| {
@@ -2184,4 +2196,5 @@ mod offload_properties {
     }
 }
 
+mod dual;
 mod tcp;

@@ -54,6 +54,27 @@ impl Answer {
         let msg = Message::parse(&self.bytes).ok()?;
         attr::decode_xor_address(msg.get(typ)?, &msg.transaction_id()).ok()
     }
+
+    /// Every address attribute of type `typ`, in order (a dual allocation's two
+    /// XOR-RELAYED-ADDRESS, say); one that does not decode fails the test.
+    pub fn xor_addresses(&self, typ: u16) -> Vec<SocketAddr> {
+        let msg = Message::parse(&self.bytes).expect("the answer parsed before");
+        msg.attributes()
+            .filter(|a| a.typ == typ)
+            .map(|a| {
+                attr::decode_xor_address(a.value, &msg.transaction_id())
+                    .expect("a well-formed address attribute")
+            })
+            .collect()
+    }
+
+    /// The family (0x01 IPv4, 0x02 IPv6) and code of ADDRESS-ERROR-CODE (RFC 8656 §18.13).
+    pub fn address_error(&self) -> Option<(u8, u16)> {
+        let msg = Message::parse(&self.bytes).ok()?;
+        let (family, code, _) = attr::decode_address_error_code(msg.get(attr::ADDRESS_ERROR_CODE)?)
+            .expect("a well-formed ADDRESS-ERROR-CODE");
+        Some((family, code))
+    }
 }
 
 /// One client transport address with one set of credentials.
@@ -362,6 +383,16 @@ impl StunClient {
         self.allocate_with(&|w| {
             w.requested_transport(17).expect("fits");
             w.attribute(attr::REQUESTED_ADDRESS_FAMILY, &[2, 0, 0, 0])
+                .expect("fits");
+        })
+    }
+
+    /// Asks for a dual-stack allocation (ADDITIONAL-ADDRESS-FAMILY 0x02, RFC 8656 §7.2): the
+    /// answer, whose relayed addresses [`Answer::xor_addresses`] lists (IPv4 first).
+    pub fn allocate_dual(&mut self) -> Answer {
+        self.request(Method::ALLOCATE, &|w| {
+            w.requested_transport(17).expect("fits");
+            w.attribute(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0])
                 .expect("fits");
         })
     }

@@ -163,7 +163,12 @@ pub struct Run<'a> {
 
 /// Runs one uclient to completion against `peer` and checks that every packet came back.
 pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
-    match attempt(run, peer, dir, 1) {
+    run_with_flags(run, &[], peer, dir)
+}
+
+/// [`run`] with more uclient flags, e.g. `-Z` (dual allocation).
+pub fn run_with_flags(run: &Run<'_>, flags: &[&str], peer: &Peer, dir: &Path) -> Summary {
+    match attempt(run, flags, peer, dir, 1) {
         Ok(summary) => summary,
         Err(first) => {
             // turnutils_uclient stops waiting for echoes on its own clock: on a loaded machine
@@ -171,7 +176,7 @@ pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
             // while the server had relayed every packet. One loss is run again; a second in a
             // row fails the test.
             eprintln!("{}: retried once after {first:?}", run.case);
-            attempt(run, peer, dir, 2).unwrap_or_else(|second| {
+            attempt(run, flags, peer, dir, 2).unwrap_or_else(|second| {
                 panic!(
                     "packets lost twice in a row: {first:?}, then {second:?}; {}",
                     run.case
@@ -182,7 +187,13 @@ pub fn run(run: &Run<'_>, peer: &Peer, dir: &Path) -> Summary {
 }
 
 /// One run of uclient; every failure but lost packets panics, lost packets are returned.
-fn attempt(run: &Run<'_>, peer: &Peer, dir: &Path, number: u32) -> Result<Summary, Summary> {
+fn attempt(
+    run: &Run<'_>,
+    flags: &[&str],
+    peer: &Peer,
+    dir: &Path,
+    number: u32,
+) -> Result<Summary, Summary> {
     let program = super::require_tool("turnutils_uclient");
     let mut args: Vec<String> = Vec::new();
     match run.transport {
@@ -195,6 +206,7 @@ fn attempt(run: &Run<'_>, peer: &Peer, dir: &Path, number: u32) -> Result<Summar
     if run.send_indication {
         args.push("-s".into());
     }
+    args.extend(flags.iter().map(|f| f.to_string()));
     args.extend(
         [
             "-c", // no RTCP allocations (no EVEN-PORT / RESERVATION-TOKEN)

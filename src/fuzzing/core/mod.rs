@@ -128,6 +128,10 @@ pub(crate) struct Harness {
     sockets: FakeSockets,
     /// Open relay sockets by allocation, as the I/O layer keeps them.
     relays: BTreeMap<AllocationId, SocketAddr>,
+    /// The second relay socket of dual allocations (RFC 8656 §7.2), and the first one while
+    /// the second is opened.
+    dual_relays: BTreeMap<AllocationId, SocketAddr>,
+    opening: BTreeMap<AllocationId, SocketAddr>,
     /// Relays recently closed: a peer datagram may still name one.
     closed: Vec<AllocationId>,
     /// The kernel table as the events built it: (allocation, channel, peer).
@@ -216,6 +220,8 @@ impl Harness {
             streams: vec![Vec::new(); TUPLES.len()],
             sockets: FakeSockets::default(),
             relays: BTreeMap::new(),
+            dual_relays: BTreeMap::new(),
+            opening: BTreeMap::new(),
             closed: Vec::new(),
             offloaded: BTreeSet::new(),
             outcome: 0,

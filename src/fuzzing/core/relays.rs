@@ -104,6 +104,12 @@ impl Harness {
                         self.server.allocation(allocation).is_none(),
                         "CloseRelay for a live allocation"
                     );
+                    for addr in [&mut self.dual_relays, &mut self.opening]
+                        .into_iter()
+                        .filter_map(|relays| relays.remove(&allocation))
+                    {
+                        self.sockets.used.remove(&addr);
+                    }
                     if let Some(addr) = self.relays.remove(&allocation) {
                         self.sockets.used.remove(&addr);
                         self.closed.push(allocation);
@@ -125,6 +131,11 @@ impl Harness {
             if let Some(relayed) = alloc.relayed() {
                 assert_eq!(self.relays.get(&alloc.id()), Some(&relayed));
             }
+            assert_eq!(
+                self.dual_relays.get(&alloc.id()).copied(),
+                alloc.relayed_addresses().nth(1),
+                "a dual allocation's second relay socket"
+            );
         }
     }
 
@@ -140,6 +151,8 @@ impl Harness {
             .allocation(allocation)
             .expect("OpenRelay for an allocation that is gone");
         assert!(alloc.relayed().is_none() && !self.relays.contains_key(&allocation));
+        // A dual allocation asks for its second socket (of the other family) after the first.
+        let second = self.opening.contains_key(&allocation);
         let tuple = alloc.tuple();
         let ip = match family {
             Family::V4 => self.relay_v4.map(IpAddr::V4),
@@ -154,7 +167,20 @@ impl Harness {
         let answer = self
             .server
             .handle_relay_opened(self.now, allocation, result, &mut out);
-        let (to, n) = answer.expect("an Allocate gets an answer once its relay socket is settled");
+        let Some((to, n)) = answer else {
+            // The first relay socket of a dual allocation: the core asks for the second next.
+            assert!(
+                !second,
+                "no answer once both relay sockets of a dual allocation are settled"
+            );
+            assert_eq!(family, Family::V4, "a dual allocation opens IPv4 first");
+            if let Ok(addr) = result {
+                self.opening.insert(allocation, addr);
+            }
+            self.out = out;
+            return;
+        };
+        let first = self.opening.remove(&allocation);
         assert_eq!(to, tuple);
         assert!(n > 0 && n <= out.len());
         let t = tuple_of(to);
@@ -167,22 +193,38 @@ impl Harness {
             &reply,
         );
         let msg = Message::parse(&reply).expect("checked above");
-        match result {
-            Ok(addr) => {
+        let granted = self.server.allocation(allocation).map(|a| {
+            let addresses: Vec<SocketAddr> = a.relayed_addresses().collect();
+            addresses
+        });
+        match granted {
+            Some(addresses) => {
                 assert_eq!(msg.class(), Class::Success);
-                let advertised = msg
-                    .get(attr::XOR_RELAYED_ADDRESS)
-                    .map(|v| attr::decode_xor_address(v, &msg.transaction_id()));
-                let expected = match (addr, self.config.relay.public_address) {
-                    (SocketAddr::V4(_), Some(public)) => SocketAddr::from((public, addr.port())),
-                    _ => addr,
-                };
-                assert_eq!(advertised, Some(Ok(expected)), "XOR-RELAYED-ADDRESS");
-                self.relays.insert(allocation, addr);
+                // The first socket's address (or this one's, if the first had no port), then
+                // this one's if both opened.
+                let mut expected: Vec<SocketAddr> = first.into_iter().chain(result.ok()).collect();
+                assert_eq!(addresses, expected, "relayed addresses");
+                for addr in &mut expected {
+                    if let (SocketAddr::V4(_), Some(public)) =
+                        (*addr, self.config.relay.public_address)
+                    {
+                        *addr = SocketAddr::from((public, addr.port()));
+                    }
+                }
+                let advertised: Vec<SocketAddr> = msg
+                    .attributes()
+                    .filter(|a| a.typ == attr::XOR_RELAYED_ADDRESS)
+                    .filter_map(|a| attr::decode_xor_address(a.value, &msg.transaction_id()).ok())
+                    .collect();
+                assert_eq!(advertised, expected, "XOR-RELAYED-ADDRESS");
+                self.relays.insert(allocation, addresses[0]);
+                if let Some(&second) = addresses.get(1) {
+                    self.dual_relays.insert(allocation, second);
+                }
             }
-            Err(_) => {
+            None => {
                 assert_eq!(msg.class(), Class::Error);
-                assert!(self.server.allocation(allocation).is_none());
+                assert!(first.is_none(), "refused, though a relay socket opened");
             }
         }
     }

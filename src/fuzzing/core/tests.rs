@@ -182,3 +182,33 @@ fn unauthenticated_messages_get_challenged() {
     assert_eq!(stats.binding_requests, 2, "{stats:?}");
     assert_eq!(stats.malformed, 1, "{stats:?}");
 }
+
+/// A dual-stack Allocate (RFC 8656 §7.2) opens two relay sockets, which the harness tracks
+/// as the worker does and sees closed together; with no port of either family it is refused
+/// and leaves none.
+#[test]
+fn a_dual_allocation_opens_and_closes_two_relay_sockets() {
+    let mut harness = Harness::new(Mode::Authenticated, flavors(), 0);
+    let mut allocate = attribute(attr::REQUESTED_TRANSPORT, &[17, 0, 0, 0]);
+    allocate.extend(attribute(attr::ADDITIONAL_ADDRESS_FAMILY, &[2, 0, 0, 0]));
+    harness.apply(&stun(0, ALLOCATE, 2, FINGERPRINT, &allocate));
+    let relayed: Vec<_> = harness
+        .server
+        .allocations()
+        .flat_map(|a| a.relayed_addresses().collect::<Vec<_>>())
+        .collect();
+    assert_eq!(relayed.len(), 2, "{relayed:?}");
+    assert!(relayed[0].is_ipv4() && relayed[1].is_ipv6(), "{relayed:?}");
+    assert_eq!(harness.dual_relays.len(), 1);
+    harness.apply(&stun(0, REFRESH, 3, 0, &attribute(attr::LIFETIME, &[0; 4])));
+    assert!(harness.relays.is_empty() && harness.dual_relays.is_empty());
+    assert!(harness.sockets.used.is_empty(), "both ports given back");
+    harness.apply(&Op::RelayOutcome { outcome: 1 });
+    harness.apply(&stun(0, ALLOCATE, 4, 0, &allocate));
+    assert_eq!(harness.server.allocation_count(), 0);
+    harness.finish();
+    let stats = harness.server.stats();
+    assert_eq!(stats.allocations_created, 1, "{stats:?}");
+    assert_eq!(stats.allocations_deleted, 1, "{stats:?}");
+    assert_eq!(stats.capacity_rejected, 1, "{stats:?}");
+}

@@ -41,7 +41,7 @@ pub(in crate::net) use listeners::UdpListener;
 use listeners::{listener_for, udp_listener_loop};
 use offload::Offloaded;
 pub use relays::RelaySettings;
-use relays::{RelaySocket, relay_loop};
+use relays::{Backlogged, RelaySocket, relay_loop, relay_slot};
 pub use tcp_relays::BindAnswer;
 use timers::timer_loop;
 
@@ -100,8 +100,8 @@ pub(super) struct Worker {
     /// Relay sockets that hit [`RELAY_SOCKET_LIMIT`] in a pass and still hold datagrams: the
     /// set does not report them again until a new one arrives, so the next pass serves them
     /// first. Two lists whose capacity is kept, swapped each pass.
-    backlog: Vec<AllocationId>,
-    backlog_next: Vec<AllocationId>,
+    backlog: Vec<Backlogged>,
+    backlog_next: Vec<Backlogged>,
     /// Payloads for peers gathered from the datagrams of one wake-up.
     to_peers: Datagrams,
     /// Relayed frames for UDP clients gathered during one pass over the relay sockets.
@@ -232,7 +232,7 @@ impl Worker {
                 peer,
                 payload,
             } => {
-                if let Some(socket) = self.relay_socket(allocation) {
+                if let Some(socket) = self.relay_socket(allocation, &peer) {
                     let payload = &data[payload];
                     if !self.to_peers.push(socket, peer, None, payload) {
                         self.flush_to_peers();
@@ -289,7 +289,7 @@ impl Worker {
                         .and_then(|ip| {
                             relay::open(ip, self.relay.ports, port, &self.relay.reservations, now)
                         })
-                        .and_then(|bound| self.install_relay(allocation, bound));
+                        .and_then(|bound| self.install_relay(allocation, family, bound));
                     self.relay_opened(now, allocation, result);
                 }
                 Event::OpenTcpRelay { allocation, family } => {
@@ -351,10 +351,13 @@ impl Worker {
                     self.close_tcp_relay(allocation);
                     // Nothing queued may name a descriptor that is closed (and maybe reused).
                     self.flush_to_peers();
-                    if let Some(slot) = self.relays.get_mut(allocation.index()) {
-                        // Closed here, which also takes it out of the set (nothing else holds
-                        // the descriptor): the port is free before anything else happens.
-                        drop(slot.take());
+                    for family in [crate::turn::Family::V4, crate::turn::Family::V6] {
+                        if let Some(slot) = self.relays.get_mut(relay_slot(allocation, family)) {
+                            // Closed here, which also takes it out of the set (nothing else
+                            // holds the descriptor): the port is free before anything else
+                            // happens.
+                            drop(slot.take());
+                        }
                     }
                 }
             }
@@ -372,7 +375,6 @@ impl Worker {
         allocation: AllocationId,
         result: Result<SocketAddr, crate::turn::RelayOpenError>,
     ) {
-        let opened = result.is_ok();
         let mut out = std::mem::take(&mut self.event_out);
         if let Some((tuple, n)) = self
             .core
@@ -381,7 +383,13 @@ impl Worker {
             self.send_to_client(&tuple, &out[..n]);
         }
         self.event_out = out;
-        if opened {
+        // Granted once answered: a dual allocation's first socket waits for its second (the
+        // core asks for it in the next event).
+        let granted = self
+            .core
+            .allocation(allocation)
+            .is_some_and(|a| a.relayed().is_some());
+        if granted {
             super::audit::created(&self.redactor, self.index, &self.core, allocation);
         }
     }

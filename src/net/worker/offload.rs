@@ -39,7 +39,12 @@ impl Worker {
         let Some(fast_path) = &self.fast_path else {
             return;
         };
-        let Some(relay) = self.core.allocation(allocation).and_then(|a| a.relayed()) else {
+        // A dual allocation relays `peer` from the relayed address of its family.
+        let Some(relay) = self
+            .core
+            .allocation(allocation)
+            .and_then(|a| a.relayed_for(&peer))
+        else {
             return;
         };
         if !offload::carries(client.client, client.server, relay, peer) {

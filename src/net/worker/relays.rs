@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::{PortRange, Transport};
-use crate::turn::{AllocationId, FiveTuple, PeerAction};
+use crate::turn::{AllocationId, Family, FiveTuple, PeerAction};
 
 use super::super::batch::{Datagrams, RECV_BATCH};
 use super::super::poller::{self, RelayPoller};
@@ -36,7 +36,17 @@ pub struct RelaySettings {
     pub tcp_ports: Arc<super::super::tcp_relay::TcpPorts>,
 }
 
-/// A relay socket, in the worker's [`RelayPoller`] under its allocation's slot index.
+/// Where a relay socket sits in the worker's table, and its key in the [`RelayPoller`]: two
+/// places per allocation slot, IPv4 and IPv6. A dual allocation (RFC 8656 §7.2) fills both;
+/// any other, the one of its family.
+pub(super) fn relay_slot(allocation: AllocationId, family: Family) -> usize {
+    allocation.index() * 2 + usize::from(family == Family::V6)
+}
+
+/// A relay socket waiting in the worker's backlog: its allocation and its [`relay_slot`].
+pub(super) type Backlogged = (AllocationId, usize);
+
+/// A relay socket, in the worker's [`RelayPoller`] under its [`relay_slot`].
 pub(super) struct RelaySocket {
     allocation: AllocationId,
     socket: std::net::UdpSocket,
@@ -45,9 +55,20 @@ pub(super) struct RelaySocket {
 }
 
 impl Worker {
-    /// The descriptor of the relay socket in `allocation`'s slot, if one is open.
-    pub(super) fn relay_socket(&self, allocation: AllocationId) -> Option<RawFd> {
-        match self.relays.get(allocation.index()) {
+    /// The descriptor of `allocation`'s relay socket that reaches `peer` (of its family), if
+    /// one is open.
+    #[inline]
+    pub(super) fn relay_socket(
+        &self,
+        allocation: AllocationId,
+        peer: &SocketAddr,
+    ) -> Option<RawFd> {
+        let family = if peer.is_ipv4() {
+            Family::V4
+        } else {
+            Family::V6
+        };
+        match self.relays.get(relay_slot(allocation, family)) {
             Some(Some(relay)) => Some(relay.socket.as_raw_fd()),
             _ => None,
         }
@@ -56,6 +77,7 @@ impl Worker {
     pub(super) fn install_relay(
         &mut self,
         allocation: AllocationId,
+        family: Family,
         bound: relay::Bound,
     ) -> Result<SocketAddr, crate::turn::RelayOpenError> {
         let failed = |error: std::io::Error| {
@@ -64,7 +86,7 @@ impl Worker {
         };
         // Non-blocking already, and its address known: `relay::open` binds it so.
         let relay::Bound { socket, local } = bound;
-        let index = allocation.index();
+        let index = relay_slot(allocation, family);
         if self.relays.len() <= index {
             self.relays.resize_with(index + 1, || None);
         }
@@ -97,41 +119,41 @@ impl Worker {
         std::mem::swap(&mut self.backlog, &mut self.backlog_next);
         let mut i = 0;
         while i < self.backlog_next.len() {
-            let allocation = self.backlog_next[i];
+            let (allocation, slot) = self.backlog_next[i];
             i += 1;
-            match self.relays.get_mut(allocation.index()) {
+            match self.relays.get_mut(slot) {
                 Some(Some(relay)) if relay.allocation == allocation => relay.backlogged = false,
                 // Closed since: nothing to read.
                 _ => continue,
             }
             if budget == 0 {
-                self.defer(allocation);
+                self.defer(allocation, slot);
                 continue;
             }
-            let (more, taken) = self.drain_relay(now, allocation, budget);
+            let (more, taken) = self.drain_relay(now, allocation, slot, budget);
             budget -= taken;
             if more {
-                self.defer(allocation);
+                self.defer(allocation, slot);
             }
         }
         self.backlog_next.clear();
         let poller = self.poller.clone();
         let ready = poller.ready(&mut self.events);
         for i in 0..ready {
-            let index = self.events[i].u64 as usize;
-            let Some(Some(relay)) = self.relays.get(index) else {
+            let slot = self.events[i].u64 as usize;
+            let Some(Some(relay)) = self.relays.get(slot) else {
                 continue;
             };
             let allocation = relay.allocation;
             if budget == 0 {
                 // Not read: the set will not report it again, the backlog remembers it.
-                self.defer(allocation);
+                self.defer(allocation, slot);
                 continue;
             }
-            let (more, taken) = self.drain_relay(now, allocation, budget);
+            let (more, taken) = self.drain_relay(now, allocation, slot, budget);
             budget -= taken;
             if more {
-                self.defer(allocation);
+                self.defer(allocation, slot);
             }
         }
         self.flush_to_clients();
@@ -139,13 +161,13 @@ impl Worker {
     }
 
     /// Puts a relay socket in the backlog for the next pass, unless it is there already.
-    fn defer(&mut self, allocation: AllocationId) {
-        if let Some(Some(relay)) = self.relays.get_mut(allocation.index())
+    fn defer(&mut self, allocation: AllocationId, slot: usize) {
+        if let Some(Some(relay)) = self.relays.get_mut(slot)
             && relay.allocation == allocation
             && !relay.backlogged
         {
             relay.backlogged = true;
-            self.backlog.push(allocation);
+            self.backlog.push((allocation, slot));
         }
     }
 
@@ -155,9 +177,10 @@ impl Worker {
         &mut self,
         now: Instant,
         allocation: AllocationId,
+        slot: usize,
         budget: usize,
     ) -> (bool, usize) {
-        let Some(Some(relay)) = self.relays.get(allocation.index()) else {
+        let Some(Some(relay)) = self.relays.get(slot) else {
             return (false, 0);
         };
         if relay.allocation != allocation {
