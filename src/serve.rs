@@ -151,7 +151,7 @@ pub(crate) fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()>
     );
     notifier.ready();
     if let Some(interval) = notifier.watchdog_interval() {
-        let notifier = turnpike_notify();
+        let notifier = notifier.clone();
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {
