@@ -12,7 +12,7 @@ const QUEUE: usize = 16;
 /// Talks to the service manager when `NOTIFY_SOCKET` is set; every call is a no-op otherwise.
 ///
 /// Calls never block: `sd-notify` sends on a blocking socket, so a thread does the sending,
-/// and a notification that finds [`QUEUE`] others still waiting (a manager that stopped
+/// and a notification that finds 16 others still waiting (a manager that stopped
 /// reading) is dropped with a warning rather than stalling the caller. Clones share the
 /// thread, which ends when the last clone is dropped.
 #[derive(Clone, Debug)]
