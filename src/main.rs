@@ -1,7 +1,9 @@
 //! The `turnpike` command: serve, check a configuration, issue REST API credentials, probe a
-//! TURN server, and administer the shared Redis store.
+//! TURN server, administer the shared Redis store, and (hidden) write its own man pages and
+//! completions.
 
 mod admin;
+mod generate;
 mod serve;
 mod startup;
 
@@ -84,6 +86,12 @@ enum Command {
         #[command(flatten)]
         store: admin::StoreArgs,
     },
+    /// Write the man pages or shell completions (for packaging: see scripts/deb).
+    #[command(hide = true)]
+    Generate {
+        #[command(subcommand)]
+        artifact: generate::Artifact,
+    },
 }
 
 #[derive(clap::Args)]
@@ -118,6 +126,7 @@ fn main() -> ExitCode {
         Command::Secret { command, store } => admin::secret(&store, command),
         Command::User { command, store } => admin::user(&store, command),
         Command::Revoke { username, store } => admin::revoke(&store, &username),
+        Command::Generate { artifact } => generate::generate(artifact),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

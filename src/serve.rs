@@ -167,7 +167,7 @@ pub(crate) fn serve(path: &std::path::Path, log: &LogArgs) -> anyhow::Result<()>
     );
     let _ = std::io::Write::flush(&mut std::io::stdout());
     if let Some(interval) = notifier.watchdog_interval() {
-        let notifier = turnpike_notify();
+        let notifier = notifier.clone();
         runtime.spawn(async move {
             let mut tick = tokio::time::interval(interval);
             loop {

@@ -136,6 +136,12 @@ impl Notification {
     fn has(&self, assignment: &str) -> bool {
         self.text.lines().any(|line| line == assignment)
     }
+
+    /// Whether the datagram is `assignment` alone (a final newline allowed, as `sd-notify`
+    /// ends each assignment with one).
+    fn is_only(&self, assignment: &str) -> bool {
+        self.text.lines().eq([assignment])
+    }
 }
 
 /// A socket playing the service manager: a thread receives on it and forwards each datagram.
@@ -309,12 +315,12 @@ fn notifies_ready_after_binding_then_watchdog_then_stopping() {
          before the listeners were bound"
     );
     assert!(
-        before.iter().all(|n| n.text == "WATCHDOG=1"),
+        before.iter().all(|n| n.is_only("WATCHDOG=1")),
         "before READY=1: {before:?}"
     );
 
     let during = manager.collect_until(ready.at + WATCHDOG_WINDOW);
-    let watchdogs = during.iter().filter(|n| n.text == "WATCHDOG=1").count();
+    let watchdogs = during.iter().filter(|n| n.is_only("WATCHDOG=1")).count();
     assert!(
         watchdogs >= MIN_WATCHDOGS,
         "{watchdogs} WATCHDOG=1 within {WATCHDOG_WINDOW:?} of READY=1 with WATCHDOG_USEC={WATCHDOG_USEC} \

@@ -1,5 +1,10 @@
 //! STUN wire format (RFC 8489, RFC 8656): parse in place, write into caller-owned buffers,
 //! MESSAGE-INTEGRITY, FINGERPRINT and ChannelData framing.
+//!
+//! Hand-written rather than a crate: the packet path needs parsing in place with no heap
+//! allocation and a cap on the work per message (the hardening issue's quadratic parse), which
+//! `benches/codec.rs` and `tests/hostile.rs` measure; `tests/stun_differential.rs` checks it
+//! against the `stun-types` crate.
 
 pub mod attr;
 pub mod channel;

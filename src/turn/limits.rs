@@ -1,6 +1,10 @@
 //! Rate limiting and node-wide quotas: GCRA token buckets (one timestamp each, so a shared
 //! bucket is a single atomic), the allocation ledger the workers share, and the bounded table
 //! of unauthenticated sources.
+//!
+//! Hand-written rather than a crate such as `governor`: a shared bucket is one `AtomicU64`
+//! the workers update without a lock, and the source table a fixed size however many sources
+//! flood it, which `tests/crowd.rs` and `tests/hostile.rs` load.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
