@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
 
-use common::chromium::Chromium;
+use common::chromium::{Chromium, text_of};
 use common::{Server, TestConfig};
 
 const PAGE: &str = include_str!("../src/http/dashboard.html");
@@ -308,17 +308,6 @@ fn answer(
          Cache-Control: no-store\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
-}
-
-/// The text of the element with `id` in serialised HTML (up to its first child tag).
-fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
-    let start = dom
-        .find(&format!("id=\"{id}\""))
-        .unwrap_or_else(|| panic!("no element #{id} in the DOM:\n{dom}"));
-    let rest = &dom[start..];
-    let open = rest.find('>').expect("end of the start tag") + 1;
-    let close = rest[open..].find('<').expect("an end tag");
-    &rest[open..open + close]
 }
 
 #[test]

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::chromium::Chromium;
+use common::chromium::{Chromium, text_of};
 
 /// The example configuration with its addresses moved to loopback ports.
 fn example_on_loopback(udp_tcp: u16, http: u16) -> String {
@@ -193,17 +193,12 @@ fn the_run_command_prints_the_dashboard_url_and_ice_servers_and_the_dashboard_sh
         url,
     )
     .finish(Duration::from_secs(60));
-    let text_of = |id: &str| {
-        let start = dom
-            .find(&format!("id=\"{id}\""))
-            .unwrap_or_else(|| panic!("no element #{id} in the DOM:\n{dom}"));
-        let rest = &dom[start..];
-        let open = rest.find('>').expect("end of the start tag") + 1;
-        let close = rest[open..].find('<').expect("an end tag");
-        rest[open..open + close].to_owned()
-    };
-    assert_eq!(Some(text_of("node").as_str()), status["node"].as_str());
-    assert_eq!(text_of("count-total"), "1", "the demo allocation is live");
+    assert_eq!(Some(text_of(&dom, "node")), status["node"].as_str());
+    assert_eq!(
+        text_of(&dom, "count-total"),
+        "1",
+        "the demo allocation is live"
+    );
     assert!(!dom.contains(token), "the token stays out of the DOM");
 
     let shots = tempfile::Builder::new()

@@ -78,3 +78,14 @@ impl Drop for Chromium {
         let _ = self.child.wait();
     }
 }
+
+/// The text of the element with `id` in serialised HTML (up to its first child tag).
+pub fn text_of<'a>(dom: &'a str, id: &str) -> &'a str {
+    let start = dom
+        .find(&format!("id=\"{id}\""))
+        .unwrap_or_else(|| panic!("no element #{id} in the DOM:\n{dom}"));
+    let rest = &dom[start..];
+    let open = rest.find('>').expect("end of the start tag") + 1;
+    let close = rest[open..].find('<').expect("an end tag");
+    &rest[open..open + close]
+}
