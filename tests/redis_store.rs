@@ -652,6 +652,12 @@ fn a_node_starts_without_redis_and_picks_it_up_later() {
         1,
         "not one per retry"
     );
+    // The line is written just after the credentials are installed, and the harness reads the
+    // server's stderr on a thread of its own: a client may allocate before the test sees it.
+    let connected = wait_for(Instant::now(), Duration::from_secs(5), || {
+        log_count(&server, "Redis connected") >= 1
+    });
+    assert!(connected.is_some(), "a `Redis connected` line");
     assert_eq!(log_count(&server, "Redis connected"), 1);
 }
 
