@@ -223,17 +223,8 @@ pub(super) async fn serve(listener: TcpListener, api: Arc<Api>, router: Router) 
     let mut backoff = AcceptBackoff::new("HTTP", MAX_ACCEPT_BACKOFF);
     let mut warned: Option<Instant> = None;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff.accepted();
-                accepted
-            }
-            Err(error) => {
-                // Out of descriptors (EMFILE, ENFILE) or memory: what frees them is time.
-                backoff.failed(&error).await;
-                continue;
-            }
-        };
+        // Out of descriptors (EMFILE, ENFILE) or memory, accept waits: what frees them is time.
+        let (stream, peer) = backoff.accept(&listener).await;
         let limits = api.settings.load().connections;
         let mut crowding = Crowding::default();
         let admitted = {

@@ -31,6 +31,23 @@ impl AcceptBackoff {
         self.delay = Duration::ZERO;
     }
 
+    /// The next connection on `listener`, waiting out failures as [`failed`](Self::failed)
+    /// says: the one accept loop of every TCP listener.
+    pub async fn accept(
+        &mut self,
+        listener: &tokio::net::TcpListener,
+    ) -> (tokio::net::TcpStream, std::net::SocketAddr) {
+        loop {
+            match listener.accept().await {
+                Ok(accepted) => {
+                    self.accepted();
+                    return accepted;
+                }
+                Err(error) => self.failed(&error).await,
+            }
+        }
+    }
+
     /// Waits as `error` deserves before the next accept.
     pub async fn failed(&mut self, error: &io::Error) {
         if is_connection_error(error) {

@@ -163,16 +163,7 @@ pub(super) async fn accept_loop<H: StreamHost + 'static>(
         return;
     };
     loop {
-        let (stream, client) = match listener.accept().await {
-            Ok(accepted) => {
-                backoff.accepted();
-                accepted
-            }
-            Err(error) => {
-                backoff.failed(&error).await;
-                continue;
-            }
-        };
+        let (stream, client) = backoff.accept(&listener).await;
         let client = normalize(client);
         let admission = limits.admission(transport, local);
         let slot = match &admission {

@@ -15,9 +15,9 @@ use crate::turn::{
     RelayOpenError, RequestError,
 };
 
-use super::super::Command;
 use super::super::stream::{ConnectionSlot, Handover, Splicer};
 use super::super::tcp_relay::{self, Direction, Hangup, PortClaim, SpliceLimits, SpliceTraffic};
+use super::super::{AcceptBackoff, Command};
 use super::{Shared, Worker};
 
 /// How long a worker waits for the worker holding a peer connection to hand it over.
@@ -376,19 +376,17 @@ fn splicer(shared: &Shared, worker: &Worker, handoff: PeerHandoff) -> Splicer {
     })
 }
 
+/// Longest wait between accept attempts on a relayed address while out of descriptors: as
+/// short as a TURN listener's, since a peer waits for it.
+const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// Accepts peers' connections on a TCP allocation's relayed address (RFC 6062 §5.3): each is
 /// counted against the client's TCP caps, then announced to the client if the core permits
 /// the peer, else closed at once.
 async fn accept_peers(shared: Shared, allocation: AllocationId, listener: tokio::net::TcpListener) {
+    let mut backoff = AcceptBackoff::new("TCP relay", MAX_ACCEPT_BACKOFF);
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::debug!(%error, "TCP relay accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
+        let (stream, peer) = backoff.accept(&listener).await;
         let mut worker = shared.borrow_mut();
         let Some(client) = worker
             .tcp_relays
