@@ -338,18 +338,20 @@ pub struct Stats {
 }
 
 /// Methods the response counters distinguish (the last row is any other method).
-pub const RESPONSE_METHODS: [&str; 6] = [
+pub const RESPONSE_METHODS: [&str; 8] = [
     "binding",
     "allocate",
     "refresh",
     "create_permission",
     "channel_bind",
+    "connect",
+    "connection_bind",
     "other",
 ];
 
-/// Codes the response counters distinguish (200 is success; the last column is any other).
-pub const RESPONSE_CODES: [u16; 17] = [
-    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 486, 500, 508, 0, 0,
+/// Codes the response counters distinguish (200 is success; the last column, 0, is any other).
+pub const RESPONSE_CODES: [u16; 18] = [
+    200, 300, 400, 401, 403, 420, 437, 438, 440, 441, 442, 443, 446, 447, 486, 500, 508, 0,
 ];
 
 impl Stats {

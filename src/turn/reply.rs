@@ -3,7 +3,7 @@
 
 use super::credentials::{Integrity, Signing};
 use super::request::is_known_attribute;
-use super::{ClientAction, RESPONSE_CODES, RequestError, Server};
+use super::{ClientAction, RESPONSE_CODES, RESPONSE_METHODS, RequestError, Server};
 use crate::stun::{self, Class, Message, MessageWriter, Method, StunError, TransactionId, attr};
 
 fn response_slot(method: Method, code: u16) -> (usize, usize) {
@@ -13,12 +13,15 @@ fn response_slot(method: Method, code: u16) -> (usize, usize) {
         Method::REFRESH => 2,
         Method::CREATE_PERMISSION => 3,
         Method::CHANNEL_BIND => 4,
-        _ => 5,
+        Method::CONNECT => 5,
+        Method::CONNECTION_BIND => 6,
+        _ => RESPONSE_METHODS.len() - 1,
     };
-    let column = RESPONSE_CODES[..15]
+    let other = RESPONSE_CODES.len() - 1;
+    let column = RESPONSE_CODES[..other]
         .iter()
         .position(|&c| c == code)
-        .unwrap_or(15);
+        .unwrap_or(other);
     (row, column)
 }
 

@@ -67,6 +67,13 @@ fn connect_with(
     (connection, Response { class, code, bytes })
 }
 
+/// How many responses of `method` with `code` the core counted (0 = any code not listed).
+fn responses(stats: &Stats, method: &str, code: u16) -> u64 {
+    let row = RESPONSE_METHODS.iter().position(|m| *m == method).unwrap();
+    let column = RESPONSE_CODES.iter().position(|c| *c == code).unwrap();
+    stats.responses[row][column]
+}
+
 fn connection_id_of(response: &Response) -> u32 {
     attr::decode_connection_id(&response.attr(attr::CONNECTION_ID).expect("CONNECTION-ID")).unwrap()
 }
@@ -196,6 +203,20 @@ fn connect_errors_437_400_403_446_447() {
         (stats.tcp_connections_opened, stats.tcp_connections_failed),
         (1, 2)
     );
+    // Each answer is counted under Connect and its own code, none as "other".
+    for (code, times) in [
+        (200, 1),
+        (400, 3),
+        (403, 2),
+        (437, 1),
+        (446, 2),
+        (447, 1),
+        (508, 1),
+    ] {
+        assert_eq!(responses(&stats, "connect", code), times, "connect {code}");
+    }
+    assert_eq!(responses(&stats, "other", 0), 0);
+    assert_eq!(responses(&stats, "connect", 0), 0);
 }
 
 #[test]
@@ -235,6 +256,15 @@ fn connection_bind_errors_and_success() {
     assert_eq!(h.server.stats().tcp_connections_bound, 1);
     let again = bind(&mut h, tcp("198.51.100.20:5003"), alice, &[&value]);
     assert_eq!(again.code, Some(400));
+    let stats = h.server.stats();
+    for (code, times) in [(200, 1), (400, 8), (441, 1)] {
+        assert_eq!(
+            responses(&stats, "connection_bind", code),
+            times,
+            "bind {code}"
+        );
+    }
+    assert_eq!(responses(&stats, "other", 0), 0);
     // A bound connection has no deadline.
     h.advance(BIND_DEADLINE * 2);
     h.drain_events();
