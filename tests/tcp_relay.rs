@@ -524,15 +524,10 @@ fn deleting_the_allocation_closes_its_data_and_peer_connections() {
     assert!(ended[0].contains("tcp"));
 }
 
-#[test]
-fn the_allocation_bandwidth_paces_a_splice() {
-    // 1 Mbps, both directions together, with a burst of one second (125 kB).
-    let server = tcp_server(vec!["tcp"], "[limits]\nallocation-bandwidth = \"1 Mbps\"");
-    let (mut control, _) = tcp_allocation(&server, "tcp");
-    let id = connect(&mut control, tcp_echo_peer()).expect("Connect");
-    let (mut data, early) = bind(&server, "tcp", id);
-    // 200 kB each way: 400 kB charged, 275 kB past the burst: at least 2.2 s at 1 Mbps.
-    let payload = vec![0x5a; 200_000];
+/// Echoes `len` bytes through a splice, written on another thread so that neither direction
+/// waits on the other; returns how long it took.
+fn echo_timed(data: &mut RawStream, early: Vec<u8>, len: usize) -> Duration {
+    let payload = vec![0x5a; len];
     let started = Instant::now();
     let writer = {
         let RawStream::Tcp(stream) = &data else {
@@ -542,13 +537,62 @@ fn the_allocation_bandwidth_paces_a_splice() {
         let payload = payload.clone();
         thread::spawn(move || stream.write_all(&payload).unwrap())
     };
-    let got = read_exactly(&mut data, early, payload.len());
+    let got = read_exactly(data, early, payload.len());
     writer.join().unwrap();
     let took = started.elapsed();
-    eprintln!("400 kB through a 1 Mbps splice in {took:?}");
     assert_eq!(got, payload);
+    took
+}
+
+#[test]
+fn the_allocation_bandwidth_paces_a_splice() {
+    // 1 Mbps, both directions together, with a burst of one second (125 kB).
+    let server = tcp_server(vec!["tcp"], "[limits]\nallocation-bandwidth = \"1 Mbps\"");
+    let (mut control, _) = tcp_allocation(&server, "tcp");
+    let id = connect(&mut control, tcp_echo_peer()).expect("Connect");
+    let (mut data, early) = bind(&server, "tcp", id);
+    // 200 kB each way: 400 kB charged, 275 kB past the burst: at least 2.2 s at 1 Mbps.
+    let took = echo_timed(&mut data, early, 200_000);
+    eprintln!("400 kB through a 1 Mbps splice in {took:?}");
     assert!(took >= Duration::from_millis(1500), "not paced: {took:?}");
     assert!(took < Duration::from_secs(30), "too slow: {took:?}");
+}
+
+#[test]
+fn a_reload_sets_and_lifts_the_bandwidth_of_a_running_splice() {
+    let server = tcp_server(vec!["tcp"], "");
+    let base = std::fs::read_to_string(server.config_path()).expect("read the configuration");
+    let (mut control, _) = tcp_allocation(&server, "tcp");
+    let id = connect(&mut control, tcp_echo_peer()).expect("Connect");
+    let (mut data, early) = bind(&server, "tcp", id);
+    let unlimited = echo_timed(&mut data, early, 200_000);
+    let mut reloads = 0;
+    let mut reload = |limits: &str| {
+        std::fs::write(server.config_path(), format!("{base}\n{limits}\n")).unwrap();
+        server.signal(libc::SIGHUP);
+        reloads += 1;
+        let done = server.wait_for_log("configuration reloaded", reloads, WAIT);
+        assert_eq!(done.len(), reloads, "reload {reloads} not logged");
+    };
+    // Limited while the splice runs: the same 400 kB now take at least 2.2 s.
+    reload("[limits]\nallocation-bandwidth = \"1 Mbps\"");
+    let limited = echo_timed(&mut data, Vec::new(), 200_000);
+    // Lifted again: the splice is not held to the old rate (a bounded wait, not a speed test).
+    reload("");
+    let lifted = echo_timed(&mut data, Vec::new(), 200_000);
+    eprintln!(
+        "400 kB through one splice: {unlimited:?} unlimited, {limited:?} at 1 Mbps after a reload, {lifted:?} after the limit was lifted"
+    );
+    assert!(
+        limited >= Duration::from_millis(1500),
+        "not paced: {limited:?}"
+    );
+    assert!(
+        lifted < Duration::from_secs(30),
+        "still held back: {lifted:?}"
+    );
+    // The splice is still one connection: nothing was reopened.
+    assert_eq!(server.stats().get("tcp_relay_bound"), 1);
 }
 
 #[test]

@@ -157,12 +157,15 @@ impl SpliceLimits {
     async fn pace(&self, bytes: usize) {
         let now = Instant::now();
         let now_ns = crate::turn::limits::nanos_since(self.epoch, now);
-        let wait = [&self.bound.bandwidth, &self.bound.user_bandwidth]
-            .into_iter()
-            .flatten()
-            .map(|rate| rate.delay(now_ns, bytes))
-            .max()
-            .unwrap_or(0);
+        let wait = [
+            Some(&self.bound.bandwidth),
+            self.bound.user_bandwidth.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(|rate| rate.delay(now_ns, bytes))
+        .max()
+        .unwrap_or(0);
         if wait > 0 {
             tokio::time::sleep(Duration::from_nanos(wait)).await;
         }

@@ -24,8 +24,8 @@ pub struct BoundConnection {
     pub connection: ConnectionId,
     pub peer: std::net::SocketAddr,
     /// The allocation's bandwidth limit, shared by all its spliced connections (both
-    /// directions together).
-    pub bandwidth: Option<Arc<SharedByteRate>>,
+    /// directions together; 0 bits/s: none, until a reload sets one).
+    pub bandwidth: Arc<SharedByteRate>,
     /// The limit over all of the user's allocations on the node.
     pub user_bandwidth: Option<Arc<SharedByteRate>>,
 }
@@ -106,10 +106,10 @@ impl Server {
             }
         }
         let peer = entry.peer;
-        if tcp.bandwidth.is_none() {
-            tcp.bandwidth = bits.map(|bits| Arc::new(SharedByteRate::new(bits)));
-        }
-        let bandwidth = tcp.bandwidth.clone();
+        let bandwidth = tcp
+            .bandwidth
+            .get_or_insert_with(|| Arc::new(SharedByteRate::new(bits.unwrap_or(0))))
+            .clone();
         self.stats.tcp_connections_bound += 1;
         Ok(BoundConnection {
             allocation,

@@ -69,24 +69,41 @@ impl ByteRate {
     }
 }
 
-/// The same limit shared by several allocations, possibly on several workers: one atomic.
+/// The same limit shared by several allocations, possibly on several workers: one atomic for
+/// the state and one for the rate, which a reload may change while they relay (0: no limit).
 #[derive(Debug)]
 pub struct SharedByteRate {
-    bits_per_second: u64,
+    bits_per_second: AtomicU64,
     tat: AtomicU64,
 }
 
 impl SharedByteRate {
+    /// A limit of `bits_per_second` (0: none, until [`SharedByteRate::set_bits_per_second`]).
     pub fn new(bits_per_second: u64) -> Self {
         SharedByteRate {
-            bits_per_second,
+            bits_per_second: AtomicU64::new(bits_per_second),
             tat: AtomicU64::new(0),
         }
     }
 
+    /// The limit now (0: none).
+    pub fn bits_per_second(&self) -> u64 {
+        self.bits_per_second.load(Ordering::Relaxed)
+    }
+
+    /// Changes the limit for what is charged from now on (0: none).
+    pub fn set_bits_per_second(&self, bits_per_second: u64) {
+        self.bits_per_second
+            .store(bits_per_second, Ordering::Relaxed);
+    }
+
     /// Charges `bytes` at `now_ns` if the rate allows.
     pub fn allow(&self, now_ns: u64, bytes: usize) -> bool {
-        let increment = transmit_ns(bytes, self.bits_per_second);
+        let bits_per_second = self.bits_per_second();
+        if bits_per_second == 0 {
+            return true;
+        }
+        let increment = transmit_ns(bytes, bits_per_second);
         self.tat
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |tat| {
                 next_tat(tat, now_ns, increment, SECOND)
@@ -98,7 +115,11 @@ impl SharedByteRate {
     /// sender must wait before sending them for the rate to hold (0: at once). For a TCP
     /// splice, which cannot drop what it relays: it waits instead.
     pub fn delay(&self, now_ns: u64, bytes: usize) -> u64 {
-        let increment = transmit_ns(bytes, self.bits_per_second);
+        let bits_per_second = self.bits_per_second();
+        if bits_per_second == 0 {
+            return 0;
+        }
+        let increment = transmit_ns(bytes, bits_per_second);
         let step = |tat: u64| tat.max(now_ns).saturating_add(increment);
         let previous = self
             .tat

@@ -183,8 +183,8 @@ impl Server {
     }
 
     /// Takes a reloaded configuration: settings, peer policy, nonce lifetime. Allocations go
-    /// on; a changed per-allocation bandwidth cap applies to them at once (except to those
-    /// whose cap the credential store set), and so does the
+    /// on; a changed per-allocation bandwidth cap applies to them at once, to the TCP splices
+    /// they run too (except to those whose cap the credential store set), and so does the
     /// policy: see [`Server::set_host_addresses`] for what it ends. Returns how many
     /// permissions and channel bindings it ended.
     pub fn reconfigure(
@@ -205,6 +205,10 @@ impl Server {
                     && !allocation.bandwidth_from_store
                 {
                     allocation.bandwidth = bandwidth.map(ByteRate::new);
+                    // Splices already running read the rate they share at each chunk.
+                    if let Some(rate) = allocation.tcp.as_ref().and_then(|t| t.bandwidth.as_ref()) {
+                        rate.set_bits_per_second(bandwidth.unwrap_or(0));
+                    }
                 }
             }
         }

@@ -63,7 +63,8 @@ pub(super) struct TcpConnection {
 pub(super) struct TcpRelay {
     pub(super) connections: Vec<TcpConnection>,
     /// The allocation's bandwidth limit as its splices share it (made at the first
-    /// ConnectionBind; they run on any worker).
+    /// ConnectionBind, with 0 for none, so that a reload can set or clear it while they run on
+    /// any worker).
     pub(super) bandwidth: Option<std::sync::Arc<super::SharedByteRate>>,
 }
 

@@ -382,3 +382,38 @@ fn connection_ids_carry_the_worker_index() {
     let (id, _) = connect_with(&mut c, &mut h, Ok(()));
     assert_eq!(id.worker(), 3);
 }
+
+#[test]
+fn a_reload_changes_the_rate_of_running_splices() {
+    let mut h = harness();
+    let (mut c, _) = tcp_alice(&mut h);
+    let (id, _) = connect_with(&mut c, &mut h, Ok(()));
+    assert_eq!(bind_alice(&mut h, id).class, Class::Success);
+    // The rate the splice paces itself by: shared, and no limit yet.
+    let rate = |h: &Harness| {
+        let allocation = h.server.allocation_of(&c.tuple).unwrap();
+        allocation.tcp.as_ref().unwrap().bandwidth.clone().unwrap()
+    };
+    let splice = rate(&h);
+    let second = 1_000_000_000;
+    assert_eq!(splice.bits_per_second(), 0);
+    assert_eq!(splice.delay(second, 1_000_000), 0, "no limit, no wait");
+    let reload = |h: &mut Harness, bandwidth: Option<u64>| {
+        let mut config = h.server.config.clone();
+        config.allocation_bandwidth = bandwidth;
+        let (policy, nonces) = (h.server.policy.clone(), h.server.nonces.clone());
+        h.server.reconfigure(h.now, config, policy, nonces);
+    };
+    // 8 kbit/s: 2,000 bytes are 2 s of sending, 1 s past the burst.
+    reload(&mut h, Some(8_000));
+    assert!(
+        Arc::ptr_eq(&splice, &rate(&h)),
+        "the same rate, changed in place"
+    );
+    assert_eq!(splice.bits_per_second(), 8_000);
+    assert_eq!(splice.delay(2 * second, 2_000), second);
+    // Lifted again: the splice goes at once.
+    reload(&mut h, None);
+    assert_eq!(splice.bits_per_second(), 0);
+    assert_eq!(splice.delay(2 * second, 1_000_000), 0);
+}
