@@ -284,6 +284,39 @@ fn connect_and_connection_bind_relay_bytes_both_ways_over_tcp_and_tls() {
 }
 
 #[test]
+fn the_allocation_list_counts_what_the_splices_carried() {
+    const TOKEN: &str = "tcp-relay-token-0123456789";
+    let http = format!("[http]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n");
+    let server = tcp_server(vec!["tcp"], &http);
+    let (mut control, relayed) = tcp_allocation(&server, "tcp");
+    let peer = tcp_echo_peer();
+    // Two spliced connections to the same echo peer, one after the other.
+    let mut sent = 0;
+    for (round, len) in [(0u8, 1_000usize), (1, 30_000)] {
+        let id = connect_when_free(&mut control, peer);
+        let (mut data, early) = bind(&server, "tcp", id);
+        let payload = vec![round; len];
+        assert_eq!(echo(&mut data, early, &payload), payload);
+        sent += len as u64;
+        drop(data);
+    }
+    let page = common::http::get_json(server.addr("http"), "/api/v1/allocations", TOKEN);
+    let list = page["allocations"].as_array().expect("a list");
+    assert_eq!(list.len(), 1, "{page}");
+    let info = &list[0];
+    eprintln!("{info}");
+    assert_eq!(info["relay_transport"], "tcp");
+    assert_eq!(info["relay"], relayed.to_string());
+    // The echo sent back every byte; nothing else was relayed.
+    assert_eq!(info["to_peer"]["bytes"], sent, "{info}");
+    assert_eq!(info["to_client"]["bytes"], sent, "{info}");
+    for way in ["to_peer", "to_client"] {
+        let chunks = info[way]["packets"].as_u64().unwrap();
+        assert!((2..=sent).contains(&chunks), "{way}: {chunks} chunks");
+    }
+}
+
+#[test]
 fn a_permitted_peer_connecting_to_the_relayed_address_is_announced_and_spliced() {
     let server = tcp_server(vec!["tcp"], "");
     let (mut control, relayed) = tcp_allocation(&server, "tcp");

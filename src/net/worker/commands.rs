@@ -110,7 +110,8 @@ impl Worker {
             Command::Allocations { request, reply } => {
                 if !reply.is_closed() {
                     self.credit_offloaded();
-                    let page = status::WorkerPage::of(self.index, &self.core, &request);
+                    let mut page = status::WorkerPage::of(self.index, &self.core, &request);
+                    self.add_spliced_traffic(&mut page);
                     let _ = reply.send(page);
                 }
                 return;

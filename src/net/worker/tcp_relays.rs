@@ -157,6 +157,24 @@ impl Worker {
         ))
     }
 
+    /// Adds what the splices of the page's TCP allocations relayed to their traffic: the
+    /// core counts only what it relayed itself, and a splice relays without it.
+    pub(super) fn add_spliced_traffic(&self, page: &mut super::super::status::WorkerPage) {
+        for info in &mut page.allocations {
+            let Some((_, allocation)) = super::super::status::parse_id(&info.id) else {
+                continue;
+            };
+            if let Some((to_peer, to_client, peer_chunks, client_chunks)) =
+                self.tcp_traffic(allocation)
+            {
+                info.to_peer.bytes += to_peer;
+                info.to_peer.packets += peer_chunks;
+                info.to_client.bytes += to_client;
+                info.to_client.packets += client_chunks;
+            }
+        }
+    }
+
     /// The core asked for a connection to `peer` (RFC 6062 §5.2): made from the relayed
     /// address within [`CONNECT_TIMEOUT`], counted against the client's TCP caps.
     pub(super) fn start_connect(
