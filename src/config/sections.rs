@@ -221,8 +221,8 @@ pub struct TlsFiles {
 /// Relay sockets: where they bind, what is advertised, how long allocations live.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relay {
-    /// IPv4 address relay sockets bind to; `None` means the address of the default-route
-    /// interface.
+    /// IPv4 address relay sockets bind to; `None` means the default route's source
+    /// address.
     pub address: Option<Ipv4Addr>,
     /// IPv6 address relay sockets bind to; `None` means no IPv6 relaying.
     pub address_v6: Option<Ipv6Addr>,

@@ -446,7 +446,7 @@ impl RawRelay {
                     return Err(ConfigError::invalid(
                         key,
                         format!(
-                            "{ip} is not a unicast address; omit the key to use the address of the default-route interface"
+                            "{ip} is not a unicast address; omit the key to use the source address of the default route"
                         ),
                     ));
                 }

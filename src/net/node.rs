@@ -40,7 +40,7 @@ pub enum StartError {
     #[error("{0}")]
     Tls(String),
     #[error(
-        "relay.address is not set and no IPv4 address was found on the default-route interface; set [relay] address"
+        "relay.address is not set and this host has no IPv4 default route to take its source address from; set [relay] address"
     )]
     NoRelayAddress,
     #[error("cannot start worker thread: {0}")]
@@ -123,7 +123,7 @@ impl Node {
             Some(ip) => Some(ip),
             None => {
                 let found = default_route_ipv4().ok_or(StartError::NoRelayAddress)?;
-                tracing::info!(address = %found, "relay.address not set: relaying on the address of the default-route interface");
+                tracing::info!(address = %found, "relay.address not set: relaying on the source address of the default route");
                 Some(found)
             }
         };
@@ -343,8 +343,8 @@ impl Node {
         self.handle.listeners()
     }
 
-    /// The IPv4 address relay sockets are bound to (`[relay] address`, or the default-route
-    /// interface's when it is not set).
+    /// The IPv4 address relay sockets are bound to (`[relay] address`, or the default route's
+    /// source address when it is not set).
     pub fn relay_v4(&self) -> Option<Ipv4Addr> {
         self.handle.reload.relay_v4
     }
