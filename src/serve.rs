@@ -10,6 +10,7 @@ use anyhow::Context;
 
 use turnpike::auth::redis::{Health, Layout, RedisStore};
 use turnpike::auth::{Credentials, StaticCredentials};
+use turnpike::clock::unix_now;
 use turnpike::config::{Config, redact_url};
 use turnpike::net::{Node, NodeCounters, NodeHandle};
 use turnpike::notify::Notifier;
@@ -301,6 +302,9 @@ fn reload(
         Ok(fresh) => fresh,
         Err(error) => {
             tracing::error!(%error, "reload rejected: the configuration does not validate; the old one keeps running");
+            if let Some(api) = api {
+                api.reloads.rejected(unix_now(), error.to_string());
+            }
             return;
         }
     };
@@ -310,6 +314,9 @@ fn reload(
         Ok(also) => restart.extend(also),
         Err(error) => {
             tracing::error!(%error, "reload rejected; the old configuration keeps running");
+            if let Some(api) = api {
+                api.reloads.rejected(unix_now(), error.to_string());
+            }
             return;
         }
     }
@@ -323,6 +330,9 @@ fn reload(
     if let (Some(api), Some(http)) = (api, &running.http) {
         api.settings
             .store(Arc::new(api_settings(&running, http, made_token)));
+    }
+    if let Some(api) = api {
+        api.reloads.applied(unix_now(), restart.clone());
     }
     if restart.is_empty() {
         tracing::info!(applied = ?plan.applied, "configuration reloaded");

@@ -191,6 +191,9 @@ fn status_json(state: &mut State) -> Value {
         "redis": {"configured": true, "state": "connected"},
         "draining": false,
         "ice_urls": state.ice_urls,
+        "reloads": {"applied": 1, "rejected": 0,
+                    "last": {"at": 1_795_000_000, "result": "applied", "error": null},
+                    "pending_restart": ["relay.address-v6", "workers"]},
     })
 }
 
@@ -327,6 +330,11 @@ fn renders_the_status_and_the_allocations() {
     assert_eq!(text_of(&dom, "redis-badge"), "Redis: connected");
     assert!(dom.contains(r#"class="badge green" id="redis-badge""#));
     assert_eq!(text_of(&dom, "draining-badge"), "Accepting allocations");
+    assert_eq!(
+        text_of(&dom, "config-badge"),
+        "Restart needed: relay.address-v6, workers"
+    );
+    assert!(dom.contains(r#"class="badge amber" id="config-badge""#));
     assert_eq!(text_of(&dom, "count-total"), "2");
     assert_eq!(text_of(&dom, "count-udp"), "2");
     assert_eq!(text_of(&dom, "count-tls"), "0");

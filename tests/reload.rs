@@ -425,3 +425,134 @@ fn sighup_reports_relay_addresses_as_needing_a_restart() {
         assert!(carol.allocate().is_ok(), "carol after reload {round}");
     }
 }
+
+/// The value of the sample `name` (with its labels, e.g. `{result="applied"}`) in `/metrics`.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' '))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{metrics}"))
+}
+
+/// The status API and `/metrics` say how reloads went: counts, the last one's outcome and
+/// error, and the keys that wait for a restart (kept through a rejected reload, cleared when
+/// the file matches what runs again).
+#[test]
+fn the_status_api_and_metrics_report_reloads_and_pending_restarts() {
+    const TOKEN: &str = "reload-token-0123456789";
+    let server = Server::with(&TestConfig {
+        transports: vec!["udp"],
+        extra: format!("[http]\naddress = \"127.0.0.1:0\"\ntoken = \"{TOKEN}\"\n"),
+        ..TestConfig::default()
+    });
+    let api = server.addr("http");
+    let config_path = server.config_path();
+    let original = fs::read_to_string(&config_path).expect("read the configuration");
+    let reloads = || get_json(api, "/api/v1/status", TOKEN)["reloads"].clone();
+    let metrics = || {
+        let (code, body) = http(api, "GET", "/metrics", Some(TOKEN), "");
+        assert_eq!(code, 200, "{body}");
+        body
+    };
+    let mut logged = (0, 0);
+    let mut reload = |text: &str, applied: bool| {
+        fs::write(&config_path, text).expect("write the configuration");
+        server.signal(libc::SIGHUP);
+        let (prefix, count) = if applied {
+            logged.0 += 1;
+            ("configuration reloaded", logged.0)
+        } else {
+            logged.1 += 1;
+            ("reload rejected", logged.1)
+        };
+        let lines = server.wait_for_log(prefix, count, RELOAD_TIMEOUT);
+        assert_eq!(lines.len(), count, "'{prefix}' {count} not logged");
+    };
+
+    let before = reloads();
+    assert_eq!(
+        before,
+        serde_json::json!({"applied": 0, "rejected": 0, "last": null, "pending_restart": []})
+    );
+    let m = metrics();
+    assert_eq!(sample(&m, "turnpike_config_last_reload_successful"), 1.0);
+    assert_eq!(sample(&m, "turnpike_config_pending_restart_keys"), 0.0);
+
+    // A key the running node takes only at a restart.
+    let with_v6 = original.replace("[relay]\n", "[relay]\naddress-v6 = \"::1\"\n");
+    reload(&with_v6, true);
+    let state = reloads();
+    eprintln!("after adding relay.address-v6: {state}");
+    assert_eq!(state["applied"], 1);
+    assert_eq!(state["last"]["result"], "applied");
+    assert!(
+        state["last"]["at"]
+            .as_u64()
+            .is_some_and(|at| at > 1_700_000_000)
+    );
+    assert_eq!(
+        state["pending_restart"],
+        serde_json::json!(["relay.address-v6"])
+    );
+    assert_eq!(
+        sample(&metrics(), "turnpike_config_pending_restart_keys"),
+        1.0
+    );
+
+    // Rejected: the error names the key; what waited for a restart still does.
+    reload(&format!("no-such-key = 1\n{with_v6}"), false);
+    let state = reloads();
+    eprintln!("after a rejected reload: {state}");
+    assert_eq!(
+        (state["applied"].as_u64(), state["rejected"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(state["last"]["result"], "rejected");
+    let error = state["last"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("no-such-key"), "{error}");
+    assert_eq!(
+        state["pending_restart"],
+        serde_json::json!(["relay.address-v6"])
+    );
+    let m = metrics();
+    assert_eq!(
+        sample(&m, "turnpike_config_reloads_total{result=\"rejected\"}"),
+        1.0
+    );
+    assert_eq!(sample(&m, "turnpike_config_last_reload_successful"), 0.0);
+
+    // A rejection quoting a 20,000-byte key keeps 1 KiB of it (the log has it whole).
+    let long_key = "k".repeat(20_000);
+    reload(&format!("{long_key} = 1\n{original}"), false);
+    let error = reloads()["last"]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    eprintln!(
+        "a rejection of a 20,000-byte key keeps {} bytes",
+        error.len()
+    );
+    assert!(
+        error.len() <= 1024 + 3 && error.ends_with('…'),
+        "{} bytes",
+        error.len()
+    );
+
+    // The file as it runs again: applied, nothing waits.
+    reload(&original, true);
+    let state = reloads();
+    assert_eq!(
+        (state["applied"].as_u64(), state["rejected"].as_u64()),
+        (Some(2), Some(2))
+    );
+    assert_eq!(state["last"]["error"], serde_json::Value::Null);
+    assert_eq!(state["pending_restart"], serde_json::json!([]));
+    let m = metrics();
+    assert_eq!(
+        sample(&m, "turnpike_config_reloads_total{result=\"applied\"}"),
+        2.0
+    );
+    assert_eq!(sample(&m, "turnpike_config_last_reload_successful"), 1.0);
+    assert_eq!(sample(&m, "turnpike_config_pending_restart_keys"), 0.0);
+}

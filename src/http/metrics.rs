@@ -276,6 +276,26 @@ impl prometheus_client::collector::Collector for Scrape {
             "1 while the node drains",
             i64::from(api.node.draining()),
         )?;
+        let reloads = api.reloads.snapshot();
+        counters(
+            &mut encoder,
+            "turnpike_config_reloads",
+            "Configuration reloads (SIGHUP), by result",
+            "result",
+            &[("applied", reloads.applied), ("rejected", reloads.rejected)],
+        )?;
+        gauge(
+            &mut encoder,
+            "turnpike_config_last_reload_successful",
+            "0 when the last reload was rejected (the old configuration runs), else 1",
+            i64::from(reloads.last.as_ref().is_none_or(|l| l.error.is_none())),
+        )?;
+        gauge(
+            &mut encoder,
+            "turnpike_config_pending_restart_keys",
+            "Changed keys the running node takes only after a restart (as of the last applied reload)",
+            i64::try_from(reloads.pending_restart.len()).unwrap_or(i64::MAX),
+        )?;
         let (offload_active, offload) = api.node.offload();
         gauge(
             &mut encoder,

@@ -6,7 +6,10 @@
 
 mod metrics;
 mod ops;
+mod reloads;
 mod server;
+
+pub use reloads::{LastReload, ReloadState, Reloads};
 
 pub use server::{
     BODY_TIMEOUT, ConnectionCounters, ConnectionLimits, HEADER_TIMEOUT, MAX_BODY, MAX_HEAD,
@@ -69,6 +72,8 @@ pub struct Api {
     pub rates: std::sync::Mutex<ops::Rates>,
     /// The HTTP connections: open, refused, evicted, timed out.
     pub connections: ConnectionCounters,
+    /// Configuration reloads: counts, the last outcome, keys waiting for a restart.
+    pub reloads: Reloads,
 }
 
 impl Api {
@@ -86,6 +91,7 @@ impl Api {
             started: std::time::Instant::now(),
             rates: Default::default(),
             connections: Default::default(),
+            reloads: Default::default(),
         }
     }
 }

@@ -191,6 +191,7 @@ pub(super) async fn status(State(api): State<Arc<Api>>, headers: HeaderMap) -> R
             },
         },
         "ice_urls": api.settings.load().ice_urls,
+        "reloads": api.reloads.snapshot(),
     }))
     .into_response()
 }
