@@ -67,6 +67,19 @@ fn relay_tcp_is_a_boolean_off_by_default() {
     }
     let repeated = error("[relay]\ntcp = true\ntcp = false").to_string();
     assert!(repeated.contains("duplicate key"), "{repeated:?}");
+    // A CONNECTION-ID names its worker in one byte: at most 256 workers relay TCP.
+    assert_eq!(
+        Config::from_toml("workers = 256\n[relay]\ntcp = true")
+            .unwrap()
+            .workers,
+        256
+    );
+    assert_eq!(Config::from_toml("workers = 1024").unwrap().workers, 1024);
+    assert_refused(
+        "workers = 257\n[relay]\ntcp = true",
+        "workers",
+        "[relay] tcp",
+    );
 }
 
 /// Asserts that the `[limits]` key `key` (`limits.<name>`) refuses, naming itself, values

@@ -270,13 +270,25 @@ impl RawConfig {
         });
         check_tls(&listen, tls.as_ref())?;
 
+        let relay = self.relay.validate()?;
+        if relay.tcp && workers > crate::turn::MAX_TCP_RELAY_WORKERS {
+            return Err(ConfigError::invalid(
+                "workers",
+                format!(
+                    "{workers} is more than the {} a TCP relay ([relay] tcp) can route \
+                     ConnectionBinds to (a CONNECTION-ID names its worker in one byte)",
+                    crate::turn::MAX_TCP_RELAY_WORKERS
+                ),
+            ));
+        }
+
         Ok(Config {
             realm,
             software,
             workers,
             listen,
             tls,
-            relay: self.relay.validate()?,
+            relay,
             auth: self.auth.validate()?,
             peers: Peers {
                 allow: parse_ranges("peers.allow", &self.peers.allow)?,

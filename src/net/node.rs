@@ -116,7 +116,20 @@ impl Node {
         own: &[SocketAddr],
     ) -> Result<Node, StartError> {
         let workers = match config.workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => {
+                let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                let max = crate::turn::MAX_TCP_RELAY_WORKERS;
+                if config.relay.tcp && cores > max {
+                    tracing::warn!(
+                        cores,
+                        workers = max,
+                        "[relay] tcp is on: running at most {max} workers (a CONNECTION-ID names its worker in one byte)"
+                    );
+                    max
+                } else {
+                    cores
+                }
+            }
             n => n,
         };
         let relay_v4 = match config.relay.address {

@@ -74,7 +74,7 @@ pub use limits::{
 };
 pub use nonce::Nonces;
 pub use policy::{HostAddresses, PeerPolicy};
-pub use tcp::{BIND_DEADLINE, CONNECT_TIMEOUT, ConnectionId};
+pub use tcp::{BIND_DEADLINE, CONNECT_TIMEOUT, ConnectionId, MAX_TCP_RELAY_WORKERS};
 
 use table::Slot;
 

@@ -20,6 +20,10 @@ pub const BIND_DEADLINE: Duration = Duration::from_secs(30);
 /// (RFC 6062 §5.2: "at least 30 seconds").
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The most workers a node relaying TCP may run: the top byte of a CONNECTION-ID names the
+/// worker that minted it, so that a ConnectionBind on any worker reaches the right one.
+pub const MAX_TCP_RELAY_WORKERS: usize = 256;
+
 /// Names a peer connection of a TCP allocation (CONNECTION-ID, RFC 6062 §6.2.1). Its top
 /// byte is the index of the worker whose core minted it, so that a ConnectionBind arriving on
 /// any worker's listener reaches the worker that holds the peer connection.
