@@ -390,6 +390,18 @@ impl Client {
         self.call(h, Method::ALLOCATE, |w| w.requested_transport(17).unwrap())
     }
 
+    /// An unsigned Allocate, sent to draw its 401, and the signed Allocate that follows it,
+    /// returned unsent: for tests that send it themselves. Returns the 401 and the request.
+    fn challenged_allocate(&mut self, h: &mut Harness) -> (Response, Vec<u8>) {
+        let allocate = |w: &mut MessageWriter<'_>| w.requested_transport(17).unwrap();
+        let tid = self.tid();
+        let first = self.request(Method::ALLOCATE, tid, allocate);
+        let challenge = h.send(self.tuple, &first).expect("a 401");
+        self.learn(&challenge);
+        let tid = self.tid();
+        (challenge, self.request(Method::ALLOCATE, tid, allocate))
+    }
+
     fn permit(&mut self, h: &mut Harness, peer: SocketAddr) -> Response {
         self.call(h, Method::CREATE_PERMISSION, |w| {
             w.xor_address(attr::XOR_PEER_ADDRESS, peer).unwrap()
@@ -1638,17 +1650,8 @@ fn an_authenticated_request_pays_back_the_challenge_of_its_source() {
             "alice",
             "wonderland",
         );
-        let tid = c.tid();
-        let first = c.request(Method::ALLOCATE, tid, |w| {
-            w.requested_transport(17).unwrap()
-        });
-        let challenge = h.send(c.tuple, &first).expect("a 401");
+        let (challenge, second) = c.challenged_allocate(&mut h);
         assert_eq!(challenge.code, Some(401), "client {port}");
-        c.learn(&challenge);
-        let tid = c.tid();
-        let second = c.request(Method::ALLOCATE, tid, |w| {
-            w.requested_transport(17).unwrap()
-        });
         // The user's quota answers 486 after 3: authenticated all the same.
         let answer = h.send(c.tuple, &second).expect("an answer");
         assert!(
@@ -1665,16 +1668,7 @@ fn an_authenticated_request_pays_back_the_challenge_of_its_source() {
     // A wrong password is no proof: its 401 is not paid back.
     h.advance(Duration::from_secs(2));
     let mut wrong = Client::new(udp(CLIENT), "alice", "not-the-password");
-    let tid = wrong.tid();
-    let first = wrong.request(Method::ALLOCATE, tid, |w| {
-        w.requested_transport(17).unwrap()
-    });
-    let challenge = h.send(wrong.tuple, &first).unwrap();
-    wrong.learn(&challenge);
-    let tid = wrong.tid();
-    let second = wrong.request(Method::ALLOCATE, tid, |w| {
-        w.requested_transport(17).unwrap()
-    });
+    let (_, second) = wrong.challenged_allocate(&mut h);
     assert_eq!(h.send(wrong.tuple, &second).unwrap().code, Some(401));
     assert!(h.send(udp(CLIENT), &binding).is_none());
     assert_eq!(h.server.stats().rate_limited, 9);
@@ -1855,17 +1849,8 @@ fn a_refresh_with_revoked_credentials_is_refused_even_before_the_close() {
 fn cluster_leases_gate_the_allocate_and_are_given_back() {
     let mut h = Harness::with(|c| c.cluster_leases = true);
     let mut c = Client::new(udp(CLIENT), "alice", "wonderland");
-    let tid = c.tid();
-    let unauthenticated = c.request(Method::ALLOCATE, tid, |w| {
-        w.requested_transport(17).unwrap()
-    });
-    let challenge = h.send(c.tuple, &unauthenticated).unwrap();
-    c.learn(&challenge);
+    let (_, request) = c.challenged_allocate(&mut h);
     // The lease is pending: no answer yet, and a retransmission waits too.
-    let tid = c.tid();
-    let request = c.request(Method::ALLOCATE, tid, |w| {
-        w.requested_transport(17).unwrap()
-    });
     assert!(h.send(c.tuple, &request).is_none());
     assert!(h.send(c.tuple, &request).is_none());
     assert_eq!(h.lease_events.len(), 1);
