@@ -9,7 +9,7 @@ mod ops;
 mod reloads;
 mod server;
 
-pub use reloads::{LastReload, ReloadState, Reloads};
+pub use reloads::{LastReload, MAX_RELOAD_ERROR, ReloadState, Reloads};
 
 pub use server::{
     BODY_TIMEOUT, ConnectionCounters, ConnectionLimits, HEADER_TIMEOUT, MAX_BODY, MAX_HEAD,

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use serde::Serialize;
 
 /// The longest rejection message kept, in bytes (the log has it whole).
-pub const MAX_ERROR: usize = 1024;
+pub const MAX_RELOAD_ERROR: usize = 1024;
 
 /// The reloads of this process so far.
 #[derive(Debug, Default)]
@@ -50,11 +50,11 @@ impl Reloads {
         state.pending_restart = pending_restart;
     }
 
-    /// A reload at `at` was rejected with `error` (kept to [`MAX_ERROR`] bytes: a message may
+    /// A reload at `at` was rejected with `error` (kept to [`MAX_RELOAD_ERROR`] bytes: a message may
     /// quote the file): the old configuration keeps running.
     pub fn rejected(&self, at: u64, mut error: String) {
-        if error.len() > MAX_ERROR {
-            let mut end = MAX_ERROR;
+        if error.len() > MAX_RELOAD_ERROR {
+            let mut end = MAX_RELOAD_ERROR;
             while !error.is_char_boundary(end) {
                 end -= 1;
             }
@@ -98,9 +98,9 @@ mod tests {
             last.error.as_deref(),
             Some("limits.user-quota: not a number")
         );
-        reloads.rejected(25, "é".repeat(MAX_ERROR));
+        reloads.rejected(25, "é".repeat(MAX_RELOAD_ERROR));
         let error = reloads.snapshot().last.unwrap().error.unwrap();
-        assert!(error.len() <= MAX_ERROR + '…'.len_utf8() && error.ends_with("é…"));
+        assert!(error.len() <= MAX_RELOAD_ERROR + '…'.len_utf8() && error.ends_with("é…"));
         reloads.applied(30, Vec::new());
         let state = reloads.snapshot();
         assert!(state.pending_restart.is_empty());

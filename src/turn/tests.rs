@@ -490,6 +490,17 @@ fn unknown_comprehension_required_attribute_gets_420() {
     assert_eq!(h.send(udp(CLIENT), &request).unwrap().class, Class::Success);
 }
 
+/// A challenge (401 or 438) of RFC 8489 §9.2: the nonce cookie with the "Password algorithms"
+/// and "Username anonymity" bits, and PASSWORD-ALGORITHMS offering SHA-256, then MD5.
+fn assert_offers_both_algorithms(response: &Response) {
+    let nonce = response.attr(attr::NONCE).expect("a NONCE");
+    assert!(nonce.starts_with(b"obMatJos2AAAD"), "{nonce:?}");
+    assert_eq!(
+        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
+        [0, 2, 0, 0, 0, 1, 0, 0]
+    );
+}
+
 #[test]
 fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
     let mut h = Harness::new();
@@ -506,16 +517,7 @@ fn unauthenticated_allocate_gets_401_and_leaves_no_state() {
     let response = h.send(udp(CLIENT), &buf[..n]).unwrap();
     assert_eq!(response.code, Some(401));
     assert_eq!(response.attr(attr::REALM).unwrap(), REALM.as_bytes());
-    assert!(
-        response
-            .attr(attr::NONCE)
-            .unwrap()
-            .starts_with(b"obMatJos2AAAD")
-    );
-    assert_eq!(
-        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
-        [0, 2, 0, 0, 0, 1, 0, 0]
-    );
+    assert_offers_both_algorithms(&response);
     assert!(response.attr(attr::MESSAGE_INTEGRITY).is_none());
     assert!(response.attr(attr::SOFTWARE).is_none());
     // Header, ERROR-CODE without phrase, REALM, a 29-character NONCE (cookie, feature bits,
@@ -754,16 +756,7 @@ fn stale_nonce_gets_438_then_the_retry_succeeds() {
     assert_eq!(response.code, Some(438));
     assert_ne!(response.attr(attr::NONCE), old_nonce);
     // The expired nonce's 438 keeps the nonce cookie and PASSWORD-ALGORITHMS (RFC 8489 §9.2.4).
-    assert!(
-        response
-            .attr(attr::NONCE)
-            .unwrap()
-            .starts_with(b"obMatJos2AAAD")
-    );
-    assert_eq!(
-        response.attr(attr::PASSWORD_ALGORITHMS).unwrap(),
-        [0, 2, 0, 0, 0, 1, 0, 0]
-    );
+    assert_offers_both_algorithms(&response);
     client.learn(&response);
     assert_eq!(
         client.call(&mut h, Method::REFRESH, |_| {}).class,
