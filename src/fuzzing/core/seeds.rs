@@ -14,7 +14,8 @@ const DATA: u8 = TUPLES.len() as u8;
 /// The TCP control connection (`TUPLES[2]`), alice's.
 const CONTROL: u8 = 2;
 
-fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
+/// An attribute as [`Op::Stun`] carries it: type, length, value, padding.
+pub(super) fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
     let mut out = typ.to_be_bytes().to_vec();
     out.extend_from_slice(&(value.len() as u16).to_be_bytes());
     out.extend_from_slice(value);
@@ -23,7 +24,7 @@ fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
 }
 
 /// XOR-PEER-ADDRESS of 127.0.0.1:`port` (an IPv4 address XORs with the magic cookie only).
-fn peer(port: u16) -> Vec<u8> {
+pub(super) fn peer(port: u16) -> Vec<u8> {
     let [p0, p1] = (port ^ 0x2112).to_be_bytes();
     attribute(
         attr::XOR_PEER_ADDRESS,

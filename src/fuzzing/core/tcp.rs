@@ -305,16 +305,9 @@ impl Harness {
     /// of a UDP allocation, or one just closed, as well): accepted and announced exactly when
     /// the allocation is a TCP one and the peer is permitted.
     pub(super) fn peer_connect(&mut self, allocation: u8, selector: u8, port: u16) {
-        let ids: Vec<AllocationId> = self
-            .relays
-            .keys()
-            .copied()
-            .chain(self.closed.iter().copied())
-            .collect();
-        if ids.is_empty() {
+        let Some(id) = self.relay_target(allocation) else {
             return;
-        }
-        let id = ids[usize::from(allocation) % ids.len()];
+        };
         let peer = self.peer_address(id, selector, port);
         let canonical = SocketAddr::new(canonical_ip(peer.ip()), peer.port());
         let alloc = self.server.allocation(id);

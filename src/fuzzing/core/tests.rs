@@ -5,7 +5,7 @@ use crate::fuzzing::Input;
 use crate::stun::attr;
 
 use super::op::{FINGERPRINT, Op, USER_SHIFT};
-use super::seeds::tcp_seeds;
+use super::seeds::{attribute, peer, tcp_seeds};
 use super::setup::flavors;
 use super::{Harness, Mode};
 
@@ -13,23 +13,6 @@ const ALLOCATE: u16 = 0x0003;
 const REFRESH: u16 = 0x0004;
 const CREATE_PERMISSION: u16 = 0x0008;
 const CHANNEL_BIND: u16 = 0x0009;
-
-fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
-    let mut out = typ.to_be_bytes().to_vec();
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len().div_ceil(4) * 4, 0);
-    out
-}
-
-/// XOR-PEER-ADDRESS of 127.0.0.1:`port` for the transaction id `[tid; 12]`.
-fn peer(port: u16) -> Vec<u8> {
-    let [p0, p1] = (port ^ 0x2112).to_be_bytes();
-    attribute(
-        attr::XOR_PEER_ADDRESS,
-        &[0, 1, p0, p1, 127 ^ 0x21, 0x12, 0xA4, 1 ^ 0x42],
-    )
-}
 
 fn stun(tuple: u8, message_type: u16, tid: u8, flags: u8, attributes: &[u8]) -> Op<'_> {
     Op::Stun {
