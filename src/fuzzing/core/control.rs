@@ -146,5 +146,9 @@ impl Harness {
             Nonces::new(NONCE_KEY, epoch, config.auth.nonce_lifetime),
         );
         self.config = config;
+        // The worker carries out the events of every command at once (`after_core_call`).
+        // Left queued, an Offload of a reload that lifted a bandwidth limit would be checked
+        // after a later reload had set one again.
+        self.drain_events();
     }
 }

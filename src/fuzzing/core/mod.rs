@@ -302,7 +302,10 @@ impl Harness {
             Op::Close { allocation } => self.close(allocation),
             Op::Revoke { name } => self.revoke(name),
             Op::Reload { flavor } => self.reload(usize::from(flavor) % self.configs.len()),
-            Op::Drain { on } => self.server.set_draining(on),
+            Op::Drain { on } => {
+                self.server.set_draining(on);
+                self.drain_events();
+            }
             Op::Alternates { count } => {
                 let count = usize::from(count) % (ALTERNATES.len() + 1);
                 let alternates = ALTERNATES[..count]
@@ -314,6 +317,7 @@ impl Harness {
                     })
                     .collect::<Vec<_>>();
                 self.server.set_alternates(alternates.into());
+                self.drain_events();
             }
             Op::ConnectResult { pending, outcome } => self.connect_result(pending, outcome),
             Op::ConnectionBind {
