@@ -8,6 +8,9 @@
 //!     until killed.
 //! fuzz_seeds convert DIR CORPUS
 //!     Turns the recordings into inputs for every target in CORPUS/<target>/.
+//! fuzz_seeds tcp CORPUS
+//!     Writes the scripted TCP-allocation (RFC 6062) seeds of the core harness
+//!     (`turnpike::fuzzing::core::tcp_seeds`) to CORPUS/core_authenticated/.
 //! fuzz_seeds run TARGET FILE...
 //!     Runs inputs through a target on stable Rust (with TURNPIKE_FUZZ_TRACE=1, the core
 //!     targets print each operation and the counters).
@@ -38,6 +41,14 @@ fn main() {
             [up_udp, up_tcp].map(|a| a.parse().expect("an upstream address")),
         ),
         ["convert", dir, corpus] => convert(Path::new(dir), Path::new(corpus)),
+        ["tcp", corpus] => {
+            // RFC 6062 (TCP allocations): no recorded client opens one, so scripted seeds.
+            let dir = Path::new(corpus).join("core_authenticated");
+            fs::create_dir_all(&dir).expect("create a corpus directory");
+            for (name, bytes) in turnpike::fuzzing::core::tcp_seeds() {
+                fs::write(dir.join(name), bytes).expect("write a seed");
+            }
+        }
         ["run", target, ref files @ ..] => {
             let (_, run) = turnpike::fuzzing::TARGETS
                 .iter()
@@ -51,6 +62,7 @@ fn main() {
         _ => {
             eprintln!("usage: fuzz_seeds proxy DIR UDP TCP TLS UPSTREAM_UDP UPSTREAM_TCP");
             eprintln!("       fuzz_seeds convert DIR CORPUS");
+            eprintln!("       fuzz_seeds tcp CORPUS");
             eprintln!("       fuzz_seeds run TARGET FILE...");
             std::process::exit(2);
         }

@@ -10,7 +10,8 @@
 #   - headless Chromium: two relay-only RTCPeerConnections exchanging data-channel messages
 #     over turn:...?transport=udp, turn:...?transport=tcp and turns:...
 # then converts the recordings into inputs for every target (plus the example configuration for
-# the config target) and, when cargo-fuzz and a nightly toolchain are there, minimises each
+# the config target), adds the scripted TCP-allocation (RFC 6062) inputs of
+# src/fuzzing/core/seeds.rs, and, when cargo-fuzz and a nightly toolchain are there, minimises each
 # corpus with `cargo fuzz cmin`.
 #
 # Needs: turnutils_uclient and turnutils_peer (Debian: coturn), chromium. Everything listens on
@@ -132,6 +133,8 @@ sleep 1
 
 rm -rf "$here/corpus"
 "$seeds" convert "$work/rec" "$here/corpus"
+# TCP allocations (RFC 6062): no client above makes one, so scripted inputs.
+"$seeds" tcp "$here/corpus"
 mkdir -p "$here/corpus/config"
 cp config/turnpike.toml "$here/corpus/config/example.toml"
 cp "$work/turnpike.toml" "$here/corpus/config/seeds.toml"

@@ -5,16 +5,17 @@ use std::net::SocketAddr;
 use std::ops::Range;
 
 use crate::stun::{self, ChannelData, Class, Message, Method, TransactionId, attr};
-use crate::turn::{AllocationId, Stats, policy::canonical_ip};
+use crate::turn::{AllocationId, RESPONSE_CODES, RESPONSE_METHODS, Stats, policy::canonical_ip};
 
 use super::Harness;
 use super::setup::{epoch, five_tuple};
+use super::tcp::ConnState;
 
 /// Largest answer to a request without valid credentials, besides the realm (reflection).
 pub(super) const UNAUTHENTICATED_REPLY_MAX: usize = 200;
 
 impl Harness {
-    /// A reply to `request` from `TUPLES[t]` is a well-formed answer to it.
+    /// A reply to `request` from slot `t` is a well-formed answer to it.
     pub(super) fn check_reply(
         &mut self,
         t: usize,
@@ -192,6 +193,7 @@ impl Harness {
         for (now, before) in counters(&stats).into_iter().zip(counters(&self.stats)) {
             assert!(now >= before, "a counter went down: {:?}", stats);
         }
+        self.check_tcp(&stats);
         let ended = stats.allocations_expired + stats.allocations_deleted;
         assert_eq!(
             stats.allocations_created.checked_sub(ended),
@@ -202,6 +204,80 @@ impl Harness {
             stats.allocations_deleted
         );
         self.stats = stats;
+    }
+
+    /// RFC 6062: every connection the core holds is one the harness saw made and not closed,
+    /// of a live TCP allocation, to the peer it was made for, with its ConnectionBind deadline
+    /// on the core's timer; connections closed are forgotten; the counters agree with what the
+    /// harness saw answered, accepted, bound and expired.
+    fn check_tcp(&self, stats: &Stats) {
+        assert_eq!(
+            self.server.tcp_connection_count(),
+            self.tcp.connections.len(),
+            "the core holds another number of peer connections than were made and not closed: {:?}",
+            self.tcp.connections
+        );
+        let deadline = self.server.poll_timeout();
+        for (id, c) in &self.tcp.connections {
+            let alloc = self
+                .server
+                .allocation(c.allocation)
+                .unwrap_or_else(|| panic!("connection {id} outlived its allocation"));
+            assert!(alloc.is_tcp(), "connection {id} of a UDP allocation");
+            assert_eq!(
+                self.server.tcp_connection_peer(*id),
+                Some(c.peer),
+                "connection {id}'s peer"
+            );
+            if let ConnState::Pending { deadline: due } = c.state {
+                assert!(
+                    deadline.is_some_and(|d| d <= due),
+                    "connection {id} due at {:?}, but the core wakes at {:?}",
+                    due - epoch(),
+                    deadline.map(|d| d - epoch())
+                );
+            }
+        }
+        for id in &self.tcp.gone {
+            assert_eq!(
+                self.server.tcp_connection_peer(*id),
+                None,
+                "closed connection {id} still known"
+            );
+        }
+        let seen = &self.tcp.tally;
+        let counted = (
+            stats.tcp_connections_opened,
+            stats.tcp_connections_failed,
+            stats.tcp_connections_bound,
+            stats.tcp_bind_timeouts,
+        );
+        assert_eq!(
+            counted,
+            (
+                seen.connected + seen.accepted,
+                seen.failed,
+                seen.bound,
+                seen.timeouts
+            ),
+            "TCP counters (opened, failed, bound, bind timeouts) against what was seen: {seen:?}"
+        );
+        let responses = |method: &str, code: u16| response_count(stats, method, code);
+        assert_eq!(
+            responses("connect", 200),
+            seen.connected,
+            "Connect successes counted"
+        );
+        assert_eq!(
+            responses("connect", 447) + responses("connect", 508),
+            seen.failed,
+            "Connect failures counted"
+        );
+        assert_eq!(
+            responses("connection_bind", 200),
+            seen.bound,
+            "ConnectionBind successes counted"
+        );
     }
 
     /// At the end of an input: no lease held by an allocation that is gone.
@@ -239,7 +315,23 @@ pub(super) fn counters(stats: &Stats) -> Vec<u64> {
         stats.rate_limited_node,
         stats.quota_rejected,
         stats.capacity_rejected,
+        stats.tcp_connections_opened,
+        stats.tcp_connections_failed,
+        stats.tcp_connections_bound,
+        stats.tcp_bind_timeouts,
+        stats.tcp_to_peer_bytes,
+        stats.tcp_to_client_bytes,
     ];
     all.extend(stats.responses.iter().flatten());
     all
+}
+
+/// The response counter of `method` (a [`RESPONSE_METHODS`] name) and `code`.
+fn response_count(stats: &Stats, method: &str, code: u16) -> u64 {
+    let row = RESPONSE_METHODS.iter().position(|m| *m == method);
+    let column = RESPONSE_CODES.iter().position(|c| *c == code);
+    match (row, column) {
+        (Some(row), Some(column)) => stats.responses[row][column],
+        _ => panic!("no response counter for {method} {code}"),
+    }
 }

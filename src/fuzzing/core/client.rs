@@ -15,12 +15,12 @@ use super::Harness;
 use super::op::{
     CREDENTIALS_LAST, FINGERPRINT, NO_INTEGRITY, NO_NONCE, USER_SHIFT, WRONG_KEY, WRONG_REALM,
 };
-use super::setup::{TUPLES, UNIX_AT_EPOCH, epoch, five_tuple};
+use super::setup::{UNIX_AT_EPOCH, epoch, five_tuple};
 
 impl Harness {
     /// Bytes from a client; returns the replies the client got.
     pub(super) fn client(&mut self, t: usize, data: &[u8]) -> Vec<Vec<u8>> {
-        if TUPLES[t].0 == Transport::Udp {
+        if five_tuple(t).transport == Transport::Udp {
             return self.client_message(t, data).into_iter().collect();
         }
         // TCP/TLS: as net/stream.rs reads a connection.
@@ -61,6 +61,9 @@ impl Harness {
                 .map(|m| (m.method(), m.class(), m.transaction_id())),
             _ => None,
         };
+        if let Some((method, Class::Request, tid)) = request {
+            self.tcp.last_request = Some((t, method, tid));
+        }
         if let Some((Method::ALLOCATE, Class::Request, tid)) = request
             && self.server.allocation_of(&tuple).is_none()
         {
@@ -78,6 +81,14 @@ impl Harness {
                 );
                 let reply = out[..n].to_vec();
                 self.check_reply(t, request, &reply);
+                if let Ok(msg) = Message::parse(&reply) {
+                    assert!(
+                        msg.class() != Class::Success
+                            || !matches!(msg.method(), Method::CONNECT | Method::CONNECTION_BIND),
+                        "a {:?} succeeded before the I/O layer connected or bound",
+                        msg.method()
+                    );
+                }
                 Some(reply)
             }
             ClientAction::Relay {
@@ -98,7 +109,14 @@ impl Harness {
                 let n = self
                     .server
                     .bind_and_answer(connection, &username, &key, tid, &mut out);
-                (n > 0).then(|| out[..n].to_vec())
+                assert!(
+                    n > 0 && n <= out.len(),
+                    "ConnectionBind answer of {n} bytes"
+                );
+                let reply = out[..n].to_vec();
+                self.check_reply(t, request, &reply);
+                self.bind_answered(t, connection, &username, &reply);
+                Some(reply)
             }
         };
         self.out = out;
@@ -166,7 +184,7 @@ impl Harness {
         }
     }
 
-    /// The nonce to sign with from `TUPLES[t]`: the last one the server gave its IP, else one
+    /// The nonce to sign with from slot `t`: the last one the server gave its IP, else one
     /// asked for with an unsigned Allocate (none when the server does not answer).
     pub(super) fn nonce(&mut self, t: usize) -> Option<Vec<u8>> {
         let ip = five_tuple(t).client.ip();

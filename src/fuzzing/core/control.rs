@@ -12,10 +12,16 @@ use super::setup::{
 };
 
 impl Harness {
+    /// Time moves on to the core's next deadline (if later), and the timer fires.
     pub(super) fn timeout(&mut self) {
         if let Some(deadline) = self.server.poll_timeout() {
             self.now = self.now.max(deadline);
         }
+        self.fire();
+    }
+
+    /// The timer fires now: nothing past its time is kept.
+    pub(super) fn fire(&mut self) {
         self.server.handle_timeout(self.now);
         self.drain_events();
         self.timer = self.server.poll_timeout();
@@ -37,6 +43,12 @@ impl Harness {
                 "channel kept past its cool-down"
             );
         }
+        assert!(
+            self.tcp
+                .next_deadline()
+                .is_none_or(|deadline| deadline > now),
+            "a peer connection kept unbound past its ConnectionBind deadline"
+        );
     }
 
     pub(super) fn lease(&mut self, pending: u8, granted: bool) {
@@ -134,5 +146,9 @@ impl Harness {
             Nonces::new(NONCE_KEY, epoch, config.auth.nonce_lifetime),
         );
         self.config = config;
+        // The worker carries out the events of every command at once (`after_core_call`).
+        // Left queued, an Offload of a reload that lifted a bandwidth limit would be checked
+        // after a later reload had set one again.
+        self.drain_events();
     }
 }

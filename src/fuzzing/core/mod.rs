@@ -12,6 +12,9 @@
 //! - `peer.rs`: peer datagrams to the relay sockets, and what reaches the client;
 //! - `control.rs`: time, cluster leases, lost connections, closes, revocations, reloads;
 //! - `relays.rs`: the core's events handled as the I/O layer handles them (fake relay sockets);
+//! - `seeds.rs`: scripted seeds for TCP allocations, which no recorded client makes;
+//! - `tcp.rs`: TCP allocations (RFC 6062): Connects answered, ConnectionBinds, peers
+//!   connecting, connections closed, the ConnectionBind deadline, and the connections seen;
 //! - `checks.rs`: the invariants checked after every step.
 
 mod checks;
@@ -20,7 +23,9 @@ mod control;
 mod op;
 mod peer;
 mod relays;
+mod seeds;
 mod setup;
+mod tcp;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -42,14 +47,17 @@ use crate::turn::{
 
 use client::build_message;
 use setup::{
-    ALTERNATES, NONCE_KEY, SECRET, UNIX_AT_EPOCH, bound_listeners, epoch, flavors, own_sockets,
-    parse_addr, tuple_index,
+    ALTERNATES, NONCE_KEY, SECRET, SLOTS, UNIX_AT_EPOCH, bound_listeners, epoch, flavors,
+    own_sockets, parse_addr, tuple_index,
 };
+use tcp::TcpState;
 
 pub use op::{
-    CREDENTIALS_LAST, FINGERPRINT, NO_INTEGRITY, NO_NONCE, Op, USER_SHIFT, WRONG_KEY, WRONG_REALM,
+    CREDENTIALS_LAST, FINGERPRINT, NO_INTEGRITY, NO_NONCE, Op, RAW_ID, USER_SHIFT, WRONG_KEY,
+    WRONG_REALM,
 };
-pub use setup::{REALM, TUPLES};
+pub use seeds::tcp_seeds;
+pub use setup::{DATA_TUPLES, REALM, TUPLES};
 
 /// Operations after which an input stops, whatever is left of it.
 const MAX_OPS: usize = 1000;
@@ -124,6 +132,7 @@ pub(crate) struct Harness {
     policy: PeerPolicy,
     now: Instant,
     out: Vec<u8>,
+    /// What is left unframed of each stream slot's bytes (see `setup::SLOTS`).
     streams: Vec<Vec<u8>>,
     sockets: FakeSockets,
     /// Open relay sockets by allocation, as the I/O layer keeps them.
@@ -154,6 +163,8 @@ pub(crate) struct Harness {
     /// after `handle_timeout`.
     timer: Option<Instant>,
     counter: u32,
+    /// TCP allocations' peer connections (RFC 6062).
+    tcp: TcpState,
 }
 
 impl Harness {
@@ -217,7 +228,7 @@ impl Harness {
             policy,
             now: epoch,
             out: vec![0; OUT_LEN],
-            streams: vec![Vec::new(); TUPLES.len()],
+            streams: vec![Vec::new(); SLOTS],
             sockets: FakeSockets::default(),
             relays: BTreeMap::new(),
             dual_relays: BTreeMap::new(),
@@ -235,6 +246,7 @@ impl Harness {
             stats: Stats::default(),
             timer: None,
             counter: 0,
+            tcp: TcpState::default(),
             config,
         }
     }
@@ -290,7 +302,10 @@ impl Harness {
             Op::Close { allocation } => self.close(allocation),
             Op::Revoke { name } => self.revoke(name),
             Op::Reload { flavor } => self.reload(usize::from(flavor) % self.configs.len()),
-            Op::Drain { on } => self.server.set_draining(on),
+            Op::Drain { on } => {
+                self.server.set_draining(on);
+                self.drain_events();
+            }
             Op::Alternates { count } => {
                 let count = usize::from(count) % (ALTERNATES.len() + 1);
                 let alternates = ALTERNATES[..count]
@@ -302,7 +317,22 @@ impl Harness {
                     })
                     .collect::<Vec<_>>();
                 self.server.set_alternates(alternates.into());
+                self.drain_events();
             }
+            Op::ConnectResult { pending, outcome } => self.connect_result(pending, outcome),
+            Op::ConnectionBind {
+                tuple,
+                connection,
+                flags,
+                id,
+            } => self.connection_bind(tuple, connection, flags, id),
+            Op::PeerConnect {
+                allocation,
+                peer,
+                port,
+            } => self.peer_connect(allocation, peer, port),
+            Op::ConnectionClosed { connection } => self.connection_closed(connection),
+            Op::BindDeadline { offset } => self.bind_deadline(offset),
         }
         self.check_state();
     }

@@ -73,7 +73,44 @@ pub enum Op<'a> {
     Alternates {
         count: u8,
     },
+    /// The I/O layer answers one of the Connects (RFC 6062 §5.2) it was asked to make, in the
+    /// order asked, `pending` picking which (an allocation may have ended since): `outcome` 0
+    /// connected, 1 failed (447), 2 no capacity (508).
+    ConnectResult {
+        pending: u8,
+        outcome: u8,
+    },
+    /// A ConnectionBind (RFC 6062 §5.4) from a new connection of slot `tuple` (a data tuple, or
+    /// one of `TUPLES`), signed as [`Op::Stun`]'s `flags` say. Its CONNECTION-ID: one of the
+    /// connections the core made (live or closed) picked by `connection`, or with
+    /// [`RAW_ID`] set, `id` itself.
+    ConnectionBind {
+        tuple: u8,
+        connection: u8,
+        flags: u8,
+        id: u32,
+    },
+    /// A peer (chosen by `peer` as for [`Op::Peer`]) connects to the relayed address of one of
+    /// the allocations (RFC 6062 §5.3).
+    PeerConnect {
+        allocation: u8,
+        peer: u8,
+        port: u16,
+    },
+    /// A peer connection the core holds (pending or bound) or held is closed by the I/O layer:
+    /// its splice ended, or the peer went.
+    ConnectionClosed {
+        connection: u8,
+    },
+    /// Time moves to the earliest ConnectionBind deadline (or 30 s on, without one) plus
+    /// `offset` milliseconds (signed: -128 to 127), and the timer fires.
+    BindDeadline {
+        offset: i8,
+    },
 }
+
+/// [`Op::ConnectionBind`]: the CONNECTION-ID is the op's `id`, not a connection's.
+pub const RAW_ID: u8 = 0x80;
 
 /// [`Op::Stun`] flag: add FINGERPRINT.
 pub const FINGERPRINT: u8 = 0x01;
@@ -91,7 +128,9 @@ pub const NO_NONCE: u8 = 0x40;
 /// No MESSAGE-INTEGRITY.
 pub const NO_INTEGRITY: u8 = 0x80;
 
-pub(super) const OP_COUNT: u8 = 14;
+/// Tags 0 to 13 are the operations the committed corpus was written with; those after were
+/// appended (a tag byte is read modulo this).
+pub(super) const OP_COUNT: u8 = 19;
 
 impl<'a> Op<'a> {
     /// Reads the next operation; `None` at the end of the input.
@@ -140,7 +179,28 @@ impl<'a> Op<'a> {
             12 => Op::Drain {
                 on: input.u8()? & 1 == 1,
             },
-            _ => Op::Alternates { count: input.u8()? },
+            13 => Op::Alternates { count: input.u8()? },
+            14 => Op::ConnectResult {
+                pending: input.u8()?,
+                outcome: input.u8()?,
+            },
+            15 => Op::ConnectionBind {
+                tuple: input.u8()?,
+                connection: input.u8()?,
+                flags: input.u8()?,
+                id: u32::from(input.u16()?) << 16 | u32::from(input.u16()?),
+            },
+            16 => Op::PeerConnect {
+                allocation: input.u8()?,
+                peer: input.u8()?,
+                port: input.u16()?,
+            },
+            17 => Op::ConnectionClosed {
+                connection: input.u8()?,
+            },
+            _ => Op::BindDeadline {
+                offset: i8::from_be_bytes([input.u8()?]),
+            },
         })
     }
 
@@ -192,6 +252,28 @@ impl<'a> Op<'a> {
             Op::Reload { flavor } => out.extend_from_slice(&[11, flavor]),
             Op::Drain { on } => out.extend_from_slice(&[12, u8::from(on)]),
             Op::Alternates { count } => out.extend_from_slice(&[13, count]),
+            Op::ConnectResult { pending, outcome } => {
+                out.extend_from_slice(&[14, pending, outcome]);
+            }
+            Op::ConnectionBind {
+                tuple,
+                connection,
+                flags,
+                id,
+            } => {
+                out.extend_from_slice(&[15, tuple, connection, flags]);
+                out.extend_from_slice(&id.to_be_bytes());
+            }
+            Op::PeerConnect {
+                allocation,
+                peer,
+                port,
+            } => {
+                out.extend_from_slice(&[16, allocation, peer]);
+                out.extend_from_slice(&port.to_be_bytes());
+            }
+            Op::ConnectionClosed { connection } => out.extend_from_slice(&[17, connection]),
+            Op::BindDeadline { offset } => out.extend_from_slice(&[18, offset.to_be_bytes()[0]]),
         }
     }
 }

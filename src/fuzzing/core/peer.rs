@@ -15,16 +15,9 @@ use super::Harness;
 impl Harness {
     /// A peer datagram to one of the relay sockets (or one just closed).
     pub(super) fn peer(&mut self, allocation: u8, peer: u8, port: u16, data: &[u8]) {
-        let ids: Vec<AllocationId> = self
-            .relays
-            .keys()
-            .copied()
-            .chain(self.closed.iter().copied())
-            .collect();
-        if ids.is_empty() {
+        let Some(id) = self.relay_target(allocation) else {
             return;
-        }
-        let id = ids[usize::from(allocation) % ids.len()];
+        };
         let peer = self.peer_address(id, peer, port);
         let start = PEER_HEADROOM;
         let mut buf = vec![0u8; start + data.len() + PEER_TAILROOM];
@@ -36,6 +29,18 @@ impl Harness {
             self.check_forward(id, peer, data, to, &buf, frame);
         }
         self.drain_events();
+    }
+
+    /// The allocation whose relayed address a peer reaches: one with a relay, or one just
+    /// closed, picked by `selector`.
+    pub(super) fn relay_target(&self, selector: u8) -> Option<AllocationId> {
+        let ids: Vec<AllocationId> = self
+            .relays
+            .keys()
+            .copied()
+            .chain(self.closed.iter().copied())
+            .collect();
+        (!ids.is_empty()).then(|| ids[usize::from(selector) % ids.len()])
     }
 
     /// A peer address for `id`: one of its permissions or channels, loopback, or a public

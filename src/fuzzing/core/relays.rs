@@ -24,17 +24,16 @@ impl Harness {
                 Event::OpenTcpRelay { allocation, family } => {
                     self.open_relay(allocation, family, PortRequest::Any)
                 }
-                // No peer listens: every Connect fails, as to a closed port.
-                Event::Connect { connection, .. } => {
-                    let mut out = vec![0u8; 2048];
-                    let _ = self.server.handle_connect_result(
-                        self.now,
-                        connection,
-                        Err(crate::turn::ConnectError::Failed),
-                        &mut out,
-                    );
-                }
-                Event::CloseConnection { .. } => {}
+                // Answered later, by `Op::ConnectResult`.
+                Event::Connect {
+                    allocation,
+                    connection,
+                    peer,
+                } => self.connect_event(allocation, connection, peer),
+                Event::CloseConnection {
+                    allocation,
+                    connection,
+                } => self.connection_expired(allocation, connection),
                 Event::AcquireLease {
                     allocation, limit, ..
                 } => {
@@ -110,6 +109,7 @@ impl Harness {
                     {
                         self.sockets.used.remove(&addr);
                     }
+                    self.relay_closed(allocation);
                     if let Some(addr) = self.relays.remove(&allocation) {
                         self.sockets.used.remove(&addr);
                         self.closed.push(allocation);

@@ -22,6 +22,20 @@ pub const TUPLES: [(Transport, &str, &str); 7] = [
     (Transport::Udp, "203.0.113.9:40006", "127.0.0.1:3478"),
 ];
 
+/// The client data connections (RFC 6062 §5.4) [`Op::ConnectionBind`](super::Op) may come
+/// from besides the tuples above (it picks from both, so that a control connection tries too):
+/// each bind is a new connection, and a UDP one is refused. Slot `TUPLES.len() + i` is
+/// `DATA_TUPLES[i]`.
+pub const DATA_TUPLES: [(Transport, &str, &str); 4] = [
+    (Transport::Tcp, "127.0.0.1:41000", "127.0.0.1:3478"),
+    (Transport::Tls, "127.0.0.1:41001", "127.0.0.1:5349"),
+    (Transport::Tcp, "[::1]:41002", "[::1]:3478"),
+    (Transport::Udp, "127.0.0.1:41003", "127.0.0.1:3478"),
+];
+
+/// Every slot a client can speak from: [`TUPLES`], then [`DATA_TUPLES`].
+pub(super) const SLOTS: usize = TUPLES.len() + DATA_TUPLES.len();
+
 pub(super) const SECRET: [u8; 32] = [0x5e; 32];
 pub(super) const NONCE_KEY: [u8; 32] = [0x70; 32];
 /// The wall clock at the start of every input, for REST API usernames.
@@ -31,7 +45,7 @@ pub const REALM: &str = "turnpike.test";
 
 /// The first byte of a core input picks one of these configurations; [`Op::Reload`] switches.
 /// All share the users `alice` (password `wonderland`), `bob` (a `key`) and REST secret
-/// `s3cret`: the seeds were captured with `alice`.
+/// `s3cret`: the seeds were captured with `alice`. All but flavor 3 grant TCP allocations.
 pub(super) fn flavor_toml(flavor: usize) -> String {
     let software = if flavor == 3 { "" } else { "turnpike-fuzz" };
     let mut toml = format!(
@@ -72,7 +86,11 @@ max-lifetime = "1h"
 "#
     );
     if flavor == 3 {
+        // And no TCP allocations (RFC 6062): a reload to this flavor turns them off while
+        // some may be open.
         toml += "public-address = \"198.51.100.1\"\n";
+    } else {
+        toml += "tcp = true\n";
     }
     toml += r#"
 [auth]
@@ -142,8 +160,12 @@ pub(super) fn tuple_index(selector: u8) -> usize {
     usize::from(selector) % TUPLES.len()
 }
 
+/// The 5-tuple of slot `t` (see [`SLOTS`]).
 pub(super) fn five_tuple(t: usize) -> FiveTuple {
-    let (transport, client, server) = TUPLES[t];
+    let (transport, client, server) = match TUPLES.get(t) {
+        Some(&tuple) => tuple,
+        None => DATA_TUPLES[t - TUPLES.len()],
+    };
     FiveTuple {
         transport,
         client: parse_addr(client),
@@ -152,7 +174,7 @@ pub(super) fn five_tuple(t: usize) -> FiveTuple {
 }
 
 pub(super) fn tuple_of(tuple: FiveTuple) -> usize {
-    (0..TUPLES.len())
+    (0..SLOTS)
         .find(|&t| five_tuple(t) == tuple)
         .expect("an answer to one of the harness's tuples")
 }

@@ -5,6 +5,7 @@ use crate::fuzzing::Input;
 use crate::stun::attr;
 
 use super::op::{FINGERPRINT, Op, USER_SHIFT};
+use super::seeds::{attribute, peer, tcp_seeds};
 use super::setup::flavors;
 use super::{Harness, Mode};
 
@@ -12,23 +13,6 @@ const ALLOCATE: u16 = 0x0003;
 const REFRESH: u16 = 0x0004;
 const CREATE_PERMISSION: u16 = 0x0008;
 const CHANNEL_BIND: u16 = 0x0009;
-
-fn attribute(typ: u16, value: &[u8]) -> Vec<u8> {
-    let mut out = typ.to_be_bytes().to_vec();
-    out.extend_from_slice(&(value.len() as u16).to_be_bytes());
-    out.extend_from_slice(value);
-    out.resize(out.len().div_ceil(4) * 4, 0);
-    out
-}
-
-/// XOR-PEER-ADDRESS of 127.0.0.1:`port` for the transaction id `[tid; 12]`.
-fn peer(port: u16) -> Vec<u8> {
-    let [p0, p1] = (port ^ 0x2112).to_be_bytes();
-    attribute(
-        attr::XOR_PEER_ADDRESS,
-        &[0, 1, p0, p1, 127 ^ 0x21, 0x12, 0xA4, 1 ^ 0x42],
-    )
-}
 
 fn stun(tuple: u8, message_type: u16, tid: u8, flags: u8, attributes: &[u8]) -> Op<'_> {
     Op::Stun {
@@ -68,6 +52,23 @@ fn ops_round_trip_through_their_encoding() {
         Op::Reload { flavor: 2 },
         Op::Drain { on: true },
         Op::Alternates { count: 3 },
+        Op::ConnectResult {
+            pending: 1,
+            outcome: 2,
+        },
+        Op::ConnectionBind {
+            tuple: 8,
+            connection: 0x81,
+            flags: 0x11,
+            id: 0xDEAD_BEEF,
+        },
+        Op::PeerConnect {
+            allocation: 1,
+            peer: 3,
+            port: 8080,
+        },
+        Op::ConnectionClosed { connection: 4 },
+        Op::BindDeadline { offset: -7 },
     ];
     let mut bytes = Vec::new();
     for op in &ops {
@@ -211,4 +212,68 @@ fn a_dual_allocation_opens_and_closes_two_relay_sockets() {
     assert_eq!(stats.allocations_created, 1, "{stats:?}");
     assert_eq!(stats.allocations_deleted, 1, "{stats:?}");
     assert_eq!(stats.capacity_rejected, 1, "{stats:?}");
+}
+
+/// Tags written before TCP allocations were fuzzed still read as the same operations.
+#[test]
+fn old_tags_keep_their_meaning() {
+    for (bytes, op) in [
+        (&[5][..], Op::Timeout),
+        (&[13, 2], Op::Alternates { count: 2 }),
+        (&[12, 1], Op::Drain { on: true }),
+    ] {
+        assert_eq!(Op::decode(&mut Input::new(bytes)), Some(op));
+    }
+}
+
+/// Runs a core input as `run` does, and returns the harness after it.
+fn replay(mode: Mode, data: &[u8]) -> Harness {
+    let mut input = Input::new(data);
+    let flavor = usize::from(input.u8().unwrap_or(0)) % flavors().len();
+    let mut harness = Harness::new(mode, flavors(), flavor);
+    while let Some(op) = Op::decode(&mut input) {
+        harness.apply(&op);
+    }
+    harness.finish();
+    harness
+}
+
+/// The scripted TCP seeds are the committed corpus files, and reach what they are named for:
+/// a connection made by Connect and bound (and a hostile and a stale CONNECTION-ID refused), a
+/// peer's connection announced and bound, pending connections closed at their deadline.
+#[test]
+fn the_tcp_seeds_reach_bound_and_expired_connections() {
+    let corpus =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/core_authenticated");
+    for (name, bytes) in tcp_seeds() {
+        let committed = std::fs::read(corpus.join(name)).unwrap_or_else(|e| {
+            panic!("fuzz/corpus/core_authenticated/{name}: {e} (fuzz/seeds.sh writes it)")
+        });
+        assert_eq!(
+            committed, bytes,
+            "{name} is not what seeds.rs writes: run fuzz/seeds.sh"
+        );
+        let harness = replay(Mode::Authenticated, &bytes);
+        let stats = harness.server.stats();
+        let expected = match name {
+            // Connected, bound, closed; 400 for the hostile id, the data connection over
+            // IPv6 (bound already) and nothing expired.
+            "tcp-connect-bind" => (1, 0, 1, 0),
+            // Accepted and bound over TLS (the UDP data connection is refused); the public
+            // peer refused.
+            "tcp-peer-connect" => (1, 0, 1, 0),
+            // One connected, one failed (447), one accepted: the two open ones expire.
+            "tcp-bind-deadline" => (2, 1, 0, 2),
+            other => panic!("a seed {other} this test does not know"),
+        };
+        let counted = (
+            stats.tcp_connections_opened,
+            stats.tcp_connections_failed,
+            stats.tcp_connections_bound,
+            stats.tcp_bind_timeouts,
+        );
+        assert_eq!(counted, expected, "{name}: {stats:?}");
+        assert_eq!(harness.tcp.tally.bound, expected.2, "{name}");
+        assert_eq!(harness.server.tcp_connection_count(), 0, "{name}");
+    }
 }
