@@ -194,7 +194,9 @@ impl Allocation {
         self.relayed.into_iter().chain(self.dual.relayed)
     }
 
-    /// Whether `addr` is one of its relayed addresses.
+    /// Whether `addr` is one of its relayed addresses. Per Send indication and peer datagram:
+    /// inlined, as the other per-packet helpers of an allocation are.
+    #[inline]
     pub(super) fn is_relayed(&self, addr: SocketAddr) -> bool {
         self.relayed == Some(addr) || self.dual.relayed == Some(addr)
     }

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 /// prefix length a site chose (RFC 6052 §2.2), so guessing could let a private address through
 /// under a public-looking one; it is refused unless allowed. Every policy check runs on the
 /// canonical form, so `::ffff:127.0.0.1`, `::ffff:0:127.0.0.1` and `2002:7f00:1::` are loopback.
+#[inline]
 pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V4(_) => ip,
@@ -136,6 +137,7 @@ impl PeerPolicy {
     }
 
     /// May the relay send to / accept from this IP? (deny > allow > built-in; canonicalised)
+    #[inline]
     pub fn permits_ip(&self, ip: IpAddr) -> bool {
         let canonical = canonical_ip(ip);
         if self.deny.contains(canonical) || (canonical != ip && self.deny.contains(ip)) {
