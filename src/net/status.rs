@@ -7,7 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::config::Transport;
-use crate::turn::{Allocation, AllocationId, Server};
+use crate::turn::{Allocation, AllocationId, Server, Traffic};
 
 use super::WorkerCounters;
 
@@ -56,8 +56,17 @@ pub struct TrafficInfo {
 }
 
 impl AllocationInfo {
-    pub fn new(worker: usize, core: &Server, allocation: &Allocation) -> Self {
-        let traffic = allocation.traffic();
+    /// `spliced`: what its TCP splices relayed besides (RFC 6062), which the core does not see.
+    pub fn new(
+        worker: usize,
+        core: &Server,
+        allocation: &Allocation,
+        spliced: Option<Traffic>,
+    ) -> Self {
+        let mut traffic = allocation.traffic();
+        if let Some(spliced) = spliced {
+            traffic += spliced;
+        }
         AllocationInfo {
             id: format_id(worker, allocation.id()),
             user: crate::auth::user_id(allocation.username()).to_owned(),
@@ -172,9 +181,15 @@ pub struct WorkerPage {
 }
 
 impl WorkerPage {
-    /// The allocations of worker `worker`'s `core` that `request` asks for. Control path: a
-    /// pass over the allocations, copying out at most `request.limit` of them.
-    pub fn of(worker: usize, core: &Server, request: &PageRequest) -> Self {
+    /// The allocations of worker `worker`'s `core` that `request` asks for, with what
+    /// `spliced` says the TCP splices of each relayed. Control path: a pass over the
+    /// allocations, copying out at most `request.limit` of them.
+    pub fn of(
+        worker: usize,
+        core: &Server,
+        request: &PageRequest,
+        spliced: impl Fn(AllocationId) -> Option<Traffic>,
+    ) -> Self {
         let mut page = WorkerPage::default();
         let after = match request.after {
             Some((w, _)) if w > worker => return page,
@@ -195,8 +210,12 @@ impl WorkerPage {
                 page.more = true;
                 break;
             }
-            page.allocations
-                .push(AllocationInfo::new(worker, core, allocation));
+            page.allocations.push(AllocationInfo::new(
+                worker,
+                core,
+                allocation,
+                spliced(allocation.id()),
+            ));
         }
         page
     }

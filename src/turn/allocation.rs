@@ -78,6 +78,15 @@ pub struct Traffic {
     pub to_client_bytes: u64,
 }
 
+impl std::ops::AddAssign for Traffic {
+    fn add_assign(&mut self, other: Traffic) {
+        self.to_peer_packets += other.to_peer_packets;
+        self.to_peer_bytes += other.to_peer_bytes;
+        self.to_client_packets += other.to_client_packets;
+        self.to_client_bytes += other.to_client_bytes;
+    }
+}
+
 /// A TURN allocation.
 #[derive(Debug)]
 pub struct Allocation {

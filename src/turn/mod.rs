@@ -268,10 +268,7 @@ impl Server {
         self.stats.to_client_packets += traffic.to_client_packets;
         self.stats.to_client_bytes += traffic.to_client_bytes;
         if let Some(alloc) = allocation.and_then(|id| self.allocation_mut(id)) {
-            alloc.traffic.to_peer_packets += traffic.to_peer_packets;
-            alloc.traffic.to_peer_bytes += traffic.to_peer_bytes;
-            alloc.traffic.to_client_packets += traffic.to_client_packets;
-            alloc.traffic.to_client_bytes += traffic.to_client_bytes;
+            alloc.traffic += traffic;
         }
     }
 

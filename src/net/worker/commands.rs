@@ -110,8 +110,9 @@ impl Worker {
             Command::Allocations { request, reply } => {
                 if !reply.is_closed() {
                     self.credit_offloaded();
-                    let mut page = status::WorkerPage::of(self.index, &self.core, &request);
-                    self.add_spliced_traffic(&mut page);
+                    let page = status::WorkerPage::of(self.index, &self.core, &request, |id| {
+                        self.tcp_traffic(id)
+                    });
                     let _ = reply.send(page);
                 }
                 return;

@@ -324,13 +324,8 @@ impl Worker {
                 }
                 Event::Ended(mut ended) => {
                     self.end_offload(&mut ended);
-                    if let Some((to_peer, to_client, peer_chunks, client_chunks)) =
-                        self.tcp_traffic(ended.allocation)
-                    {
-                        ended.traffic.to_peer_bytes += to_peer;
-                        ended.traffic.to_client_bytes += to_client;
-                        ended.traffic.to_peer_packets += peer_chunks;
-                        ended.traffic.to_client_packets += client_chunks;
+                    if let Some(spliced) = self.tcp_traffic(ended.allocation) {
+                        ended.traffic += spliced;
                     }
                     super::audit::ended(&self.redactor, self.index, &ended, now);
                 }

@@ -122,10 +122,7 @@ impl Worker {
         if let Ok(counted) = fast_path.counters(entry.slot) {
             let delta = traffic_since(counted, entry.credited);
             self.core.credit_offloaded(None, delta);
-            ended.traffic.to_peer_packets += delta.to_peer_packets;
-            ended.traffic.to_peer_bytes += delta.to_peer_bytes;
-            ended.traffic.to_client_packets += delta.to_client_packets;
-            ended.traffic.to_client_bytes += delta.to_client_bytes;
+            ended.traffic += delta;
         }
         fast_path.release_slot(entry.slot);
     }

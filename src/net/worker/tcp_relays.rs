@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::turn::{
     AllocationId, BoundConnection, CONNECT_TIMEOUT, ConnectError, ConnectionId, Family, FiveTuple,
-    RelayOpenError, RequestError,
+    RelayOpenError, RequestError, Traffic,
 };
 
 use super::super::stream::{ConnectionSlot, Handover, Splicer};
@@ -145,34 +145,18 @@ impl Worker {
         });
     }
 
-    /// What the splices of a TCP allocation relayed (added to its end log line).
-    pub(super) fn tcp_traffic(&self, allocation: AllocationId) -> Option<(u64, u64, u64, u64)> {
+    /// What the splices of a TCP allocation relayed, chunks read counting as packets: the core
+    /// counts only what it relayed itself, and a splice relays without it (added to the end
+    /// log line and to the status API's allocation list).
+    pub(super) fn tcp_traffic(&self, allocation: AllocationId) -> Option<Traffic> {
         use std::sync::atomic::Ordering::Relaxed;
         let t = &self.tcp_relays.allocations.get(&allocation)?.traffic;
-        Some((
-            t.to_peer_bytes.load(Relaxed),
-            t.to_client_bytes.load(Relaxed),
-            t.to_peer_chunks.load(Relaxed),
-            t.to_client_chunks.load(Relaxed),
-        ))
-    }
-
-    /// Adds what the splices of the page's TCP allocations relayed to their traffic: the
-    /// core counts only what it relayed itself, and a splice relays without it.
-    pub(super) fn add_spliced_traffic(&self, page: &mut super::super::status::WorkerPage) {
-        for info in &mut page.allocations {
-            let Some((_, allocation)) = super::super::status::parse_id(&info.id) else {
-                continue;
-            };
-            if let Some((to_peer, to_client, peer_chunks, client_chunks)) =
-                self.tcp_traffic(allocation)
-            {
-                info.to_peer.bytes += to_peer;
-                info.to_peer.packets += peer_chunks;
-                info.to_client.bytes += to_client;
-                info.to_client.packets += client_chunks;
-            }
-        }
+        Some(Traffic {
+            to_peer_packets: t.to_peer_chunks.load(Relaxed),
+            to_peer_bytes: t.to_peer_bytes.load(Relaxed),
+            to_client_packets: t.to_client_chunks.load(Relaxed),
+            to_client_bytes: t.to_client_bytes.load(Relaxed),
+        })
     }
 
     /// The core asked for a connection to `peer` (RFC 6062 §5.2): made from the relayed
