@@ -298,13 +298,17 @@ fn reload(
     level: Option<&LevelHandle>,
     made_token: &str,
 ) {
+    // What the status API and /metrics say of the reload, recorded before the log line says it.
+    let record_rejection = |error: String| {
+        if let Some(api) = api {
+            api.reloads.rejected(unix_now(), error);
+        }
+    };
     let fresh = match Config::load(path) {
         Ok(fresh) => fresh,
         Err(error) => {
+            record_rejection(error.to_string());
             tracing::error!(%error, "reload rejected: the configuration does not validate; the old one keeps running");
-            if let Some(api) = api {
-                api.reloads.rejected(unix_now(), error.to_string());
-            }
             return;
         }
     };
@@ -313,10 +317,8 @@ fn reload(
     match handle.reload(&plan.config) {
         Ok(also) => restart.extend(also),
         Err(error) => {
+            record_rejection(error.to_string());
             tracing::error!(%error, "reload rejected; the old configuration keeps running");
-            if let Some(api) = api {
-                api.reloads.rejected(unix_now(), error.to_string());
-            }
             return;
         }
     }
@@ -331,6 +333,7 @@ fn reload(
         api.settings
             .store(Arc::new(api_settings(&running, http, made_token)));
     }
+    // Recorded before the log line, so that whoever reads the line finds the status to match.
     if let Some(api) = api {
         api.reloads.applied(unix_now(), restart.clone());
     }
